@@ -1,0 +1,378 @@
+"""Measure what models cost: ``python benchmarks/run.py --models mfnet,i3d``.
+
+Each model is measured at its spec's input (the paper's) unless ``--clip`` overrides it, under
+one setup (device, dtype, memory format, compile), into the append-only store in ``--results``.
+A failure in one model or measurement becomes an ``error`` row and the sweep goes on. Bad
+input is refused with one line and exit status 2. Exit status 1 means some rows are errors.
+"""
+
+import argparse
+import datetime as dt
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+import models
+from benchmarks import cost, environment, memory, speed
+from benchmarks.results import Measurement, ResultsStore, RunConditions, new_run_id
+from benchmarks.workload import DTYPES, Setup, Workload
+
+MEASUREMENTS = ("cost", "memory", "speed", "accuracy")
+# accuracy is the motion benchmark: the models the default job trains (the 3D vs 2D claim)
+MOTION_MODELS = ("mfnet", "mfnet2d_frames", "i3d", "r2plus1d", "res3d")
+MOTION_CLIP = (16, 48, 48)  # reduced from 16x224x224 so five models train on a 2-core CPU
+MIN_SIDE = 16  # px; below this no model in the zoo has a meaningful feature map
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (no usage dump) and exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = OneLineParser(prog="run.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", default=None,
+                   help="comma-separated names or a group: all, video, image, paper, paper-video "
+                        "(default: paper-video for cost/memory/speed, and "
+                        f"{','.join(MOTION_MODELS)} for accuracy)")
+    p.add_argument("--measure", default="cost,memory,speed",
+                   help=f"any of {','.join(MEASUREMENTS)} (default: cost,memory,speed); accuracy "
+                        "trains and evaluates on the built-in motion benchmark, video models only")
+    p.add_argument("--train-budget", type=float, default=None,
+                   help="accuracy: seconds of training per model, the same for every model "
+                        "(default 90, quick 10)")
+    p.add_argument("--epochs", type=positive_int, default=None,
+                   help="accuracy: train this many epochs instead of a time budget")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--batch-size", type=positive_int, default=None,
+                   help="throughput batch; latency is always at batch 1 (default 4, quick 2)")
+    p.add_argument("--clip", type=parse_clip, default=None,
+                   help="T,H,W overriding the spec's input (image models use H,W)")
+    p.add_argument("--dtype", default="fp32", choices=tuple(DTYPES))
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (inductor)")
+    p.add_argument("--results", default="results", help="results directory (default: results/)")
+    p.add_argument("--quick", action="store_true",
+                   help="small time budgets, for CI and smoke runs (no CPU peak-RSS probe)")
+    p.add_argument("--force", action="store_true", help="re-measure what is already in results")
+    args = p.parse_args(argv)
+    try:
+        args.accuracy_models = resolve_models(args.models or ",".join(MOTION_MODELS))
+        args.models = resolve_models(args.models or "paper-video")
+        args.measure = resolve_measurements(args.measure)
+        args.device = resolve_device(args.device)
+    except ValueError as exc:
+        p.error(str(exc))
+    if args.batch_size is None:
+        args.batch_size = 2 if args.quick else 4
+    if args.train_budget is None:
+        args.train_budget = 10.0 if args.quick else 90.0
+    args.parser = p
+    return args
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def parse_clip(text: str) -> tuple[int, int, int]:
+    parts = text.replace("x", ",").split(",")
+    try:
+        t, h, w = (int(v) for v in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--clip takes T,H,W as three integers (e.g. 16,112,112), got {text!r}") from None
+    if t < 1 or h < MIN_SIDE or w < MIN_SIDE:
+        raise argparse.ArgumentTypeError(
+            f"--clip {text} is too small: need T >= 1 and H, W >= {MIN_SIDE}")
+    return t, h, w
+
+
+def resolve_models(text: str) -> list[str]:
+    names: list[str] = []
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        if item in models.GROUPS:
+            names += models.list_models(item)
+        else:
+            models.get_spec(item)  # raises ValueError naming the closest matches
+            names.append(item)
+    if not names:
+        raise ValueError("--models is empty")
+    return list(dict.fromkeys(names))
+
+
+def resolve_measurements(text: str) -> list[str]:
+    chosen = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = [m for m in chosen if m not in MEASUREMENTS]
+    if unknown or not chosen:
+        raise ValueError(f"--measure takes any of {', '.join(MEASUREMENTS)}; got {text!r}")
+    return chosen
+
+
+def resolve_device(device: str) -> str:
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda, but no CUDA GPU is available here (try --device cpu)")
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def clip_label(name: str, clip) -> str:
+    return "x".join(str(v) for v in cost.input_shape(name, clip)[2:])
+
+
+def check_clip_fits(name: str, clip) -> None:
+    """Run the model on the meta device at ``clip``: a clip too small for its pooling fails
+    here, before anything is measured, and names the model."""
+    with torch.device("meta"):
+        model = models.create_model(name).eval()
+        x = torch.empty(cost.input_shape(name, clip))
+    try:
+        with torch.no_grad():
+            model(x)
+    except (RuntimeError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"--clip {','.join(map(str, clip))} does not fit {name}: {first}") from None
+
+
+def measure_cost(name: str, clip, label: str, quick: bool) -> list[Measurement]:
+    c = cost.count_macs(name, clip)
+    policy = "conv+linear, FlopCounterMode on meta"
+    rows = [Measurement(name, "cost", "params", c.params, "count", clip=label),
+            Measurement(name, "cost", "gmacs", c.gmacs, "GMAC", clip=label, note=policy),
+            Measurement(name, "cost", "gflops", c.gflops, "GFLOP", clip=label, note=policy)]
+    rows += [Measurement(name, "cost", f"gmacs_{kind}", macs / 1e9, "GMAC", clip=label,
+                         note="FlopCounterMode split by leaf module type")
+             for kind, macs in c.by_layer_type.items()]
+    if c.gmacs <= (40 if quick else 160):  # fvcore runs real tensors: keep it affordable
+        fv = cost.count_macs_fvcore(name, clip)
+        rows += [Measurement(name, "cost", "gmacs_fvcore", fv["conv_linear"] / 1e9, "GMAC",
+                             clip=label, note="conv+linear, fvcore on real tensors"),
+                 Measurement(name, "cost", "gmacs_fvcore_all", fv["all"] / 1e9, "GMAC",
+                             clip=label, note="fvcore total, with BatchNorm and pooling")]
+    return rows
+
+
+def required_metrics(measurement: str, args) -> list[tuple[str, int | None]]:
+    """The (metric, batch) rows a finished measurement leaves under this run's options, so a
+    re-run skips exactly what is already measured (batch None: any batch)."""
+    if measurement == "cost":
+        return [("params", None), ("gmacs", None)]
+    if measurement == "accuracy":
+        return [("top1_video", None)]
+    # on CUDA an out-of-memory retry records the smaller batch that worked: any batch will do
+    batch = None if args.device == "cuda" else args.batch_size
+    if measurement == "speed":
+        return [("latency_ms", 1), ("infer_clips_per_s", batch), ("train_clips_per_s", batch)]
+    rows = [("activation_mb", None)]
+    if args.device == "cuda":
+        rows.append(("peak_alloc_mb_train", batch))
+    elif not args.quick:
+        rows.append(("peak_rss_mb_train", args.batch_size))
+    return rows
+
+
+def with_oom_retry(measure, batch: int, device: str):
+    """On CUDA out-of-memory, halve the batch and try again; return (rows, batch used)."""
+    while True:
+        try:
+            return measure(batch), batch
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            if batch == 1 or device != "cuda":
+                raise
+            batch //= 2
+
+
+def run(args: argparse.Namespace, console: Console) -> int:
+    store = ResultsStore(args.results)
+    try:
+        store.check_writable()
+    except OSError as exc:
+        args.parser.error(f"cannot write results to {args.results}: {exc.strerror or exc}")
+    if args.clip is not None:
+        for name in args.models:
+            try:
+                check_clip_fits(name, args.clip)
+            except ValueError as exc:
+                args.parser.error(str(exc))
+
+    setup = Setup(args.device, args.dtype, args.channels_last, args.compile)
+    run_id = new_run_id()
+    env = environment.collect(args.device)
+    conditions = RunConditions(run_id, args.device, env["device_name"], args.dtype,
+                               args.channels_last, args.compile)
+    store.write_environment(run_id, env | {
+        "quick": args.quick, "batch_size": args.batch_size, "argv": sys.argv[1:]})
+    min_run_time = 0.1 if args.quick else 1.0
+    errors = 0
+
+    def save(rows: list[Measurement]) -> None:
+        store.append(rows, conditions, dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+
+    peak = None
+    if "speed" in args.measure:
+        peak = speed.peak_gmacs_per_s(args.device, args.dtype, min_run_time=2 * min_run_time)
+        save([Measurement("_machine", "speed", "peak_gmacs_per_s", peak, "GMAC/s", "start",
+                          note=f"{2048}^3 matmul in {args.dtype}, before the sweep")])
+
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+               TimeElapsedColumn())
+    plan = [(name, m) for name in args.models for m in args.measure if m != "accuracy"]
+    if "accuracy" in args.measure:
+        plan += [(n, "accuracy") for n in args.accuracy_models if models.get_spec(n).is_video]
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task("models", total=len(plan))
+        for name, measurement in plan:
+            accuracy = measurement == "accuracy"
+            label = clip_label(name, (args.clip or MOTION_CLIP) if accuracy else args.clip)
+            progress.update(task, description=f"{name}: {measurement}")
+            required = required_metrics(measurement, args)
+            if not args.force and store.done(name, measurement, conditions, label, required):
+                progress.advance(task)
+                continue
+            try:
+                rows = measure_one(name, measurement, args, setup, label, peak)
+            except Exception as exc:  # failure isolation: one error row, then carry on
+                errors += 1
+                message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                rows = [Measurement(name, measurement, "error", None, "", clip=label,
+                                    status="error", error=f"{type(exc).__name__}: {message}")]
+                progress.console.print(f"[red]{name} {measurement}: {rows[0].error}")
+            for row in rows:
+                if row.note.startswith("noisy") and row.metric != "gmacs_per_s":
+                    progress.console.print(f"[yellow]warning: {name} {row.metric} (batch "
+                                           f"{row.batch_size}) is {row.note}")
+            if rows:
+                save(rows)
+            progress.advance(task)
+    if peak is not None:  # shared and virtual machines drift: measure the roofline again
+        end = speed.peak_gmacs_per_s(args.device, args.dtype, min_run_time=2 * min_run_time)
+        drift = end / peak - 1
+        note = f"{2048}^3 matmul in {args.dtype}, after the sweep ({drift:+.0%} vs before)"
+        save([Measurement("_machine", "speed", "peak_gmacs_per_s", end, "GMAC/s", "end", note=note)])
+        if abs(drift) > 0.15:
+            console.print(f"[yellow]warning: the machine's matmul rate drifted {drift:+.0%} during "
+                          "the sweep; timings from this run are less comparable")
+    if any(m != "accuracy" for m in args.measure):
+        print_summary(console, store, args.models, conditions, args.clip)
+    if "accuracy" in args.measure:
+        print_accuracy_summary(console, store, args.accuracy_models, conditions,
+                               "x".join(map(str, args.clip or MOTION_CLIP)))
+    if errors:
+        console.print(f"[red]{errors} measurement(s) failed; see rows with status=error in "
+                      f"{store.csv}")
+    return 1 if errors else 0
+
+
+def measure_one(name, measurement, args, setup, label, peak) -> list[Measurement]:
+    if measurement == "cost":
+        return measure_cost(name, args.clip, label, args.quick)
+    if measurement == "accuracy":
+        return measure_accuracy(name, args)
+    if measurement == "memory":
+        rows, used = with_oom_retry(
+            lambda b: memory.measure_memory(name, setup, args.clip, label, b, args.quick),
+            args.batch_size, args.device)
+    else:
+        macs = cost.count_macs(name, args.clip).macs
+        workload = Workload(name, setup, args.clip)
+        rows, used = with_oom_retry(
+            lambda b: speed.measure_speed(workload, label, b, macs, peak,
+                                          0.1 if args.quick else 1.0),
+            args.batch_size, args.device)
+    if used != args.batch_size:
+        for row in rows:
+            row.note = (row.note + f"; OOM at batch {args.batch_size}, ran at {used}").lstrip("; ")
+    return rows
+
+
+def measure_accuracy(name: str, args) -> list[Measurement]:
+    """Train and evaluate on the motion benchmark. ``train`` writes its own rows (curves,
+    top-1, and the epochs and clips each model reached in the same time budget)."""
+    from benchmarks import train  # imported late: only accuracy needs the data stack
+
+    clip = args.clip or MOTION_CLIP
+    check_clip_fits(name, clip)
+    preset = {k: v for k, v in train.PRESETS["motion"].items() if k != "epochs"}
+    train.train(train.Config(
+        model=name, dataset="motion", clip=clip, seed=args.seed, results=args.results,
+        out=str(Path(args.results).resolve().parent / "runs"),
+        time_budget=None if args.epochs else args.train_budget,
+        epochs=args.epochs or 1000,  # with a time budget the clock, not the epoch count, stops it
+        train_size=120 if args.quick else 600, val_size=60 if args.quick else 120, **preset))
+    # the cost at the benchmark's clip, so the report can set accuracy against it
+    label = "x".join(map(str, clip))
+    return [row for row in measure_cost(name, clip, label, quick=True)
+            if row.metric in ("params", "gmacs")]
+
+
+SUMMARY = (("params", "params (M)", 1e-6), ("gmacs", "GMACs", 1), ("activation_mb", "act. MB", 1),
+           ("latency_ms", "latency ms", 1), ("infer_clips_per_s", "infer clips/s", 1),
+           ("train_clips_per_s", "train clips/s", 1))
+
+
+def print_summary(console: Console, store: ResultsStore, names, run: RunConditions, clip) -> None:
+    frame = store.frame()
+    frame = frame[(frame["status"] == "ok") & (frame["device_name"] == run.device_name)
+                  & (frame["dtype"] == run.dtype) & (frame["channels_last"] == run.channels_last)
+                  & (frame["compiled"] == run.compiled)]
+    table = Table(title=f"{run.device} / {run.dtype} (newest row per model and metric)")
+    table.add_column("model", no_wrap=True)
+    for _, header, _ in SUMMARY:
+        table.add_column(header, justify="right")
+    table.add_column("peak frac. (b=1)", justify="right")
+    for name in names:
+        rows = frame[(frame["model"] == name) & (frame["clip"] == clip_label(name, clip))]
+        cells = []
+        for metric, _, scale in SUMMARY:
+            values = rows[rows["metric"] == metric]["value"]
+            cells.append(f"{values.iloc[-1] * scale:.4g}" if len(values) else "-")
+        fraction = rows[(rows["metric"] == "peak_fraction") & (rows["batch_size"] == 1)]["value"]
+        cells.append(f"{fraction.iloc[-1]:.0%}" if len(fraction) else "-")
+        table.add_row(name, *cells)
+    console.print(table)
+
+
+def print_accuracy_summary(console: Console, store: ResultsStore, names, run: RunConditions,
+                           clip: str) -> None:
+    frame = store.frame()
+    frame = frame[(frame["status"] == "ok") & (frame["measurement"] == "accuracy")
+                  & (frame["device_name"] == run.device_name) & (frame["clip"] == clip)]
+    table = Table(title=f"motion benchmark at {clip}, equal training time (newest run per model)")
+    for header in ("model", "train s", "epochs", "clips seen", "top-1 video %"):
+        table.add_column(header, justify="left" if header == "model" else "right",
+                         no_wrap=header == "model")
+    for name in names:
+        rows = frame[frame["model"] == name]
+        if rows.empty:
+            continue
+        rows = rows[rows["run_id"] == rows["run_id"].iloc[-1]].set_index("metric")["value"]
+        table.add_row(name, *(f"{rows[m]:.4g}" if m in rows else "-" for m in
+                              ("train_seconds", "epochs_completed", "clips_seen", "top1_video")))
+    console.print(table)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    return run(args, Console())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

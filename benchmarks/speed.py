@@ -1,0 +1,91 @@
+"""Speed: latency, throughput and training throughput, and how far they fall from the peak.
+
+Timing uses ``torch.utils.benchmark.Timer.blocked_autorange``: warm-up first, repeated blocks,
+the median and the interquartile range of the per-step times. On CUDA every step ends with
+``torch.cuda.synchronize()`` so the clock sees the kernels. Inference runs under
+``inference_mode``. A ratio IQR/median above ``NOISY`` gets a warning in the row's note.
+
+Achieved GMAC/s = multiply-adds of the step / median step time. A training step is counted
+as 3x the forward multiply-adds (backward ~ 2x forward: gradients of inputs and of weights), a
+convention, because FlopCounterMode over-counts the backward of grouped convolutions (it
+reports 7.96 G for MF-Net 2D's conv backward, ~9x its 0.86 G forward). ``peak_fraction``
+divides by the machine's matmul peak in the same dtype, measured once per run.
+"""
+
+import time
+from collections.abc import Callable
+
+import torch
+from torch.utils import benchmark as tbench
+
+from benchmarks.results import Measurement
+from benchmarks.workload import DTYPES, Workload
+
+NOISY = 0.1  # IQR/median above this is flagged
+TRAIN_MACS_FACTOR = 3
+
+
+def time_step(step: Callable[[], None], synchronize: Callable[[], None], min_run_time: float,
+              warmup: int = 1) -> tbench.Measurement:
+    for _ in range(warmup):
+        step()
+    synchronize()
+
+    def timed():
+        step()
+        synchronize()
+
+    timer = tbench.Timer(stmt="timed()", globals={"timed": timed},
+                         num_threads=torch.get_num_threads())
+    return timer.blocked_autorange(min_run_time=min_run_time)
+
+
+def peak_gmacs_per_s(device: str, dtype: str, min_run_time: float = 1.0, n: int = 2048) -> float:
+    """The machine's dense matmul rate in ``dtype``: the roofline every model is compared to.
+
+    A peak is the best the machine sustains, so this takes the fastest timed block after a
+    warm-up of at least a second: on this 2-core VM a cold median read 70 GMAC/s where a
+    warm one reads 85-92, which put dense 3D convs at 120-130% of "peak"."""
+    a = torch.randn(n, n, device=device, dtype=DTYPES[dtype])
+    b = torch.randn(n, n, device=device, dtype=DTYPES[dtype])
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    warm_until = time.perf_counter() + 1.0
+    while time.perf_counter() < warm_until:
+        torch.mm(a, b)
+    result = time_step(lambda: torch.mm(a, b), sync, max(min_run_time, 1.0), warmup=1)
+    return n**3 / min(result.times) / 1e9
+
+
+def _rows(name, phase, batch, clip_label, result, macs_per_clip, peak, metric, value, unit):
+    clips_per_s = batch / result.median
+    iqr_ratio = result.iqr / result.median
+    note = f"noisy: IQR/median {iqr_ratio:.0%}" if iqr_ratio > NOISY else ""
+    spread = result.iqr / result.median * value  # IQR carried into the metric's unit
+    factor = TRAIN_MACS_FACTOR if phase == "train" else 1
+    gmacs_per_s = macs_per_clip * factor * clips_per_s / 1e9
+    common = dict(phase=phase, batch_size=batch, clip=clip_label, repeats=len(result.times))
+    return [
+        Measurement(name, "speed", metric, value, unit, iqr=spread, note=note, **common),
+        Measurement(name, "speed", "gmacs_per_s", gmacs_per_s, "GMAC/s", note=note, **common),
+        Measurement(name, "speed", "peak_fraction", gmacs_per_s / peak, "ratio",
+                    note=f"peak {peak:.1f} GMAC/s (matmul)", **common),
+    ]
+
+
+def measure_speed(workload: Workload, clip_label: str, batch: int, macs_per_clip: int,
+                  peak: float, min_run_time: float) -> list[Measurement]:
+    name, sync = workload.name, workload.synchronize
+    rows = []
+    x1, _ = workload.inputs(1)
+    result = time_step(lambda: workload.infer_step(x1), sync, min_run_time)
+    rows += _rows(name, "infer", 1, clip_label, result, macs_per_clip, peak,
+                  "latency_ms", result.median * 1e3, "ms")
+    x, y = workload.inputs(batch)
+    result = time_step(lambda: workload.infer_step(x), sync, min_run_time)
+    rows += _rows(name, "infer", batch, clip_label, result, macs_per_clip, peak,
+                  "infer_clips_per_s", batch / result.median, "clips/s")
+    train_step = workload.make_train_step()
+    result = time_step(lambda: train_step(x, y), sync, min_run_time)
+    rows += _rows(name, "train", batch, clip_label, result, macs_per_clip, peak,
+                  "train_clips_per_s", batch / result.median, "clips/s")
+    return rows

@@ -1,0 +1,79 @@
+"""The two steps every measurement times or sizes, defined once: an inference step and a
+training step (forward + cross-entropy + backward + SGD step), as in timm's benchmark.py."""
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+import models
+from benchmarks.cost import input_shape
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class Setup:
+    """How to run: the same for every model in a run."""
+
+    device: str = "cpu"  # cpu | cuda
+    dtype: str = "fp32"  # fp32 | bf16 | fp16 (the latter two by autocast)
+    channels_last: bool = False
+    compile: bool = False
+
+
+class Workload:
+    """One model ready to run under ``setup`` at a clip size (None: the spec's input)."""
+
+    def __init__(self, name: str, setup: Setup, clip: tuple[int, ...] | None = None,
+                 num_classes: int | None = None):
+        self.name, self.setup, self.clip = name, setup, clip
+        torch.manual_seed(0)
+        model = models.create_model(name, num_classes=num_classes).to(setup.device)
+        self.num_classes = models.get_spec(name).num_classes if num_classes is None else num_classes
+        self.video = len(input_shape(name, clip)) == 5
+        if setup.channels_last:
+            model = model.to(memory_format=self.memory_format)
+        self.model = torch.compile(model) if setup.compile else model
+        self.eager_model = model
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last_3d if self.video else torch.channels_last
+
+    def inputs(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.randn(input_shape(self.name, self.clip, batch), device=self.setup.device)
+        if self.setup.channels_last:
+            x = x.contiguous(memory_format=self.memory_format)
+        y = torch.randint(0, self.num_classes, (batch,), device=self.setup.device)
+        return x, y
+
+    def autocast(self):
+        if self.setup.dtype == "fp32":
+            return nullcontext()
+        return torch.autocast(self.setup.device, dtype=DTYPES[self.setup.dtype])
+
+    def infer_step(self, x: torch.Tensor) -> None:
+        self.model.eval()
+        with torch.inference_mode(), self.autocast():
+            self.model(x)
+
+    def make_train_step(self):
+        """A closure running one training step; the optimizer is made once, outside timing."""
+        self.model.train()
+        optimizer = torch.optim.SGD(self.model.parameters(), lr=1e-4, momentum=0.9)
+        loss_fn = nn.CrossEntropyLoss()
+
+        def train_step(x: torch.Tensor, y: torch.Tensor) -> None:
+            optimizer.zero_grad(set_to_none=True)
+            with self.autocast():
+                loss = loss_fn(self.model(x), y)
+            loss.backward()
+            optimizer.step()
+
+        return train_step
+
+    def synchronize(self) -> None:
+        if self.setup.device == "cuda":
+            torch.cuda.synchronize()

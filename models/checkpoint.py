@@ -1,0 +1,109 @@
+"""Loading checkpoints: the authors' released files, ImageNet 2D -> 3D inflation, and our own.
+
+A checkpoint is untrusted input, so every file goes through ``torch.load(weights_only=True)``,
+and a file that does not match the model raises ``CheckpointError`` naming what is wrong; a
+file is never loaded in part. The released formats are listed in
+``shared/reference/authors-mfnet.md`` ("State-dict names in the released checkpoints").
+"""
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+# Written into our own files so a reader can tell them from the authors' releases.
+FORMAT = "mfnet-suite/1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read, or does not fit the model. The message is one line."""
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The tensors of any supported file: plain state dict, ``{'state_dict': ...}`` (the
+    authors' 3D files, keys prefixed ``module.``), or ours (``{'format', 'model', ...}``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist or is not a file")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle refusing a global, a truncated zip, not a torch file...
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"cannot read checkpoint {path} safely: {reason}") from None
+    if isinstance(obj, Mapping) and obj.get("format") == FORMAT:
+        obj = obj.get("model")
+    elif isinstance(obj, Mapping) and "state_dict" in obj:
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
+        raise CheckpointError(f"checkpoint {path} holds no state dict of named tensors")
+    # DataParallel / DistributedDataParallel wrap every key as ``module.<name>``
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def inflate_2d_to_3d(state_2d: Mapping[str, torch.Tensor], model_3d: nn.Module,
+                     skip: tuple[str, ...] = ("classifier.", "fc.")) -> dict[str, torch.Tensor]:
+    """I3D-style inflation (Carreira & Zisserman 2017; MF-Net Section 3.3) for any 2D -> 3D pair
+    whose parameter names agree: a 2D kernel ``[o, i, k, k]`` becomes ``[o, i, t, k, k]`` by
+    repeating it ``t`` times and dividing by ``t``, so a clip of identical frames gives the 2D
+    response. Other tensors are copied as they are; keys starting with ``skip`` (the classifier)
+    are left out. Returns a state dict for ``model_3d``, which is not modified."""
+    target = model_3d.state_dict()
+    inflated = {}
+    for name, tensor in state_2d.items():
+        if name.startswith(skip) or name not in target:
+            continue
+        want = target[name].shape
+        if tensor.dim() == 4 and len(want) == 5 and tensor.shape == want[:2] + want[3:]:
+            t = want[2]
+            tensor = tensor.unsqueeze(2).repeat(1, 1, t, 1, 1) / t
+        inflated[name] = tensor
+    return inflated
+
+
+def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> nn.Module:
+    """Load ``path`` into ``model`` in full, or raise ``CheckpointError`` and leave it untouched.
+
+    A 2D file given to a 3D model is inflated; the classifier is then left at its initial
+    values, as in the paper's initialisation from ImageNet. Missing ``num_batches_tracked``
+    buffers (files saved by PyTorch 0.4) keep the model's values.
+    """
+    state = read_state_dict(path)
+    target = model.state_dict()
+    allowed_missing = set()
+    if _is_2d_into_3d(state, target):
+        state = inflate_2d_to_3d(state, model)
+        allowed_missing = {k for k in target if k.startswith(("classifier.", "fc."))}
+    allowed_missing |= {k for k in target if k.endswith("num_batches_tracked")}
+    missing = sorted(set(target) - set(state) - allowed_missing)
+    unexpected = sorted(set(state) - set(target))
+    mismatched = [f"{k} {tuple(state[k].shape)} vs model {tuple(target[k].shape)}"
+                  for k in sorted(set(state) & set(target)) if state[k].shape != target[k].shape]
+    if missing or unexpected or mismatched:
+        problems = []
+        for label, items in (("missing", missing), ("unexpected", unexpected),
+                             ("shape mismatch", mismatched)):
+            if items:
+                shown = ", ".join(items[:5]) + (f", ... ({len(items)} in all)" if len(items) > 5 else "")
+                problems.append(f"{label}: {shown}")
+        raise CheckpointError(f"checkpoint {path} does not fit {type(model).__name__}: "
+                              + "; ".join(problems))
+    model.load_state_dict(state, strict=False)
+    return model
+
+
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, **extra) -> None:
+    """Our own format, written atomically (temp file + rename) so a kill never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = getattr(model, "module", model)  # unwrap DistributedDataParallel
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"format": FORMAT, "model": model.state_dict(), **extra}, tmp)
+    os.replace(tmp, path)
+
+
+def _is_2d_into_3d(state: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor]) -> bool:
+    """True when the file's conv kernels are 4-D where the model's are 5-D."""
+    return any(v.dim() == 4 and k in target and target[k].dim() == 5 for k, v in state.items())

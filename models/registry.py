@@ -1,0 +1,52 @@
+"""The model registry: names -> specs, with a helpful error for a name that is not there."""
+
+import difflib
+
+from torch import nn
+
+from models.specs import ALL_SPECS, ModelSpec
+
+_REGISTRY: dict[str, ModelSpec] = {}
+
+
+def register(spec: ModelSpec) -> ModelSpec:
+    if spec.name in _REGISTRY:
+        raise ValueError(f"model {spec.name!r} is already registered")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+for _spec in ALL_SPECS:
+    register(_spec)
+
+# groups a user can name instead of a list of models
+GROUPS = {
+    "all": lambda s: True,
+    "video": lambda s: s.is_video,
+    "image": lambda s: not s.is_video,
+    "paper": lambda s: s.in_paper,
+    "paper-video": lambda s: s.in_paper and s.is_video and not s.name.endswith("_frames"),
+}
+
+
+def list_models(group: str = "all") -> list[str]:
+    """Registered names, in registration order; ``group`` is one of ``GROUPS``."""
+    if group not in GROUPS:
+        raise ValueError(f"unknown group {group!r}; valid groups: {', '.join(GROUPS)}")
+    return [name for name, spec in _REGISTRY.items() if GROUPS[group](spec)]
+
+
+def get_spec(name: str) -> ModelSpec:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, _REGISTRY, n=3, cutoff=0.5)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(f"unknown model {name!r}.{hint} Valid names: {', '.join(_REGISTRY)}") from None
+
+
+def create_model(name: str, num_classes: int | None = None, **kwargs) -> nn.Module:
+    """Build ``name`` with fresh weights; ``num_classes=None`` takes the spec's default."""
+    spec = get_spec(name)
+    return spec.builder(num_classes=spec.num_classes if num_classes is None else num_classes,
+                        **kwargs)

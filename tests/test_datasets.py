@@ -1,0 +1,70 @@
+"""The datasets in their official layouts, from generated video files, with bad files."""
+
+import logging
+
+import pytest
+import torch
+
+from benchmarks import datasets
+from benchmarks.datasets import ClipConfig, DatasetLayoutError, collate_skipping
+from tests import videos
+
+CONFIG = ClipConfig(frames=8, crop=32, short_side=(32, 40), test_short_side=36, intervals=(2,))
+EXPECTED = {  # (train videos, test videos, skipped in train, skipped in test)
+    "ucf101": (5, 2, 1, 0), "hmdb51": (4, 3, 0, 1), "kinetics400": (4, 3, 0, 1), "folder": (7, 2, 1, 0),
+}
+
+
+@pytest.fixture(scope="module", params=list(EXPECTED))
+def layout(request, tmp_path_factory):
+    root = getattr(videos, request.param)(tmp_path_factory.mktemp(request.param))
+    return request.param, root
+
+
+def test_reads_the_official_layout_and_counts_bad_videos(layout, caplog):
+    name, root = layout
+    n_train, n_test, bad_train, bad_test = EXPECTED[name]
+    train, classes = datasets.build(name, root, split=1, train=True, config=CONFIG)
+    test, _ = datasets.build(name, root, split=1, train=False, config=CONFIG, clips=2, crops=3)
+    assert len(classes) == 2 and len(train) == n_train and len(test) == n_test * 6
+    with caplog.at_level(logging.WARNING):
+        clips, labels, _, skipped = collate_skipping([train[i] for i in range(len(train))])
+    assert skipped == bad_train and clips.shape == (n_train - bad_train, 3, 8, 32, 32)
+    assert set(labels.tolist()) <= {0, 1}
+    assert ("skipping" in caplog.text) == (bad_train > 0)
+    clips, _, video_index, skipped = collate_skipping([test[i] for i in range(len(test))])
+    assert skipped == bad_test * 6 and clips.shape[0] == (n_test - bad_test) * 6
+    assert torch.isfinite(clips).all()
+
+
+def test_short_and_small_videos_are_looped_and_resized(tmp_path):
+    path = videos.video(tmp_path / "tiny.mp4", frames=3, size=(12, 16))
+    clip = datasets.decode_clip(path, frames=8, interval=2, start=0.0, rng=__import__("random").Random(0))
+    assert clip.shape[0] == 8  # 3 frames at interval 2 -> 2 frames, looped to 8
+    ds = datasets.VideoClipDataset([datasets.VideoItem(path, 0)], CONFIG, train=True)
+    assert ds[0][0].shape == (3, 8, 32, 32)
+
+
+def test_test_views_are_deterministic_and_distinct(tmp_path):
+    root = videos.folder(tmp_path)
+    test, _ = datasets.build("folder", root, split=1, train=False, config=CONFIG, clips=2, crops=3)
+    a, b = test[0][0], test[0][0]
+    assert torch.equal(a, b)
+    assert not torch.equal(test[0][0], test[2][0])  # another crop of the same clip
+
+
+@pytest.mark.parametrize("name, message", [
+    ("ucf101", "classInd.txt not found"), ("hmdb51", "split 1 files not found"),
+    ("kinetics400", "train.csv not found"), ("folder", "no class folders"),
+])
+def test_a_missing_split_file_states_the_expected_layout(tmp_path, name, message):
+    with pytest.raises(DatasetLayoutError, match=message) as err:
+        datasets.build(name, tmp_path, split=1, train=True, config=CONFIG)
+    assert "expected layout" in str(err.value)
+
+
+def test_a_missing_root_is_one_clear_error(tmp_path):
+    with pytest.raises(DatasetLayoutError, match="does not exist"):
+        datasets.build("ucf101", tmp_path / "nope", split=1, train=True, config=CONFIG)
+    with pytest.raises(DatasetLayoutError, match="splits 1, 2 and 3"):
+        datasets.build("ucf101", tmp_path, split=4, train=True, config=CONFIG)

@@ -1,0 +1,191 @@
+"""benchmarks/run.py: bad input, the results schema, resume, failure isolation, counters."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import models
+from benchmarks import cost, run
+from benchmarks.results import COLUMNS, load_results, read_csv
+from models import registry
+from models.specs import ModelSpec
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = ["--models", "mfnet2d", "--clip", "1,32,32", "--quick", "--batch-size", "2"]
+
+
+def cli_error(capsys, argv) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        run.main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err  # one line, no usage dump, no traceback
+    return err
+
+
+def test_unknown_model_is_one_line_with_suggestions(capsys, tmp_path):
+    err = cli_error(capsys, ["--models", "mfnet,i3dd", "--results", str(tmp_path)])
+    assert "unknown model 'i3dd'" in err and "Did you mean i3d" in err
+
+
+@pytest.mark.parametrize("clip, expected", [("16,112", "three integers"), ("a,b,c", "three integers"),
+                                            ("16,8,8", "too small"), ("0,64,64", "too small")])
+def test_malformed_or_too_small_clip(capsys, tmp_path, clip, expected):
+    assert expected in cli_error(capsys, ["--models", "mfnet", "--clip", clip,
+                                          "--results", str(tmp_path)])
+
+
+def test_a_clip_too_small_for_one_model_names_it(capsys, tmp_path):
+    # C3D's five 2x poolings need 16 frames; 4 frames cannot pass pool5
+    err = cli_error(capsys, ["--models", "mfnet,c3d", "--clip", "4,32,32",
+                             "--results", str(tmp_path / "r")])
+    assert "does not fit c3d" in err
+    assert not (tmp_path / "r" / "measurements.csv").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_cuda_without_a_gpu(capsys, tmp_path):
+    assert "no CUDA GPU" in cli_error(capsys, ["--device", "cuda", "--results", str(tmp_path)])
+
+
+def test_unwritable_results_directory(capsys, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    err = cli_error(capsys, TINY + ["--results", str(blocker / "results")])
+    assert "cannot write results" in err
+
+
+def test_bad_input_from_the_shell_prints_no_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "benchmarks/run.py", "--models", "nosuchmodel",
+                           "--results", str(tmp_path)], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    results = tmp_path_factory.mktemp("results")
+    code = run.main(TINY + ["--results", str(results)])
+    return results, code
+
+
+def test_a_run_writes_the_documented_schema(tiny_run):
+    results, code = tiny_run
+    assert code == 0
+    frame = read_csv(results / "measurements.csv")
+    assert tuple(frame.columns) == COLUMNS
+    assert set(frame["status"]) == {"ok"}
+    metrics = set(frame["metric"])
+    assert {"params", "gmacs", "gflops", "activation_mb", "latency_ms",
+            "infer_clips_per_s", "train_clips_per_s", "gmacs_per_s", "peak_fraction",
+            "peak_gmacs_per_s", "gmacs_fvcore", "gmacs_grouped_conv"} <= metrics
+    row = frame[frame["metric"] == "latency_ms"].iloc[0]
+    assert row["batch_size"] == 1 and row["clip"] == "32x32" and row["device"] == "cpu"
+    assert row["value"] > 0 and row["iqr"] >= 0 and row["repeats"] >= 1
+    assert frame[frame["metric"] == "train_clips_per_s"].iloc[0]["batch_size"] == 2
+    env = load_results(results)
+    assert env["env_torch"].iloc[0] == torch.__version__ and "env_git_commit" in env
+
+
+def test_gmacs_is_half_of_gflops(tiny_run):
+    frame = read_csv(tiny_run[0] / "measurements.csv")
+    value = frame.set_index("metric")["value"]
+    assert value["gmacs"] == pytest.approx(value["gflops"] / 2)
+    assert value["gmacs"] == pytest.approx(cost.count_macs("mfnet2d", (1, 32, 32)).gmacs)
+
+
+def test_rerun_skips_what_is_measured_and_force_remeasures(tiny_run):
+    results, _ = tiny_run
+    before = len(read_csv(results / "measurements.csv"))
+    assert run.main(TINY + ["--measure", "cost,memory", "--results", str(results)]) == 0
+    assert len(read_csv(results / "measurements.csv")) == before
+    assert run.main(TINY + ["--measure", "cost", "--force", "--results", str(results)]) == 0
+    after = read_csv(results / "measurements.csv")
+    assert (after["metric"] == "params").sum() == 2
+
+
+def test_an_interrupted_sweep_resumes_without_duplicates(tmp_path):
+    args = ["--measure", "cost", "--clip", "8,32,32", "--quick", "--results", str(tmp_path)]
+    run.main(["--models", "mfnet"] + args)  # as if killed after the first model
+    run.main(["--models", "mfnet,res3d"] + args)
+    frame = read_csv(tmp_path / "measurements.csv")
+    assert (frame["metric"] == "params").sum() == 2
+    assert sorted(frame[frame["metric"] == "params"]["model"]) == ["mfnet", "res3d"]
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+class Exploding(nn.Module):
+    def forward(self, x):
+        raise RuntimeError("boom\nsecond line")
+
+
+def test_a_failing_model_becomes_an_error_row_and_the_sweep_goes_on(tmp_path, monkeypatch):
+    spec = ModelSpec("exploding", lambda num_classes=10: Exploding(), (3, 32, 32), 10,
+                     "test", "exact", in_paper=False)
+    monkeypatch.setitem(registry._REGISTRY, "exploding", spec)
+    code = run.main(["--models", "exploding,mfnet2d", "--measure", "cost", "--quick",
+                     "--results", str(tmp_path)])
+    assert code == 1
+    frame = read_csv(tmp_path / "measurements.csv")
+    error = frame[frame["model"] == "exploding"]
+    assert list(error["status"]) == ["error"] and error["error"].iloc[0] == "RuntimeError: boom"
+    assert (frame[frame["model"] == "mfnet2d"]["status"] == "ok").all()
+    # the failed measurement is retried on the next run; the good one is not
+    monkeypatch.delitem(registry._REGISTRY, "exploding")
+    run.main(["--models", "mfnet2d", "--measure", "cost", "--quick", "--results", str(tmp_path)])
+    assert (read_csv(tmp_path / "measurements.csv")["metric"] == "params").sum() == 1
+
+
+@pytest.mark.parametrize("name", models.list_models())
+def test_the_two_counters_agree_on_conv_and_linear(name):
+    spec = models.get_spec(name)
+    clip = (16, 224, 224) if name == "s3d" else (2 if name.endswith("_frames") else 16, 64, 64)
+    flop_counter = cost.count_macs(name, clip).macs
+    fvcore = cost.count_macs_fvcore(name, clip)
+    assert fvcore["conv_linear"] == pytest.approx(flop_counter, rel=0.01)
+    assert fvcore["all"] >= fvcore["conv_linear"]  # fvcore adds BatchNorm and friends
+    del spec
+
+
+def test_accuracy_on_the_motion_benchmark_records_curves_and_equal_time_budgets(tmp_path):
+    code = run.main(["--models", "mfnet", "--measure", "accuracy", "--clip", "8,32,32", "--quick",
+                     "--train-budget", "2", "--results", str(tmp_path / "results")])
+    assert code == 0
+    frame = read_csv(tmp_path / "results" / "measurements.csv")
+    acc = frame[frame["measurement"] == "accuracy"]
+    assert set(acc["dataset"]) == {"motion"} and set(acc["clip"]) == {"8x32x32"}
+    assert {"train_top1", "val_top1", "top1_video", "epochs_completed", "clips_seen",
+            "train_seconds"} <= set(acc["metric"])
+    seconds = acc[acc["metric"] == "train_seconds"]["value"].iloc[0]
+    assert 2 <= seconds < 30  # stopped by the budget, not by the epoch count
+    assert acc[acc["metric"] == "val_top1"]["epoch"].notna().all()
+    # the cost at the benchmark's clip is recorded for the report
+    assert not frame[(frame["measurement"] == "cost") & (frame["clip"] == "8x32x32")].empty
+
+
+@pytest.mark.gpu
+def test_cuda_run_records_peak_memory_and_bf16_speed(tmp_path):
+    code = run.main(["--models", "mfnet", "--clip", "8,64,64", "--device", "cuda", "--dtype", "bf16",
+                     "--channels-last", "--quick", "--results", str(tmp_path)])
+    assert code == 0
+    frame = read_csv(tmp_path / "measurements.csv")
+    metrics = set(frame["metric"])
+    assert {"peak_alloc_mb_infer", "peak_reserved_mb_infer", "peak_alloc_mb_train",
+            "peak_reserved_mb_train", "latency_ms"} <= metrics
+    assert set(frame[frame["model"] == "mfnet"]["dtype"]) == {"bf16"}
+    peak = frame.set_index("metric")["value"]
+    assert 0 < peak["peak_alloc_mb_infer"] <= peak["peak_reserved_mb_infer"]
+
+
+def test_rss_growth_is_the_childs_own_even_under_a_large_parent():
+    from benchmarks.memory import cpu_peak_rss_growth
+    from benchmarks.workload import Setup
+
+    ballast = torch.ones(250_000_000)  # 1 GB in the parent: ru_maxrss would carry it over
+    growth = cpu_peak_rss_growth("mfnet", Setup(), (8, 64, 64), 2)
+    del ballast
+    assert 20 < growth < 1000  # MB: a real step's activations, not 0 and not the parent's 1 GB

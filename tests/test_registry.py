@@ -1,0 +1,94 @@
+"""The registry and the specs: names, errors, forward passes and cost against the paper."""
+
+import dataclasses
+
+import pytest
+import torch
+
+import models
+from benchmarks.cost import count_macs
+from tests.conftest import small_input
+
+REQUIRED = [
+    # issue 2: the MF-Net family
+    "mfnet", "mfnet2d", "mfnet2d_n12", "mfnet2d_n24", "mfnet2d_nomux", "mfnet2d_nomux_wide",
+    "resnet18_mf", "mobilenetv2_140_mf",
+    # issue 3: the baseline zoo
+    "i3d", "s3d", "r2plus1d", "res3d", "c3d", "resnext3d", "resnet18", "resnet50", "resnet152",
+    "resnext26", "mobilenetv2_140", "x3d_xs", "x3d_s", "x3d_m",
+]
+# Table 1 variants whose widths we chose: within 5% (issue 2); published architectures: 3%
+TOLERANCE = {"approximate": 0.05, "exact": 0.03}
+
+
+def test_required_names_are_registered():
+    names = models.list_models()
+    assert set(REQUIRED) <= set(names)
+    assert len(names) == len(set(names))
+
+
+def test_every_2d_model_has_a_frame_based_twin():
+    for name in models.list_models("image"):
+        assert f"{name}_frames" in models.list_models("video")
+
+
+def test_unknown_name_suggests_close_matches_and_lists_valid_names():
+    with pytest.raises(ValueError) as err:
+        models.get_spec("mfnet3")
+    message = str(err.value)
+    assert "mfnet3" in message and "Did you mean mfnet" in message
+    assert "r2plus1d" in message  # the valid names are listed
+    with pytest.raises(ValueError):
+        models.create_model("resnet-50")
+
+
+def test_specs_are_frozen_and_complete():
+    spec = models.get_spec("mfnet")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.num_classes = 10
+    assert spec.input_shape == (3, 16, 224, 224) and spec.num_classes == 400
+    assert spec.paper_params_m.source == "Table 2" and spec.paper_gmacs.value == 11.1
+    assert models.get_spec("mfnet2d").input_shape == (3, 224, 224)
+    assert models.get_spec("mfnet2d").num_classes == 1000
+    for name in models.list_models():
+        spec = models.get_spec(name)
+        assert spec.fidelity in TOLERANCE and spec.provenance
+        if spec.fidelity == "approximate":
+            assert spec.design_note, f"{name}: an approximate model must say how it was sized"
+
+
+def test_num_classes_none_means_the_spec_default():
+    assert models.create_model("mfnet2d").classifier.out_features == 1000
+    assert models.create_model("mfnet", num_classes=None).classifier.out_features == 400
+    assert models.create_model("mfnet", num_classes=101).classifier.out_features == 101
+
+
+@pytest.mark.parametrize("name", models.list_models())
+def test_forward_on_a_small_input(name):
+    torch.manual_seed(0)
+    model = models.create_model(name, num_classes=7).eval()
+    x = small_input(name, batch=2)
+    with torch.inference_mode():
+        out = model(x)
+    assert out.shape == (2, 7)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", models.list_models())
+def test_cost_against_the_paper(name):
+    """Measured params and multiply-adds at the paper's input are within tolerance of the
+    paper's figure, or the spec documents the gap with the value measured here."""
+    spec = models.get_spec(name)
+    cost = count_macs(name)
+    tolerance = TOLERANCE[spec.fidelity]
+    measured = {"params_m": cost.params / 1e6, "gmacs": cost.gmacs}
+    paper = {"params_m": spec.paper_params_m, "gmacs": spec.paper_gmacs}
+    for key, figure in paper.items():
+        documented = getattr(spec.discrepancy, key, None)
+        if documented is not None:
+            # the documented value is what we measure, and it really is off the paper's figure
+            assert measured[key] == pytest.approx(documented, rel=0.005), (name, key)
+            if figure is not None:
+                assert abs(measured[key] / figure.value - 1) > tolerance, (name, key)
+        elif figure is not None:
+            assert measured[key] == pytest.approx(figure.value, rel=tolerance), (name, key)

@@ -1,0 +1,67 @@
+"""reports/ is generated from results/ only, reproducibly."""
+
+from pathlib import Path
+
+import pytest
+
+from benchmarks import report
+from benchmarks.results import Measurement, ResultsStore, RunConditions
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_committed_report_is_what_the_committed_results_generate(tmp_path):
+    if not (REPO / "results" / "measurements.csv").exists():
+        pytest.skip("no committed results")
+    report.render(REPO / "results", tmp_path)
+    assert (tmp_path / "README.md").read_text() == (REPO / "reports" / "README.md").read_text()
+
+
+@pytest.fixture
+def small_store(tmp_path):
+    store = ResultsStore(tmp_path / "results")
+    run = RunConditions("run-a", "cpu", "Test CPU", "fp32", False, False)
+    rows = [Measurement("mfnet", "cost", "params", 7_996_368, "count", clip="16x224x224"),
+            Measurement("mfnet", "cost", "gmacs", 11.045, "GMAC", clip="16x224x224"),
+            Measurement("i3d", "cost", "params", 12_697_000, "count", clip="64x224x224"),
+            Measurement("i3d", "cost", "gmacs", 118.3, "GMAC", clip="64x224x224"),
+            Measurement("mfnet", "speed", "latency_ms", 300.0, "ms", "infer", 1, "16x224x224"),
+            Measurement("_machine", "speed", "peak_gmacs_per_s", 90.0, "GMAC/s")]
+    store.append(rows, run, "2026-01-01T00:00:00+00:00")
+    # an older-looking machine's timing must not leak into this machine's table
+    other = RunConditions("run-b", "cpu", "Other CPU", "fp32", False, False)
+    store.append([Measurement("i3d", "speed", "latency_ms", 1.0, "ms", "infer", 1, "64x224x224")],
+                 other, "2025-01-01T00:00:00+00:00")
+    gpu = RunConditions("run-c", "cuda", "Test GPU", "fp32", False, False)
+    store.append([Measurement("mfnet", "speed", "latency_ms", 9.5, "ms", "infer", 1, "16x224x224"),
+                  Measurement("mfnet", "memory", "peak_alloc_mb_train", 1234.0, "MB", "train", 4,
+                              "16x224x224"),
+                  Measurement("mfnet", "memory", "peak_alloc_mb_infer", 321.0, "MB", "infer", 4,
+                              "16x224x224")], gpu, "2026-01-02T00:00:00+00:00")
+    return store.root
+
+
+def test_verdicts_and_reasons(small_store, tmp_path):
+    report.render(small_store, tmp_path / "out")
+    text = (tmp_path / "out" / "README.md").read_text()
+    mfnet_row = next(line for line in text.splitlines() if line.startswith("| `mfnet` | 16×224×224"))
+    assert "| 8 | 8.00 | -0.0% | 11.1 | 11.04 | -0.5% |" in mfnet_row and "reproduced" in mfnet_row
+    i3d_row = next(line for line in text.splitlines() if line.startswith("| `i3d` | 64×224×224"))
+    assert "**differs**" in i3d_row and "+9.6%" in i3d_row
+    assert "S3D paper" in text  # the spec's documented reason is shown
+    assert "not applicable" in text and "not measured" in text
+    assert "Measured on **Test CPU**" in text
+    efficiency = text.split("## Efficiency")[1]
+    # counted costs come from any machine; the other machine's latency does not
+    assert "| `i3d` | 64x224x224 | 118.3 | 12.70 | – | – |" in efficiency
+    assert "| `mfnet` | 16x224x224 | 11.04 | 8.00 | – | 300.0 |" in efficiency
+    gpu = text.split("## Efficiency on Test GPU (cuda, fp32)")[1]
+    assert "| `mfnet` | 16x224x224 | 11.04 | 8.00 | – | 9.50 |" in gpu and "| 1,234 |" in gpu
+    assert (tmp_path / "out" / "memory_cuda0.png").exists()
+
+
+def test_output_is_byte_identical_for_the_same_results(small_store, tmp_path):
+    report.render(small_store, tmp_path / "a")
+    report.render(small_store, tmp_path / "b")
+    for path in sorted((tmp_path / "a").iterdir()):
+        assert path.read_bytes() == (tmp_path / "b" / path.name).read_bytes(), path.name
