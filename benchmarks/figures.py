@@ -68,7 +68,7 @@ def speed_vs_cost(measured, names, path: Path) -> None:
                             (peak / 16 if peak else None, ":")):
             if rate:
                 ax.plot([lo, hi], [rate / lo, rate / hi], style, color="grey", lw=0.8)
-                ax.annotate(f"{rate:.0f} GMAC/s" + (" (matmul peak)" if rate == peak else ""),
+                ax.annotate(f"{rate:.0f} GMAC/s" + (" (machine peak)" if rate == peak else ""),
                             (lo, rate / lo), xytext=(2, -9), textcoords="offset points", fontsize=7,
                             color="grey", ha="left", va="top", rotation=-18)
     ax.set_xscale("log")

@@ -102,10 +102,11 @@ class ResultsStore:
         return frame.to_csv(index=False, columns=list(COLUMNS), lineterminator="\n").encode()
 
     def done(self, model: str, measurement: str, run: RunConditions, clip: str,
-             required: list[tuple[str, int | None]]) -> bool:
-        """Whether ok rows already hold every ``(metric, batch)`` in ``required`` for this
-        measurement under these conditions (batch None: any). A run killed halfway, or one
-        that measured less (``--quick`` skips the CPU RSS probe), is not done."""
+             required: list[tuple]) -> bool:
+        """Whether ok rows already hold every ``(metric, batch[, note])`` in ``required`` for
+        this measurement under these conditions (batch None: any; note: the row's note must be
+        this, e.g. an accuracy protocol). A run killed halfway, or one that measured less
+        (``--quick`` skips the CPU RSS probe), is not done."""
         frame = self.frame()
         if frame.empty:
             return False
@@ -116,10 +117,12 @@ class ResultsStore:
         for column, value in key.items():
             mask &= frame[column] == value
         held = frame[mask]
-        for metric, batch in required:
+        for metric, batch, *note in required:
             rows = held[held["metric"] == metric]
             if batch is not None:
                 rows = rows[rows["batch_size"] == batch]
+            if note:
+                rows = rows[rows["note"] == note[0]]
             if rows.empty:
                 return False
         return True

@@ -32,7 +32,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 import models
-from benchmarks import datasets, environment
+from benchmarks import datasets, environment, runtime
 from benchmarks.motion import MotionDataset
 from benchmarks.results import Measurement, ResultsStore, RunConditions, new_run_id
 
@@ -389,12 +389,14 @@ def train(cfg: Config) -> dict:
     train_seconds = time.monotonic() - started
     result = evaluate_views(model if world == 1 else module, test_data, device, num_classes)
     views = f"{cfg.test_clips}x{cfg.test_crops}" if cfg.dataset != "motion" else "1x1"
-    rows = [Measurement(cfg.model, "accuracy", k, result[k], "%", "test", views=views)
+    rows = [Measurement(cfg.model, "accuracy", k, result[k], "%", "test", views=views,
+                        note=protocol(cfg.time_budget, cfg.epochs))
             for k in ("top1_clip", "top1_video", "top5_video")]
     rows.append(Measurement(cfg.model, "accuracy", "skipped_videos", result["skipped_videos"] + skipped_train,
                             "count", note="corrupt, truncated or empty videos skipped (train + test)"))
     if not cfg.eval_only:
-        rows += [Measurement(cfg.model, "accuracy", metric, value, unit, "train", cfg.batch_size)
+        rows += [Measurement(cfg.model, "accuracy", metric, value, unit, "train", cfg.batch_size,
+                             note=protocol(cfg.time_budget, cfg.epochs))
                  for metric, value, unit in (("epochs_completed", epochs_done, "epochs"),
                                              ("clips_seen", clips_seen, "clips"),
                                              ("train_seconds", train_seconds, "s"))]
@@ -408,12 +410,20 @@ def train(cfg: Config) -> dict:
     return result | {"epochs_completed": epochs_done, "clips_seen": clips_seen, "run_id": run_id}
 
 
+def protocol(time_budget: float | None, epochs: int) -> str:
+    """How long every model trained: the same wall-clock budget, or the same epochs."""
+    if time_budget:
+        return f"protocol: equal time, {time_budget:g} s"
+    return f"protocol: equal epochs, {epochs}"
+
+
 def _jsonable(cfg: Config) -> dict:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}
 
 
 def main(argv=None) -> int:
     cfg = parse_args(argv)
+    runtime.keep_freed_memory()
     try:
         train(cfg)
     except (datasets.DatasetLayoutError, models.CheckpointError, OSError) as exc:

@@ -27,10 +27,10 @@ class Workload:
     """One model ready to run under ``setup`` at a clip size (None: the spec's input)."""
 
     def __init__(self, name: str, setup: Setup, clip: tuple[int, ...] | None = None,
-                 num_classes: int | None = None):
+                 num_classes: int | None = None, **model_kwargs):
         self.name, self.setup, self.clip = name, setup, clip
         torch.manual_seed(0)
-        model = models.create_model(name, num_classes=num_classes).to(setup.device)
+        model = models.create_model(name, num_classes=num_classes, **model_kwargs).to(setup.device)
         self.num_classes = models.get_spec(name).num_classes if num_classes is None else num_classes
         self.video = len(input_shape(name, clip)) == 5
         if setup.channels_last:
@@ -56,8 +56,19 @@ class Workload:
 
     def infer_step(self, x: torch.Tensor) -> None:
         self.model.eval()
-        with torch.inference_mode(), self.autocast():
+        with torch.inference_mode(), self.autocast(), self.freezing():
             self.model(x)
+
+    def freezing(self):
+        """Compiled inference freezes the weights into the graph, so inductor can fold
+        BatchNorm into convs and prepack weights (its recommended CPU inference setting).
+        Measured here at batch 1: MF-Net 193 ms compiled without freezing (eager: 134 ms),
+        111 ms with it. Training steps compile without it."""
+        if not self.setup.compile:
+            return nullcontext()
+        import torch._inductor.config as inductor_config
+
+        return inductor_config.patch(freezing=True)
 
     def make_train_step(self):
         """A closure running one training step; the optimizer is made once, outside timing."""

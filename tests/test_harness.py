@@ -165,6 +165,15 @@ def test_accuracy_on_the_motion_benchmark_records_curves_and_equal_time_budgets(
     assert acc[acc["metric"] == "val_top1"]["epoch"].notna().all()
     # the cost at the benchmark's clip is recorded for the report
     assert not frame[(frame["measurement"] == "cost") & (frame["clip"] == "8x32x32")].empty
+    assert set(acc[acc["metric"] == "top1_video"]["note"]) == {"protocol: equal time, 2 s"}
+    # the same protocol is not trained again; another protocol (equal epochs) is
+    args = ["--models", "mfnet", "--measure", "accuracy", "--clip", "8,32,32", "--quick",
+            "--results", str(tmp_path / "results")]
+    assert run.main(args + ["--train-budget", "2"]) == 0
+    assert len(read_csv(tmp_path / "results" / "measurements.csv")) == len(frame)
+    assert run.main(args + ["--epochs", "1"]) == 0
+    finals = read_csv(tmp_path / "results" / "measurements.csv").query("metric == 'top1_video'")
+    assert sorted(finals["note"]) == ["protocol: equal epochs, 1", "protocol: equal time, 2 s"]
 
 
 @pytest.mark.gpu

@@ -65,3 +65,49 @@ def test_output_is_byte_identical_for_the_same_results(small_store, tmp_path):
     report.render(small_store, tmp_path / "b")
     for path in sorted((tmp_path / "a").iterdir()):
         assert path.read_bytes() == (tmp_path / "b" / path.name).read_bytes(), path.name
+
+
+def test_wallclock_section_compares_mfnet_and_res3d_from_the_same_run(tmp_path):
+    store = ResultsStore(tmp_path / "results")
+
+    def rates(run_id, mfnet, res3d, timestamp, channels_last=False):
+        run = RunConditions(run_id, "cpu", "Test CPU", "fp32", channels_last, False)
+        rows = []
+        for name, clip, (b1, b4, train) in (("mfnet", "16x224x224", mfnet), ("res3d", "8x112x112", res3d)):
+            rows += [Measurement(name, "speed", "gmacs_per_s", b1, "GMAC/s", "infer", 1, clip),
+                     Measurement(name, "speed", "gmacs_per_s", b4, "GMAC/s", "infer", 4, clip),
+                     Measurement(name, "speed", "gmacs_per_s", train, "GMAC/s", "train", 4, clip)]
+        store.append(rows, run, timestamp)
+
+    rates("run-old", (10, 10, 10), (100, 100, 100), "2026-01-01T00:00:00+00:00")
+    rates("run-new", (90, 50, 40), (100, 200, 200), "2026-01-02T00:00:00+00:00")
+    rates("run-cl", (95, 60, 45), (100, 250, 210), "2026-01-03T00:00:00+00:00", channels_last=True)
+    report.render(store.root, tmp_path / "out")
+    text = (tmp_path / "out" / "README.md").read_text()
+    section = text.split("## Does MF-Net's wall-clock follow its FLOPs?")[1].split("\n## ")[0]
+    plain = next(line for line in section.splitlines() if line.startswith("| cpu Test CPU, fp32 |"))
+    assert "90 / 100 = **0.90×** ✓" in plain and "50 / 200 = **0.25×** ✗ (b=4)" in plain
+    assert "40 / 200 = **0.20×** ✗ (b=4)" in plain and "run-new" in plain
+    assert "run-old" not in section  # the newest run that has both models
+    assert "| cpu Test CPU, fp32, channels-last (all models) | 95 / 100 = **0.95×** ✓" in section
+
+
+def test_motion_accuracy_is_reported_per_protocol(tmp_path):
+    store = ResultsStore(tmp_path / "results")
+    for run_id, protocol, top1, stamp in (("run-t", "protocol: equal time, 60 s", 70.0, "01"),
+                                          ("run-e", "protocol: equal epochs, 6", 90.0, "02")):
+        run = RunConditions(run_id, "cpu", "Test CPU", "fp32", False, False)
+        store.append([Measurement("mfnet", "accuracy", "top1_video", top1, "%", "test", clip="16x48x48",
+                                  dataset="motion", views="1x1", note=protocol),
+                      Measurement("mfnet", "accuracy", "val_top1", top1, "%", "val", clip="16x48x48",
+                                  dataset="motion", epoch=0, views="1x1"),
+                      Measurement("mfnet", "speed", "latency_ms", 1.0, "ms", "infer", 1, "16x224x224")],
+                     run, f"2026-01-{stamp}T00:00:00+00:00")
+    report.render(store.root, tmp_path / "out")
+    text = (tmp_path / "out" / "README.md").read_text()
+    time_part = text.split("## Motion benchmark: accuracy at equal time, 60 s")[1].split("\n## ")[0]
+    epoch_part = text.split("## Motion benchmark: accuracy at equal epochs, 6")[1].split("\n## ")[0]
+    assert "| 70.00 | 1x1 |" in time_part and "90.00" not in time_part
+    assert "| 90.00 | 1x1 |" in epoch_part
+    assert (tmp_path / "out" / "motion_curves.png").exists()
+    assert (tmp_path / "out" / "motion_curves_1.png").exists()

@@ -1,0 +1,111 @@
+"""Where a model's time goes: ``python benchmarks/op_profile.py --model mfnet [--batch 4] [--train]``.
+
+Two tables, to explain a low ``peak_fraction``:
+
+- ``torch.profiler``'s per-op table (self CPU or CUDA time) over a few steps;
+- every convolution timed alone on the input it sees in the network, grouped by kind (dense,
+  pointwise 1x1(x1), grouped) and channels per group, with its achieved GMAC/s. A kind far
+  below the machine's peak is what bounds the model; the fiber (grouped) convs of MF-Net with
+  6 or 12 channels per group are the case in point (issue #7).
+
+It runs the same steps as the harness (``benchmarks/workload.py``), under the same settings.
+"""
+
+import argparse
+import math
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch
+from torch import nn
+from torch.profiler import ProfilerActivity, profile
+
+import models
+from benchmarks import runtime
+from benchmarks.run import parse_clip
+from benchmarks.workload import DTYPES, Setup, Workload
+
+CONVS = (nn.Conv2d, nn.Conv3d)
+
+
+def conv_kind(conv: nn.Conv2d | nn.Conv3d) -> str:
+    if conv.groups > 1:
+        return f"grouped {conv.in_channels // conv.groups}->{conv.out_channels // conv.groups} per group"
+    return "pointwise" if all(k == 1 for k in conv.kernel_size) else "dense"
+
+
+def conv_table(workload: Workload, x: torch.Tensor, repeats: int = 3) -> list[tuple]:
+    """(kind, kernel, ms per step, GMACs, GMAC/s) per kind of conv, slowest first."""
+    seen: dict[nn.Module, torch.Tensor] = {}
+    hooks = [m.register_forward_pre_hook(lambda m, a: seen.setdefault(m, a[0].clone()))
+             for m in workload.eager_model.modules() if isinstance(m, CONVS)]
+    workload.infer_step(x)
+    for hook in hooks:
+        hook.remove()
+    totals: dict[tuple, list[float]] = defaultdict(lambda: [0.0, 0])
+    with torch.inference_mode(), workload.autocast():
+        for conv, inp in seen.items():
+            conv(inp)  # warm-up: oneDNN picks and caches its kernel
+            workload.synchronize()
+            start = time.perf_counter()
+            for _ in range(repeats):
+                out = conv(inp)
+            workload.synchronize()
+            seconds = (time.perf_counter() - start) / repeats
+            macs = out.numel() * conv.in_channels // conv.groups * math.prod(conv.kernel_size)
+            entry = totals[(conv_kind(conv), "x".join(map(str, conv.kernel_size)))]
+            entry[0] += seconds
+            entry[1] += macs
+    return sorted(((kind, kernel, s * 1e3, macs / 1e9, macs / s / 1e9)
+                   for (kind, kernel), (s, macs) in totals.items()), key=lambda r: -r[2])
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="op_profile.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="mfnet")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--clip", type=parse_clip, default=None, help="T,H,W (default: the spec's)")
+    p.add_argument("--train", action="store_true", help="profile a training step, not inference")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--dtype", default="fp32", choices=tuple(DTYPES))
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--rows", type=int, default=15, help="rows of the per-op table")
+    args = p.parse_args(argv)
+    try:
+        models.get_spec(args.model)
+        if args.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("--device cuda, but no CUDA GPU is available here")
+    except ValueError as exc:
+        p.exit(2, f"op_profile.py: error: {exc}\n")
+    runtime.keep_freed_memory()
+    workload = Workload(args.model, Setup(args.device, args.dtype, args.channels_last), args.clip)
+    x, y = workload.inputs(args.batch)
+    train_step = workload.make_train_step() if args.train else None
+    step = (lambda: train_step(x, y)) if args.train else (lambda: workload.infer_step(x))
+    for _ in range(2):
+        step()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(2):
+            step()
+        workload.synchronize()
+    sort = "self_cuda_time_total" if args.device == "cuda" else "self_cpu_time_total"
+    phase = "training step" if args.train else "inference"
+    print(f"{args.model}, {phase}, batch {args.batch}, {args.device} {args.dtype}: per-op time over 2 steps")
+    print(prof.key_averages().table(sort_by=sort, row_limit=args.rows, max_name_column_width=36))
+    rows = conv_table(workload, x)
+    total = sum(r[2] for r in rows)
+    print(f"every convolution alone, forward, batch {args.batch} ({total:.1f} ms per step in all)")
+    print(f"{'kind':32s} {'kernel':>8s} {'ms':>8s} {'share':>6s} {'GMACs':>7s} {'GMAC/s':>7s}")
+    for kind, kernel, ms, gmacs, rate in rows:
+        print(f"{kind:32s} {kernel:>8s} {ms:8.1f} {ms / total:6.0%} {gmacs:7.2f} {rate:7.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
