@@ -1,12 +1,17 @@
-"""Where a model's time goes: ``python benchmarks/op_profile.py --model mfnet [--batch 4] [--train]``.
+"""Where a model's time goes: ``python benchmarks/op_profile.py --model mfnet [--batch 4] [--train]
+[--against res3d]``.
 
-Two tables, to explain a low ``peak_fraction``:
+Two tables and a bound, to explain a low ``peak_fraction``:
 
 - ``torch.profiler``'s per-op table (self CPU or CUDA time) over a few steps;
-- every convolution timed alone on the input it sees in the network, grouped by kind (dense,
-  pointwise 1x1(x1), grouped) and channels per group, with its achieved GMAC/s. A kind far
-  below the machine's peak is what bounds the model; the fiber (grouped) convs of MF-Net with
-  6 or 12 channels per group are the case in point (issue #7).
+- every convolution timed alone on the input it sees in the network (forward, or with
+  ``--train`` forward + backward), grouped by kind (dense, pointwise 1x1(x1), grouped) and
+  channels per group, with its achieved GMAC/s. A kind far below the machine's peak is what
+  bounds the model; the fiber (grouped) convs of MF-Net with 6 or 12 channels per group are
+  the case in point (issue #7);
+- the bound the grouped convs alone set: the model's multiply-adds over the time its grouped
+  convs take, the rate it could reach if every other op were free. ``--against NAME`` times
+  another model's same step in the same process (at its spec input) for comparison.
 
 It runs the same steps as the harness (``benchmarks/workload.py``), under the same settings.
 """
@@ -26,7 +31,8 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
 import models
-from benchmarks import runtime
+from benchmarks import runtime, speed
+from benchmarks.cost import count_macs
 from benchmarks.run import parse_clip
 from benchmarks.workload import DTYPES, Setup, Workload
 
@@ -39,30 +45,70 @@ def conv_kind(conv: nn.Conv2d | nn.Conv3d) -> str:
     return "pointwise" if all(k == 1 for k in conv.kernel_size) else "dense"
 
 
-def conv_table(workload: Workload, x: torch.Tensor, repeats: int = 3) -> list[tuple]:
-    """(kind, kernel, ms per step, GMACs, GMAC/s) per kind of conv, slowest first."""
+def conv_table(workload: Workload, x: torch.Tensor, repeats: int = 3,
+               train: bool = False) -> list[tuple]:
+    """(kind, kernel, ms per step, GMACs, GMAC/s) per kind of conv, slowest first. ``train``:
+    forward + backward (input and weight gradients), counted as ``TRAIN_MACS_FACTOR`` x forward."""
     seen: dict[nn.Module, torch.Tensor] = {}
-    hooks = [m.register_forward_pre_hook(lambda m, a: seen.setdefault(m, a[0].clone()))
+    hooks = [m.register_forward_pre_hook(lambda m, a: seen.setdefault(m, a[0].detach().clone()))
              for m in workload.eager_model.modules() if isinstance(m, CONVS)]
     workload.infer_step(x)
     for hook in hooks:
         hook.remove()
+    factor = speed.TRAIN_MACS_FACTOR if train else 1
     totals: dict[tuple, list[float]] = defaultdict(lambda: [0.0, 0])
-    with torch.inference_mode(), workload.autocast():
+    with torch.inference_mode(not train), workload.autocast():
         for conv, inp in seen.items():
-            conv(inp)  # warm-up: oneDNN picks and caches its kernel
+            # captured under inference mode: a clone outside it is an ordinary tensor autograd takes
+            step = _conv_step(conv, inp.clone().requires_grad_() if train else inp, train)
+            step()  # warm-up: oneDNN picks and caches its kernel
             workload.synchronize()
             start = time.perf_counter()
             for _ in range(repeats):
-                out = conv(inp)
+                out = step()
             workload.synchronize()
             seconds = (time.perf_counter() - start) / repeats
-            macs = out.numel() * conv.in_channels // conv.groups * math.prod(conv.kernel_size)
+            macs = factor * out.numel() * conv.in_channels // conv.groups * math.prod(conv.kernel_size)
             entry = totals[(conv_kind(conv), "x".join(map(str, conv.kernel_size)))]
             entry[0] += seconds
             entry[1] += macs
     return sorted(((kind, kernel, s * 1e3, macs / 1e9, macs / s / 1e9)
                    for (kind, kernel), (s, macs) in totals.items()), key=lambda r: -r[2])
+
+
+def _conv_step(conv: nn.Module, inp: torch.Tensor, train: bool):
+    if not train:
+        return lambda: conv(inp)
+    grad = torch.randn_like(conv(inp))
+
+    def step():
+        conv.weight.grad = inp.grad = None
+        out = conv(inp)
+        out.backward(grad)
+        return out
+
+    return step
+
+
+def grouped_bound(rows: list[tuple], step_gmacs: float) -> tuple[float, float]:
+    """(ms, GMAC/s): the time the grouped convs alone take per step, and the most the whole
+    step can achieve while they take it: ``step_gmacs`` over that time."""
+    ms = sum(r[2] for r in rows if r[0].startswith("grouped"))
+    return ms, (step_gmacs / (ms / 1e3) if ms else math.inf)
+
+
+def achieved_rate(name: str, setup: Setup, batch: int, train: bool) -> float:
+    """GMAC/s of ``name``'s inference or training step at its spec input, timed as the harness does."""
+    workload = Workload(name, setup)
+    x, y = workload.inputs(batch)
+    if train:
+        train_step = workload.make_train_step()
+        step = lambda: train_step(x, y)  # noqa: E731
+    else:
+        step = lambda: workload.infer_step(x)  # noqa: E731
+    result = speed.time_step(step, workload.synchronize, min_run_time=1.0)
+    factor = speed.TRAIN_MACS_FACTOR if train else 1
+    return factor * count_macs(name).gmacs * batch / result.median
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,9 +121,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", default="fp32", choices=tuple(DTYPES))
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--rows", type=int, default=15, help="rows of the per-op table")
+    p.add_argument("--against", metavar="NAME",
+                   help="also time this model's same step (at its spec input) and compare its "
+                        "GMAC/s with the bound the grouped convs set, e.g. res3d")
     args = p.parse_args(argv)
     try:
         models.get_spec(args.model)
+        if args.against:
+            models.get_spec(args.against)
         if args.device == "cuda" and not torch.cuda.is_available():
             raise ValueError("--device cuda, but no CUDA GPU is available here")
     except ValueError as exc:
@@ -98,12 +149,23 @@ def main(argv: list[str] | None = None) -> int:
     phase = "training step" if args.train else "inference"
     print(f"{args.model}, {phase}, batch {args.batch}, {args.device} {args.dtype}: per-op time over 2 steps")
     print(prof.key_averages().table(sort_by=sort, row_limit=args.rows, max_name_column_width=36))
-    rows = conv_table(workload, x)
+    rows = conv_table(workload, x, train=args.train)
     total = sum(r[2] for r in rows)
-    print(f"every convolution alone, forward, batch {args.batch} ({total:.1f} ms per step in all)")
+    what = "forward + backward" if args.train else "forward"
+    print(f"every convolution alone, {what}, batch {args.batch} ({total:.1f} ms per step in all)")
     print(f"{'kind':32s} {'kernel':>8s} {'ms':>8s} {'share':>6s} {'GMACs':>7s} {'GMAC/s':>7s}")
     for kind, kernel, ms, gmacs, rate in rows:
         print(f"{kind:32s} {kernel:>8s} {ms:8.1f} {ms / total:6.0%} {gmacs:7.2f} {rate:7.1f}")
+    factor = speed.TRAIN_MACS_FACTOR if args.train else 1
+    step_gmacs = factor * count_macs(args.model, args.clip).gmacs * args.batch
+    grouped_ms, bound = grouped_bound(rows, step_gmacs)
+    if grouped_ms:
+        print(f"bound: the grouped convs alone take {grouped_ms:.1f} ms per step, so even with every "
+              f"other op free the step ({step_gmacs:.2f} GMACs) runs at most {bound:.1f} GMAC/s")
+    if args.against:
+        other = achieved_rate(args.against, workload.setup, args.batch, args.train)
+        print(f"{args.against} ({phase} at its spec input, batch {args.batch}, this process): "
+              f"{other:.1f} GMAC/s; {args.model}'s bound is {bound / other:.2f}x of it")
     return 0
 
 

@@ -16,7 +16,7 @@ Departure from the release: the classifier pools with ``AdaptiveAvgPool`` instea
 """
 
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -27,14 +27,19 @@ class Geometry:
     """Whether the network sees clips ``(N, C, T, H, W)`` (ndim=3) or images ``(N, C, H, W)``."""
 
     ndim: int
+    onednn_pointwise: bool = False  # build 1x1x1 convs as ``OneDNNPointwiseConv3d``
 
     def shape(self, t: int, h: int, w: int | None = None) -> tuple[int, ...]:
         """A kernel, stride or padding given as (t, h, w); the 2D net drops ``t``."""
         w = h if w is None else w
         return (t, h, w) if self.ndim == 3 else (h, w)
 
-    def conv(self, *args, **kwargs) -> nn.Module:
-        return (nn.Conv3d if self.ndim == 3 else nn.Conv2d)(*args, bias=False, **kwargs)
+    def conv(self, num_in: int, num_out: int, kernel, stride, padding, groups: int = 1) -> nn.Module:
+        if self.ndim == 2:
+            return nn.Conv2d(num_in, num_out, kernel, stride, padding, groups=groups, bias=False)
+        pointwise = all(k == 1 for k in kernel)
+        kind = OneDNNPointwiseConv3d if self.onednn_pointwise and pointwise else nn.Conv3d
+        return kind(num_in, num_out, kernel, stride, padding, groups=groups, bias=False)
 
     def bn(self, channels: int) -> nn.Module:
         return (nn.BatchNorm3d if self.ndim == 3 else nn.BatchNorm2d)(channels)
@@ -42,6 +47,28 @@ class Geometry:
 
 VIDEO = Geometry(ndim=3)
 IMAGE = Geometry(ndim=2)
+
+
+class OneDNNPointwiseConv3d(nn.Conv3d):
+    """A 1x1x1 ``Conv3d`` that runs on oneDNN on the CPU at batch 1; the same weights and math.
+
+    PyTorch's backend choice (``use_mkldnn`` in ATen's ConvUtils.h) sends a batch-1 conv with
+    N*C*T*H <= 20480 to ``slow_conv3d`` (im2col and GEMM on a contiguous copy of a channels-last
+    input). In MF-Net at 16x224x224 that is most multiplexer convs and the strided shortcut
+    projections, 14 per clip; measured here at batch 1, they were ~10% of MF-Net's latency
+    (234 -> 207-212 ms with this class). Everywhere else it is a plain ``Conv3d``: larger
+    batches (PyTorch sends those to oneDNN already), other devices and dtypes, autocast, and
+    under ``torch.jit.trace`` (fvcore) or ``torch.compile``, which should see the standard op.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (x.device.type == "cpu" and x.shape[0] == 1 and x.dtype == self.weight.dtype == torch.float32
+                and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+                and not torch.is_autocast_enabled("cpu") and not torch.jit.is_tracing()
+                and not torch.compiler.is_compiling()):
+            return torch.mkldnn_convolution(x, self.weight, self.bias, self.padding, self.stride,
+                                            self.dilation, self.groups)
+        return super().forward(x)
 
 
 class BNReLUConv(nn.Sequential):
@@ -98,11 +125,13 @@ class MFNet(nn.Module):
                  multiplexer: bool = True, temporal_strides=(2, 1, 1, 1), dropout: float = 0.0,
                  channels_last: bool = True):
         super().__init__()
-        self.geometry = geometry
         # Channels-last is the fast path for fiber (grouped) convs on oneDNN and cuDNN: on this
-        # suite's CPU it cut 16x224x224 inference at batch 1 from 225 ms to 124 ms. The math,
+        # suite's CPU it cut 16x224x224 inference at batch 1 from 225 ms to 124 ms; its 1x1x1
+        # convs are also kept on oneDNN at batch 1 (``OneDNNPointwiseConv3d``). The math,
         # the parameters and the checkpoint keys are the same; channels_last=False is the plain
-        # reference path the fast one is tested against.
+        # reference path (plain ``Conv3d``, contiguous) the fast one is tested against.
+        geometry = replace(geometry, onednn_pointwise=channels_last and geometry.ndim == 3)
+        self.geometry = geometry
         self.memory_format = ((torch.channels_last_3d if geometry.ndim == 3 else torch.channels_last)
                               if channels_last else torch.contiguous_format)
         padding = tuple(k // 2 for k in stem_kernel)

@@ -130,3 +130,24 @@ def test_the_fast_channels_last_path_equals_the_reference_path(name, shape):
     # fp32 rounding between memory formats is amplified to ~1e-2, and an input within rounding
     # of a ReLU's kink can flip its gradient on some seeds: both are conditioning, not math.
     assert _max_grad_error(fast.eval(), reference.eval(), x) < 1e-5
+
+
+def _conv_kernels(model, x) -> set[str]:
+    """The ATen convolution kernels one forward pass runs."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        model(x)
+    return {e.key for e in prof.key_averages() if "conv" in e.key and e.key.startswith("aten::")}
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="needs a oneDNN build of torch")
+def test_at_batch_one_the_fast_path_keeps_pointwise_convs_on_onednn():
+    torch.manual_seed(0)
+    fast, reference = _twins("mfnet")
+    fast.eval(), reference.eval()
+    # conv5's multiplexer sees 192 x 2 x 2 x 2: N*C*T*H = 768, which PyTorch sends to slow_conv3d
+    x = torch.randn(1, 3, 4, 64, 64)
+    with torch.inference_mode():
+        torch.testing.assert_close(fast(x), reference(x), rtol=1e-4, atol=1e-5)
+        assert "aten::slow_conv3d_forward" in _conv_kernels(reference, x)
+        assert "aten::slow_conv3d_forward" not in _conv_kernels(fast, x)
+        assert "aten::mkldnn_convolution" in _conv_kernels(fast, x)

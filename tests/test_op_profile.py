@@ -20,15 +20,36 @@ def test_conv_table_accounts_for_every_multiply_add_of_mfnet():
     assert all(ms > 0 and rate > 0 for _, _, ms, _, rate in rows)
 
 
-def test_cli_prints_both_tables(capsys):
-    assert op_profile.main(["--model", "mfnet", "--clip", "8,32,32", "--train", "--rows", "5"]) == 0
+def test_training_conv_table_counts_forward_and_backward():
+    workload = Workload("mfnet", Setup(), (8, 32, 32))
+    x, _ = workload.inputs(1)
+    forward = {row[:2]: row[3] for row in op_profile.conv_table(workload, x, repeats=1)}
+    train = {row[:2]: row[3] for row in op_profile.conv_table(workload, x, repeats=1, train=True)}
+    assert train.keys() == forward.keys()
+    for key, gmacs in forward.items():
+        assert train[key] == pytest.approx(3 * gmacs)
+
+
+def test_grouped_bound_is_the_step_over_the_grouped_convs_time():
+    rows = [("pointwise", "1x1x1", 30.0, 2.0, 66.7), ("grouped 6->6 per group", "3x3x3", 40.0, 1.0, 25.0),
+            ("grouped 12->12 per group", "1x3x3", 10.0, 1.0, 100.0)]
+    assert op_profile.grouped_bound(rows, 4.0) == (50.0, pytest.approx(80.0))
+    assert op_profile.grouped_bound(rows[:1], 2.0)[0] == 0
+
+
+def test_cli_prints_both_tables_and_the_bound_against_a_dense_model(capsys):
+    assert op_profile.main(["--model", "mfnet", "--clip", "8,32,32", "--train", "--rows", "5",
+                            "--against", "res3d"]) == 0
     out = capsys.readouterr().out
     assert "training step" in out and "Self CPU" in out
-    assert "every convolution alone" in out and "grouped 12->12 per group" in out
+    assert "every convolution alone, forward + backward" in out and "grouped 12->12 per group" in out
+    assert "bound: the grouped convs alone take" in out
+    assert "res3d (training step at its spec input" in out and "bound is" in out
 
 
-def test_unknown_model_is_one_line(capsys):
+@pytest.mark.parametrize("argv", [["--model", "mfnett"], ["--against", "res3dd"]])
+def test_unknown_model_is_one_line(capsys, argv):
     with pytest.raises(SystemExit) as exit_info:
-        op_profile.main(["--model", "mfnett"])
+        op_profile.main(argv)
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.count("\n") == 1
