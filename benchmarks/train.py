@@ -229,10 +229,12 @@ def make_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
                            weight_decay=cfg.weight_decay)
 
 
-def lr_factor(cfg: Config, progress: float) -> float:
-    """Learning-rate multiplier at ``progress`` in [0, 1] of the whole training: a linear
-    warm-up, then cosine, or x0.1 at each of ``decay_epochs``."""
-    epoch = progress * cfg.epochs
+def lr_factor(cfg: Config, progress: float, epoch: float) -> float:
+    """Learning-rate multiplier after ``epoch`` epochs of data, at ``progress`` in [0, 1] of the
+    whole training: a linear warm-up over the first ``warmup_epochs`` epochs of data, then
+    cosine over ``progress``, or x0.1 at each of ``decay_epochs``. Warm-up counts data, not
+    progress: with a time budget ``cfg.epochs`` is only a ceiling, so a share of it would end
+    the warm-up after a few steps."""
     warm = min(1.0, epoch / cfg.warmup_epochs) if cfg.warmup_epochs else 1.0
     if cfg.schedule == "cosine":
         return max(warm, 0.01) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
@@ -337,7 +339,7 @@ def train(cfg: Config) -> dict:
     steps = max(len(train_data), 1)
     started = time.monotonic()
     progress = progress_of(cfg, steps, started)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg, progress(s)))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg, progress(s), s / steps))
     if cfg.resume and last.exists():
         state = torch.load(last, map_location=device, weights_only=True)
         module.load_state_dict(state["model"])

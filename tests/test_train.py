@@ -1,5 +1,6 @@
 """benchmarks/train.py: every dataset trains and evaluates; seeds, resume and DDP agree."""
 
+import math
 import os
 import subprocess
 import sys
@@ -103,3 +104,14 @@ def test_a_missing_dataset_root_is_one_line_and_exit_2(tmp_path):
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "does not exist" in proc.stderr
+
+
+def test_warm_up_counts_epochs_of_data_under_a_time_budget_too():
+    timed = train.Config(model="mfnet", epochs=1000, time_budget=60.0, warmup_epochs=0.5,
+                         schedule="cosine")
+    # a quarter of an epoch in, a few seconds into the budget: still warming up, at half the rate
+    assert train.lr_factor(timed, progress=0.01, epoch=0.25) == pytest.approx(
+        0.5 * 0.5 * (1 + math.cos(math.pi * 0.01)))
+    assert train.lr_factor(timed, progress=0.5, epoch=2.0) == pytest.approx(0.5)  # cosine by the clock
+    stepped = train.Config(model="mfnet", epochs=30, schedule="step", decay_epochs=(10, 20))
+    assert [train.lr_factor(stepped, e / 30, e) for e in (0, 10, 25)] == pytest.approx([1, 0.1, 0.01])
