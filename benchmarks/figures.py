@@ -6,6 +6,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.transforms import Bbox  # noqa: E402
 
 import models  # noqa: E402
 
@@ -25,20 +27,29 @@ def save(fig, path: Path) -> None:
 
 
 def label_points(ax, points: list[tuple[float, float, str]], radii=None) -> None:
-    """Label each point at the first offset whose text box overlaps no earlier label; ``radii``
-    (points) push labels clear of bubbles."""
+    """Label each point at the first offset whose text box overlaps no earlier label and no
+    point's marker; ``radii`` (points) are the markers' sizes and push labels clear of bubbles.
+    Call it after the axes' scales and limits are set: boxes are compared on the screen."""
     fig = ax.figure
     renderer = fig.canvas.get_renderer()
+    ax.autoscale_view()
+    to_pixels = fig.dpi / 72
+    markers = []
+    for index, (x, y, _) in enumerate(points):
+        cx, cy = ax.transData.transform((x, y))
+        r = max(radii[index] if radii else 0, 4) * to_pixels
+        markers.append(Bbox.from_extents(cx - r, cy - r, cx + r, cy + r))
     placed = []
     for index, (x, y, text) in enumerate(points):
         pad = radii[index] if radii else 0
+        others = [m for i, m in enumerate(markers) if i != index]
         for ox, oy in OFFSETS:
             dx, dy = ox + (pad if ox > 0 else -pad if ox < 0 else 0), oy + (pad if oy > 0 else -pad)
             ha = "left" if dx > 0 else "right" if dx < 0 else "center"
             label = ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points",
                                 ha=ha, fontsize=8)
-            box = label.get_window_extent(renderer).expanded(1.05, 1.1)
-            if not any(box.overlaps(other) for other in placed):
+            box = label.get_window_extent(renderer).padded(3)
+            if not any(box.overlaps(other) for other in placed + others):
                 placed.append(box)
                 break
             label.remove()
@@ -61,7 +72,8 @@ def speed_vs_cost(measured, names, path: Path) -> None:
         xs = [g for g, _, _ in points]
         ys = [1000 / ms for _, ms, _ in points]  # clips/s at batch 1
         ax.scatter(xs, ys, color="tab:blue", zorder=3)
-        label_points(ax, [(x, y, n) for x, y, (_, _, n) in zip(xs, ys, points)])
+        ax.set_xscale("log")
+        ax.set_yscale("log")
         peak = measured.get("_machine", "peak_gmacs_per_s")
         lo, hi = min(xs) / 1.5, max(xs) * 1.5
         for rate, style in ((peak, "-"), (peak / 4 if peak else None, "--"),
@@ -71,6 +83,7 @@ def speed_vs_cost(measured, names, path: Path) -> None:
                 ax.annotate(f"{rate:.0f} GMAC/s" + (" (machine peak)" if rate == peak else ""),
                             (lo, rate / lo), xytext=(2, -9), textcoords="offset points", fontsize=7,
                             color="grey", ha="left", va="top", rotation=-18)
+        label_points(ax, [(x, y, n) for x, y, (_, _, n) in zip(xs, ys, points)])  # limits are final
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("multiply-adds per clip at the paper's input (GMACs, log)")
@@ -128,12 +141,13 @@ def bubble(measured, path: Path) -> None:
     if points:
         ax.scatter([p[0] for p in points], [p[1] for p in points],
                    s=[p[2] * 12 for p in points], alpha=0.45, color="tab:green", edgecolor="k")
+    ax.set_xscale("log")
+    ax.margins(0.15)
+    if points:
         label_points(ax, [(g, a, f"{n} ({p:.1f} M)") for g, a, p, n in points],
                      [(p[2] * 12) ** 0.5 / 2 for p in points])
-    ax.set_xscale("log")
     ax.set_xlabel("measured multiply-adds per clip at the paper's input (GMACs, log)")
     ax.set_ylabel("Kinetics-400 top-1 % (paper / model zoo, not measured here)")
-    ax.margins(0.15)
     ax.grid(True, which="both", alpha=0.2)
     caption(ax, measured, "; area ∝ measured params")
     save(fig, path)
@@ -152,6 +166,7 @@ def training_curves(curves: dict[str, list[tuple[int, float, float]]], label: st
                 fontsize=7, color="grey", va="top", ha="right", xytext=(0, -3),
                 textcoords="offset points")
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("top-1 % (thick: validation, thin: training)")
     ax.legend(fontsize=8, frameon=False)
     ax.set_ylim(0, 100)
@@ -166,14 +181,15 @@ def bubble_motion(points: list[tuple[float, float, float, str]], label: str, pat
     if points:
         ax.scatter([p[0] for p in points], [p[1] for p in points], s=[p[2] * 12 for p in points],
                    alpha=0.45, color="tab:purple", edgecolor="k")
-        label_points(ax, [(g, a, f"{n} ({p:.1f} M)") for g, a, p, n in points],
-                     [(p[2] * 12) ** 0.5 / 2 for p in points])
     ax.axhline(100 / 6, color="grey", ls=":", lw=0.8)
     ax.set_xscale("log")
-    ax.set_xlabel("multiply-adds per clip at the benchmark's clip (GMACs, log)")
-    ax.set_ylabel("motion benchmark top-1 % (measured, equal training time)")
     ax.set_ylim(0, 105)
     ax.margins(x=0.2)
+    if points:
+        label_points(ax, [(g, a, f"{n} ({p:.1f} M)") for g, a, p, n in points],
+                     [(p[2] * 12) ** 0.5 / 2 for p in points])
+    ax.set_xlabel("multiply-adds per clip at the benchmark's clip (GMACs, log)")
+    ax.set_ylabel("motion benchmark top-1 % (measured)")
     ax.grid(True, which="both", alpha=0.2)
     ax.set_title(f"{label}; area ∝ params", fontsize=7, loc="right")
     save(fig, path)

@@ -389,6 +389,19 @@ def wallclock_section(rows: pd.DataFrame) -> list[str]:
             "training step | run |", "|---|---|---|---|---|", *lines, ""]
 
 
+def not_yet_measured(rows: pd.DataFrame) -> list[str]:
+    """A closing line naming what ``results/`` does not hold yet, and the command that adds it."""
+    missing = []
+    real_datasets = {d.split("/")[0] for d in rows.loc[rows["measurement"] == "accuracy", "dataset"]}
+    if not real_datasets & {"ucf101", "hmdb51", "kinetics400"}:
+        missing.append("accuracy on UCF-101, HMDB-51 and Kinetics, which need the datasets on disk "
+                       "(`benchmarks/train.py --dataset ...`)")
+    if not (rows["device"] == "cuda").any():
+        missing.append("GPU memory and speed, which need a CUDA run in `results/` "
+                       "(`benchmarks/run.py --device cuda`)")
+    return [f"Not in this report yet: {'; '.join(missing)}.", ""] if missing else []
+
+
 def render(results: Path, out: Path) -> None:
     frame = load_results(results)
     if frame.empty:
@@ -438,9 +451,7 @@ def render(results: Path, out: Path) -> None:
              *wallclock_section(frame[frame["status"] == "ok"]),
              *motion_section(frame[frame["status"] == "ok"], main, out),
              *gpu_sections(rows, video, out),
-             "Not in this report yet: accuracy on UCF-101, HMDB-51 and Kinetics, which need the "
-             "datasets on disk (`benchmarks/train.py --dataset ...`); GPU memory and speed, which "
-             "need a CUDA run in `results/`.", ""]
+             *not_yet_measured(rows)]
     (out / "README.md").write_text("\n".join(lines))
 
 

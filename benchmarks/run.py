@@ -399,7 +399,9 @@ def print_accuracy_summary(console: Console, store: ResultsStore, names, run: Ru
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    return run(args, Console())
+    # rich wraps to 80 columns when stdout is not a terminal (CI logs, `> run.log`), which
+    # truncated the summary's numbers to "7.9…"; a wide console keeps them whole
+    return run(args, Console(width=None if sys.stdout.isatty() else 160))
 
 
 if __name__ == "__main__":

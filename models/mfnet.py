@@ -62,13 +62,20 @@ class OneDNNPointwiseConv3d(nn.Conv3d):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (x.device.type == "cpu" and x.shape[0] == 1 and x.dtype == self.weight.dtype == torch.float32
-                and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
-                and not torch.is_autocast_enabled("cpu") and not torch.jit.is_tracing()
-                and not torch.compiler.is_compiling()):
+        if self._pinned_to_onednn(x):
             return torch.mkldnn_convolution(x, self.weight, self.bias, self.padding, self.stride,
                                             self.dilation, self.groups)
         return super().forward(x)
+
+    def _pinned_to_onednn(self, x: torch.Tensor) -> bool:
+        # compile and trace first: dynamo folds this to a constant, where the checks below would
+        # break the graph at every 1x1x1 conv
+        if torch.compiler.is_compiling() or torch.jit.is_tracing():
+            return False
+        return (x.device.type == "cpu" and x.shape[0] == 1
+                and x.dtype == self.weight.dtype == torch.float32
+                and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+                and not torch.is_autocast_enabled("cpu"))
 
 
 class BNReLUConv(nn.Sequential):

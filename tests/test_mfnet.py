@@ -151,3 +151,10 @@ def test_at_batch_one_the_fast_path_keeps_pointwise_convs_on_onednn():
         assert "aten::slow_conv3d_forward" in _conv_kernels(reference, x)
         assert "aten::slow_conv3d_forward" not in _conv_kernels(fast, x)
         assert "aten::mkldnn_convolution" in _conv_kernels(fast, x)
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_the_fast_path_compiles_as_one_graph(batch):
+    model = models.create_model("mfnet", num_classes=7).eval()
+    explanation = torch._dynamo.explain(model)(torch.randn(batch, 3, 4, 32, 32))
+    assert explanation.graph_break_count == 0 and explanation.graph_count == 1
