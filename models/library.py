@@ -30,8 +30,25 @@ def res3d(*, num_classes: int = 400, **kwargs) -> nn.Module:
 
 
 def s3d(*, num_classes: int = 400, **kwargs) -> nn.Module:
-    """S3D (Xie et al. 2018) as torchvision's s3d."""
-    return tv_video.s3d(num_classes=num_classes, **kwargs)
+    """S3D (Xie et al. 2018) as torchvision's s3d, its head pool clamped to the feature map so
+    clips smaller than 16x224x224 run (the motion benchmark's 16x48x48 ends in a 2x1x1 map)."""
+    model = tv_video.s3d(num_classes=num_classes, **kwargs)
+    model.avgpool = ClampedAvgPool3d(model.avgpool.kernel_size)
+    return model
+
+
+class ClampedAvgPool3d(nn.Module):
+    """A stride-1 average pool whose window is clamped to the input: where the input is at least
+    the window (S3D at 16x224x224 and up, the paper's 64x224x224 included) it is the same pool."""
+
+    def __init__(self, kernel_size: tuple[int, int, int]):
+        super().__init__()
+        self.kernel_size = tuple(kernel_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x: (N, C, T, H, W)
+        window = tuple(min(k, size) for k, size in zip(self.kernel_size, x.shape[-3:]))
+        return nn.functional.avg_pool3d(x, window, stride=1)
 
 
 def timm_model(timm_name: str):

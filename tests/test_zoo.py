@@ -78,3 +78,16 @@ def test_approximate_models_are_the_ones_without_a_published_architecture():
                    if models.get_spec(n).fidelity == "approximate" and not n.endswith("_frames")}
     assert approximate == {"mfnet2d_n12", "mfnet2d_n24", "mfnet2d_nomux", "mfnet2d_nomux_wide",
                            "resnet18_mf", "mobilenetv2_140_mf", "resnext26"}
+
+
+def test_s3d_runs_small_clips_and_equals_torchvision_where_its_pool_fits():
+    from torchvision.models import video as tv_video
+
+    torch.manual_seed(0)
+    ours = models.create_model("s3d", num_classes=6).eval()
+    with torch.no_grad():
+        assert ours(torch.randn(1, 3, 16, 48, 48)).shape == (1, 6)  # the motion benchmark's clip
+        reference = tv_video.s3d(num_classes=6).eval()
+        reference.load_state_dict(ours.state_dict())
+        x = torch.randn(1, 3, 16, 224, 224)  # the smallest clip whose map fills the (2, 7, 7) pool
+        torch.testing.assert_close(ours(x), reference(x))
