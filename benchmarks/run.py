@@ -229,9 +229,9 @@ def run(args: argparse.Namespace, console: Console) -> int:
     def save(rows: list[Measurement]) -> None:
         store.append(rows, conditions, dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
 
+    # the machine's peak, measured just before the run's first timing: a run whose timings are
+    # all in results/ already records none, so no peak stands in the store without timings
     peak = None
-    if "speed" in args.measure:
-        peak = measure_peak(args, save, "start", None)
 
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                TimeElapsedColumn())
@@ -249,6 +249,8 @@ def run(args: argparse.Namespace, console: Console) -> int:
                 progress.advance(task)
                 continue
             try:
+                if measurement == "speed" and peak is None:
+                    peak = measure_peak(args, save, "start", None)
                 rows = measure_one(name, measurement, args, setup, label, peak)
             except Exception as exc:  # failure isolation: one error row, then carry on
                 errors += 1
@@ -287,11 +289,12 @@ def measure_peak(args, save, when: str, before: float | None) -> float:
     peak = max(rates.values())
     kind = max(rates, key=rates.get)
     drift = "" if before is None else f" ({peak / before - 1:+.0%} vs before)"
+    moment = "before the first timing" if before is None else "after the sweep"
     save([Measurement("_machine", "speed", "peak_gmacs_per_s", peak, "GMAC/s", when,
                       note=f"the faster of a 2048^3 matmul and a dense 3x3x3 conv ({kind}) in "
-                           f"{args.dtype}, {'before' if before is None else 'after'} the sweep{drift}")]
+                           f"{args.dtype}, {moment}{drift}")]
          + [Measurement("_machine", "speed", f"peak_gmacs_per_s_{k}", v, "GMAC/s", when,
-                        note=f"{args.dtype}, {'before' if before is None else 'after'} the sweep")
+                        note=f"{args.dtype}, {moment}")
             for k, v in rates.items()])
     return peak
 

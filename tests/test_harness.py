@@ -103,6 +103,9 @@ def test_rerun_skips_what_is_measured_and_force_remeasures(tiny_run):
     before = len(read_csv(results / "measurements.csv"))
     assert run.main(TINY + ["--measure", "cost,memory", "--results", str(results)]) == 0
     assert len(read_csv(results / "measurements.csv")) == before
+    # timings already held: no speed row, and no machine peak without a timing beside it
+    assert run.main(TINY + ["--measure", "speed", "--results", str(results)]) == 0
+    assert len(read_csv(results / "measurements.csv")) == before
     assert run.main(TINY + ["--measure", "cost", "--force", "--results", str(results)]) == 0
     after = read_csv(results / "measurements.csv")
     assert (after["metric"] == "params").sum() == 2
