@@ -68,12 +68,12 @@ def speed_vs_cost(measured, names, path: Path) -> None:
     points = [(measured.get(n, "gmacs"), measured.get(n, "latency_ms"), n) for n in FIGURE_MODELS
               if n in names and measured.get(n, "latency_ms") is not None]
     fig, ax = plt.subplots(figsize=(7.5, 5))
+    ax.set_xscale("log")
+    ax.set_yscale("log")
     if points:
         xs = [g for g, _, _ in points]
         ys = [1000 / ms for _, ms, _ in points]  # clips/s at batch 1
         ax.scatter(xs, ys, color="tab:blue", zorder=3)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
         peak = measured.get("_machine", "peak_gmacs_per_s")
         lo, hi = min(xs) / 1.5, max(xs) * 1.5
         for rate, style in ((peak, "-"), (peak / 4 if peak else None, "--"),
@@ -84,8 +84,6 @@ def speed_vs_cost(measured, names, path: Path) -> None:
                             (lo, rate / lo), xytext=(2, -9), textcoords="offset points", fontsize=7,
                             color="grey", ha="left", va="top", rotation=-18)
         label_points(ax, [(x, y, n) for x, y, (_, _, n) in zip(xs, ys, points)])  # limits are final
-    ax.set_xscale("log")
-    ax.set_yscale("log")
     ax.set_xlabel("multiply-adds per clip at the paper's input (GMACs, log)")
     ax.set_ylabel("inference clips/s at batch 1 (log)")
     ax.grid(True, which="both", alpha=0.2)
