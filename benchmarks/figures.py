@@ -27,8 +27,8 @@ def save(fig, path: Path) -> None:
 
 
 def label_points(ax, points: list[tuple[float, float, str]], radii=None) -> None:
-    """Label each point at the first offset whose text box overlaps no earlier label and no
-    point's marker; ``radii`` (points) are the markers' sizes and push labels clear of bubbles.
+    """Label each point at the first offset whose text box lies inside the axes and overlaps
+    no earlier label and no point's marker; ``radii`` (points) are the markers' sizes and push labels clear of bubbles.
     Call it after the axes' scales and limits are set: boxes are compared on the screen."""
     fig = ax.figure
     renderer = fig.canvas.get_renderer()
@@ -40,6 +40,12 @@ def label_points(ax, points: list[tuple[float, float, str]], radii=None) -> None
         r = max(radii[index] if radii else 0, 4) * to_pixels
         markers.append(Bbox.from_extents(cx - r, cy - r, cx + r, cy + r))
     placed = []
+    inside = ax.bbox.padded(-2)  # inside the axes: savefig(bbox_inches="tight") cut one off
+
+    def fits(box, others):
+        return (box.x0 >= inside.x0 and box.x1 <= inside.x1 and box.y0 >= inside.y0
+                and box.y1 <= inside.y1 and not any(box.overlaps(o) for o in placed + others))
+
     for index, (x, y, text) in enumerate(points):
         pad = radii[index] if radii else 0
         others = [m for i, m in enumerate(markers) if i != index]
@@ -49,7 +55,7 @@ def label_points(ax, points: list[tuple[float, float, str]], radii=None) -> None
             label = ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points",
                                 ha=ha, fontsize=8)
             box = label.get_window_extent(renderer).padded(3)
-            if not any(box.overlaps(other) for other in placed + others):
+            if fits(box, others):
                 placed.append(box)
                 break
             label.remove()

@@ -16,7 +16,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 import pandas as pd
 
 import models
-from benchmarks import figures
+from benchmarks import figures, motion
 from benchmarks.results import load_results
 
 TOLERANCE = {"exact": 0.03, "approximate": 0.05}
@@ -244,29 +244,32 @@ def motion_section(rows: pd.DataFrame, m: Measured, out: Path) -> list[str]:
     """The built-in motion benchmark: one table, curves and bubble chart per protocol (equal
     training time, the default job's, or equal epochs). ``rows``: every ok row, not only the
     newest per key, since each protocol keeps its own newest run."""
-    acc = rows[(rows["measurement"] == "accuracy") & (rows["dataset"] == "motion")
+    acc = rows[(rows["measurement"] == "accuracy") & (rows["dataset"] == motion.LABEL)
                & (rows["device_name"] == m.device_name)]
     if acc.empty:
         return ["## Motion benchmark", "", "Not measured yet: run `python benchmarks/run.py "
                 "--measure accuracy`.", ""]
     finals = acc[acc["metric"] == "top1_video"]
-    protocol_of_run = dict(zip(finals["run_id"], finals["note"].replace("", "protocol: not recorded")))
-    protocols = sorted(set(protocol_of_run.values()), key=lambda p: ("equal time" not in p, p))
+    # one table per protocol and clip: a model's newest run under each
+    setting_of_run = dict(zip(finals["run_id"], zip(finals["note"].replace("", "protocol: not recorded"),
+                                                    finals["clip"])))
+    settings = sorted(set(setting_of_run.values()), key=lambda p: ("equal time" not in p[0], p))
     lines = []
-    for index, protocol in enumerate(protocols):
-        runs = {r for r, p in protocol_of_run.items() if p == protocol}
+    for index, setting in enumerate(settings):
+        runs = {r for r, p in setting_of_run.items() if p == setting}
         suffix = "" if index == 0 else f"_{index}"
-        lines += motion_table(rows, acc[acc["run_id"].isin(runs)], protocol, m, out, suffix)
+        lines += motion_table(rows, acc[acc["run_id"].isin(runs)], setting, m, out, suffix)
     return lines
 
 
-def motion_table(rows: pd.DataFrame, acc: pd.DataFrame, protocol: str, m: Measured, out: Path,
-                 suffix: str) -> list[str]:
+def motion_table(rows: pd.DataFrame, acc: pd.DataFrame, setting: tuple[str, str], m: Measured,
+                 out: Path, suffix: str) -> list[str]:
     header = ["model", "clip", "GMACs/clip", "params M", "train s", "epochs", "clips seen",
               "top-1 clip %", "top-1 video %", "views"]
+    protocol, clip = setting
     equal_time = "equal time" in protocol
-    title = protocol.removeprefix("protocol: ")
-    lines = [f"## Motion benchmark: accuracy at {title}", "",
+    title = f"{protocol.removeprefix('protocol: ')}, {clip}"
+    lines = [f"## Motion benchmark ({motion.LABEL}): accuracy at {title}", "",
              "Classes are defined by motion alone (`benchmarks/motion.py`): a frame-based 2D "
              "model cannot beat chance (16.7%), a clip-based 3D model can. "
              + ("Every model trains for the same wall-clock budget on this machine, so faster "

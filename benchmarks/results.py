@@ -102,17 +102,20 @@ class ResultsStore:
         return frame.to_csv(index=False, columns=list(COLUMNS), lineterminator="\n").encode()
 
     def done(self, model: str, measurement: str, run: RunConditions, clip: str,
-             required: list[tuple]) -> bool:
+             required: list[tuple], dataset: str | None = None) -> bool:
         """Whether ok rows already hold every ``(metric, batch[, note])`` in ``required`` for
         this measurement under these conditions (batch None: any; note: the row's note must be
-        this, e.g. an accuracy protocol). A run killed halfway, or one that measured less
-        (``--quick`` skips the CPU RSS probe), is not done."""
+        this, e.g. an accuracy protocol; ``dataset``: the rows' dataset, for accuracy). A run
+        killed halfway, or one that measured less (``--quick`` skips the CPU RSS probe), is
+        not done."""
         frame = self.frame()
         if frame.empty:
             return False
         key = {"model": model, "measurement": measurement, "device": run.device,
                "device_name": run.device_name, "dtype": run.dtype, "clip": clip,
                "channels_last": run.channels_last, "compiled": run.compiled}
+        if dataset is not None:
+            key["dataset"] = dataset
         mask = frame["status"] == "ok"
         for column, value in key.items():
             mask &= frame[column] == value

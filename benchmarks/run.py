@@ -20,16 +20,22 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 import models
-from benchmarks import cost, environment, memory, runtime, speed, train
+from benchmarks import cost, environment, memory, motion, runtime, speed, train
 from benchmarks.results import Measurement, ResultsStore, RunConditions, new_run_id
 from benchmarks.workload import DTYPES, Setup, Workload
 
 MEASUREMENTS = ("cost", "memory", "speed", "accuracy")
 # accuracy is the motion benchmark: the models the default job trains (the 3D vs 2D claim)
 MOTION_MODELS = ("mfnet", "mfnet2d_frames", "i3d", "r2plus1d", "res3d")
-MOTION_CLIP = (16, 48, 48)  # reduced from 16x224x224 so five models train on a 2-core CPU
+# reduced from 16x224x224 so five models train on a 2-core CPU; 16x48x48 costs 2.25x more per
+# clip, and the heavy models (Res3D, R(2+1)D) then saw too few clips in the budget to learn
+MOTION_CLIP = (16, 32, 32)
 # seconds of training per model in the default job: five models fit its 20-minute budget
 TRAIN_BUDGET_S = 60.0
+# --quick trains each model for a few steps on a few clips: a smoke test of the whole path (data,
+# training, multi-view evaluation, rows), not an accuracy; `--models video --quick` trains 22
+QUICK_TRAIN_BUDGET_S = 3.0
+QUICK_MOTION = dict(batch_size=4, train_size=32, val_size=12)
 MIN_SIDE = 16  # px; below this no model in the zoo has a meaningful feature map
 
 
@@ -51,7 +57,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "evaluates on the built-in motion benchmark, video models only")
     p.add_argument("--train-budget", type=float, default=None,
                    help="accuracy: seconds of training per model, the same for every model "
-                        f"(default {TRAIN_BUDGET_S:g}, quick 10)")
+                        f"(default {TRAIN_BUDGET_S:g}, quick {QUICK_TRAIN_BUDGET_S:g})")
     p.add_argument("--epochs", type=positive_int, default=None,
                    help="accuracy: the equal-epoch protocol, every model trains this many epochs "
                         "instead of for a time budget (e.g. 6)")
@@ -79,7 +85,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.batch_size is None:
         args.batch_size = 2 if args.quick else 4
     if args.train_budget is None:
-        args.train_budget = 10.0 if args.quick else TRAIN_BUDGET_S
+        args.train_budget = QUICK_TRAIN_BUDGET_S if args.quick else TRAIN_BUDGET_S
     args.parser = p
     return args
 
@@ -245,7 +251,8 @@ def run(args: argparse.Namespace, console: Console) -> int:
             label = clip_label(name, (args.clip or MOTION_CLIP) if accuracy else args.clip)
             progress.update(task, description=f"{name}: {measurement}")
             required = required_metrics(measurement, args)
-            if not args.force and store.done(name, measurement, conditions, label, required):
+            dataset = motion.LABEL if accuracy else None
+            if not args.force and store.done(name, measurement, conditions, label, required, dataset):
                 progress.advance(task)
                 continue
             try:
@@ -313,7 +320,7 @@ def measure_one(name, measurement, args, setup, label, peak) -> list[Measurement
         workload = Workload(name, setup, args.clip)
         rows, used = with_oom_retry(
             lambda b: speed.measure_speed(workload, label, b, macs, peak,
-                                          0.1 if args.quick else 1.0),
+                                          0.1 if args.quick else 1.0, warmup=0 if args.quick else 1),
             args.batch_size, args.device)
     if used != args.batch_size:
         for row in rows:
@@ -331,12 +338,12 @@ def accuracy_config(name: str, args) -> train.Config:
     """The motion-benchmark training run of ``name``: the motion preset, at the reduced clip,
     for the same time budget as every other model (or ``--epochs``, the equal-epoch protocol)."""
     preset = {k: v for k, v in train.PRESETS["motion"].items() if k != "epochs"}
+    preset |= QUICK_MOTION if args.quick else dict(train_size=600, val_size=120)
     time_budget, epochs = accuracy_budget(args)
     return train.Config(
         model=name, dataset="motion", clip=args.clip or MOTION_CLIP, seed=args.seed,
         results=args.results, out=str(Path(args.results).resolve().parent / "runs"),
-        time_budget=time_budget, epochs=epochs, train_size=120 if args.quick else 600,
-        val_size=60 if args.quick else 120, **preset)
+        time_budget=time_budget, epochs=epochs, **preset)
 
 
 def measure_accuracy(name: str, args) -> list[Measurement]:
@@ -382,7 +389,8 @@ def print_accuracy_summary(console: Console, store: ResultsStore, names, run: Ru
                            clip: str, protocol: str) -> None:
     frame = store.frame()
     frame = frame[(frame["status"] == "ok") & (frame["measurement"] == "accuracy")
-                  & (frame["device_name"] == run.device_name) & (frame["clip"] == clip)]
+                  & (frame["device_name"] == run.device_name) & (frame["clip"] == clip)
+                  & (frame["dataset"] == motion.LABEL)]
     runs = set(frame[(frame["metric"] == "top1_video") & (frame["note"] == protocol)]["run_id"])
     frame = frame[frame["run_id"].isin(runs)]
     table = Table(title=f"motion benchmark at {clip}, {protocol.removeprefix('protocol: ')} "

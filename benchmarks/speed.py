@@ -90,19 +90,22 @@ def _rows(name, phase, batch, clip_label, result, macs_per_clip, peak, metric, v
 
 
 def measure_speed(workload: Workload, clip_label: str, batch: int, macs_per_clip: int,
-                  peak: float, min_run_time: float) -> list[Measurement]:
+                  peak: float, min_run_time: float, warmup: int = 1) -> list[Measurement]:
+    """Latency, inference and training throughput. ``warmup=0`` (``--quick``) leaves the warm-up
+    to ``blocked_autorange``'s block-size estimate, which runs the step before timing it: a
+    step of I3D at 64x224x224 takes seconds, so each warm-up step costs that much again."""
     name, sync = workload.name, workload.synchronize
     rows = []
     x1, _ = workload.inputs(1)
-    result = time_step(lambda: workload.infer_step(x1), sync, min_run_time)
+    result = time_step(lambda: workload.infer_step(x1), sync, min_run_time, warmup)
     rows += _rows(name, "infer", 1, clip_label, result, macs_per_clip, peak,
                   "latency_ms", result.median * 1e3, "ms")
     x, y = workload.inputs(batch)
-    result = time_step(lambda: workload.infer_step(x), sync, min_run_time)
+    result = time_step(lambda: workload.infer_step(x), sync, min_run_time, warmup)
     rows += _rows(name, "infer", batch, clip_label, result, macs_per_clip, peak,
                   "infer_clips_per_s", batch / result.median, "clips/s")
     train_step = workload.make_train_step()
-    result = time_step(lambda: train_step(x, y), sync, min_run_time)
+    result = time_step(lambda: train_step(x, y), sync, min_run_time, warmup)
     rows += _rows(name, "train", batch, clip_label, result, macs_per_clip, peak,
                   "train_clips_per_s", batch / result.median, "clips/s")
     return rows

@@ -160,7 +160,7 @@ def test_accuracy_on_the_motion_benchmark_records_curves_and_equal_time_budgets(
     assert code == 0
     frame = read_csv(tmp_path / "results" / "measurements.csv")
     acc = frame[frame["measurement"] == "accuracy"]
-    assert set(acc["dataset"]) == {"motion"} and set(acc["clip"]) == {"8x32x32"}
+    assert set(acc["dataset"]) == {"motion/v2"} and set(acc["clip"]) == {"8x32x32"}
     assert {"train_top1", "val_top1", "top1_video", "epochs_completed", "clips_seen",
             "train_seconds"} <= set(acc["metric"])
     seconds = acc[acc["metric"] == "train_seconds"]["value"].iloc[0]

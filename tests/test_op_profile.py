@@ -53,3 +53,15 @@ def test_unknown_model_is_one_line(capsys, argv):
         op_profile.main(argv)
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_fibers_as_a_batch_is_the_grouped_conv():
+    import torch
+    import torch.nn.functional as F
+
+    from benchmarks.fiber_conv import GROUPS, fibers_bmm
+
+    x = torch.randn(2, 96, 3, 5, 6)
+    weight = torch.randn(96, 96 // GROUPS, 3, 3, 3)
+    torch.testing.assert_close(fibers_bmm(x, weight), F.conv3d(x, weight, padding=1, groups=GROUPS),
+                               rtol=1e-4, atol=1e-4)

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import report
+from benchmarks import motion, report
 from benchmarks.results import Measurement, ResultsStore, RunConditions
 
 REPO = Path(__file__).resolve().parent.parent
@@ -94,22 +94,30 @@ def test_wallclock_section_compares_mfnet_and_res3d_from_the_same_run(tmp_path):
     assert "| cpu Test CPU, fp32, channels-last (all models) | 95 / 100 = **0.95×** ✓" in section
 
 
-def test_motion_accuracy_is_reported_per_protocol(tmp_path):
+def test_motion_accuracy_is_reported_per_protocol_and_clip_for_the_current_generator(tmp_path):
     store = ResultsStore(tmp_path / "results")
-    for run_id, protocol, top1, stamp in (("run-t", "protocol: equal time, 60 s", 70.0, "01"),
-                                          ("run-e", "protocol: equal epochs, 6", 90.0, "02")):
+    for run_id, protocol, top1, stamp, clip, dataset in (
+            ("run-t", "protocol: equal time, 60 s", 70.0, "01", "16x32x32", motion.LABEL),
+            ("run-e", "protocol: equal epochs, 6", 90.0, "02", "16x32x32", motion.LABEL),
+            ("run-c", "protocol: equal time, 60 s", 60.0, "03", "16x48x48", motion.LABEL),
+            ("run-v1", "protocol: equal time, 60 s", 11.0, "04", "16x32x32", "motion")):
         run = RunConditions(run_id, "cpu", "Test CPU", "fp32", False, False)
-        store.append([Measurement("mfnet", "accuracy", "top1_video", top1, "%", "test", clip="16x48x48",
-                                  dataset="motion", views="1x1", note=protocol),
-                      Measurement("mfnet", "accuracy", "val_top1", top1, "%", "val", clip="16x48x48",
-                                  dataset="motion", epoch=0, views="1x1"),
+        store.append([Measurement("mfnet", "accuracy", "top1_video", top1, "%", "test", clip=clip,
+                                  dataset=dataset, views="1x1", note=protocol),
+                      Measurement("mfnet", "accuracy", "val_top1", top1, "%", "val", clip=clip,
+                                  dataset=dataset, epoch=0, views="1x1"),
                       Measurement("mfnet", "speed", "latency_ms", 1.0, "ms", "infer", 1, "16x224x224")],
                      run, f"2026-01-{stamp}T00:00:00+00:00")
     report.render(store.root, tmp_path / "out")
     text = (tmp_path / "out" / "README.md").read_text()
-    time_part = text.split("## Motion benchmark: accuracy at equal time, 60 s")[1].split("\n## ")[0]
-    epoch_part = text.split("## Motion benchmark: accuracy at equal epochs, 6")[1].split("\n## ")[0]
+
+    def section(title):
+        return text.split(f"## Motion benchmark ({motion.LABEL}): accuracy at {title}\n")[1].split("\n## ")[0]
+
+    time_part = section("equal time, 60 s, 16x32x32")
     assert "| 70.00 | 1x1 |" in time_part and "90.00" not in time_part
-    assert "| 90.00 | 1x1 |" in epoch_part
+    assert "11.00" not in text  # a row of an older generator (dataset "motion") is never shown
+    assert "| 90.00 | 1x1 |" in section("equal epochs, 6, 16x32x32")
+    assert "| 60.00 | 1x1 |" in section("equal time, 60 s, 16x48x48")
     assert (tmp_path / "out" / "motion_curves.png").exists()
     assert (tmp_path / "out" / "motion_curves_1.png").exists()

@@ -113,5 +113,12 @@ def test_warm_up_counts_epochs_of_data_under_a_time_budget_too():
     assert train.lr_factor(timed, progress=0.01, epoch=0.25) == pytest.approx(
         0.5 * 0.5 * (1 + math.cos(math.pi * 0.01)))
     assert train.lr_factor(timed, progress=0.5, epoch=2.0) == pytest.approx(0.5)  # cosine by the clock
+    # a slow model a tenth of an epoch into the budget still warms up by the clock: it ends at
+    # MAX_WARMUP_SHARE of the budget whatever the epochs, not after half an epoch it never sees
+    share = train.MAX_WARMUP_SHARE
+    assert train.lr_factor(timed, progress=share / 2, epoch=0.01) == pytest.approx(
+        0.5 * 0.5 * (1 + math.cos(math.pi * share / 2)))
+    assert train.lr_factor(timed, progress=share, epoch=0.1) == pytest.approx(
+        0.5 * (1 + math.cos(math.pi * share)))
     stepped = train.Config(model="mfnet", epochs=30, schedule="step", decay_epochs=(10, 20))
     assert [train.lr_factor(stepped, e / 30, e) for e in (0, 10, 25)] == pytest.approx([1, 0.1, 0.01])
