@@ -28,7 +28,8 @@ def save(fig, path: Path) -> None:
 
 def label_points(ax, points: list[tuple[float, float, str]], radii=None) -> None:
     """Label each point at the first offset whose text box lies inside the axes and overlaps
-    no earlier label and no point's marker; ``radii`` (points) are the markers' sizes and push labels clear of bubbles.
+    no earlier label and no point's marker;
+    ``radii`` (points) are the markers' sizes and push labels clear of bubbles.
     Call it after the axes' scales and limits are set: boxes are compared on the screen."""
     fig = ax.figure
     renderer = fig.canvas.get_renderer()
