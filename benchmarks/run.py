@@ -34,7 +34,7 @@ MOTION_CLIP = (16, 32, 32)
 TRAIN_BUDGET_S = 60.0
 # --quick trains each model for a few steps on a few clips: a smoke test of the whole path (data,
 # training, multi-view evaluation, rows), not an accuracy; `--models video --quick` trains 22
-QUICK_TRAIN_BUDGET_S = 3.0
+QUICK_TRAIN_BUDGET_S = 2.0
 QUICK_MOTION = dict(batch_size=4, train_size=32, val_size=12)
 MIN_SIDE = 16  # px; below this no model in the zoo has a meaningful feature map
 
