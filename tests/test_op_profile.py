@@ -44,7 +44,8 @@ def test_cli_prints_both_tables_and_the_bound_against_a_dense_model(capsys):
     assert "training step" in out and "Self CPU" in out
     assert "every convolution alone, forward + backward" in out and "grouped 12->12 per group" in out
     assert "bound: the grouped convs alone take" in out
-    assert "res3d (training step at its spec input" in out and "bound is" in out
+    assert "bound: all convs together take" in out
+    assert "res3d (training step at its spec input" in out and "(all convs) of it" in out
 
 
 @pytest.mark.parametrize("argv", [["--model", "mfnett"], ["--against", "res3dd"]])
