@@ -215,7 +215,6 @@ def loader(dataset, cfg: Config, *, train: bool, world: int, rank: int, batch_si
 
 # ---- optimisation ----
 
-
 def classifier_parameters(model: nn.Module) -> set[int]:
     """The last Linear layer's parameters: the classifier, which fine-tuning trains faster."""
     last = [m for m in model.modules() if isinstance(m, nn.Linear)][-1:]
