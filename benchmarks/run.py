@@ -36,6 +36,9 @@ TRAIN_BUDGET_S = 60.0
 # training, multi-view evaluation, rows), not an accuracy; `--models video --quick` trains 22
 QUICK_TRAIN_BUDGET_S = 2.0
 QUICK_MOTION = dict(batch_size=4, train_size=32, val_size=12)
+# where --quick writes unless told: its timings use tiny budgets, and in results/ they would be
+# the newest rows the report shows, and would satisfy a later full run's "already measured"
+QUICK_RESULTS = "results-quick"
 MIN_SIDE = 16  # px; below this no model in the zoo has a meaningful feature map
 
 
@@ -70,7 +73,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dtype", default="fp32", choices=tuple(DTYPES))
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (inductor)")
-    p.add_argument("--results", default="results", help="results directory (default: results/)")
+    p.add_argument("--results", default=None,
+                   help="results directory (default: results/; with --quick, results-quick/, so "
+                        "smoke-test timings never stand in for the measured ones in results/)")
     p.add_argument("--quick", action="store_true",
                    help="small time budgets, for CI and smoke runs (no CPU peak-RSS probe)")
     p.add_argument("--force", action="store_true", help="re-measure what is already in results")
@@ -82,6 +87,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.device = resolve_device(args.device)
     except ValueError as exc:
         p.error(str(exc))
+    if args.results is None:
+        args.results = QUICK_RESULTS if args.quick else "results"
     if args.batch_size is None:
         args.batch_size = 2 if args.quick else 4
     if args.train_budget is None:
@@ -228,11 +235,14 @@ def run(args: argparse.Namespace, console: Console) -> int:
     env = environment.collect(args.device) | {"malloc": malloc}
     conditions = RunConditions(run_id, args.device, env["device_name"], args.dtype,
                                args.channels_last, args.compile)
-    store.write_environment(run_id, env | {
-        "quick": args.quick, "batch_size": args.batch_size, "argv": sys.argv[1:]})
+    sidecar = env | {"quick": args.quick, "batch_size": args.batch_size, "argv": sys.argv[1:]}
     errors = 0
 
     def save(rows: list[Measurement]) -> None:
+        # the sidecar goes with the run's first rows: a run that skips everything it was asked
+        # for (all held already) leaves no file behind, so a clean checkout stays clean
+        if not store.has_environment(run_id):
+            store.write_environment(run_id, sidecar)
         store.append(rows, conditions, dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
 
     # the machine's peak, measured just before the run's first timing: a run whose timings are

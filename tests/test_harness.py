@@ -104,11 +104,22 @@ def test_rerun_skips_what_is_measured_and_force_remeasures(tiny_run):
     assert run.main(TINY + ["--measure", "cost,memory", "--results", str(results)]) == 0
     assert len(read_csv(results / "measurements.csv")) == before
     # timings already held: no speed row, and no machine peak without a timing beside it
+    sidecars = sorted((results / "runs").iterdir())
     assert run.main(TINY + ["--measure", "speed", "--results", str(results)]) == 0
     assert len(read_csv(results / "measurements.csv")) == before
+    # a run that measured nothing leaves no environment sidecar: a clean checkout stays clean
+    assert sorted((results / "runs").iterdir()) == sidecars
     assert run.main(TINY + ["--measure", "cost", "--force", "--results", str(results)]) == 0
     after = read_csv(results / "measurements.csv")
     assert (after["metric"] == "params").sum() == 2
+
+
+def test_quick_runs_go_to_their_own_store_unless_told():
+    # smoke-test timings in results/ would be the newest rows the report shows, and would count
+    # as "already measured" for a later full run
+    assert run.parse_args(["--quick"]).results == run.QUICK_RESULTS != "results"
+    assert run.parse_args([]).results == "results"
+    assert run.parse_args(["--quick", "--results", "mine"]).results == "mine"
 
 
 def test_an_interrupted_sweep_resumes_without_duplicates(tmp_path):
