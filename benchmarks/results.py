@@ -71,9 +71,6 @@ class ResultsStore:
         probe.write_text("")
         probe.unlink()
 
-    def has_environment(self, run_id: str) -> bool:
-        return (self.root / "runs" / f"{run_id}.json").exists()
-
     def write_environment(self, run_id: str, environment: dict) -> None:
         _atomic_write(self.root / "runs" / f"{run_id}.json",
                       (json.dumps(environment, indent=2, sort_keys=True) + "\n").encode())

@@ -237,12 +237,15 @@ def run(args: argparse.Namespace, console: Console) -> int:
                                args.channels_last, args.compile)
     sidecar = env | {"quick": args.quick, "batch_size": args.batch_size, "argv": sys.argv[1:]}
     errors = 0
+    sidecar_written = False
 
     def save(rows: list[Measurement]) -> None:
         # the sidecar goes with the run's first rows: a run that skips everything it was asked
         # for (all held already) leaves no file behind, so a clean checkout stays clean
-        if not store.has_environment(run_id):
+        nonlocal sidecar_written
+        if not sidecar_written:
             store.write_environment(run_id, sidecar)
+            sidecar_written = True
         store.append(rows, conditions, dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
 
     # the machine's peak, measured just before the run's first timing: a run whose timings are
