@@ -1,4 +1,5 @@
-"""Video datasets in their official layouts, decoded with PyTorchVideo's PyAV decoder.
+"""Video and image datasets in their official layouts. Videos are decoded with PyAV straight to
+uint8 frames, with frame threading; images are read by torchvision's ``ImageFolder``.
 
 Layouts (``--root`` points at the folder holding them):
 
@@ -11,33 +12,48 @@ Layouts (``--root`` points at the folder holding them):
                  <end:06d>.mp4
     folder       <split>/<class>/<video> for split in train, val; or <class>/<video> (then the
                  same videos serve for training and testing)
+    imagenet     train/<wnid>/*.JPEG and val/<wnid>/*.JPEG (ImageNet-1k, Table 1)
 
-Clip sampling follows the authors (authors-mfnet.md): T frames at a frame interval (2 for
+Class indices come from one place for every split: UCF-101's classInd.txt, HMDB-51's split
+files, Kinetics' train.csv, the train/ folder of a folder or ImageNet layout. A test split that
+names a class the training split does not have is a ``DatasetLayoutError``, never a shifted
+label.
+
+Clip sampling follows the authors (docs/authors-release.md): T frames at a frame interval (2 for
 UCF/HMDB, one of {1,2,2,3} per clip for Kinetics); training crops a random short side in
-[224, 288], a random 224 crop and a flip; testing takes N clips x M crops per video. A video
-shorter than the clip is looped; one smaller than the crop is resized up.
+[224, 288], a random 224 crop and a flip; testing takes N clips x M crops per video, each clip
+decoded once and its M crops cut from it. A video shorter than the clip is looped; one smaller
+than the crop is resized up. Images: a random resized 224 crop and a flip for training; for
+testing a resize to 256 and one 224 centre crop (Table 1's caption).
 
-A video that cannot be decoded (corrupt, truncated, empty) is skipped with a warning and
-counted; it is never replaced by another clip.
+A video or image that cannot be decoded (corrupt, truncated, empty, or with frames larger than
+``MAX_PIXELS``) is skipped with a warning and counted; it is never replaced by another item.
 """
 
 import csv
 import logging
+import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
+import av
 import torch
 from torch.utils.data import Dataset
+from torchvision import datasets as tv_datasets
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 log = logging.getLogger(__name__)
 VIDEO_SUFFIXES = {".avi", ".mp4", ".mkv", ".webm", ".mov"}
+# Frames larger than this are refused before decoding: 4K UHD is the largest size in the
+# datasets this suite reads, and a crafted 28 KB 4096x4096 file took 13 GB to decode in full.
+MAX_PIXELS = 3840 * 2160
 
 
 class DatasetLayoutError(ValueError):
-    """A missing root or split file; the message states the expected layout (one line)."""
+    """A missing root or split file, or a split naming an unknown class; the message states the
+    expected layout (one line)."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +75,15 @@ def _first_existing(root: Path, *names: str) -> Path:
     return root
 
 
+def _label(classes: list[str], name: str, where: str) -> int:
+    """The index of ``name`` in the dataset's one class list, or a clear error."""
+    try:
+        return classes.index(name)
+    except ValueError:
+        raise DatasetLayoutError(f"{where} names class {name!r}, which the training split's "
+                                 f"{len(classes)} classes do not include") from None
+
+
 def ucf101(root: Path, split: int, train: bool) -> tuple[list[VideoItem], list[str]]:
     layout = ("ucfTrainTestlist/{classInd.txt,trainlist0K.txt,testlist0K.txt} and "
               "UCF-101/<Class>/<video>.avi")
@@ -72,7 +97,8 @@ def ucf101(root: Path, split: int, train: bool) -> tuple[list[VideoItem], list[s
     for line in split_file.read_text().splitlines():
         if line.strip():
             relative = line.split()[0]  # testlists carry no label: the class folder names it
-            items.append(VideoItem(videos / relative, classes.index(relative.split("/")[0])))
+            items.append(VideoItem(videos / relative, _label(classes, relative.split("/")[0],
+                                                             split_file.name)))
     return items, classes
 
 
@@ -84,6 +110,7 @@ def hmdb51(root: Path, split: int, train: bool) -> tuple[list[VideoItem], list[s
     if not files:
         raise DatasetLayoutError(f"HMDB-51 split {split} files not found in {lists}; expected "
                                  f"layout: {layout}")
+    # one file per class lists both the training and the test videos: one class list
     classes = [f.name[: -len(f"_test_split{split}.txt")] for f in files]
     wanted = "1" if train else "2"
     items = []
@@ -107,27 +134,41 @@ def kinetics400(root: Path, split: int, train: bool) -> tuple[list[VideoItem], l
         for row in csv.DictReader(f):
             start, end = int(float(row["time_start"])), int(float(row["time_end"]))
             name = f"{row['youtube_id']}_{start:06d}_{end:06d}.mp4"
-            items.append(VideoItem(root / part / row["label"] / name, classes.index(row["label"])))
+            items.append(VideoItem(root / part / row["label"] / name,
+                                   _label(classes, row["label"], f"{part}.csv")))
     return items, classes
+
+
+def _class_folders(base: Path) -> list[str]:
+    return sorted(p.name for p in base.iterdir() if p.is_dir())
+
+
+def _split_folders(root: Path, train: bool, layout: str) -> tuple[Path, list[str]]:
+    """(the split's folder, the classes of the training folder). A test folder may lack a
+    class; one with a class the training folder lacks is an error."""
+    _need(root, "dataset root", layout)
+    train_base = root / "train" if (root / "train").is_dir() else root
+    classes = _class_folders(train_base)
+    if not classes:
+        raise DatasetLayoutError(f"no class folders in {train_base}; expected layout: {layout}")
+    base = train_base
+    if not train and train_base != root:
+        base = _need(root / "val", "folder split", layout)
+        for name in _class_folders(base):
+            _label(classes, name, str(base))
+    return base, classes
 
 
 def folder(root: Path, split: int, train: bool) -> tuple[list[VideoItem], list[str]]:
     del split
-    _need(root, "dataset root", "<split>/<class>/<video> or <class>/<video>")
-    base = root
-    if (root / "train").is_dir():  # split layout: train/ and val/
-        base = _need(root / ("train" if train else "val"), "folder split",
-                     "train/<class>/<video> and val/<class>/<video>")
-    classes = sorted(p.name for p in base.iterdir() if p.is_dir())
-    if not classes:
-        raise DatasetLayoutError(f"no class folders in {base}; expected layout: "
-                                 "<split>/<class>/<video> or <class>/<video>")
-    items = [VideoItem(path, label) for label, name in enumerate(classes)
+    base, classes = _split_folders(root, train, "<split>/<class>/<video> or <class>/<video>")
+    items = [VideoItem(path, label) for label, name in enumerate(classes) if (base / name).is_dir()
              for path in sorted((base / name).iterdir()) if path.suffix.lower() in VIDEO_SUFFIXES]
     return items, classes
 
 
 LAYOUTS = {"ucf101": ucf101, "hmdb51": hmdb51, "kinetics400": kinetics400, "folder": folder}
+IMAGE_LAYOUTS = ("imagenet",)
 # frame interval per dataset (authors' recipe); Kinetics draws one per clip
 INTERVALS = {"ucf101": (2,), "hmdb51": (2,), "kinetics400": (1, 2, 2, 3), "folder": (2,)}
 
@@ -142,47 +183,123 @@ class ClipConfig:
     flip: bool = True  # off for data whose labels a flip would change (the motion benchmark)
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    max_pixels: int = MAX_PIXELS  # per decoded frame; larger files are refused as such
+
+
+class FrameTooLarge(ValueError):
+    """A video whose frames exceed the pixel cap: refused before any frame is decoded."""
+
+
+def clip_window(duration: float, fps: float, frames: int, interval: int, start: float | None,
+                rng: random.Random) -> tuple[float, float]:
+    """(first, last) second of the clip: ``frames`` frames ``interval`` apart, starting at
+    fraction ``start`` of the room left in the video (None: random)."""
+    window = frames * interval / fps
+    offset = max(duration - window, 0.0)
+    t0 = offset * (rng.random() if start is None else start)
+    return t0, min(t0 + window, duration) + 1e-3
 
 
 def decode_clip(path: Path, frames: int, interval: int, start: float | None,
-                rng: random.Random) -> torch.Tensor:
+                rng: random.Random, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
     """(T, 3, H, W) uint8 frames from ``path``, starting at fraction ``start`` of the video
-    (None: random), every ``interval``-th frame, looped when the video is short."""
+    (None: random), every ``interval``-th frame, looped when the video is short.
+
+    PyAV decodes with frame threading and only the kept frames are converted to RGB. The frames
+    chosen are those PyTorchVideo's ``EncodedVideo.get_clip`` returned for the same window (its
+    timestamp rounding and seek margin are kept; ``decode_clip_pytorchvideo`` is the reference,
+    and a test holds the two equal), so clips are unchanged from earlier versions."""
+    with av.open(str(path)) as container:
+        if not container.streams.video:
+            raise ValueError("no video stream")
+        stream = container.streams.video[0]
+        width, height = stream.codec_context.width, stream.codec_context.height
+        if width * height > max_pixels:
+            raise FrameTooLarge(f"{width}x{height} frames exceed the {max_pixels:,}-pixel cap")
+        stream.thread_type = "AUTO"  # frame and slice threads, same frames as one thread
+        time_base, first_pts = stream.time_base, stream.start_time or 0
+        fps = float(stream.average_rate or 25)
+        decoded = None
+        if stream.duration is not None:
+            duration = float(int(stream.duration - first_pts) * time_base)
+        else:  # no duration in the header: decode it all once to find the last timestamp
+            decoded = _decode_between(container, stream, 0, math.inf)
+            if not decoded:
+                raise ValueError("no frames decoded")
+            duration = float(int(decoded[-1].pts - first_pts) * time_base)
+        t0, t1 = clip_window(duration, fps, frames, interval, start, rng)
+        lo = math.ceil(t0 / time_base) + first_pts
+        hi = math.ceil(t1 / time_base) + first_pts
+        if decoded is None:
+            kept = _decode_between(container, stream, lo, hi)
+        else:
+            kept = [f for f in decoded if lo <= f.pts < hi]
+        kept = kept[::interval]
+        if not kept:
+            raise ValueError("no frames decoded")
+        clip = torch.stack([torch.from_numpy(f.to_ndarray(format="rgb24")) for f in kept])
+    clip = clip.permute(0, 3, 1, 2)  # (T, H, W, C) -> (T, C, H, W)
+    if clip.shape[0] < frames:  # loop a short video
+        clip = clip.repeat((frames + clip.shape[0] - 1) // clip.shape[0], 1, 1, 1)
+    return clip[:frames].contiguous()
+
+
+def _decode_between(container, stream, lo: int, hi: float) -> list:
+    """Frames with ``lo <= pts < hi``, in timestamp order, after a seek to a keyframe before
+    ``lo`` (seeking is imprecise, so the seek goes 1024 ticks earlier, as PyTorchVideo's)."""
+    container.seek(int(max(lo - 1024, 0)), any_frame=False, backward=True, stream=stream)
+    frames = {}
+    for frame in container.decode(stream):
+        if frame.pts is None:
+            continue
+        if frame.pts >= hi:
+            break
+        if frame.pts >= lo:
+            frames[frame.pts] = frame
+    return [frames[pts] for pts in sorted(frames)]
+
+
+def decode_clip_pytorchvideo(path: Path, frames: int, interval: int, start: float | None,
+                             rng: random.Random) -> torch.Tensor:
+    """The earlier decoder, through PyTorchVideo's ``EncodedVideo`` (float frames): the
+    baseline the loader measurement compares against, and the reference for clip equality."""
     from pytorchvideo.data.encoded_video import EncodedVideo
 
     video = EncodedVideo.from_path(str(path), decode_audio=False, decoder="pyav")
     try:
-        duration = float(video.duration)
-        stream = video._container.streams.video[0]  # PyAV stream: the frame rate for the window
-        fps = float(stream.average_rate or 25)
-        window = frames * interval / fps
-        offset = max(duration - window, 0.0)
-        t0 = offset * (rng.random() if start is None else start)
-        data = video.get_clip(t0, min(t0 + window, duration) + 1e-3)["video"]
+        fps = float(video._container.streams.video[0].average_rate or 25)
+        t0, t1 = clip_window(float(video.duration), fps, frames, interval, start, rng)
+        data = video.get_clip(t0, t1)["video"]
     finally:
         video.close()
     if data is None or data.numel() == 0:
         raise ValueError("no frames decoded")
     clip = data.permute(1, 0, 2, 3)[::interval]  # (C, T, H, W) -> (T, C, H, W)
-    if clip.shape[0] < frames:  # loop a short video
+    if clip.shape[0] < frames:
         clip = clip.repeat((frames + clip.shape[0] - 1) // clip.shape[0], 1, 1, 1)
     return clip[:frames].clamp(0, 255).to(torch.uint8)
 
 
+def _reason(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
 class VideoClipDataset(Dataset):
     """Clips from decoded videos. Training: one random clip per video and index. Testing:
-    ``clips`` uniformly spaced clips x ``crops`` spatial crops per video, each an item, with the
-    video index returned so scores can be summed per video.
+    ``clips`` uniformly spaced clips per video, each an item holding its ``crops`` spatial
+    crops, so a clip is decoded once whatever the number of crops.
 
-    Items are ``(clip (3, T, H, W) float, label, video_index)``, or ``None`` for a video that
-    failed to decode (``collate_skipping`` drops and counts those).
+    Items are ``(clip, label, video_index)`` with clip (3, T, H, W) in training and
+    (crops, 3, T, H, W) in testing, or ``None`` for a video that failed to decode
+    (``collate_skipping`` drops and counts those, and flattens the crops into the batch).
     """
 
     def __init__(self, items: list[VideoItem], config: ClipConfig, *, train: bool,
-                 clips: int = 1, crops: int = 1, seed: int = 0):
+                 clips: int = 1, crops: int = 1, seed: int = 0, decoder=None):
         self.items, self.config, self.train = items, config, train
         self.clips, self.crops = (1, 1) if train else (clips, crops)
         self.seed, self.epoch = seed, 0
+        self.decoder = decoder  # None: decode_clip; the loader benchmark swaps in the baseline
         scale = [v2.RandomResize(*config.short_side)] if train else [v2.Resize(config.test_short_side)]
         self.resize = v2.Compose(scale)
         self.flip = v2.RandomHorizontalFlip() if train and config.flip else v2.Identity()
@@ -193,28 +310,33 @@ class VideoClipDataset(Dataset):
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return len(self.items) * self.clips * self.crops
+        return len(self.items) * self.clips
 
     def __getitem__(self, index: int):
-        video_index, view = divmod(index, self.clips * self.crops)
-        clip_index, crop_index = divmod(view, self.crops)
+        video_index, clip_index = divmod(index, self.clips)
         item = self.items[video_index]
-        rng = random.Random(hash((self.seed, self.epoch, index)))
+        # the seed of view (clip, first crop) in earlier versions, which made one item per crop
+        rng = random.Random(hash((self.seed, self.epoch, index * self.crops)))
         interval = rng.choice(self.config.intervals) if self.train else self.config.intervals[0]
         start = None if self.train else (clip_index + 0.5) / self.clips
         try:
-            clip = decode_clip(item.path, self.config.frames, interval, start, rng)
-        except Exception as exc:  # corrupt, truncated or empty: skip and count, never substitute
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            log.warning("skipping %s: %s", item.path, reason)
+            if self.decoder is None:
+                clip = decode_clip(item.path, self.config.frames, interval, start, rng,
+                                   self.config.max_pixels)
+            else:
+                clip = self.decoder(item.path, self.config.frames, interval, start, rng)
+        except Exception as exc:  # corrupt, truncated, empty or too large: skip and count
+            log.warning("skipping %s: %s", item.path, _reason(exc))
             return None
-        clip = tv_tensors.Video(clip)
+        clip = tv_tensors.Video(clip)  # uint8: every resize runs before the float conversion
         if min(clip.shape[-2:]) < self.config.crop:  # smaller than the crop: resize up
             clip = v2.functional.resize(clip, self.config.crop)
         clip = self.resize(clip)
-        clip = self._crop(clip, crop_index, rng)
-        clip = self.normalize(self.flip(clip))
-        return clip.permute(1, 0, 2, 3).contiguous(), item.label, video_index
+        if self.train:
+            clip = self.normalize(self.flip(self._crop(clip, 0, rng)))
+            return clip.permute(1, 0, 2, 3).contiguous(), item.label, video_index
+        views = [self.normalize(self._crop(clip, c, rng)).permute(1, 0, 2, 3) for c in range(self.crops)]
+        return torch.stack(views), item.label, video_index
 
     def _crop(self, clip: torch.Tensor, crop_index: int, rng: random.Random) -> torch.Tensor:
         size = self.config.crop
@@ -230,22 +352,78 @@ class VideoClipDataset(Dataset):
         return clip[..., top:top + size, left:left + size]
 
 
+class ImageFolderDataset(Dataset):
+    """ImageNet-style folders read by torchvision's ``ImageFolder``, with the class list given
+    (the training folder's), in the video datasets' item form ``(image (3, H, W), label,
+    index)``; ``None`` for an image that cannot be read."""
+
+    def __init__(self, base: Path, classes: list[str], *, train: bool, crop: int,
+                 mean, std):
+        resize = round(crop * 256 / 224)  # Table 1: resize to 256, one 224 centre crop
+        transform = v2.Compose(
+            ([v2.RandomResizedCrop(crop), v2.RandomHorizontalFlip()] if train
+             else [v2.Resize(resize), v2.CenterCrop(crop)])
+            + [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
+        index = {name: i for i, name in enumerate(classes)}
+        samples = tv_datasets.folder.make_dataset(
+            str(base), index, extensions=tv_datasets.folder.IMG_EXTENSIONS, allow_empty=True)
+        self.samples, self.transform, self.train = samples, transform, train
+        self.loader = tv_datasets.folder.default_loader
+        self.clips = self.crops = 1
+
+    def set_epoch(self, epoch: int) -> None:
+        del epoch  # augmentation draws from torch's generator, seeded per epoch by the trainer
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        path, label = self.samples[index]
+        try:
+            image = self.loader(path)
+        except Exception as exc:  # corrupt or truncated: skip and count
+            log.warning("skipping %s: %s", path, _reason(exc))
+            return None
+        return self.transform(image), label, index
+
+
+def imagenet(root: Path, *, train: bool, crop: int, mean, std) -> tuple[ImageFolderDataset, list[str]]:
+    layout = "train/<wnid>/*.JPEG and val/<wnid>/*.JPEG"
+    _need(root / "train", "ImageNet train/", layout)
+    base, classes = _split_folders(root, train, layout)
+    return ImageFolderDataset(base, classes, train=train, crop=crop, mean=mean, std=std), classes
+
+
 def collate_skipping(batch):
     """Stack the decodable items; count the ones that were skipped. Returns
-    ``(clips, labels, video_indices, skipped)``; ``clips`` is None when all were skipped."""
+    ``(clips, labels, video_indices, skipped)``; ``clips`` is None when all were skipped. Test
+    items holding M crops each are flattened into M clips, their label and video repeated; a
+    skipped item counts once (one failed decode), whatever its crops."""
     good = [b for b in batch if b is not None]
     skipped = len(batch) - len(good)
     if not good:
         return None, None, None, skipped
     clips, labels, videos = zip(*good)
+    if clips[0].dim() == 5:  # (crops, 3, T, H, W) per item
+        crops = clips[0].shape[0]
+        return (torch.cat(clips), torch.tensor(labels).repeat_interleave(crops),
+                torch.tensor(videos).repeat_interleave(crops), skipped)
     return torch.stack(clips), torch.tensor(labels), torch.tensor(videos), skipped
 
 
 def build(name: str, root: str | Path, *, split: int, train: bool, config: ClipConfig,
-          clips: int = 1, crops: int = 1, seed: int = 0) -> tuple[VideoClipDataset, list[str]]:
+          clips: int = 1, crops: int = 1, seed: int = 0):
+    """(dataset, the dataset's class list)."""
     root = Path(root)
     if not root.is_dir():
         raise DatasetLayoutError(f"dataset root {root} does not exist or is not a folder")
+    if name == "imagenet":
+        dataset, classes = imagenet(root, train=train, crop=config.crop, mean=config.mean,
+                                    std=config.std)
+        if not len(dataset):
+            raise DatasetLayoutError(f"no images listed for imagenet ({'train' if train else 'val'}) "
+                                     f"under {root}")
+        return dataset, classes
     if name in ("ucf101", "hmdb51") and split not in (1, 2, 3):
         raise DatasetLayoutError(f"{name} has splits 1, 2 and 3, not {split}")
     items, classes = LAYOUTS[name](root, split, train)

@@ -20,7 +20,7 @@ import pandas as pd
 
 COLUMNS = ("run_id", "timestamp", "model", "measurement", "metric", "value", "unit", "phase",
            "device", "device_name", "dtype", "batch_size", "clip", "channels_last", "compiled", "iqr",
-           "repeats", "dataset", "epoch", "views", "status", "error", "note")
+           "repeats", "dataset", "epoch", "views", "status", "error", "note", "weights", "seed")
 # the conditions that make two rows the same measurement (for resume)
 CONDITIONS = ("model", "measurement", "device", "device_name", "dtype", "clip", "channels_last",
               "compiled")
@@ -47,6 +47,10 @@ class Measurement:
     status: str = "ok"  # ok | error
     error: str = ""
     note: str = ""
+    # accuracy rows: where the weights came from: trained | finetuned:<file>@<sha256[:12]> |
+    # file:<file>@<sha256[:12]> (a file evaluated as is)
+    weights: str = ""
+    seed: int | None = None  # accuracy rows: the training seed
 
 
 @dataclass(frozen=True)
@@ -148,7 +152,8 @@ def read_csv(path: Path) -> pd.DataFrame:
     if not path.exists() or path.stat().st_size == 0:
         return pd.DataFrame(columns=COLUMNS)
     frame = pd.read_csv(path, dtype={"clip": str, "error": str, "note": str, "phase": str,
-                                     "device_name": str, "dataset": str, "views": str},
+                                     "device_name": str, "dataset": str, "views": str,
+                                     "weights": str},
                         keep_default_na=False, na_values={"value": [""], "iqr": [""], "repeats": [""]})
     # stores written before a column existed: fill it in, the machine from the run's sidecar
     if "device_name" not in frame.columns:
@@ -156,13 +161,13 @@ def read_csv(path: Path) -> pd.DataFrame:
                                 for run in frame["run_id"]]
     for column in COLUMNS:
         if column not in frame.columns:
-            frame[column] = pd.NA if column in ("epoch",) else ""
+            frame[column] = pd.NA if column in ("epoch", "seed") else ""
     frame = frame[list(COLUMNS)]
     for column in ("channels_last", "compiled"):
         frame[column] = frame[column].astype(str) == "True"
     for column in ("value", "iqr", "repeats"):
         frame[column] = pd.to_numeric(frame[column], errors="coerce")
-    for column in ("batch_size", "epoch"):
+    for column in ("batch_size", "epoch", "seed"):
         frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("Int64")
     return frame
 

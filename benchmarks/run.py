@@ -156,15 +156,11 @@ def clip_label(name: str, clip) -> str:
 def check_clip_fits(name: str, clip) -> None:
     """Run the model on the meta device at ``clip``: a clip too small for its pooling fails
     here, before anything is measured, and names the model."""
-    with torch.device("meta"):
-        model = models.create_model(name).eval()
-        x = torch.empty(cost.input_shape(name, clip))
     try:
-        with torch.no_grad():
-            model(x)
-    except (RuntimeError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"--clip {','.join(map(str, clip))} does not fit {name}: {first}") from None
+        models.check_input(name, cost.input_shape(name, clip))
+    except ValueError as exc:
+        raise ValueError(f"--clip {','.join(map(str, clip))} does not fit {name}: "
+                         f"{str(exc).split(': ', 1)[-1]}") from None
 
 
 def measure_cost(name: str, clip, label: str, quick: bool) -> list[Measurement]:

@@ -1,23 +1,33 @@
-"""Train and evaluate a registered model on a video dataset.
+"""Train and evaluate a registered model on a video or image dataset.
 
     python benchmarks/train.py --model mfnet --dataset motion --epochs 3
-    python benchmarks/train.py --model mfnet --dataset ucf101 --root /data/UCF101 --split 1 \\
-        --preset finetune --checkpoint MFNet3D_Kinetics-400_72.8.pth
-    torchrun --nproc_per_node=2 benchmarks/train.py --model mfnet --dataset motion ...
+    python benchmarks/train.py --model mfnet --dataset ucf101 --root /data/UCF101 --split all \\
+        --preset finetune --checkpoint MFNet3D_Kinetics-400_72.8.pth --seeds 0,1,2
+    python benchmarks/train.py --model mfnet2d --dataset imagenet --root /data/imagenet \\
+        --eval-only --checkpoint MFNet2D_ImageNet1k-0000.pth
+    torchrun --nproc_per_node=8 benchmarks/train.py --model mfnet --dataset kinetics400 ...
 
 SGD with Nesterov momentum and weight decay, a linear warm-up then a step or cosine schedule,
-the authors' recipes as presets (authors-mfnet.md). Per-epoch train and validation top-1 go to
-the results store (the report's Fig. 4a); the final multi-view evaluation reports clip-level
-top-1 and video-level top-1/top-5 (softmax averaged over N clips x M crops per video).
-Checkpoints are written atomically every epoch; ``--resume`` continues a killed run with the
-numbers an uninterrupted run gives (CPU, fixed seed). Under ``torchrun`` it runs
-DistributedDataParallel (NCCL on GPUs, gloo on CPU) and only rank 0 writes.
+the authors' recipes as presets (docs/authors-release.md). Per-epoch train and validation
+top-1 and clips/s go to the results store (the report's Fig. 4a); the final multi-view
+evaluation reports clip-level top-1 and video-level top-1/top-5 (softmax averaged over
+N clips x M crops per video). Every accuracy row records where its weights came from: trained
+here, fine-tuned from a file, or a file evaluated as is (name and SHA-256 prefix).
+
+Checkpoints are written atomically every epoch with the run's settings, counters and rows;
+``--resume`` continues a killed run with the numbers an uninterrupted run gives (CPU, fixed
+seed), writes each row once whatever the kill point, refuses other settings, and leaves a
+finished run alone. Under ``torchrun`` it runs DistributedDataParallel (NCCL on GPUs, gloo on
+CPU) and only rank 0 writes. ``--amp bf16|fp16`` (fp16 with a gradient scaler), channels-last
+and ``--compile`` serve GPU runs.
 """
 
 import argparse
+import contextlib
 import datetime as dt
 import math
 import os
+import re
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -26,8 +36,11 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import pandas as pd
 import torch
 import torch.distributed as dist
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
@@ -35,19 +48,27 @@ import models
 from benchmarks import datasets, environment, motion, runtime
 from benchmarks.motion import MotionDataset
 from benchmarks.results import Measurement, ResultsStore, RunConditions, new_run_id
+from models.checkpoint import FORMAT, CheckpointError, classifier_name, file_digest
 
-# The authors' recipes (authors-mfnet.md); every value can be overridden on the command line.
+# The authors' recipes (docs/authors-release.md); every value can be overridden on the command line.
 PRESETS = {
     # Kinetics from inflated ImageNet weights: batch 128, lr 0.05, step decay x0.1, ~100 epochs
     "kinetics": dict(lr=0.05, batch_size=128, epochs=100, schedule="step", decay_epochs=(60, 80, 90)),
     # UCF-101/HMDB-51 fine-tuning: batch 32, lr 0.005, three x0.1 decays, backbone at 0.2x
     "finetune": dict(lr=0.005, batch_size=32, epochs=30, schedule="step", decay_epochs=(10, 20, 25),
                      backbone_lr_mult=0.2),
+    # ImageNet-1k (Table 1's 2D models): the standard ResNet recipe, batch 256, lr 0.1, x0.1 at
+    # epochs 30, 60, 90
+    "imagenet": dict(lr=0.1, batch_size=256, epochs=100, schedule="step", decay_epochs=(30, 60, 90)),
     # the motion benchmark, from scratch on a CPU. lr 0.01 at batch 16 was tuned on MF-Net
     # (lr 0.02+ without warm-up did not learn); batch 8 gives the slow models twice the steps in
     # a time budget, at the linearly scaled lr (results: reports/README.md, motion sections)
     "motion": dict(lr=0.005, batch_size=8, epochs=4, schedule="cosine", warmup_epochs=0.5),
 }
+SPLIT_DATASETS = ("ucf101", "hmdb51")  # three official splits; the paper reports their mean
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# a run id becomes a file name: nothing but the characters new_run_id uses
+RUN_ID = re.compile(r"[0-9A-Za-z][0-9A-Za-z_-]{0,63}")
 
 
 @dataclass
@@ -78,54 +99,160 @@ class Config:
     results: str = "results"
     out: str = "runs"
     seed: int = 0
-    workers: int = 0
+    workers: int | None = None  # None: 0 for the generated motion data, min(8, CPUs) for files
+    amp: str | None = None  # bf16 | fp16: autocast (fp16 with a GradScaler)
+    channels_last: bool = False
+    compile: bool = False
     model_args: dict = field(default_factory=dict)
     run_id: str = ""
 
 
-def parse_args(argv=None) -> Config:
+# what may change between a killed run and its resume without changing its numbers
+RESUMABLE = {"root", "eval_only", "checkpoint", "resume", "results", "out", "workers", "run_id"}
+
+
+class SettingsError(ValueError):
+    """An option value that cannot mean anything, or one that does not fit the model or data."""
+
+
+def parse_args(argv=None) -> list[Config]:
+    """One Config per run: ``--split all`` and ``--seeds`` expand into several."""
     p = argparse.ArgumentParser(prog="train.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True)
-    p.add_argument("--dataset", default="motion", choices=("motion", *datasets.LAYOUTS))
+    p.add_argument("--dataset", default="motion",
+                   choices=("motion", *datasets.LAYOUTS, *datasets.IMAGE_LAYOUTS))
     p.add_argument("--root", help="dataset folder (not needed for motion)")
-    p.add_argument("--split", type=int, default=1)
-    p.add_argument("--preset", choices=tuple(PRESETS), help="the authors' recipe (default: motion)")
+    p.add_argument("--split", default="1", help="1, 2, 3 or all (UCF-101 and HMDB-51)")
+    p.add_argument("--seeds", help="comma-separated seeds, one run each (e.g. 0,1,2)")
+    p.add_argument("--preset", choices=tuple(PRESETS),
+                   help="the authors' recipe (default: motion, imagenet, or finetune)")
     for name, kind in (("epochs", int), ("batch-size", int), ("lr", float), ("seed", int),
                        ("test-clips", int), ("test-crops", int), ("train-size", int),
                        ("val-size", int), ("time-budget", float), ("workers", int),
                        ("warmup-epochs", float), ("backbone-lr-mult", float)):
         p.add_argument(f"--{name}", type=kind)
     p.add_argument("--schedule", choices=("step", "cosine"))
-    p.add_argument("--clip", help="T,H,W")
-    p.add_argument("--eval-only", action="store_true")
+    p.add_argument("--clip", help="T,H,W (images: H,W)")
+    p.add_argument("--amp", choices=tuple(AMP_DTYPES), help="mixed precision (fp16: CUDA only)")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--eval-only", action="store_true", help="evaluate --checkpoint as it is")
     p.add_argument("--checkpoint", help="weights to start from (or to evaluate)")
-    p.add_argument("--resume", action="store_true", help="continue from <out>/<name>/last.pt")
+    p.add_argument("--resume", action="store_true", help="continue from <out>/<run>/last.pt")
     p.add_argument("--results", default="results")
     p.add_argument("--out", default="runs", help="checkpoint folder")
     p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="passed to the model builder, e.g. dropout=0")
     a = p.parse_args(argv)
-    preset = a.preset or ("motion" if a.dataset == "motion" else "finetune")
-    values = {"model": a.model, "dataset": a.dataset, "root": a.root, "split": a.split,
-              "preset": preset, **PRESETS[preset]}
+    try:
+        return expand(a)
+    except (SettingsError, ValueError) as exc:
+        p.exit(2, f"train.py: error: {exc}\n")
+
+
+def expand(a: argparse.Namespace) -> list[Config]:
+    spec = models.get_spec(a.model)  # ValueError naming the closest names
+    preset = a.preset or ("motion" if a.dataset == "motion" else
+                          "imagenet" if a.dataset == "imagenet" else "finetune")
+    values = {"model": a.model, "dataset": a.dataset, "root": a.root, "preset": preset,
+              **PRESETS[preset]}
     for key in ("epochs", "batch_size", "lr", "seed", "test_clips", "test_crops", "train_size",
                 "val_size", "time_budget", "workers", "warmup_epochs", "backbone_lr_mult",
-                "schedule"):
+                "schedule", "amp"):
         if getattr(a, key) is not None:
             values[key] = getattr(a, key)
-    try:
-        models.get_spec(a.model)
-        if a.clip:
-            values["clip"] = tuple(int(v) for v in a.clip.replace("x", ",").split(","))
-            if len(values["clip"]) != 3 or min(values["clip"]) < 1:
-                raise ValueError(f"--clip takes T,H,W, got {a.clip!r}")
-        values["model_args"] = {k: _number(v) for k, v in (arg.split("=", 1) for arg in a.model_arg)}
-    except ValueError as exc:
-        p.exit(2, f"train.py: error: {exc}\n")
+    if a.clip:
+        parts = a.clip.replace("x", ",").split(",")
+        try:
+            clip = tuple(int(v) for v in parts)
+        except ValueError:
+            raise SettingsError(f"--clip takes T,H,W, got {a.clip!r}") from None
+        if len(clip) == 2 and a.dataset == "imagenet":
+            clip = (1, *clip)
+        if len(clip) != 3 or min(clip) < 1:
+            raise SettingsError(f"--clip takes T,H,W with every value >= 1, got {a.clip!r}")
+        if clip[1] != clip[2]:
+            raise SettingsError(f"--clip {a.clip}: crops are square, so H and W must be equal")
+        values["clip"] = clip
+    values["model_args"] = {k: _number(v) for k, v in (arg.split("=", 1) for arg in a.model_arg)}
     if a.dataset != "motion" and not a.root:
-        p.exit(2, f"train.py: error: --dataset {a.dataset} needs --root\n")
-    return Config(**values, eval_only=a.eval_only, checkpoint=a.checkpoint, resume=a.resume,
-                  results=a.results, out=a.out)
+        raise SettingsError(f"--dataset {a.dataset} needs --root")
+    if a.eval_only and not a.checkpoint:
+        raise SettingsError("--eval-only needs --checkpoint: there are no weights to evaluate")
+    check_values(values)
+    check_kind(spec, a.dataset)
+    splits = parse_splits(a.split, a.dataset)
+    seeds = ([int(s) for s in a.seeds.split(",") if s.strip()] if a.seeds else [values.pop("seed", 0)])
+    values.pop("seed", None)
+    if not seeds:
+        raise SettingsError("--seeds is empty")
+    common = dict(eval_only=a.eval_only, checkpoint=a.checkpoint, resume=a.resume, results=a.results,
+                  out=a.out, channels_last=a.channels_last, compile=a.compile)
+    configs = [Config(**values, **common, split=split, seed=seed) for split in splits for seed in seeds]
+    check_fits(configs[0], spec)
+    return configs
+
+
+def check_values(values: dict) -> None:
+    """Refuse values that cannot mean anything, naming the option."""
+    def bad(name, value, need):
+        raise SettingsError(f"--{name.replace('_', '-')} {value} is invalid: {need}")
+
+    for name in ("lr", "time_budget"):
+        value = values.get(name)
+        if value is not None and not (math.isfinite(value) and value > 0):
+            bad(name, value, "need a finite number > 0")
+    for name in ("warmup_epochs", "backbone_lr_mult"):
+        value = values.get(name)
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            bad(name, value, "need a finite number >= 0")
+    for name in ("epochs", "batch_size", "train_size", "val_size", "test_clips", "test_crops"):
+        if values.get(name, 1) < 1:
+            bad(name, values[name], "need an integer >= 1")
+    if values.get("workers") is not None and values["workers"] < 0:
+        bad("workers", values["workers"], "need an integer >= 0")
+
+
+def check_kind(spec, dataset: str) -> None:
+    if dataset == "imagenet" and spec.is_video:
+        raise SettingsError(f"{spec.name} takes clips; ImageNet needs an image model (e.g. mfnet2d)")
+    if dataset != "imagenet" and not spec.is_video:
+        frames = f"{spec.name}_frames"
+        hint = (f"; {frames} runs it on every frame" if frames in models.list_models() else "")
+        raise SettingsError(f"{spec.name} is an image model and {dataset} has clips{hint}")
+
+
+def parse_splits(text: str, dataset: str) -> list[int]:
+    if text == "all":
+        if dataset not in SPLIT_DATASETS:
+            raise SettingsError(f"--split all: {dataset} has one split; only "
+                                f"{' and '.join(SPLIT_DATASETS)} have three")
+        return [1, 2, 3]
+    try:
+        return [int(text)]
+    except ValueError:
+        raise SettingsError(f"--split takes 1, 2, 3 or all, got {text!r}") from None
+
+
+def input_shape(cfg: Config) -> tuple[int, ...]:
+    """(C, T, H, W) for clips or (C, H, W) for images, at the run's clip."""
+    if cfg.dataset == "imagenet":
+        side = cfg.clip[1] if cfg.clip else 224
+        return (3, side, side)
+    if cfg.dataset == "motion":
+        t, h, _ = cfg.clip or (16, 48, 48)
+        return (3, t, h, h)
+    t, h, _ = cfg.clip or (16, 224, 224)
+    return (3, t, h, h)
+
+
+def check_fits(cfg: Config, spec) -> None:
+    """Run the model once on the meta device at the run's input: a clip too small for its
+    pooling fails here, with one line, before any data is read."""
+    try:
+        models.check_input(cfg.model, (2, *input_shape(cfg)), **cfg.model_args)
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
 
 
 def _number(text: str):
@@ -165,7 +292,7 @@ def clip_config(cfg: Config, spec) -> datasets.ClipConfig:
     frames, crop = (cfg.clip[0], cfg.clip[1]) if cfg.clip else (16, 224)
     return datasets.ClipConfig(
         frames=frames, crop=crop, short_side=(crop, round(crop * 288 / 224)),
-        test_short_side=round(crop * 256 / 224), intervals=datasets.INTERVALS[cfg.dataset],
+        test_short_side=round(crop * 256 / 224), intervals=datasets.INTERVALS.get(cfg.dataset, (1,)),
         mean=spec.mean, std=spec.std)
 
 
@@ -184,7 +311,9 @@ def build_data(cfg: Config, spec):
     val, _ = datasets.build(cfg.dataset, cfg.root, train=False, **kwargs)
     test, _ = datasets.build(cfg.dataset, cfg.root, train=False, clips=cfg.test_clips,
                              crops=cfg.test_crops, **kwargs)
-    return train, val, test, len(classes), f"{config.frames}x{config.crop}x{config.crop}"
+    label = (f"{config.crop}x{config.crop}" if cfg.dataset == "imagenet"
+             else f"{config.frames}x{config.crop}x{config.crop}")
+    return train, val, test, len(classes), label
 
 
 class _Indexed(torch.utils.data.Dataset):
@@ -206,19 +335,29 @@ class _Indexed(torch.utils.data.Dataset):
             self.base.set_epoch(epoch)
 
 
-def loader(dataset, cfg: Config, *, train: bool, world: int, rank: int, batch_size: int):
+def default_workers(cfg: Config) -> int:
+    """Generated data costs nothing to make; decoding files wants processes of its own."""
+    if cfg.workers is not None:
+        return cfg.workers
+    return 0 if cfg.dataset == "motion" else min(8, os.cpu_count() or 1)
+
+
+def loader(dataset, cfg: Config, *, train: bool, world: int, rank: int, batch_size: int, device):
     sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=train,
                                  seed=cfg.seed, drop_last=train)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=cfg.workers,
-                      collate_fn=datasets.collate_skipping, drop_last=train), sampler
+    workers = default_workers(cfg)
+    cuda = device.type == "cuda"
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                      collate_fn=datasets.collate_skipping, drop_last=train, pin_memory=cuda,
+                      persistent_workers=cuda and workers > 0), sampler
 
 
 # ---- optimisation ----
 
 def classifier_parameters(model: nn.Module) -> set[int]:
-    """The last Linear layer's parameters: the classifier, which fine-tuning trains faster."""
-    last = [m for m in model.modules() if isinstance(m, nn.Linear)][-1:]
-    return {id(p) for m in last for p in m.parameters()}
+    """The classifier's parameters, which fine-tuning trains faster than the backbone."""
+    name = classifier_name(model)
+    return set() if name is None else {id(p) for p in model.get_submodule(name).parameters()}
 
 
 def make_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
@@ -251,18 +390,83 @@ def lr_factor(cfg: Config, progress: float, epoch: float) -> float:
     return max(warm, 0.01) * 0.1 ** sum(epoch >= e for e in cfg.decay_epochs)
 
 
-def progress_of(cfg: Config, steps_per_epoch: int, started: float):
+def progress_of(cfg: Config, steps_per_epoch: int, clock):
     """Training progress in [0, 1] after ``step`` steps; with a time budget, the clock's share of
-    it, so every model gets a whole schedule in the same wall-clock time."""
+    it (``clock()``: seconds trained, across resumes), so every model gets a whole schedule in
+    the same wall-clock time."""
     if cfg.time_budget:
-        return lambda step: min((time.monotonic() - started) / cfg.time_budget, 1.0)
+        return lambda step: min(clock() / cfg.time_budget, 1.0)
     return lambda step: step / (steps_per_epoch * cfg.epochs)
+
+
+@dataclass
+class Precision:
+    """How steps run: autocast dtype (None: fp32), gradient scaler, memory format."""
+
+    amp: torch.dtype | None = None
+    scaler: torch.amp.GradScaler | None = None
+    channels_last: bool = False
+
+    def autocast(self, device: torch.device):
+        if self.amp is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=self.amp)
+
+    def inputs(self, clips: torch.Tensor, device: torch.device) -> torch.Tensor:
+        clips = clips.to(device, non_blocking=True)
+        if self.channels_last:
+            clips = clips.contiguous(memory_format=memory_format(clips.dim()))
+        return clips
+
+
+def memory_format(dims: int) -> torch.memory_format:
+    return torch.channels_last_3d if dims == 5 else torch.channels_last
+
+
+def make_precision(cfg: Config, device: torch.device) -> Precision:
+    if cfg.amp == "fp16" and device.type != "cuda":
+        raise SettingsError("--amp fp16 needs a CUDA GPU (fp16 autocast on a CPU has no scaler "
+                            "support here); use --amp bf16 or no --amp")
+    amp = AMP_DTYPES.get(cfg.amp) if cfg.amp else None
+    # fp16's narrow range underflows small gradients: scale the loss (bf16 needs none)
+    scaler = torch.amp.GradScaler(device.type) if cfg.amp == "fp16" else None
+    return Precision(amp, scaler, cfg.channels_last)
 
 
 # ---- the loop ----
 
-def run_epoch(model, data, optimizer, scheduler, device, *, train: bool, deadline=None):
+class EpochProgress:
+    """A progress bar per epoch on rank 0, with clips/s and the time left (off elsewhere)."""
+
+    def __init__(self, enabled: bool):
+        # on stderr, and only on a terminal: a log file gets the one line per epoch instead
+        console = Console(stderr=True)
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(),
+                            TextColumn("{task.completed}/{task.total} batches"),
+                            TextColumn("{task.fields[rate]}"), TimeRemainingColumn(),
+                            console=console, transient=True,
+                            disable=not (enabled and console.is_terminal))
+
+    @contextlib.contextmanager
+    def epoch(self, description: str, total: int):
+        with self.bar:
+            task = self.bar.add_task(description, total=total, rate="")
+            started = time.monotonic()
+
+            def advance(clips: int):
+                elapsed = max(time.monotonic() - started, 1e-9)
+                advance.clips += clips
+                self.bar.update(task, advance=1, rate=f"{advance.clips / elapsed:.1f} clips/s")
+
+            advance.clips = 0
+            yield advance
+            self.bar.remove_task(task)
+
+
+def run_epoch(model, data, optimizer, scheduler, device, *, train: bool, deadline=None,
+              precision: Precision | None = None, progress=None):
     """(mean loss, top-1 %, clips seen, skipped videos, stopped at the deadline)."""
+    precision = precision or Precision()
     model.train(train)
     loss_fn = nn.CrossEntropyLoss()
     loss_sum = correct = seen = skipped = 0.0
@@ -272,18 +476,26 @@ def run_epoch(model, data, optimizer, scheduler, device, *, train: bool, deadlin
             skipped += skip
             if clips is None:
                 continue
-            clips, labels = clips.to(device), labels.to(device)
-            logits = model(clips)
-            loss = loss_fn(logits, labels)
+            clips, labels = precision.inputs(clips, device), labels.to(device)
+            with precision.autocast(device):
+                logits = model(clips)
+                loss = loss_fn(logits.float(), labels)
             if train:
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                if precision.scaler is not None:
+                    precision.scaler.scale(loss).backward()
+                    precision.scaler.step(optimizer)
+                    precision.scaler.update()
+                else:
+                    loss.backward()
+                    optimizer.step()
                 scheduler.step()
             loss_sum += loss.item() * len(labels)
             correct += (logits.argmax(1) == labels).sum().item()
             seen += len(labels)
-            if deadline is not None and time.monotonic() > deadline:
+            if progress is not None:
+                progress(len(labels))
+            if deadline is not None and deadline():
                 stopped = True
                 break
     loss_sum, correct, seen, skipped = all_sum([loss_sum, correct, seen, skipped], device)
@@ -291,8 +503,11 @@ def run_epoch(model, data, optimizer, scheduler, device, *, train: bool, deadlin
 
 
 @torch.no_grad()
-def evaluate_views(model, data, device, num_classes: int) -> dict[str, float]:
-    """Clip-level top-1 and video-level top-1/top-5 from softmax averaged over every view."""
+def evaluate_views(model, data, device, num_classes: int,
+                   precision: Precision | None = None) -> dict[str, float] | None:
+    """Clip-level top-1 and video-level top-1/top-5 from softmax averaged over every view;
+    None when no test video could be decoded."""
+    precision = precision or Precision()
     model.eval()
     scores: dict[int, torch.Tensor] = {}
     labels: dict[int, int] = {}
@@ -301,7 +516,8 @@ def evaluate_views(model, data, device, num_classes: int) -> dict[str, float]:
         skipped += skip
         if clips is None:
             continue
-        probs = model(clips.to(device)).softmax(1).cpu()
+        with precision.autocast(device):
+            probs = model(precision.inputs(clips, device)).float().softmax(1).cpu()
         clip_correct += (probs.argmax(1) == y).sum().item()
         clip_seen += len(y)
         for p, label, video in zip(probs, y.tolist(), videos.tolist()):
@@ -316,6 +532,8 @@ def evaluate_views(model, data, device, num_classes: int) -> dict[str, float]:
                 scores[video] = scores.get(video, 0) + p
             labels.update(lab)
             clip_correct, clip_seen, skipped = clip_correct + c, clip_seen + n, skipped + k
+    if not scores:
+        return None
     videos = sorted(scores)
     top = torch.stack([scores[v] for v in videos]).topk(min(5, num_classes), 1).indices
     truth = torch.tensor([labels[v] for v in videos]).unsqueeze(1)
@@ -325,41 +543,124 @@ def evaluate_views(model, data, device, num_classes: int) -> dict[str, float]:
             "videos": len(videos), "skipped_videos": skipped}
 
 
+# ---- where the weights came from, and the run's checkpoint ----
+
+def weights_of(cfg: Config) -> str:
+    """``trained``, ``finetuned:<file>@<sha256 prefix>`` or ``file:<file>@<sha256 prefix>``."""
+    if not cfg.checkpoint:
+        return "trained"
+    path = Path(cfg.checkpoint)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist or is not a file")
+    kind = "file" if cfg.eval_only else "finetuned"
+    return f"{kind}:{path.name}@{file_digest(path)}"
+
+
+def settings_of(cfg: Config, weights: str) -> dict:
+    """What defines a run's numbers: a resume with anything else is refused."""
+    values = {k: v for k, v in _jsonable(cfg).items() if k not in RESUMABLE}
+    return values | {"weights": weights}
+
+
+def run_folder(cfg: Config) -> Path:
+    split = f"-split{cfg.split}" if cfg.dataset in SPLIT_DATASETS else ""
+    return Path(cfg.out) / f"{cfg.model}-{cfg.dataset}{split}-s{cfg.seed}"
+
+
+def read_run_state(path: Path, device) -> dict:
+    """A run's ``last.pt``, checked before anything in it is used; one-line errors."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # a truncated zip, a pickle with globals, not a torch file
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"cannot resume from {path}: {reason}") from None
+    need = {"model": dict, "optimizer": dict, "scheduler": dict, "epoch": int, "run_id": str,
+            "settings": dict, "counters": dict, "rows": list}
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"cannot resume from {path}: not a training checkpoint of this suite")
+    wrong = [k for k, kind in need.items() if not isinstance(state.get(k), kind)]
+    if wrong:
+        raise CheckpointError(f"cannot resume from {path}: missing or malformed {', '.join(wrong)}")
+    if not RUN_ID.fullmatch(state["run_id"]):
+        raise CheckpointError(f"cannot resume from {path}: run id {state['run_id']!r} is not a "
+                              "run id (letters, digits, - and _ only)")
+    return state
+
+
+def settings_difference(saved: dict, now: dict) -> str:
+    changed = [f"--{k.replace('_', '-')} {now.get(k)!r} (the checkpoint's: {saved.get(k)!r})"
+               for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
+    return "; ".join(changed)
+
+
+# ---- one run ----
+
 def train(cfg: Config) -> dict:
     rank, world, device = init_distributed()
     spec = models.get_spec(cfg.model)
+    precision = make_precision(cfg, device)
+    weights = weights_of(cfg)
     train_set, val_set, test_set, num_classes, clip_label = build_data(cfg, spec)
     torch.manual_seed(cfg.seed)
-    model = models.create_model(cfg.model, num_classes=num_classes, **cfg.model_args).to(device)
-    out = Path(cfg.out) / f"{cfg.model}-{cfg.dataset}-s{cfg.seed}"
-    last = out / "last.pt"
-    start_epoch, run_id = 0, cfg.run_id or new_run_id()
-    if cfg.checkpoint and not cfg.resume:
-        models.load_checkpoint(model, cfg.checkpoint)
+    model = models.create_model(cfg.model, num_classes=num_classes, **cfg.model_args)
+    folder = run_folder(cfg)
+    last = folder / "last.pt"
+    if cfg.checkpoint and not (cfg.resume and last.exists()):
+        message = models.load_checkpoint(model, cfg.checkpoint, new_classifier=not cfg.eval_only)
+        if message and rank == 0:
+            print(message, flush=True)
+    model = model.to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=memory_format(len(spec.input_shape) + 1))
     module = model
     if world > 1:
         ids = [device.index] if device.type == "cuda" else None
-        model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        # grads as views into DDP's buckets: no copy, and no stride mismatch for parameters
+        # whose gradients come out channels-last (MF-Net's 1x1x1 convs)
+        model = nn.parallel.DistributedDataParallel(model, device_ids=ids, gradient_as_bucket_view=True)
+    if cfg.compile:
+        model = torch.compile(model)
     per_rank_batch = max(1, cfg.batch_size // world)
-    train_data, train_sampler = loader(train_set, cfg, train=True, world=world, rank=rank,
-                                       batch_size=per_rank_batch)
-    val_data, _ = loader(val_set, cfg, train=False, world=world, rank=rank, batch_size=per_rank_batch)
-    test_data, _ = loader(test_set, cfg, train=False, world=world, rank=rank, batch_size=per_rank_batch)
+    make_loader = dict(cfg=cfg, world=world, rank=rank, batch_size=per_rank_batch, device=device)
+    train_data, train_sampler = loader(train_set, train=True, **make_loader)
+    val_data, _ = loader(val_set, train=False, **make_loader)
+    test_data, _ = loader(test_set, train=False, **make_loader)
     optimizer = make_optimizer(module, cfg)
     steps = max(len(train_data), 1)
-    started = time.monotonic()
-    progress = progress_of(cfg, steps, started)
+    counters = {"clips_seen": 0, "train_seconds": 0.0, "skipped_train": 0, "epochs_done": 0.0}
+    session_start, prior_seconds = time.monotonic(), 0.0
+
+    def clock() -> float:  # seconds trained (validation included), across resumes
+        return prior_seconds + time.monotonic() - session_start
+
+    progress = progress_of(cfg, steps, clock)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg, progress(s), s / steps))
+    settings = settings_of(cfg, weights)
+    start_epoch, run_id, saved_rows, final = 0, cfg.run_id or new_run_id(), [], None
     if cfg.resume and last.exists():
-        state = torch.load(last, map_location=device, weights_only=True)
-        module.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        state = read_run_state(last, device)
+        if state["settings"] != settings:
+            raise SettingsError(f"--resume: {last} was trained with other settings: "
+                                f"{settings_difference(state['settings'], settings)}; "
+                                "use another --out, or the checkpoint's settings")
+        try:
+            module.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            if precision.scaler is not None and "scaler" in state:
+                precision.scaler.load_state_dict(state["scaler"])
+        except (RuntimeError, KeyError, ValueError) as exc:
+            raise CheckpointError(f"cannot resume from {last}: "
+                                  f"{str(exc).strip().splitlines()[0]}") from None
         start_epoch, run_id = state["epoch"], state["run_id"]
+        counters.update({k: state["counters"][k] for k in counters if k in state["counters"]})
+        prior_seconds = float(counters["train_seconds"])
+        saved_rows, final = state["rows"], state.get("final")
     store = ResultsStore(cfg.results) if rank == 0 else None
-    conditions = RunConditions(run_id, device.type, environment.device_name(device.type), "fp32",
-                               False, False)
-    has_splits = cfg.dataset in ("ucf101", "hmdb51")
+    dtype = cfg.amp or "fp32"
+    conditions = RunConditions(run_id, device.type, environment.device_name(device.type), dtype,
+                               cfg.channels_last, cfg.compile)
+    has_splits = cfg.dataset in SPLIT_DATASETS
     dataset_label = (f"{cfg.dataset}/{cfg.split}" if has_splits else
                      motion.LABEL if cfg.dataset == "motion" else cfg.dataset)
     if store is not None:
@@ -367,60 +668,113 @@ def train(cfg: Config) -> dict:
         store.write_environment(run_id, environment.collect(device.type)
                                 | {"train_config": _jsonable(cfg), "world_size": world})
 
-    def record(rows):
-        if store is not None:
-            for row in rows:
-                row.dataset, row.clip = dataset_label, clip_label
-            store.append(rows, conditions, dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+    def record(rows: list[dict]) -> None:
+        """Write the rows the store does not hold yet for this run: a row is written once,
+        whether the kill came before or after it was stored."""
+        if store is None or not rows:
+            return
+        frame = store.frame()
+        held = frame[frame["run_id"] == run_id]
+        present = {(m, None if pd.isna(e) else int(e)) for m, e in zip(held["metric"], held["epoch"])}
+        fresh = [Measurement(**r) for r in rows if (r["metric"], r.get("epoch")) not in present]
+        for row in fresh:
+            row.dataset, row.clip, row.weights, row.seed = dataset_label, clip_label, weights, cfg.seed
+        if fresh:
+            store.append(fresh, conditions, dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
 
-    deadline = started + cfg.time_budget if cfg.time_budget else None
-    clips_seen, epochs_done, skipped_train = 0, float(start_epoch), 0
+    def save_state(epoch: int, **extra) -> None:
+        if rank == 0 and not cfg.eval_only:
+            models.save_checkpoint(
+                last, module, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                epoch=epoch, run_id=run_id, settings=settings, counters=dict(counters),
+                rows=saved_rows, **({"scaler": precision.scaler.state_dict()} if precision.scaler else {}),
+                **extra)
+
+    record(saved_rows)  # rows a kill kept out of the store, after their checkpoint was written
+    if final is not None:  # finished before: its rows are stored (now), nothing to re-run
+        record(final["rows"])
+        if rank == 0:
+            print(f"{folder.name}: already finished (run {run_id}); nothing to do", flush=True)
+        return final["result"] | {"run_id": run_id}
+
+    deadline = (lambda: clock() > cfg.time_budget) if cfg.time_budget else None
+    bar = EpochProgress(enabled=rank == 0)
     for epoch in range(start_epoch, 0 if cfg.eval_only else cfg.epochs):
         torch.manual_seed(cfg.seed * 10_007 + epoch)  # the same data order and augmentation after a resume
         train_sampler.set_epoch(epoch)
         train_set.set_epoch(epoch)
-        loss, top1, seen, skipped, stopped = run_epoch(model, train_data, optimizer, scheduler, device,
-                                                       train=True, deadline=deadline)
-        clips_seen += seen
-        skipped_train += skipped
-        epochs_done = epoch + (seen / (steps * cfg.batch_size) if stopped else 1)
-        if cfg.time_budget and not stopped and time.monotonic() > deadline:
+        epoch_start = time.monotonic()
+        with bar.epoch(f"epoch {epoch + 1}/{cfg.epochs}", len(train_data)) as advance:
+            loss, top1, seen, skipped, stopped = run_epoch(
+                model, train_data, optimizer, scheduler, device, train=True, deadline=deadline,
+                precision=precision, progress=advance)
+        epoch_seconds = time.monotonic() - epoch_start
+        counters["clips_seen"] += seen
+        counters["skipped_train"] += skipped
+        counters["epochs_done"] = epoch + (seen / (steps * cfg.batch_size) if stopped else 1)
+        if deadline is not None and not stopped and deadline():
             stopped = True
-        _, val_top1, _, _, _ = run_epoch(model, val_data, None, None, device, train=False)
+        _, val_top1, _, _, _ = run_epoch(model, val_data, None, None, device, train=False,
+                                         precision=precision)
+        counters["train_seconds"] = clock()
         per_epoch = dict(batch_size=cfg.batch_size, epoch=epoch)
-        record([Measurement(cfg.model, "accuracy", "train_loss", loss, "nats", "train", **per_epoch),
-                Measurement(cfg.model, "accuracy", "train_top1", top1, "%", "train", **per_epoch),
-                Measurement(cfg.model, "accuracy", "val_top1", val_top1, "%", "val", views="1x1",
-                            **per_epoch)])
+        rows = [dict(model=cfg.model, measurement="accuracy", metric="train_loss", value=loss,
+                     unit="nats", phase="train", **per_epoch),
+                dict(model=cfg.model, measurement="accuracy", metric="train_top1", value=top1,
+                     unit="%", phase="train", **per_epoch),
+                dict(model=cfg.model, measurement="accuracy", metric="val_top1", value=val_top1,
+                     unit="%", phase="val", views="1x1", **per_epoch),
+                dict(model=cfg.model, measurement="accuracy", metric="epoch_clips_per_s",
+                     value=seen / max(epoch_seconds, 1e-9), unit="clips/s", phase="train",
+                     note="training clips per second over the epoch, data loading included",
+                     **per_epoch)]
+        saved_rows = saved_rows + rows
+        save_state(epoch + 1)  # the checkpoint first: a kill now leaves rows to write on resume
+        record(rows)
         if rank == 0:
-            models.save_checkpoint(last, module, optimizer=optimizer.state_dict(),
-                                   scheduler=scheduler.state_dict(), epoch=epoch + 1, run_id=run_id)
             print(f"epoch {epoch}: loss {loss:.4f} train top-1 {top1:.1f}% val top-1 {val_top1:.1f}%"
+                  f" ({seen / max(epoch_seconds, 1e-9):.1f} clips/s)"
                   + (f" (skipped {skipped} videos)" if skipped else ""), flush=True)
         if stopped:
             break
-    train_seconds = time.monotonic() - started
-    result = evaluate_views(model if world == 1 else module, test_data, device, num_classes)
-    views = f"{cfg.test_clips}x{cfg.test_crops}" if cfg.dataset != "motion" else "1x1"
-    rows = [Measurement(cfg.model, "accuracy", k, result[k], "%", "test", views=views,
-                        note=protocol(cfg.time_budget, cfg.epochs))
-            for k in ("top1_clip", "top1_video", "top5_video")]
-    rows.append(Measurement(cfg.model, "accuracy", "skipped_videos", result["skipped_videos"] + skipped_train,
-                            "count", note="corrupt, truncated or empty videos skipped (train + test)"))
+    result = evaluate_views(model if world == 1 else module, test_data, device, num_classes, precision)
+    views = f"{cfg.test_clips}x{cfg.test_crops}" if cfg.dataset not in ("motion", "imagenet") else "1x1"
+    note = protocol(cfg.time_budget, cfg.epochs) if not cfg.eval_only else "evaluated as is"
+    if result is None:
+        rows = [dict(model=cfg.model, measurement="accuracy", metric="top1_video", value=None,
+                     unit="%", phase="test", views=views, status="error",
+                     error=f"no test video could be decoded ({len(test_set)} items skipped)")]
+        result = {"skipped_videos": len(test_set), "videos": 0}
+    else:
+        rows = [dict(model=cfg.model, measurement="accuracy", metric=k, value=result[k], unit="%",
+                     phase="test", views=views, note=note)
+                for k in ("top1_clip", "top1_video", "top5_video")]
+    rows.append(dict(model=cfg.model, measurement="accuracy", metric="skipped_videos",
+                     value=result["skipped_videos"] + counters["skipped_train"], unit="count",
+                     note="failed decodes skipped (train + test; a bad test video counts once per "
+                          "test clip): corrupt, truncated, empty or oversized files"))
     if not cfg.eval_only:
-        rows += [Measurement(cfg.model, "accuracy", metric, value, unit, "train", cfg.batch_size,
-                             note=protocol(cfg.time_budget, cfg.epochs))
-                 for metric, value, unit in (("epochs_completed", epochs_done, "epochs"),
-                                             ("clips_seen", clips_seen, "clips"),
-                                             ("train_seconds", train_seconds, "s"))]
+        rows += [dict(model=cfg.model, measurement="accuracy", metric=metric, value=value,
+                      unit=unit, phase="train", batch_size=cfg.batch_size, note=note)
+                 for metric, value, unit in (("epochs_completed", counters["epochs_done"], "epochs"),
+                                             ("clips_seen", counters["clips_seen"], "clips"),
+                                             ("train_seconds", counters["train_seconds"], "s"))]
+    result = result | {k: counters[k] for k in ("clips_seen", "epochs_done")}
+    result["epochs_completed"] = result.pop("epochs_done")
+    save_state(cfg.epochs if not cfg.eval_only else 0, final={"rows": rows, "result": result})
     record(rows)
     if rank == 0:
-        print(f"{cfg.model} on {dataset_label}: top-1 clip {result['top1_clip']:.1f}%, video "
-              f"{result['top1_video']:.1f}% / top-5 {result['top5_video']:.1f}% over {result['videos']} "
-              f"videos ({views} views), {result['skipped_videos'] + skipped_train} skipped", flush=True)
+        skipped_all = result["skipped_videos"] + counters["skipped_train"]
+        if "top1_video" in result:
+            print(f"{cfg.model} on {dataset_label}: top-1 clip {result['top1_clip']:.1f}%, video "
+                  f"{result['top1_video']:.1f}% / top-5 {result['top5_video']:.1f}% over "
+                  f"{result['videos']} videos ({views} views), {skipped_all} skipped", flush=True)
+        else:
+            print(f"{cfg.model} on {dataset_label}: no test video could be decoded "
+                  f"({skipped_all} skipped); an error row was stored", flush=True)
     if dist.is_initialized():
         dist.barrier()
-    return result | {"epochs_completed": epochs_done, "clips_seen": clips_seen, "run_id": run_id}
+    return result | {"run_id": run_id}
 
 
 def protocol(time_budget: float | None, epochs: int) -> str:
@@ -435,17 +789,19 @@ def _jsonable(cfg: Config) -> dict:
 
 
 def main(argv=None) -> int:
-    cfg = parse_args(argv)
+    configs = parse_args(argv)
     runtime.keep_freed_memory()
+    failed = 0
     try:
-        train(cfg)
-    except (datasets.DatasetLayoutError, models.CheckpointError, OSError) as exc:
+        for cfg in configs:
+            failed += "top1_video" not in train(cfg)
+    except (datasets.DatasetLayoutError, CheckpointError, SettingsError, OSError) as exc:
         print(f"train.py: error: {exc}", file=sys.stderr)
         return 2
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -2,10 +2,15 @@
 
 A checkpoint is untrusted input, so every file goes through ``torch.load(weights_only=True)``,
 and a file that does not match the model raises ``CheckpointError`` naming what is wrong; a
-file is never loaded in part. The released formats are listed in
-``shared/reference/authors-mfnet.md`` ("State-dict names in the released checkpoints").
+file is never loaded in part. The released formats are listed in ``docs/authors-release.md``
+("Checkpoints").
+
+Fine-tuning (a Kinetics-400 file into a 101-class UCF-101 model) keeps everything but the
+classifier, whose class count differs, and starts a new one; ``load_checkpoint`` does that only
+when asked (``new_classifier=True``) and only when the classifier is all that does not fit.
 """
 
+import hashlib
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -63,12 +68,34 @@ def inflate_2d_to_3d(state_2d: Mapping[str, torch.Tensor], model_3d: nn.Module,
     return inflated
 
 
-def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> nn.Module:
+def classifier_name(model: nn.Module) -> str | None:
+    """The module that maps features to class scores: the model's last Linear or Conv (S3D's
+    classifier is a 1x1x1 conv)."""
+    found = None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear | nn.modules.conv._ConvNd):
+            found = name
+    return found
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """The file's SHA-256 prefix (12 hex digits): recorded with every row its weights made."""
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            sha.update(block)
+    return sha.hexdigest()[:12]
+
+
+def load_checkpoint(model: nn.Module, path: str | os.PathLike, *,
+                    new_classifier: bool = False) -> str | None:
     """Load ``path`` into ``model`` in full, or raise ``CheckpointError`` and leave it untouched.
 
     A 2D file given to a 3D model is inflated; the classifier is then left at its initial
     values, as in the paper's initialisation from ImageNet. Missing ``num_batches_tracked``
-    buffers (files saved by PyTorch 0.4) keep the model's values.
+    buffers (files saved by PyTorch 0.4) keep the model's values. With ``new_classifier``, a
+    classifier whose class count differs from the model's is not loaded and the model's
+    freshly initialised one is kept. Returns a one-line message when that happened.
     """
     state = read_state_dict(path)
     target = model.state_dict()
@@ -77,10 +104,28 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> nn.Module:
         state = inflate_2d_to_3d(state, model)
         allowed_missing = {k for k in target if k.startswith(("classifier.", "fc."))}
     allowed_missing |= {k for k in target if k.endswith("num_batches_tracked")}
+    message = None
+    head = classifier_name(model)
+    if new_classifier and head is not None:
+        keys = [k for k in target if k.startswith(head + ".")]
+        if any(k in state and state[k].shape != target[k].shape for k in keys):
+            classes = state[keys[0]].shape[0] if keys[0] in state else "?"
+            message = (f"fine-tuning: kept the backbone from {Path(path).name} and started a new "
+                       f"{target[keys[0]].shape[0]}-class classifier ({head}; the file's has "
+                       f"{classes} classes)")
+            state = {k: v for k, v in state.items() if k not in keys}
+            allowed_missing |= set(keys)
     missing = sorted(set(target) - set(state) - allowed_missing)
     unexpected = sorted(set(state) - set(target))
+    shared = sorted(set(state) & set(target))
     mismatched = [f"{k} {tuple(state[k].shape)} vs model {tuple(target[k].shape)}"
-                  for k in sorted(set(state) & set(target)) if state[k].shape != target[k].shape]
+                  for k in shared if state[k].shape != target[k].shape]
+    mismatched += [f"{k} is {state[k].dtype} where the model's is {target[k].dtype}"
+                   for k in shared if target[k].is_floating_point() and not state[k].is_floating_point()]
+    bad = [k for k in shared if state[k].is_floating_point() and not torch.isfinite(state[k]).all()]
+    if bad:
+        mismatched.append(f"non-finite values (NaN or inf) in {', '.join(bad[:3])}"
+                          + (f" and {len(bad) - 3} more" if len(bad) > 3 else ""))
     if missing or unexpected or mismatched:
         problems = []
         for label, items in (("missing", missing), ("unexpected", unexpected),
@@ -91,7 +136,7 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> nn.Module:
         raise CheckpointError(f"checkpoint {path} does not fit {type(model).__name__}: "
                               + "; ".join(problems))
     model.load_state_dict(state, strict=False)
-    return model
+    return message
 
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, **extra) -> None:
@@ -99,9 +144,12 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, **extra) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model = getattr(model, "module", model)  # unwrap DistributedDataParallel
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"format": FORMAT, "model": model.state_dict(), **extra}, tmp)
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # two writers never share one
+    try:
+        torch.save({"format": FORMAT, "model": model.state_dict(), **extra}, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _is_2d_into_3d(state: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor]) -> bool:

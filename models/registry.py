@@ -2,6 +2,7 @@
 
 import difflib
 
+import torch
 from torch import nn
 
 from models.specs import ALL_SPECS, ModelSpec
@@ -50,3 +51,19 @@ def create_model(name: str, num_classes: int | None = None, **kwargs) -> nn.Modu
     spec = get_spec(name)
     return spec.builder(num_classes=spec.num_classes if num_classes is None else num_classes,
                         **kwargs)
+
+
+def check_input(name: str, shape: tuple[int, ...], **kwargs) -> None:
+    """Run ``name`` once on the meta device on a batch of ``shape`` (N, C, [T,] H, W): an input
+    too small for its pooling fails here, with one line naming the model, and nothing is
+    allocated."""
+    with torch.device("meta"):
+        model = create_model(name, **kwargs).eval()
+        x = torch.empty(shape)
+    try:
+        with torch.no_grad():
+            model(x)
+    except (RuntimeError, ValueError, IndexError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        size = "x".join(map(str, shape[2:]))
+        raise ValueError(f"input {size} does not fit {name}: {first}") from None

@@ -44,7 +44,8 @@ def test_authors_2d_imagenet_file_loads_into_mfnet2d(tmp_path):
     path = tmp_path / "MFNet2D_ImageNet1k-0000.pth"
     torch.save({k: v for k, v in source.state_dict().items()
                 if not k.endswith("num_batches_tracked")}, path)
-    target = load_checkpoint(models.create_model("mfnet2d"), path)
+    target = models.create_model("mfnet2d")
+    load_checkpoint(target, path)
     x = torch.randn(2, 3, 64, 64)
     assert torch.equal(logits(source, x), logits(target, x))
 
@@ -83,7 +84,8 @@ def test_own_format_round_trips(tmp_path):
     path = tmp_path / "run" / "last.pt"
     save_checkpoint(path, source, epoch=3)
     assert not list(path.parent.glob("*.tmp"))
-    target = load_checkpoint(models.create_model("c3d", num_classes=10), path)
+    target = models.create_model("c3d", num_classes=10)
+    load_checkpoint(target, path)
     x = torch.randn(1, 3, 16, 64, 64)
     assert torch.equal(logits(source, x), logits(target, x))
 
@@ -157,3 +159,40 @@ def test_a_file_of_non_tensors_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
         load_checkpoint(models.create_model("mfnet2d"), tmp_path / "nope.pth")
 
+
+
+def test_fine_tuning_keeps_the_backbone_of_an_authors_kinetics_file_and_starts_a_new_classifier(tmp_path):
+    source = randomised("mfnet")  # 400 classes, saved as the authors' 3D release is
+    path = tmp_path / "MFNet3D_Kinetics-400_72.8.pth"
+    torch.save({"epoch": 1, "state_dict": {f"module.{k}": v for k, v in source.state_dict().items()
+                                           if not k.endswith("num_batches_tracked")}}, path)
+    target = models.create_model("mfnet", num_classes=2)
+    head_before = target.classifier.weight.clone()
+    message = load_checkpoint(target, path, new_classifier=True)
+    assert message.count("\n") == 0 and "2-class classifier" in message and "400 classes" in message
+    assert torch.equal(target.conv1.conv.weight, source.conv1.conv.weight)
+    assert torch.equal(target.classifier.weight, head_before)
+    # without the request, the same file is refused, as for evaluation
+    with pytest.raises(CheckpointError, match="shape mismatch: classifier"):
+        load_checkpoint(models.create_model("mfnet", num_classes=2), path)
+
+
+def test_fine_tuning_still_refuses_a_backbone_that_does_not_fit(tmp_path):
+    path = tmp_path / "i3d.pt"
+    torch.save(models.create_model("i3d").state_dict(), path)
+    with pytest.raises(CheckpointError, match="missing"):
+        load_checkpoint(models.create_model("mfnet", num_classes=2), path, new_classifier=True)
+
+
+@pytest.mark.parametrize("damage", ["nan", "int"])
+def test_nan_or_integer_weights_are_refused(tmp_path, damage):
+    state = models.create_model("mfnet2d").state_dict()
+    key = "conv1.conv.weight"
+    state[key] = (state[key].fill_(float("nan")) if damage == "nan" else state[key].long())
+    path = tmp_path / f"{damage}.pt"
+    torch.save(state, path)
+    model = models.create_model("mfnet2d")
+    before = model.conv1.conv.weight.clone()
+    with pytest.raises(CheckpointError, match="non-finite" if damage == "nan" else "torch.int64"):
+        load_checkpoint(model, path)
+    assert torch.equal(model.conv1.conv.weight, before)

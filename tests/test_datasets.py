@@ -26,14 +26,16 @@ def test_reads_the_official_layout_and_counts_bad_videos(layout, caplog):
     n_train, n_test, bad_train, bad_test = EXPECTED[name]
     train, classes = datasets.build(name, root, split=1, train=True, config=CONFIG)
     test, _ = datasets.build(name, root, split=1, train=False, config=CONFIG, clips=2, crops=3)
-    assert len(classes) == 2 and len(train) == n_train and len(test) == n_test * 6
+    assert len(classes) == 2 and len(train) == n_train and len(test) == n_test * 2  # 2 clips each
     with caplog.at_level(logging.WARNING):
         clips, labels, _, skipped = collate_skipping([train[i] for i in range(len(train))])
     assert skipped == bad_train and clips.shape == (n_train - bad_train, 3, 8, 32, 32)
     assert set(labels.tolist()) <= {0, 1}
     assert ("skipping" in caplog.text) == (bad_train > 0)
+    # a test item is one decoded clip holding its 3 crops; the batch flattens them
     clips, _, video_index, skipped = collate_skipping([test[i] for i in range(len(test))])
-    assert skipped == bad_test * 6 and clips.shape[0] == (n_test - bad_test) * 6
+    assert skipped == bad_test * 2 and clips.shape[0] == (n_test - bad_test) * 6
+    assert video_index.tolist() == sorted(video_index.tolist())
     assert torch.isfinite(clips).all()
 
 
@@ -49,8 +51,11 @@ def test_test_views_are_deterministic_and_distinct(tmp_path):
     root = videos.folder(tmp_path)
     test, _ = datasets.build("folder", root, split=1, train=False, config=CONFIG, clips=2, crops=3)
     a, b = test[0][0], test[0][0]
-    assert torch.equal(a, b)
-    assert not torch.equal(test[0][0], test[2][0])  # another crop of the same clip
+    assert a.shape == (3, 3, 8, 32, 32) and torch.equal(a, b)
+    assert not torch.equal(a[0], a[2])  # another crop of the same clip
+    long = datasets.VideoClipDataset([datasets.VideoItem(videos.video(tmp_path / "long.mp4", frames=40), 0)],
+                                     CONFIG, train=False, clips=2, crops=1)
+    assert not torch.equal(long[0][0], long[1][0])  # another clip of the same video
 
 
 @pytest.mark.parametrize("name, message", [

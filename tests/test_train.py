@@ -37,9 +37,10 @@ def test_one_epoch_and_a_multi_view_evaluation_on_each_dataset(tmp_path, name):
             "skipped_videos", "epochs_completed", "clips_seen"} <= set(frame["metric"])
     assert metrics.loc["top1_video", "views"] == "2x3"
     assert 0 <= metrics.loc["top1_video", "value"] <= 100
-    skipped = {"ucf101": 1, "hmdb51": 6, "kinetics400": 6, "folder": 1}[name]  # test views x bad
+    skipped = {"ucf101": 1, "hmdb51": 2, "kinetics400": 2, "folder": 1}[name]  # bad x test clips
     assert metrics.loc["skipped_videos", "value"] >= skipped
-    assert (tmp_path / "runs" / f"mfnet-{name}-s0" / "last.pt").exists()
+    split = "-split1" if name in ("ucf101", "hmdb51") else ""
+    assert (tmp_path / "runs" / f"mfnet-{name}{split}-s0" / "last.pt").exists()
 
 
 def test_the_same_seed_gives_the_same_numbers(tmp_path):
