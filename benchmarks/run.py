@@ -39,7 +39,7 @@ QUICK_MOTION = dict(batch_size=4, train_size=32, val_size=12)
 # where --quick writes unless told: its timings use tiny budgets, and in results/ they would be
 # the newest rows the report shows, and would satisfy a later full run's "already measured"
 QUICK_RESULTS = "results-quick"
-MIN_SIDE = 16  # px; below this no model in the zoo has a meaningful feature map
+MIN_SIDE = train.MIN_SIDE
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -31,6 +31,7 @@ import re
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the repository importable
@@ -65,6 +66,7 @@ PRESETS = {
     # a time budget, at the linearly scaled lr (results: reports/README.md, motion sections)
     "motion": dict(lr=0.005, batch_size=8, epochs=4, schedule="cosine", warmup_epochs=0.5),
 }
+MIN_SIDE = 16  # px; below this no model in the zoo has a meaningful feature map
 SPLIT_DATASETS = ("ucf101", "hmdb51")  # three official splits; the paper reports their mean
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # a run id becomes a file name: nothing but the characters new_run_id uses
@@ -171,6 +173,8 @@ def expand(a: argparse.Namespace) -> list[Config]:
             clip = (1, *clip)
         if len(clip) != 3 or min(clip) < 1:
             raise SettingsError(f"--clip takes T,H,W with every value >= 1, got {a.clip!r}")
+        if clip[1] < MIN_SIDE:
+            raise SettingsError(f"--clip {a.clip} is too small: need H, W >= {MIN_SIDE}")
         if clip[1] != clip[2]:
             raise SettingsError(f"--clip {a.clip}: crops are square, so H and W must be equal")
         values["clip"] = clip
@@ -433,6 +437,23 @@ def make_precision(cfg: Config, device: torch.device) -> Precision:
     return Precision(amp, scaler, cfg.channels_last)
 
 
+def match_gradient_strides(model: nn.Module) -> None:
+    """Give every gradient its parameter's strides before DDP's reducer sees it. MF-Net's
+    channels-last 1x1x1 convs return weight gradients whose size-1 dimensions carry
+    channels-last strides; DDP then warns ("Grad strides do not match bucket view strides")
+    and takes a slow path on every step. Only mismatched gradients are copied."""
+    for param in model.parameters():
+        if param.requires_grad:
+            param.register_hook(partial(_with_strides_of, param))
+
+
+def _with_strides_of(param: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    if grad.stride() == param.stride() or grad.layout != torch.strided:
+        return grad
+    return torch.empty_strided(param.shape, param.stride(), dtype=grad.dtype,
+                               device=grad.device).copy_(grad)
+
+
 # ---- the loop ----
 
 class EpochProgress:
@@ -615,9 +636,8 @@ def train(cfg: Config) -> dict:
     module = model
     if world > 1:
         ids = [device.index] if device.type == "cuda" else None
-        # grads as views into DDP's buckets: no copy, and no stride mismatch for parameters
-        # whose gradients come out channels-last (MF-Net's 1x1x1 convs)
-        model = nn.parallel.DistributedDataParallel(model, device_ids=ids, gradient_as_bucket_view=True)
+        match_gradient_strides(model)
+        model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
     if cfg.compile:
         model = torch.compile(model)
     per_rank_batch = max(1, cfg.batch_size // world)

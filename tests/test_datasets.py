@@ -1,6 +1,7 @@
 """The datasets in their official layouts, from generated video files, with bad files."""
 
 import logging
+import random
 
 import pytest
 import torch
@@ -73,3 +74,26 @@ def test_a_missing_root_is_one_clear_error(tmp_path):
         datasets.build("ucf101", tmp_path / "nope", split=1, train=True, config=CONFIG)
     with pytest.raises(DatasetLayoutError, match="splits 1, 2 and 3"):
         datasets.build("ucf101", tmp_path, split=4, train=True, config=CONFIG)
+
+
+@pytest.mark.parametrize("name, frames, size", [("a.mp4", 40, (40, 48)), ("b.avi", 7, (30, 32)),
+                                                ("c.mkv", 25, (36, 36))])
+def test_clips_equal_the_earlier_pytorchvideo_decoder_on_the_same_video_and_seed(tmp_path, name, frames, size):
+    path = videos.video(tmp_path / name, frames=frames, size=size)
+    for start in (None, 0.0, 0.3, 0.99):
+        for interval in (1, 2, 3):
+            ours = datasets.decode_clip(path, 8, interval, start, random.Random(5))
+            reference = datasets.decode_clip_pytorchvideo(path, 8, interval, start, random.Random(5))
+            assert ours.dtype == torch.uint8 and torch.equal(ours, reference), (start, interval)
+
+
+def test_frames_over_the_pixel_cap_are_refused_and_good_videos_after_still_load(tmp_path, caplog):
+    huge = videos.video(tmp_path / "huge.mp4", frames=1, size=(4096, 4096))  # 16.8 MP, tiny file
+    good = videos.video(tmp_path / "good.mp4")
+    with pytest.raises(datasets.FrameTooLarge, match="4096x4096 frames exceed"):
+        datasets.decode_clip(huge, 8, 2, 0.0, random.Random(0))
+    ds = datasets.VideoClipDataset([datasets.VideoItem(huge, 0), datasets.VideoItem(good, 1)], CONFIG,
+                                   train=True)
+    with caplog.at_level(logging.WARNING):
+        clips, labels, _, skipped = collate_skipping([ds[0], ds[1]])
+    assert skipped == 1 and labels.tolist() == [1] and "pixel cap" in caplog.text

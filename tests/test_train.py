@@ -123,3 +123,15 @@ def test_warm_up_counts_epochs_of_data_under_a_time_budget_too():
         0.5 * (1 + math.cos(math.pi * share)))
     stepped = train.Config(model="mfnet", epochs=30, schedule="step", decay_epochs=(10, 20))
     assert [train.lr_factor(stepped, e / 30, e) for e in (0, 10, 25)] == pytest.approx([1, 0.1, 0.01])
+
+
+def test_ddp_gets_gradients_in_its_buckets_layout_from_channels_last_mfnet(tmp_path):
+    args = ["--model", "mfnet", "--clip", "8,32,32", "--dataset", "motion", "--train-size", "8",
+            "--val-size", "4", "--batch-size", "4", "--epochs", "1"]
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                           "--master_port=29534", "benchmarks/train.py", *args,
+                           "--results", str(tmp_path), "--out", str(tmp_path)],
+                          cwd=REPO, env=os.environ | {"OMP_NUM_THREADS": "1"}, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Grad strides do not match" not in proc.stderr

@@ -29,7 +29,7 @@ def corrupt(path: Path, kind: str) -> Path:
 
 
 def ucf101(root: Path) -> Path:
-    """Two classes, split 1: classInd.txt, trainlist01.txt (1-based labels), testlist01.txt."""
+    """Two classes, splits 1-3: classInd.txt, trainlist0K.txt (1-based labels), testlist0K.txt."""
     classes = ["ApplyEyeMakeup", "Basketball"]
     lists = root / "ucfTrainTestlist"
     lists.mkdir(parents=True)
@@ -42,9 +42,10 @@ def ucf101(root: Path) -> Path:
             (train if group < 3 else test).append(rel)
     corrupt(root / "UCF-101" / "Basketball/v_Basketball_g04_c01.avi", "truncated")
     train.append("Basketball/v_Basketball_g04_c01.avi")
-    (lists / "trainlist01.txt").write_text(
-        "".join(f"{r} {classes.index(r.split('/')[0]) + 1}\n" for r in train))
-    (lists / "testlist01.txt").write_text("".join(f"{r}\n" for r in test))
+    for split in (1, 2, 3):  # the official three splits (the same videos here)
+        (lists / f"trainlist0{split}.txt").write_text(
+            "".join(f"{r} {classes.index(r.split('/')[0]) + 1}\n" for r in train))
+        (lists / f"testlist0{split}.txt").write_text("".join(f"{r}\n" for r in test))
     return root
 
 
@@ -90,4 +91,21 @@ def folder(root: Path) -> Path:
                 video(root / part / name / f"{i}.mp4", seed=label * 5 + i,
                       size=(20, 24) if i == 0 else (40, 48), frames=5 if i == 0 else 12)
     corrupt(root / "train" / "left" / "empty.mp4", "empty")
+    return root
+
+
+def imagenet(root: Path) -> Path:
+    """ImageNet-1k's folders: train/<wnid>/*.JPEG and val/<wnid>/*.JPEG, two classes, one
+    corrupt image in val."""
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(0)
+    for part, count in (("train", 3), ("val", 2)):
+        for wnid in ("n01440764", "n01443537"):
+            folder = root / part / wnid
+            folder.mkdir(parents=True)
+            for i in range(count):
+                pixels = (torch.rand(40, 52, 3, generator=g) * 255).to(torch.uint8).numpy()
+                Image.fromarray(pixels).save(folder / f"{wnid}_{i}.JPEG", format="JPEG")
+    (root / "val" / "n01443537" / "broken.JPEG").write_bytes(b"\xff\xd8 not really a jpeg")
     return root
