@@ -182,19 +182,29 @@ def training_curves(curves: dict[str, list[tuple[int, float, float]]], label: st
 def bubble_motion(points: list[tuple[float, float, float, str]], label: str, path: Path) -> None:
     """Measured motion-benchmark accuracy against measured multiply-adds at the benchmark's clip;
     circle area proportional to params."""
+    measured_bubbles(points, "multiply-adds per clip at the benchmark's clip (GMACs, log)",
+                     "motion benchmark top-1 % (measured)", label, path, "tab:purple", chance=100 / 6)
+
+
+def measured_bubbles(points: list[tuple[float, float, float, str]], xlabel: str, ylabel: str,
+                     label: str, path: Path, colour: str = "tab:blue",
+                     chance: float | None = None) -> None:
+    """Measured accuracy (y) against measured multiply-adds (x, log); circle area proportional
+    to params: the paper's Fig. 4b and 6, drawn from this suite's own numbers."""
     fig, ax = plt.subplots(figsize=(7.5, 5))
     if points:
         ax.scatter([p[0] for p in points], [p[1] for p in points], s=[p[2] * 12 for p in points],
-                   alpha=0.45, color="tab:purple", edgecolor="k")
-    ax.axhline(100 / 6, color="grey", ls=":", lw=0.8)
+                   alpha=0.45, color=colour, edgecolor="k")
+    if chance is not None:
+        ax.axhline(chance, color="grey", ls=":", lw=0.8)
     ax.set_xscale("log")
     ax.set_ylim(0, 105)
     ax.margins(x=0.2)
     if points:
         label_points(ax, [(g, a, f"{n} ({p:.1f} M)") for g, a, p, n in points],
                      [(p[2] * 12) ** 0.5 / 2 for p in points])
-    ax.set_xlabel("multiply-adds per clip at the benchmark's clip (GMACs, log)")
-    ax.set_ylabel("motion benchmark top-1 % (measured)")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.grid(True, which="both", alpha=0.2)
     ax.set_title(f"{label}; area ∝ params", fontsize=7, loc="right")
     save(fig, path)

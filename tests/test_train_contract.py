@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import models
-from benchmarks import datasets, train
+from benchmarks import datasets, report, train
 from benchmarks.results import read_csv
 from tests import videos
 
@@ -77,6 +77,12 @@ def test_split_all_runs_the_three_splits_and_seeds_repeat_them(tmp_path, ucf):
                        "--epochs", "1", "--split", "all", "--seeds", "0,1", "--resume",
                        "--results", str(tmp_path / "r"), "--out", str(tmp_path / "runs")]) == 0
     assert len(rows(tmp_path / "r")) == before
+    # and the report puts the three-split mean over two seeds into Table 4
+    report.render(tmp_path / "r", tmp_path / "report")
+    table4 = (tmp_path / "report" / "README.md").read_text().split("Accuracy in Table 4")[1]
+    line = next(row for row in table4.splitlines() if row.startswith("| `mfnet` | UCF-101"))
+    assert "| 1×1 | 1, 2, 3 | 2 | trained here |" in line
+    assert "**differs**" in line or "reproduced" in line
 
 
 def test_imagenet_folders_train_and_evaluate_with_one_centre_crop(tmp_path):
