@@ -8,6 +8,7 @@ input is refused with one line and exit status 2. Exit status 1 means some rows 
 
 import argparse
 import datetime as dt
+import os
 import sys
 from pathlib import Path
 
@@ -20,11 +21,13 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 import models
-from benchmarks import cost, environment, memory, motion, runtime, speed, train
+from benchmarks import cost, datasets, environment, loader_speed, memory, motion, runtime, speed, train
 from benchmarks.results import Measurement, ResultsStore, RunConditions, new_run_id
 from benchmarks.workload import DTYPES, Setup, Workload
 
 MEASUREMENTS = ("cost", "memory", "speed", "accuracy")
+# on request only: the loader against the model on a dataset on disk (--dataset, --root)
+EXTRA_MEASUREMENTS = ("data",)
 # accuracy is the motion benchmark: the models the default job trains (the 3D vs 2D claim)
 MOTION_MODELS = ("mfnet", "mfnet2d_frames", "i3d", "r2plus1d", "res3d")
 # reduced from 16x224x224 so five models train on a 2-core CPU; 16x48x48 costs 2.25x more per
@@ -79,14 +82,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true",
                    help="small time budgets, for CI and smoke runs (no CPU peak-RSS probe)")
     p.add_argument("--force", action="store_true", help="re-measure what is already in results")
+    p.add_argument("--dataset", choices=tuple(datasets.LAYOUTS),
+                   help="data: the dataset layout whose loader is measured")
+    p.add_argument("--root", help="data: the dataset's folder")
+    p.add_argument("--split", type=positive_int, default=1, help="data: the split (UCF-101, HMDB-51)")
+    p.add_argument("--workers", type=positive_int, default=None,
+                   help="data: loader workers a training run would use (default min(8, CPUs))")
     args = p.parse_args(argv)
     try:
         args.accuracy_models = resolve_models(args.models or ",".join(MOTION_MODELS))
+        args.data_models = resolve_models(args.models or "mfnet")
         args.models = resolve_models(args.models or "paper-video")
         args.measure = resolve_measurements(args.measure)
         args.device = resolve_device(args.device)
     except ValueError as exc:
         p.error(str(exc))
+    if "data" in args.measure and not (args.dataset and args.root):
+        p.error("--measure data needs --dataset and --root (the files whose loading is timed)")
+    if "data" in args.measure and args.clip is None:
+        args.clip = (16, 224, 224)  # the paper's clip for MF-Net; the authors' recipe
+    if args.workers is None:
+        args.workers = min(8, os.cpu_count() or 1)
     if args.results is None:
         args.results = QUICK_RESULTS if args.quick else "results"
     if args.batch_size is None:
@@ -135,9 +151,10 @@ def resolve_models(text: str) -> list[str]:
 
 def resolve_measurements(text: str) -> list[str]:
     chosen = [s.strip() for s in text.split(",") if s.strip()]
-    unknown = [m for m in chosen if m not in MEASUREMENTS]
+    unknown = [m for m in chosen if m not in MEASUREMENTS + EXTRA_MEASUREMENTS]
     if unknown or not chosen:
-        raise ValueError(f"--measure takes any of {', '.join(MEASUREMENTS)}; got {text!r}")
+        raise ValueError(f"--measure takes any of {', '.join(MEASUREMENTS + EXTRA_MEASUREMENTS)}; "
+                         f"got {text!r}")
     return chosen
 
 
@@ -186,6 +203,8 @@ def required_metrics(measurement: str, args) -> list[tuple[str, int | None]]:
     re-run skips exactly what is already measured (batch None: any batch)."""
     if measurement == "cost":
         return [("params", None), ("gmacs", None)]
+    if measurement == "data":
+        return [("loader_speedup", None), ("model_train_clips_per_s", None)]
     if measurement == "accuracy":  # the same protocol: a 60 s run does not satisfy a 6-epoch one
         return [("top1_video", None, train.protocol(*accuracy_budget(args)))]
     # on CUDA an out-of-memory retry records the smaller batch that worked: any batch will do
@@ -219,7 +238,9 @@ def run(args: argparse.Namespace, console: Console) -> int:
     except OSError as exc:
         args.parser.error(f"cannot write results to {args.results}: {exc.strerror or exc}")
     if args.clip is not None:
-        for name in args.models:
+        timed = args.models if set(args.measure) & set(MEASUREMENTS[:3]) else []
+        data = args.data_models if "data" in args.measure else []
+        for name in dict.fromkeys(timed + data):
             try:
                 check_clip_fits(name, args.clip)
             except ValueError as exc:
@@ -250,7 +271,9 @@ def run(args: argparse.Namespace, console: Console) -> int:
 
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                TimeElapsedColumn())
-    plan = [(name, m) for name in args.models for m in args.measure if m != "accuracy"]
+    plan = [(name, m) for name in args.models for m in args.measure if m in MEASUREMENTS[:3]]
+    if "data" in args.measure:
+        plan += [(n, "data") for n in args.data_models if models.get_spec(n).is_video]
     if "accuracy" in args.measure:
         plan += [(n, "accuracy") for n in args.accuracy_models if models.get_spec(n).is_video]
     with Progress(*columns, console=console, transient=False) as progress:
@@ -260,7 +283,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
             label = clip_label(name, (args.clip or MOTION_CLIP) if accuracy else args.clip)
             progress.update(task, description=f"{name}: {measurement}")
             required = required_metrics(measurement, args)
-            dataset = motion.LABEL if accuracy else None
+            dataset = motion.LABEL if accuracy else args.dataset if measurement == "data" else None
             if not args.force and store.done(name, measurement, conditions, label, required, dataset):
                 progress.advance(task)
                 continue
@@ -287,7 +310,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
         if abs(drift) > 0.15:
             console.print(f"[yellow]warning: the machine's peak rate drifted {drift:+.0%} during "
                           "the sweep; timings from this run are less comparable")
-    if any(m != "accuracy" for m in args.measure):
+    if any(m in ("cost", "memory", "speed") for m in args.measure):
         print_summary(console, store, args.models, conditions, args.clip)
     if "accuracy" in args.measure:
         print_accuracy_summary(console, store, args.accuracy_models, conditions,
@@ -320,6 +343,11 @@ def measure_one(name, measurement, args, setup, label, peak) -> list[Measurement
         return measure_cost(name, args.clip, label, args.quick)
     if measurement == "accuracy":
         return measure_accuracy(name, args)
+    if measurement == "data":
+        return loader_speed.measure_data(
+            name, args.dataset, args.root, args.clip, split=args.split, workers=args.workers,
+            setup=setup, batch=args.batch_size, items=4 if args.quick else 8,
+            min_run_time=0.1 if args.quick else 1.0)
     if measurement == "memory":
         rows, used = with_oom_retry(
             lambda b: memory.measure_memory(name, setup, args.clip, label, b, args.quick),
