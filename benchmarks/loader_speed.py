@@ -72,8 +72,8 @@ def measure_data(name: str, dataset: str, root: str, clip: tuple[int, int, int],
         unit_note = "training clips" if phase == "train" else f"test views ({test_clips}x{test_crops})"
         rows += [Measurement(name, "data", "loader_clips_per_s", ours, "clips/s", phase, clip=label,
                              dataset=dataset, note=f"{unit_note} per worker; {SUITE}"),
-                 Measurement(name, "data", "loader_clips_per_s_baseline", theirs, "clips/s", phase, clip=label,
-                             dataset=dataset, note=f"{unit_note} per worker; {BASELINE}"),
+                 Measurement(name, "data", "loader_clips_per_s_baseline", theirs, "clips/s", phase,
+                             clip=label, dataset=dataset, note=f"{unit_note} per worker; {BASELINE}"),
                  Measurement(name, "data", "loader_speedup", ours / theirs, "ratio", phase, clip=label,
                              dataset=dataset, note=f"suite over baseline, {ROUNDS} alternating rounds "
                                                    f"of {items} items, median each")]

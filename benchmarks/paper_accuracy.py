@@ -96,7 +96,8 @@ def command(model: str, dataset: str) -> str:
     """The one command that measures ``model`` on ``dataset`` as the paper did."""
     base = f"python benchmarks/train.py --model {model} --dataset {dataset} --root DATA"
     if dataset in SPLIT_DATASETS:
-        return f"`{base} --split all --preset finetune --checkpoint KINETICS.pth --test-clips 10 --test-crops 3`"
+        return (f"`{base} --split all --preset finetune --checkpoint KINETICS.pth "
+                "--test-clips 10 --test-crops 3`")
     if dataset == "kinetics400":
         return f"`{base} --preset kinetics --test-clips 10 --test-crops 3`"
     return f"`{base} --preset imagenet`"

@@ -430,7 +430,7 @@ def loader_section(rows: pd.DataFrame) -> list[str]:
              "speed-up | test views/s per worker (suite / baseline) | speed-up | "
              "model train clips/s | what bounds an epoch |", "|---|---|---|---|---|---|---|---|---|---|"]
     for (dataset, clip, name, device), group in data.groupby(["dataset", "clip", "model", "device_name"]):
-        def pick(metric, phase):
+        def pick(metric, phase, group=group):
             hit = group[(group["metric"] == metric) & (group["phase"] == phase)]
             return None if hit.empty else float(hit["value"].iloc[-1])
 

@@ -5,7 +5,7 @@ kernels have a temporal extent, and the temporal kernel sizes are passed in as d
 torchvision's video ResNet plugs in its conv builders.
 
 The layer layout, unit wiring and initialisation follow the authors' public PyTorch release
-(cypw/PyTorch-MFNet, commit 4d3434e) as described in ``shared/reference/authors-mfnet.md``:
+(cypw/PyTorch-MFNet, commit 4d3434e) as described in ``docs/authors-release.md``:
 every conv inside a unit is pre-activation (BN -> ReLU -> conv, no bias), the multiplexer is
 ``num_mid // 4`` wide and added residually, and there is no ReLU after the residual sum.
 Module names are the authors' state-dict keys (``conv2.B01.conv_m1.conv.weight``), so their

@@ -19,7 +19,7 @@ from torch import nn
 from models import c3d, i3d, library, mfnet, resnext3d
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-# The authors' release (authors-mfnet.md): RGB in [0,1], mean (124,117,104)/255, std 1/(0.0167*255)
+# The authors' release (docs/authors-release.md): RGB in [0,1], mean (124,117,104)/255, std 1/(0.0167*255)
 MFNET_MEAN = (124 / 255, 117 / 255, 104 / 255)
 MFNET_STD = (1 / (0.0167 * 255),) * 3
 # torchvision's Kinetics-400 video weights' normalisation

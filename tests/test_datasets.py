@@ -78,7 +78,8 @@ def test_a_missing_root_is_one_clear_error(tmp_path):
 
 @pytest.mark.parametrize("name, frames, size", [("a.mp4", 40, (40, 48)), ("b.avi", 7, (30, 32)),
                                                 ("c.mkv", 25, (36, 36))])
-def test_clips_equal_the_earlier_pytorchvideo_decoder_on_the_same_video_and_seed(tmp_path, name, frames, size):
+def test_clips_equal_the_earlier_pytorchvideo_decoder_on_the_same_video_and_seed(tmp_path, name, frames,
+                                                                                 size):
     path = videos.video(tmp_path / name, frames=frames, size=size)
     for start in (None, 0.0, 0.3, 0.99):
         for interval in (1, 2, 3):

@@ -10,7 +10,7 @@ from models import mfnet
 
 
 def test_3d_mfnet_has_exactly_the_released_parameter_count():
-    # counted from the authors' release with a 400-class head (authors-mfnet.md)
+    # counted from the authors' release with a 400-class head (docs/authors-release.md)
     assert sum(p.numel() for p in models.create_model("mfnet").parameters()) == 7_996_368
 
 
@@ -57,7 +57,7 @@ def test_3d_feature_map_sizes_follow_table_2():
 
 def test_module_names_are_the_authors_checkpoint_keys():
     state = models.create_model("mfnet").state_dict()
-    # shapes quoted in authors-mfnet.md
+    # shapes quoted in docs/authors-release.md
     assert state["conv1.conv.weight"].shape == (16, 3, 3, 5, 5)
     assert state["conv2.B01.conv_i1.conv.weight"].shape == (24, 16, 1, 1, 1)
     assert state["conv2.B01.conv_m1.conv.weight"].shape == (96, 1, 3, 3, 3)

@@ -59,7 +59,8 @@ def test_verdicts_and_reasons(small_store, tmp_path):
     assert "| `mfnet` | 16x224x224 | 11.04 | 8.00 | – | 9.50 |" in gpu and "| 1,234 |" in gpu
     assert (tmp_path / "out" / "memory_cuda0.png").exists()
     closing = text.strip().splitlines()[-1]
-    assert closing.startswith("Not in this report yet: accuracy on UCF-101") and "GPU" not in closing
+    assert closing.startswith("Not in this report yet: accuracy on ImageNet, Kinetics, UCF-101")
+    assert "GPU" not in closing
 
 
 def test_output_is_byte_identical_for_the_same_results(small_store, tmp_path):
