@@ -2,7 +2,8 @@
 
 Per worker (in the calling process, as one DataLoader worker runs), on the dataset's own files:
 
-- training items: one random clip per video, decoded, resized, cropped, flipped, normalised;
+- training items: one random clip per video, decoded, cropped and resized, flipped, normalised
+  (the baseline resized whole frames before cropping, as earlier versions did);
 - test views: N clips x M crops per video. The suite decodes each clip once and cuts its M crops
   from it; the baseline decoded the clip again for every crop, as earlier versions did.
 
@@ -22,8 +23,8 @@ from benchmarks.speed import time_step
 from benchmarks.workload import Setup, Workload
 
 ROUNDS = 3  # alternating suite/baseline rounds; the median round of each is kept
-SUITE = "the suite's decoder: PyAV to uint8 with frame threading"
-BASELINE = "baseline: PyTorchVideo EncodedVideo, float frames"
+SUITE = "the suite's loader: PyAV to uint8 with frame threading, one RGB scaler per clip"
+BASELINE = "baseline: the earlier loader, PyTorchVideo EncodedVideo with float frames"
 
 
 def items_per_second(dataset, count: int) -> float:
@@ -59,11 +60,10 @@ def measure_data(name: str, dataset: str, root: str, clip: tuple[int, int, int],
     common = dict(split=split, config=config)
     train, _ = datasets.build(dataset, root, train=True, **common)
     test, _ = datasets.build(dataset, root, train=False, clips=test_clips, crops=test_crops, **common)
-    train_base = datasets.VideoClipDataset(train.items, config, train=True,
-                                           decoder=datasets.decode_clip_pytorchvideo)
+    train_base = datasets.VideoClipDataset(train.items, config, train=True, baseline=True)
     # the earlier test path: every crop of a clip decoded as an item of its own
     test_base = datasets.VideoClipDataset(test.items, config, train=False, clips=test_clips, crops=1,
-                                          decoder=datasets.decode_clip_pytorchvideo)
+                                          baseline=True)
     label = f"{frames}x{crop}x{crop}"
     rows = []
     for phase, suite, baseline, views in (("train", train, train_base, (1, 1)),

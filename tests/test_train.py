@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks import train
+from benchmarks import report, train
 from benchmarks.results import read_csv
 from tests import videos
 
@@ -41,6 +41,16 @@ def test_one_epoch_and_a_multi_view_evaluation_on_each_dataset(tmp_path, name):
     assert metrics.loc["skipped_videos", "value"] >= skipped
     split = "-split1" if name in ("ucf101", "hmdb51") else ""
     assert (tmp_path / "runs" / f"mfnet-{name}{split}-s0" / "last.pt").exists()
+    # results -> report: the measured top-1 lands beside the paper's, with its views
+    table = {"ucf101": ("Table 4", "UCF-101"), "hmdb51": ("Table 4", "HMDB-51"),
+             "kinetics400": ("Table 3", "Kinetics-400")}.get(name)
+    if table:
+        report.render(tmp_path / "results", tmp_path / "report")
+        text = (tmp_path / "report" / "README.md").read_text().split(f"Accuracy in {table[0]}")[1]
+        line = next(row for row in text.splitlines() if row.startswith(f"| `mfnet` | {table[1]}"))
+        measured = f"{metrics.loc['top1_video', 'value']:.1f}"
+        assert f"| {measured} |" in line and "| 2×3 |" in line and "trained here" in line
+        assert ("split 1 only" in line) == (name != "kinetics400")
 
 
 def test_the_same_seed_gives_the_same_numbers(tmp_path):
