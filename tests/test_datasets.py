@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from benchmarks import datasets
-from benchmarks.motion import write_video
 from benchmarks.datasets import ClipConfig, DatasetLayoutError, collate_skipping
+from benchmarks.motion import write_video
 from tests import videos
 
 CONFIG = ClipConfig(frames=8, crop=32, short_side=(32, 40), test_short_side=36, intervals=(2,))
