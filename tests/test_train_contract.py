@@ -1,6 +1,7 @@
 """What train.py promises a user with real data: fine-tuning, provenance, splits and seeds,
 resume that keeps its numbers, and one-line errors for input that cannot mean anything."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -233,3 +234,51 @@ def test_bf16_autocast_and_channels_last_train_on_the_cpu(tmp_path):
 def test_fp16_with_a_grad_scaler_trains_on_cuda(tmp_path):
     assert train.main(motion_run(tmp_path, "a", "--epochs", "1", "--amp", "fp16", "--channels-last")) == 0
     assert torch.isfinite(torch.tensor(rows(tmp_path / "a")["value"].dropna().tolist())).all()
+
+
+def test_resume_with_bf16_and_channels_last_gives_the_uninterrupted_numbers(tmp_path, monkeypatch):
+    flags = ("--amp", "bf16", "--channels-last")
+    assert train.main(motion_run(tmp_path, "full", *flags)) == 0
+    real_epoch, calls = train.run_epoch, []
+
+    def killed_in_second_epoch(*a, **kw):
+        if kw.get("train"):
+            calls.append(1)
+            if len(calls) == 2:
+                raise KeyboardInterrupt
+        return real_epoch(*a, **kw)
+
+    monkeypatch.setattr(train, "run_epoch", killed_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train.main(motion_run(tmp_path, "cut", *flags))
+    monkeypatch.setattr(train, "run_epoch", real_epoch)
+    assert train.main(motion_run(tmp_path, "cut", *flags, "--resume")) == 0
+    full, cut = rows(tmp_path / "full"), rows(tmp_path / "cut")
+    for metric in ("train_loss", "val_top1", "top1_video"):
+        assert sorted(cut[cut["metric"] == metric]["value"]) == sorted(full[full["metric"] == metric]["value"])
+
+
+def test_compile_wraps_the_model_and_checkpoints_keep_the_plain_keys(tmp_path, monkeypatch):
+    compiled = []
+
+    def spy(model, **kwargs):  # inductor on a CPU takes minutes; the wiring is what is tested
+        compiled.append(model)
+        return model
+
+    monkeypatch.setattr(torch, "compile", spy)
+    assert train.main(motion_run(tmp_path, "a", "--epochs", "1", "--compile")) == 0
+    assert len(compiled) == 1
+    state = torch.load(tmp_path / "a" / "mfnet-motion-s0" / "last.pt", weights_only=True)["model"]
+    assert set(state) == set(models.create_model("mfnet", num_classes=6).state_dict())
+    assert final(tmp_path / "a")["compiled"].tolist() == [True]
+
+
+def test_loaders_pin_memory_and_keep_workers_on_cuda_only():
+    cfg = train.Config(model="mfnet", dataset="ucf101", workers=2)
+    data = list(range(8))
+    cuda, _ = train.loader(data, cfg, train=True, world=1, rank=0, batch_size=2, device=torch.device("cuda"))
+    cpu, _ = train.loader(data, cfg, train=True, world=1, rank=0, batch_size=2, device=torch.device("cpu"))
+    assert cuda.pin_memory and cuda.persistent_workers and cuda.num_workers == 2
+    assert not cpu.pin_memory and not cpu.persistent_workers
+    assert train.default_workers(train.Config(model="mfnet", dataset="ucf101")) == min(8, os.cpu_count())
+    assert train.default_workers(train.Config(model="mfnet", dataset="motion")) == 0
