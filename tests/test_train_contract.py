@@ -255,7 +255,8 @@ def test_resume_with_bf16_and_channels_last_gives_the_uninterrupted_numbers(tmp_
     assert train.main(motion_run(tmp_path, "cut", *flags, "--resume")) == 0
     full, cut = rows(tmp_path / "full"), rows(tmp_path / "cut")
     for metric in ("train_loss", "val_top1", "top1_video"):
-        assert sorted(cut[cut["metric"] == metric]["value"]) == sorted(full[full["metric"] == metric]["value"])
+        values = [sorted(f[f["metric"] == metric]["value"]) for f in (cut, full)]
+        assert values[0] == values[1], metric
 
 
 def test_compile_wraps_the_model_and_checkpoints_keep_the_plain_keys(tmp_path, monkeypatch):
