@@ -178,6 +178,9 @@ def expand(a: argparse.Namespace) -> list[Config]:
         if clip[1] != clip[2]:
             raise SettingsError(f"--clip {a.clip}: crops are square, so H and W must be equal")
         values["clip"] = clip
+    bad_args = [arg for arg in a.model_arg if "=" not in arg]
+    if bad_args:
+        raise SettingsError(f"--model-arg takes KEY=VALUE, got {bad_args[0]!r}")
     values["model_args"] = {k: _number(v) for k, v in (arg.split("=", 1) for arg in a.model_arg)}
     if a.dataset != "motion" and not a.root:
         raise SettingsError(f"--dataset {a.dataset} needs --root")
@@ -186,7 +189,11 @@ def expand(a: argparse.Namespace) -> list[Config]:
     check_values(values)
     check_kind(spec, a.dataset)
     splits = parse_splits(a.split, a.dataset)
-    seeds = ([int(s) for s in a.seeds.split(",") if s.strip()] if a.seeds else [values.pop("seed", 0)])
+    try:
+        seeds = ([int(s) for s in a.seeds.split(",") if s.strip()] if a.seeds
+                 else [values.pop("seed", 0)])
+    except ValueError:
+        raise SettingsError(f"--seeds takes comma-separated integers, got {a.seeds!r}") from None
     values.pop("seed", None)
     if not seeds:
         raise SettingsError("--seeds is empty")
@@ -818,6 +825,11 @@ def main(argv=None) -> int:
     except (datasets.DatasetLayoutError, CheckpointError, SettingsError, OSError) as exc:
         print(f"train.py: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"train.py: interrupted; every finished epoch is checkpointed under {configs[0].out}/ "
+              "and its rows are stored: run the same command with --resume to continue",
+              file=sys.stderr)
+        return 130
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -57,9 +57,12 @@ def check_input(name: str, shape: tuple[int, ...], **kwargs) -> None:
     """Run ``name`` once on the meta device on a batch of ``shape`` (N, C, [T,] H, W): an input
     too small for its pooling fails here, with one line naming the model, and nothing is
     allocated."""
-    with torch.device("meta"):
-        model = create_model(name, **kwargs).eval()
-        x = torch.empty(shape)
+    try:
+        with torch.device("meta"):
+            model = create_model(name, **kwargs).eval()
+            x = torch.empty(shape)
+    except (TypeError, ValueError) as exc:  # an unknown or ill-typed builder argument
+        raise ValueError(f"cannot build {name} with {kwargs}: {exc}") from None
     try:
         with torch.no_grad():
             model(x)

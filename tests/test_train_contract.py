@@ -181,8 +181,7 @@ def test_resume_keeps_counters_and_writes_each_row_once_whatever_the_kill_point(
         return real_record_append(self, new_rows, *a, **kw)
 
     monkeypatch.setattr(train.ResultsStore, "append", killed_after_checkpoint)
-    with pytest.raises(KeyboardInterrupt):
-        train.main(motion_run(tmp_path, "cut"))
+    assert train.main(motion_run(tmp_path, "cut")) == 130  # Ctrl-C: a one-line hint, exit 130
     monkeypatch.setattr(train.ResultsStore, "append", real_record_append)
     first = torch.load(tmp_path / "cut" / "mfnet-motion-s0" / "last.pt", weights_only=True)["counters"]
     assert first["clips_seen"] == 8 and first["train_seconds"] > 0
@@ -249,8 +248,7 @@ def test_resume_with_bf16_and_channels_last_gives_the_uninterrupted_numbers(tmp_
         return real_epoch(*a, **kw)
 
     monkeypatch.setattr(train, "run_epoch", killed_in_second_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        train.main(motion_run(tmp_path, "cut", *flags))
+    assert train.main(motion_run(tmp_path, "cut", *flags)) == 130  # Ctrl-C: one line, exit 130
     monkeypatch.setattr(train, "run_epoch", real_epoch)
     assert train.main(motion_run(tmp_path, "cut", *flags, "--resume")) == 0
     full, cut = rows(tmp_path / "full"), rows(tmp_path / "cut")
@@ -283,3 +281,13 @@ def test_loaders_pin_memory_and_keep_workers_on_cuda_only():
     assert not cpu.pin_memory and not cpu.persistent_workers
     assert train.default_workers(train.Config(model="mfnet", dataset="ucf101")) == min(8, os.cpu_count())
     assert train.default_workers(train.Config(model="mfnet", dataset="motion")) == 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--seeds", "a,b"], "--seeds takes comma-separated integers"),
+    (["--model-arg", "foo"], "--model-arg takes KEY=VALUE"),
+    (["--model-arg", "colour=3"], "cannot build mfnet"),
+])
+def test_malformed_seeds_and_model_arguments_are_one_line(tmp_path, args, message):
+    proc = run_train(["--model", "mfnet", *args], tmp_path)
+    assert proc.returncode == 2 and message in proc.stderr and proc.stderr.strip().count("\n") == 0
