@@ -1,6 +1,6 @@
 """Cost: parameters and multiply-adds, counted two independent ways.
 
-Conventions (shared/reference/peers.md): one multiply-add (MAC) is what the paper calls a
+Conventions (docs/counting.md): one multiply-add (MAC) is what the paper calls a
 "FLOP"; we report ``gmacs`` and ``gflops = 2 * gmacs`` as separate metrics.
 
 - ``count_macs`` uses ``torch.utils.flop_counter.FlopCounterMode`` on the meta device: no real

@@ -1,4 +1,4 @@
-"""Issue #7's "fibers as a batch dimension" lever, measured: ``python benchmarks/fiber_conv.py``.
+"""The "fibers as a batch dimension" lever, measured: ``python benchmarks/fiber_conv.py``.
 
 One of MF-Net's 3x3x3 fiber convs (16 groups) is timed three ways on the same input:
 

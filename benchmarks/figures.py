@@ -19,6 +19,11 @@ FIGURE_MODELS = ("mfnet", "i3d", "s3d", "r2plus1d", "res3d", "c3d", "resnext3d",
                  "x3d_xs", "x3d_s", "x3d_m")
 
 
+def figure_models() -> tuple[str, ...]:
+    """The charted models: the suite's 3D models and every video model a user registered."""
+    return FIGURE_MODELS + tuple(n for n in models.list_models("user") if models.get_spec(n).is_video)
+
+
 def save(fig, path: Path) -> None:
     fig.savefig(path.with_suffix(".png"), metadata={"Software": None}, bbox_inches="tight")
     fig.savefig(path.with_suffix(".svg"), metadata={"Date": None, "Creator": None},
@@ -72,7 +77,7 @@ def caption(ax, measured, extra: str = "") -> None:
 def speed_vs_cost(measured, names, path: Path) -> None:
     """Throughput against multiply-adds, with lines of constant GMAC/s: how far wall-clock falls
     from what the FLOPs promise (the paper's footnote 5)."""
-    points = [(measured.get(n, "gmacs"), measured.get(n, "latency_ms"), n) for n in FIGURE_MODELS
+    points = [(measured.get(n, "gmacs"), measured.get(n, "latency_ms"), n) for n in figure_models()
               if n in names and measured.get(n, "latency_ms") is not None]
     fig, ax = plt.subplots(figsize=(7.5, 5))
     ax.set_xscale("log")
@@ -100,7 +105,7 @@ def speed_vs_cost(measured, names, path: Path) -> None:
 
 def memory(measured, names, path: Path) -> None:
     """Activation memory per clip (device independent) at each model's paper input."""
-    values = sorted((measured.get(n, "activation_mb"), n) for n in FIGURE_MODELS
+    values = sorted((measured.get(n, "activation_mb"), n) for n in figure_models()
                      if n in names and measured.get(n, "activation_mb") is not None)
     fig, ax = plt.subplots(figsize=(7.5, 0.35 * max(len(values), 1) + 1.2))
     labels = [f"{n} ({'×'.join(map(str, models.get_spec(n).input_shape[1:]))})" for _, n in values]

@@ -8,7 +8,7 @@ Two tables and a bound, to explain a low ``peak_fraction``:
   ``--train`` forward + backward), grouped by kind (dense, pointwise 1x1(x1), grouped) and
   channels per group, with its achieved GMAC/s. A kind far below the machine's peak is what
   bounds the model; the fiber (grouped) convs of MF-Net with 6 or 12 channels per group are
-  the case in point (issue #7);
+  the case in point (the paper's footnote 5);
 - the bound the grouped convs alone set: the model's multiply-adds over the time its grouped
   convs take, the rate it could reach if every other op were free; and the same over all its
   convs, the rate it could reach if only BatchNorm, ReLU, adds and pooling were free.

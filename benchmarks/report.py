@@ -345,7 +345,7 @@ def peak_text(m: Measured) -> str:
     return text + f", run {run}"
 
 
-# issue #7: does MF-Net's wall-clock follow its FLOPs? The dense model it is held against.
+# Does MF-Net's wall-clock follow its FLOPs (footnote 5)? The dense model it is held against.
 WALLCLOCK_PAIR = ("mfnet", "res3d")
 WALLCLOCK_TARGET = 0.8  # MF-Net's achieved GMAC/s at least 0.8x the dense model's
 
@@ -392,6 +392,26 @@ def wallclock_section(rows: pd.DataFrame) -> list[str]:
             "setup's format.", "",
             "| setup | inference b=1: MF-Net / Res3D GMAC/s | inference, throughput batch | "
             "training step | run |", "|---|---|---|---|---|", *lines, ""]
+
+
+def user_section(m: Measured) -> list[str]:
+    """Models registered from outside the repository: the same measurements, no paper figure."""
+    names = [n for n in models.list_models("user") if m.get(n, "gmacs") is not None]
+    if not names:
+        return []
+    header = ["model", "registry name", "input", "params M", "GMACs", "paper figure"]
+    lines = ["## Your models", "",
+             "Registered outside the repository (`--import` or an installed package's entry "
+             "point), measured by the same harness; they appear in every chart below.", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name in names:
+        params = m.get(name, "params")
+        lines.append("| " + " | ".join([
+            models.display_name(name), f"`{name}`", spec_clip(name).replace("x", "×"),
+            fmt(None if params is None else params / 1e6), fmt(m.get(name, "gmacs")),
+            "no paper figure"]) + " |")
+    return lines + ["", "Efficiency, measured as for the paper's models:", "",
+                    *efficiency_table(m, names), ""]
 
 
 def measured_accuracy_figures(entries: list[paper_accuracy.Entry], m: Measured, out: Path) -> list[str]:
@@ -495,6 +515,7 @@ def render(results: Path, out: Path) -> None:
              "paper (widened by the spread when several seeds ran; mean ± sample SD over "
              "seeds), UCF-101 and HMDB-51 as the mean over the splits measured.", "",
              *cost_tables(main, entries),
+             *user_section(main),
              *measured_accuracy_figures(entries, main, out),
              "## The paper's claims, measured", "", *claims(main), "",
              f"## Efficiency on {main.device}", "",
@@ -522,7 +543,14 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="report.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--results", default="results", type=Path)
     p.add_argument("--out", default="reports", type=Path)
+    p.add_argument("--import", dest="imports", action="append", default=[], metavar="FILE.py|MODULE",
+                   help="import the file or module that registers your models, as run.py did")
     args = p.parse_args(argv)
+    try:
+        for target in args.imports:
+            models.import_models(target)
+    except ValueError as exc:
+        p.exit(2, f"report.py: error: {exc}\n")
     render(args.results, args.out)
     print(f"wrote {args.out}/README.md and figures")
     return 0

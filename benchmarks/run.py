@@ -54,6 +54,9 @@ class OneLineParser(argparse.ArgumentParser):
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = OneLineParser(prog="run.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--import", dest="imports", action="append", default=[], metavar="FILE.py|MODULE",
+                   help="import a file or module whose @models.register_model builders add models "
+                        "(repeatable)")
     p.add_argument("--models", default=None,
                    help="comma-separated names or a group: all, video, image, paper, paper-video "
                         "(default: paper-video for cost/memory/speed, and "
@@ -90,6 +93,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="data: loader workers a training run would use (default min(8, CPUs))")
     args = p.parse_args(argv)
     try:
+        for target in args.imports:
+            for name in models.import_models(target):
+                models.check_input(name, (1, *models.get_spec(name).input_shape))
         args.accuracy_models = resolve_models(args.models or ",".join(MOTION_MODELS))
         args.data_models = resolve_models(args.models or "mfnet")
         args.models = resolve_models(args.models or "paper-video")

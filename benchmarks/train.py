@@ -121,6 +121,8 @@ def parse_args(argv=None) -> list[Config]:
     """One Config per run: ``--split all`` and ``--seeds`` expand into several."""
     p = argparse.ArgumentParser(prog="train.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True)
+    p.add_argument("--import", dest="imports", action="append", default=[], metavar="FILE.py|MODULE",
+                   help="import a file or module whose @models.register_model builders add models")
     p.add_argument("--dataset", default="motion",
                    choices=("motion", *datasets.LAYOUTS, *datasets.IMAGE_LAYOUTS))
     p.add_argument("--root", help="dataset folder (not needed for motion)")
@@ -153,6 +155,8 @@ def parse_args(argv=None) -> list[Config]:
 
 
 def expand(a: argparse.Namespace) -> list[Config]:
+    for target in a.imports:
+        models.import_models(target)
     spec = models.get_spec(a.model)  # ValueError naming the closest names
     preset = a.preset or ("motion" if a.dataset == "motion" else
                           "imagenet" if a.dataset == "imagenet" else "finetune")

@@ -72,6 +72,11 @@ class ModelSpec:
     discrepancy: Discrepancy | None = None
     design_note: str = ""  # for approximate models: how the unpublished widths were chosen
     in_paper: bool = True  # appears in one of the paper's tables
+    display_name: str = ""  # as a reader says it; "" falls back to the registry name
+    family: str = ""  # "frame": a 2D model run per frame of a clip; otherwise free text
+    # the smallest (C, [T,] H, W) the model accepts (None: the suite's small test input works)
+    min_input: tuple[int, ...] | None = None
+    origin: str = "suite"  # "suite", or "user" for a model registered from outside the repository
 
     @property
     def is_video(self) -> bool:
@@ -167,7 +172,9 @@ SPECS: tuple[ModelSpec, ...] = (
             "torchvision's S3D has 8.32 M params (its weights' metadata says 8,320,048) and "
             "71.9 G at 64x224x224 (its metadata: 17.98 G at 16x224x224, x4 = 71.9 G), against "
             "the S3D paper's 8.77 M / 66.38 G. The paper's counter differs (same ~8% gap as "
-            "I3D); torchvision's architecture follows the S3D paper's Fig. 2."))),
+            "I3D); torchvision's architecture follows the S3D paper's Fig. 2.")),
+        # torchvision's S3D pools with a fixed (2, 7, 7) window before its classifier
+        min_input=(3, 16, 224, 224)),
     ModelSpec(
         "r2plus1d", library.r2plus1d_34, (3, 32, 112, 112), 400,
         "torchvision.models.video.resnet.VideoResNet(BasicBlock, [Conv2Plus1D]*4, [3,4,6,3], "
@@ -269,7 +276,7 @@ def frame_spec(spec: ModelSpec) -> ModelSpec:
         f"{spec.name}_frames", build, (3, 1) + spec.input_shape[1:], spec.num_classes,
         f"{spec.provenance}, per frame via models.library.FrameClassifier", spec.fidelity,
         None, gmacs, accuracy, spec.mean, spec.std, discrepancy, spec.design_note,
-        in_paper=spec.name in table4)
+        in_paper=spec.name in table4, family="frame", min_input=(3, 1, 32, 32))
 
 
 ALL_SPECS: tuple[ModelSpec, ...] = SPECS + tuple(frame_spec(s) for s in SPECS if not s.is_video)

@@ -7,17 +7,18 @@ import torch
 
 import models
 from benchmarks.cost import count_macs
+from models import registry
 from tests.conftest import small_input
 
 REQUIRED = [
-    # issue 2: the MF-Net family
+    # the MF-Net family
     "mfnet", "mfnet2d", "mfnet2d_n12", "mfnet2d_n24", "mfnet2d_nomux", "mfnet2d_nomux_wide",
     "resnet18_mf", "mobilenetv2_140_mf",
-    # issue 3: the baseline zoo
+    # the baseline zoo
     "i3d", "s3d", "r2plus1d", "res3d", "c3d", "resnext3d", "resnet18", "resnet50", "resnet152",
     "resnext26", "mobilenetv2_140", "x3d_xs", "x3d_s", "x3d_m",
 ]
-# Table 1 variants whose widths we chose: within 5% (issue 2); published architectures: 3%
+# Table 1 variants whose widths we chose: within 5%; published architectures: 3%
 TOLERANCE = {"approximate": 0.05, "exact": 0.03}
 
 
@@ -92,3 +93,35 @@ def test_cost_against_the_paper(name):
                 assert abs(measured[key] / figure.value - 1) > tolerance, (name, key)
         elif figure is not None:
             assert measured[key] == pytest.approx(figure.value, rel=tolerance), (name, key)
+
+
+@pytest.mark.parametrize("name", models.list_models())
+def test_every_registered_model_has_valid_metadata(name):
+    # the registry's schema, as torchvision's test guards its weights' meta
+    spec = models.get_spec(name)
+    registry.check_metadata(spec)
+    assert spec.provenance and spec.origin in ("suite", "user")
+    assert models.display_name(name)
+    if spec.min_input is not None:
+        models.check_input(name, (1, *spec.min_input))
+
+
+def test_register_model_is_keyword_only_names_by_function_and_refuses_bad_metadata(monkeypatch):
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+
+    @models.register_model(input_shape=(3, 32, 32), num_classes=5, display_name="Small")
+    def small(*, num_classes=5):
+        return torch.nn.Linear(3, num_classes)
+
+    @models.register_model(name="other_small", input_shape=(3, 32, 32), num_classes=5, display_name="S")
+    def builder(*, num_classes=5):
+        return torch.nn.Linear(3, num_classes)
+
+    assert {"small", "other_small"} <= set(models.list_models("user"))
+    assert models.get_spec("small").builder is small and models.display_name("other_small") == "S"
+    with pytest.raises(TypeError):
+        models.register_model(small, (3, 32, 32))  # metadata is keyword-only
+    with pytest.raises(ValueError, match="input_shape"):
+        models.register_model(small, name="bad", input_shape=(1, 32), num_classes=5, display_name="B")
+    with pytest.raises(ValueError, match="already registered"):
+        models.register_model(small, input_shape=(3, 32, 32), num_classes=5, display_name="Again")
