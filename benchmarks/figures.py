@@ -10,6 +10,8 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from matplotlib.transforms import Bbox  # noqa: E402
 
 import models  # noqa: E402
+from benchmarks import motion  # noqa: E402
+from models import ledger  # noqa: E402
 
 plt.rcParams.update({"svg.hashsalt": "mfnet-suite", "font.size": 9, "figure.dpi": 110})
 # label offsets tried in order (points): right-up, right-down, left-up, left-down, above, below
@@ -95,7 +97,7 @@ def speed_vs_cost(measured, names, path: Path) -> None:
                 ax.annotate(f"{rate:.0f} GMAC/s" + (" (machine peak)" if rate == peak else ""),
                             (lo, rate / lo), xytext=(2, -9), textcoords="offset points", fontsize=7,
                             color="grey", ha="left", va="top", rotation=-18)
-        label_points(ax, [(x, y, n) for x, y, (_, _, n) in zip(xs, ys, points)])  # limits are final
+        label_points(ax, [(x, y, models.display_name(n)) for x, y, (_, _, n) in zip(xs, ys, points)])
     ax.set_xlabel("multiply-adds per clip at the paper's input (GMACs, log)")
     ax.set_ylabel("inference clips/s at batch 1 (log)")
     ax.grid(True, which="both", alpha=0.2)
@@ -108,7 +110,8 @@ def memory(measured, names, path: Path) -> None:
     values = sorted((measured.get(n, "activation_mb"), n) for n in figure_models()
                      if n in names and measured.get(n, "activation_mb") is not None)
     fig, ax = plt.subplots(figsize=(7.5, 0.35 * max(len(values), 1) + 1.2))
-    labels = [f"{n} ({'×'.join(map(str, models.get_spec(n).input_shape[1:]))})" for _, n in values]
+    labels = [f"{models.display_name(n)} ({'×'.join(map(str, models.get_spec(n).input_shape[1:]))})"
+              for _, n in values]
     bars = ax.barh(labels, [v for v, _ in values], color="tab:orange")
     ax.bar_label(bars, fmt="%.0f", fontsize=7, padding=2)
     ax.set_xlabel("activation memory saved for backward, MB per clip (training)")
@@ -142,7 +145,7 @@ def bubble(measured, path: Path) -> None:
     proportional to measured params. X3D's accuracy is the PyTorchVideo zoo's."""
     points = []
     for name in FIGURE_MODELS:
-        accuracy = [a.value for a in models.get_spec(name).paper_accuracy
+        accuracy = [a.value for a in ledger.published(name).accuracy
                     if a.dataset == "kinetics400" and a.metric == "top1"]
         gmacs, params = measured.get(name, "gmacs"), measured.get(name, "params")
         if accuracy and gmacs is not None and params is not None:
@@ -154,7 +157,7 @@ def bubble(measured, path: Path) -> None:
     ax.set_xscale("log")
     ax.margins(0.15)
     if points:
-        label_points(ax, [(g, a, f"{n} ({p:.1f} M)") for g, a, p, n in points],
+        label_points(ax, [(g, a, f"{models.display_name(n)} ({p:.1f} M)") for g, a, p, n in points],
                      [(p[2] * 12) ** 0.5 / 2 for p in points])
     ax.set_xlabel("measured multiply-adds per clip at the paper's input (GMACs, log)")
     ax.set_ylabel("Kinetics-400 top-1 % (paper / model zoo, not measured here)")
@@ -170,9 +173,11 @@ def training_curves(curves: dict[str, list[tuple[int, float, float]]], label: st
         colour = f"C{i}"
         epochs = [e + 1 for e, _, _ in points]
         ax.plot(epochs, [t for _, t, _ in points], color=colour, lw=0.8, alpha=0.7)
-        ax.plot(epochs, [v for _, _, v in points], color=colour, lw=2.2, marker="o", ms=3, label=name)
-    ax.axhline(100 / 6, color="grey", ls=":", lw=0.8)
-    ax.annotate("chance (6 classes)", (0.99, 100 / 6), xycoords=("axes fraction", "data"),
+        ax.plot(epochs, [v for _, _, v in points], color=colour, lw=2.2, marker="o", ms=3,
+                label=models.display_name(name))
+    ax.axhline(motion.CHANCE, color="grey", ls=":", lw=0.8)
+    ax.annotate(f"chance ({motion.MotionDataset.num_classes} classes)", (0.99, motion.CHANCE),
+                xycoords=("axes fraction", "data"),
                 fontsize=7, color="grey", va="top", ha="right", xytext=(0, -3),
                 textcoords="offset points")
     ax.set_xlabel("epoch")
@@ -188,7 +193,7 @@ def bubble_motion(points: list[tuple[float, float, float, str]], label: str, pat
     """Measured motion-benchmark accuracy against measured multiply-adds at the benchmark's clip;
     circle area proportional to params."""
     measured_bubbles(points, "multiply-adds per clip at the benchmark's clip (GMACs, log)",
-                     "motion benchmark top-1 % (measured)", label, path, "tab:purple", chance=100 / 6)
+                     "motion benchmark top-1 % (measured)", label, path, "tab:purple", chance=motion.CHANCE)
 
 
 def measured_bubbles(points: list[tuple[float, float, float, str]], xlabel: str, ylabel: str,
@@ -206,7 +211,7 @@ def measured_bubbles(points: list[tuple[float, float, float, str]], xlabel: str,
     ax.set_ylim(0, 105)
     ax.margins(x=0.2)
     if points:
-        label_points(ax, [(g, a, f"{n} ({p:.1f} M)") for g, a, p, n in points],
+        label_points(ax, [(g, a, f"{models.display_name(n)} ({p:.1f} M)") for g, a, p, n in points],
                      [(p[2] * 12) ** 0.5 / 2 for p in points])
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)

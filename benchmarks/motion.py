@@ -107,6 +107,10 @@ class MotionDataset(Dataset):
         return (clip.permute(1, 0, 2, 3) - self.mean) / self.std, label
 
 
+# top-1 % of a model that cannot tell the classes apart
+CHANCE = 100 / len(CLASSES)
+
+
 def write_motion_videos(root: str | Path, count: int, *, frames: int = 16, size: int = 64,
                         seed: int = 0, fps: int = 25) -> list[Path]:
     """Encode ``count`` clips as H.264 MP4 files in ``root/<class>/clip_XXXXX.mp4``."""

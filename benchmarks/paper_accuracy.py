@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 import models
+from models import ledger
 
 TOLERANCE_POINTS = 1.0  # top-1/top-5 points either side of the paper's figure
 DATASET_NAMES = {"imagenet": "ImageNet-1k", "kinetics400": "Kinetics-400", "ucf101": "UCF-101",
@@ -130,7 +131,7 @@ def accuracy_table(names: list[str], datasets: list[str], entries: list[Entry]) 
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name in names:
         paper = {}
-        for acc in models.get_spec(name).paper_accuracy:
+        for acc in ledger.published(name).accuracy:
             if acc.dataset in datasets:
                 paper.setdefault(acc.dataset, {})[acc.metric] = acc.value
         for dataset, figures in paper.items():
@@ -139,7 +140,8 @@ def accuracy_table(names: list[str], datasets: list[str], entries: list[Entry]) 
             p1, p5 = figures.get("top1"), figures.get("top5")
             if not keys:
                 lines.append("| " + " | ".join([
-                    f"`{name}`", DATASET_NAMES[dataset], _fmt(p1), "–", "", _fmt(p5), "–", "", "", "",
+                    models.display_name(name), DATASET_NAMES[dataset], _fmt(p1), "–", "", _fmt(p5), "–",
+                    "", "", "",
                     "", "", f"not measured: {command(name, dataset)}"]) + " |")
             for views, weights in keys:
                 found = {e.metric: e for e in mine if (e.views, e.weights) == (views, weights)}
@@ -148,7 +150,8 @@ def accuracy_table(names: list[str], datasets: list[str], entries: list[Entry]) 
                                 if p is not None and e is not None])
                 any_entry = top1 or top5
                 lines.append("| " + " | ".join([
-                    f"`{name}`", DATASET_NAMES[dataset], _fmt(p1), value_text(top1), _delta(p1, top1),
+                    models.display_name(name), DATASET_NAMES[dataset], _fmt(p1), value_text(top1),
+                    _delta(p1, top1),
                     _fmt(p5), value_text(top5), _delta(p5, top5), views.replace("x", "×"),
                     ", ".join(map(str, any_entry.splits)) or "–", str(any_entry.seeds),
                     weights_text(any_entry), word]) + " |")
@@ -170,5 +173,5 @@ def bubble_points(entries: list[Entry], dataset: str, gmacs_of, params_of) -> li
         if e.dataset == dataset and e.metric == "top1":
             gmacs, params = gmacs_of(e.model), params_of(e.model)
             if gmacs is not None and params is not None:
-                points.append((gmacs, e.mean, params / 1e6, f"{e.model} [{e.weights}]"))
+                points.append((gmacs, e.mean, params / 1e6, f"{models.display_name(e.model)} [{e.weights}]"))
     return sorted(points)

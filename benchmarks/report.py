@@ -1,6 +1,6 @@
 """Generate reports/ from results/: ``python benchmarks/report.py [--results DIR] [--out DIR]``.
 
-Tables (``README.md``) set the paper's figures, read from the model specs, beside the values
+Tables (``README.md``) set the paper's figures, read from the ledger, beside the values
 measured at the same input; figures are PNG and SVG. The same results give byte-identical
 output: nothing depends on the clock, and matplotlib's metadata and SVG ids are fixed.
 When several runs measured one model, the newest row per model, metric and conditions wins.
@@ -18,32 +18,9 @@ import pandas as pd
 import models
 from benchmarks import figures, motion, paper_accuracy
 from benchmarks.results import load_results
+from models import ledger
 
-TOLERANCE = {"exact": 0.03, "approximate": 0.05}
-
-# Rows of the paper's tables with no architecture in the suite (optical flow or unspecified)
-PAPER_ONLY = {
-    "Table 3": [("Two-Stream [1]", "12 M", "–", "62.2 / –"),
-                ("ConvNet+LSTM [1]", "9 M", "–", "63.3 / –")],
-    "Table 4": [("CoViAR [18]", "–", "4.2 G", "90.4 / 59.1"),
-                ("Two-Stream [13] (+OF)", "–", "3.3 G", "88.0 / 59.4"),
-                ("TSN [38] (+OF)", "–", "3.8 G", "94.2 / 69.4"),
-                ("ARTNet [16]", "–", "25.7 G", "94.3 / 70.9")],
-}
-TABLES = {
-    "Table 1": ["resnet18", "resnet18_mf", "resnext26", "resnet50", "mobilenetv2_140",
-                "mobilenetv2_140_mf", "mfnet2d_n12", "mfnet2d", "mfnet2d_n24", "mfnet2d_nomux",
-                "mfnet2d_nomux_wide"],
-    "Table 2": ["mfnet2d", "mfnet"],
-    "Table 3": ["s3d", "i3d", "r2plus1d", "mfnet"],
-    "Table 4": ["resnet50_frames", "resnet152_frames", "c3d", "res3d", "i3d", "r2plus1d", "mfnet"],
-    "Beyond the paper": ["resnext3d", "x3d_xs", "x3d_s", "x3d_m"],
-}
-ACCURACY_COLUMNS = {"Table 1": [("imagenet", "top1"), ("imagenet", "top5")],
-                    "Table 2": [],
-                    "Table 3": [("kinetics400", "top1"), ("kinetics400", "top5")],
-                    "Table 4": [("ucf101", "top1"), ("hmdb51", "top1")],
-                    "Beyond the paper": [("kinetics400", "top1")]}
+TABLES, ACCURACY_COLUMNS, PAPER_ONLY = ledger.TABLES, ledger.ACCURACY_COLUMNS, ledger.PAPER_ONLY
 KEY = ["model", "metric", "phase", "batch_size", "device", "device_name", "dtype", "clip",
        "channels_last", "compiled", "dataset", "epoch"]
 # counted, not timed: the same on any machine, so taken from whichever run has them
@@ -117,26 +94,26 @@ def compare(paper, measured: float | None, tolerance: float) -> tuple[str, str]:
 
 
 def cost_row(name: str, m: Measured, accuracy_columns) -> tuple[list[str], str | None]:
-    spec = models.get_spec(name)
+    spec, published = models.get_spec(name), ledger.published(name)
     params = m.get(name, "params")
     params_m = None if params is None else params / 1e6
     gmacs = m.get(name, "gmacs")
-    tol = TOLERANCE[spec.fidelity]
-    dp, vp = compare(spec.paper_params_m, params_m, tol)
-    dg, vg = compare(spec.paper_gmacs, gmacs, tol)
+    tol = ledger.COST_TOLERANCE[spec.fidelity]
+    dp, vp = compare(published.params_m, params_m, tol)
+    dg, vg = compare(published.gmacs, gmacs, tol)
     verdicts = {v for v in (vp, vg) if v}
     verdict = ("not measured" if "not measured" in verdicts else "differs" if "differs" in verdicts
                else "reproduced" if verdicts else "no paper figure")
     reason = None
     if verdict == "differs":
-        reason = spec.discrepancy.reason if spec.discrepancy else spec.design_note
+        reason = published.discrepancy.reason if published.discrepancy else spec.design_note
         verdict = "**differs** ¹"
     if spec.fidelity == "approximate":
         verdict += " (approx.)"
-    paper_acc = {(a.dataset, a.metric): a.value for a in spec.paper_accuracy}
+    paper_acc = {(a.dataset, a.metric): a.value for a in published.accuracy}
     accs = ["–" if key not in paper_acc else f"{paper_acc[key]:g}" for key in accuracy_columns]
-    cells = [f"`{name}`", "×".join(map(str, spec.input_shape[1:])),
-             paper(spec.paper_params_m), fmt(params_m), dp, paper(spec.paper_gmacs), fmt(gmacs), dg,
+    cells = [models.display_name(name), "×".join(map(str, spec.input_shape[1:])),
+             paper(published.params_m), fmt(params_m), dp, paper(published.gmacs), fmt(gmacs), dg,
              *accs, verdict]
     return cells, reason
 
@@ -155,7 +132,7 @@ def cost_tables(m: Measured, entries: list[paper_accuracy.Entry]) -> list[str]:
         for name in names:
             cells, reason = cost_row(name, m, accuracy_columns)
             if reason:
-                notes.append(f"- `{name}`: {reason}")
+                notes.append(f"- {models.display_name(name)}: {reason}")
             lines.append("| " + " | ".join(cells) + " |")
         for label, params, gmacs, acc in PAPER_ONLY.get(table, []):
             accs = acc.split(" / ")[: len(accuracy_columns)]
@@ -164,7 +141,7 @@ def cost_tables(m: Measured, entries: list[paper_accuracy.Entry]) -> list[str]:
                          + " | not applicable (not in the suite) |")
         lines.append("")
         if notes:
-            lines += ["¹ Why it differs (from the model spec):", "", *notes, ""]
+            lines += ["¹ Why it differs (from the paper's ledger, `models/ledger.py`):", "", *notes, ""]
         if accuracy_columns:
             lines += [f"Accuracy in {title}: the paper's figure (or the cited source's) beside "
                       "the accuracy measured by this suite, where `results/` holds one.", "",
@@ -184,7 +161,7 @@ def efficiency_table(m: Measured, names: list[str]) -> list[str]:
         b = m.throughput_batch(name)
         params = m.get(name, "params")
         fraction = m.get(name, "peak_fraction", 1)
-        cells = [f"`{name}`", spec_clip(name), fmt(m.get(name, "gmacs")),
+        cells = [models.display_name(name), spec_clip(name), fmt(m.get(name, "gmacs")),
                  fmt(None if params is None else params / 1e6), fmt(m.get(name, "activation_mb")),
                  fmt(m.get(name, "latency_ms")), fmt(m.get(name, "infer_clips_per_s", b)),
                  fmt(m.get(name, "train_clips_per_s", b)), "–" if b is None else str(b),
@@ -199,46 +176,67 @@ def ratio(a: float | None, b: float | None) -> float | None:
 
 
 def claims(m: Measured) -> list[str]:
-    g = {n: m.get(n, "gmacs") for n in ("mfnet", "i3d", "r2plus1d")}
-    p = {n: m.get(n, "params") for n in ("mfnet", "r2plus1d")}
-    lat = {n: m.get(n, "latency_ms") for n in ("mfnet", "r2plus1d")}
-    act = {n: m.get(n, "activation_mb") for n in models.list_models("paper-video")}
+    """Each claim of ``ledger.CLAIMS``, each of its readings with a verdict of its own."""
+    name = models.display_name
 
     def verdict(value, threshold):
         return "not measured" if value is None else "holds" if value >= threshold else "does not hold"
 
-    r_i3d, r_r21 = ratio(g["i3d"], g["mfnet"]), ratio(g["r2plus1d"], g["mfnet"])
-    r_speed, r_params = ratio(lat["r2plus1d"], lat["mfnet"]), ratio(p["r2plus1d"], p["mfnet"])
-    lines = ["| claim (paper) | measured | device | verdict |", "|---|---|---|---|",
-             f"| \"over 9× … less computation than I3D\" (Sec. 1, Table 3) | {fmt(r_i3d)}× GMACs "
-             f"(I3D at 64 frames, MF-Net at 16) | any (counted) | {verdict(r_i3d, 9)} |",
-             f"| \"… and 13× less … than R(2+1)D\" | {fmt(r_r21)}× GMACs (R(2+1)D at 32×112², "
-             f"MF-Net at 16×224²) | any (counted) | {verdict(r_r21, 13)} |",
-             f"| \"13× faster … than R(2+1)D\" (Sec. 4.1) | {fmt(r_speed)}× lower latency at batch 1 "
-             f"| {m.device} | {verdict(r_speed, 13)} |",
-             f"| \"… with 8× less parameters\" | {fmt(r_params)}× | any (counted) | "
-             f"{verdict(r_params, 7.5)} (8× rounded from ≥ 7.5×) |"]
-    measured_act = {k: v for k, v in act.items() if v is not None}
-    if len(measured_act) < len(act):
-        lines.append(f"| \"the lowest GPU memory for training and testing\" (Sec. 4.1) | activation "
-                     f"memory of {len(measured_act)} of the {len(act)} paper video models | any | "
-                     "not measured |")
-    else:
-        lowest = min(measured_act, key=measured_act.get)
-        ranking = ", ".join(f"{k} {v:.0f}" for k, v in sorted(measured_act.items(), key=lambda kv: kv[1]))
-        lines.append(f"| \"the lowest GPU memory for training and testing\" (Sec. 4.1) | activation "
-                     f"MB/clip saved for backward at each model's paper input: {ranking} | any "
-                     f"(counted); GPU peaks not measured in this run | "
-                     f"{'holds' if lowest == 'mfnet' else 'does not hold'} for activations |")
+    def times(a: str, b: str, metric: str) -> float | None:
+        return ratio(m.get(b, metric), m.get(a, metric))
+
+    lines = ["| claim (paper) | reading | measured | device | verdict |", "|---|---|---|---|---|"]
+    for key, claim in ledger.CLAIMS.items():
+        quote = f"\"{claim.quote}\" ({claim.where})"
+        if claim.threshold is None:
+            lines += memory_claim(m, quote, claim)
+            continue
+        mine, other = claim.models
+        readings = {"computation_i3d": [("computation", "gmacs")],
+                    "computation_r2plus1d": [("computation", "gmacs")],
+                    # printed beside the FLOP figures: computation first, measured wall-clock second
+                    "faster_r2plus1d": [("computation", "gmacs"), ("wall-clock", "latency_ms")],
+                    "parameters_r2plus1d": [("parameters", "params")]}[key]
+        for reading, metric in readings:
+            value = times(mine, other, metric)
+            what = {"gmacs": f"× GMACs ({name(other)} at {spec_clip(other)}, {name(mine)} at "
+                             f"{spec_clip(mine)})",
+                    "latency_ms": "× lower latency at batch 1",
+                    "params": "× fewer parameters"}[metric]
+            device = m.device if metric == "latency_ms" else "any (counted)"
+            lines.append(f"| {quote} | {reading} | {fmt(value)}{what} | {device} | "
+                         f"{verdict(value, claim.threshold)} (≥ {claim.threshold:g}×) |")
     pairs = [("resnet18_mf", "resnet18"), ("mobilenetv2_140_mf", "mobilenetv2_140")]
     cells = []
     for mf, base in pairs:
         gp = ratio(m.get(mf, "params"), m.get(base, "params"))
         gg = ratio(m.get(mf, "gmacs"), m.get(base, "gmacs"))
-        cells.append(f"{mf}/{base}: params ×{fmt(gp)}, GMACs ×{fmt(gg)}")
-    lines.append(f"| \"MF embedding lowers params and FLOPs\" (Table 1) | {'; '.join(cells)} | any "
-                 "(counted) | by construction: the MF-embedded widths are unpublished and were "
+        cells.append(f"{name(mf)} / {name(base)}: params ×{fmt(gp)}, GMACs ×{fmt(gg)}")
+    lines.append(f"| \"MF embedding lowers params and FLOPs\" (Table 1) | computation | {'; '.join(cells)} "
+                 "| any (counted) | by construction: the MF-embedded widths are unpublished and were "
                  "sized to the paper's costs (approximate), so this is not independent evidence |")
+    return lines
+
+
+def memory_claim(m: Measured, quote: str, claim) -> list[str]:
+    """"The lowest memory": read in its scope (the models of the paragraph that says it) and
+    against every paper video model; activations saved for backward, counted at each model's
+    paper input (GPU peaks, where measured, are in their own section)."""
+    lines = []
+    scopes = (("among the models of its paragraph", list(claim.models)),
+              ("among all the paper's video models", models.list_models("paper-video")))
+    for reading, names in scopes:
+        act = {n: m.get(n, "activation_mb") for n in names}
+        measured = {k: v for k, v in act.items() if v is not None}
+        if len(measured) < len(act):
+            lines.append(f"| {quote} | {reading} | activation memory of {len(measured)} of "
+                         f"{len(act)} models | any | not measured |")
+            continue
+        ranking = ", ".join(f"{models.display_name(k)} {v:.0f}"
+                            for k, v in sorted(measured.items(), key=lambda kv: kv[1]))
+        lowest = min(measured, key=measured.get)
+        lines.append(f"| {quote} | {reading} | activation MB/clip at each paper input: {ranking} | "
+                     f"any (counted) | {'holds' if lowest == 'mfnet' else 'does not hold'} |")
     return lines
 
 
@@ -273,7 +271,7 @@ def motion_table(rows: pd.DataFrame, acc: pd.DataFrame, setting: tuple[str, str]
     title = f"{protocol.removeprefix('protocol: ')}, {clip}"
     lines = [f"## Motion benchmark ({motion.LABEL}): accuracy at {title}", "",
              "Classes are defined by motion alone (`benchmarks/motion.py`): a frame-based 2D "
-             "model cannot beat chance (16.7%), a clip-based 3D model can. "
+             f"model cannot beat chance ({motion.CHANCE:.1f}%), a clip-based 3D model can. "
              + ("Every model trains for the same wall-clock budget on this machine, so faster "
                 "models see more clips; accuracy at equal compute time is itself an efficiency "
                 "result." if equal_time else "Every model trains for the same number of epochs."),
@@ -289,7 +287,7 @@ def motion_table(rows: pd.DataFrame, acc: pd.DataFrame, setting: tuple[str, str]
         cost = {r.metric: r.value for r in cost.itertuples()}
         views = mine[mine["metric"] == "top1_video"]["views"]
         lines.append("| " + " | ".join([
-            f"`{name}`", clip, fmt(cost.get("gmacs")),
+            models.display_name(name), clip, fmt(cost.get("gmacs")),
             fmt(cost["params"] / 1e6) if "params" in cost else "–", fmt(value.get("train_seconds")),
             fmt(value.get("epochs_completed")), fmt(value.get("clips_seen")),
             fmt(value.get("top1_clip")), fmt(value.get("top1_video")),
@@ -456,7 +454,7 @@ def loader_section(rows: pd.DataFrame) -> list[str]:
 
         model_rows = group[group["metric"] == "model_train_clips_per_s"]
         bound = model_rows["note"].iloc[-1].split(") ")[-1] if not model_rows.empty else "–"
-        cells = [dataset, clip, f"`{name}`", device]
+        cells = [dataset, clip, models.display_name(name), device]
         for phase in ("train", "test"):
             cells += [f"{fmt(pick('loader_clips_per_s', phase))} / "
                       f"{fmt(pick('loader_clips_per_s_baseline', phase))}",

@@ -159,9 +159,13 @@ def get_spec(name: str) -> ModelSpec:
 
 
 def display_name(name: str) -> str:
-    """The name a reader knows the model by."""
-    spec = get_spec(name)
-    return spec.display_name or name
+    """The name a reader knows the model by: the paper's (``models.ledger.DISPLAY_NAMES``), the
+    one a user registered, or the registry name."""
+    from models.ledger import DISPLAY_NAMES
+
+    spec = _REGISTRY.get(name)
+    return (spec.display_name if spec is not None and spec.display_name
+            else DISPLAY_NAMES.get(name, name))
 
 
 def create_model(name: str, num_classes: int | None = None, **kwargs) -> nn.Module:

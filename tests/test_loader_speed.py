@@ -28,7 +28,7 @@ def test_measure_data_times_both_decoders_and_the_model_and_the_report_shows_whi
     report.render(tmp_path / "r", tmp_path / "out")
     text = (tmp_path / "out" / "README.md").read_text()
     line = next(row for row in text.split("## Data loading")[1].splitlines() if row.startswith("| folder"))
-    assert "| 8x32x32 | `mfnet` |" in line and "bounds an epoch" in line
+    assert "| 8x32x32 | MF-Net |" in line and "bounds an epoch" in line
     # measured once: a re-run skips it
     before = len(frame)
     assert run.main(["--measure", "data", "--dataset", "folder", "--root", str(root), "--clip", "8,32,32",

@@ -61,7 +61,7 @@ def test_a_model_from_a_file_gets_cost_memory_speed_and_motion_accuracy_and_the_
     assert "## Your models" in text and "| Mine 3D | `mine3d` | 8×64×64 |" in text
     assert "no paper figure" in text
     for chart in ("speed_vs_cost.svg", "memory.svg"):
-        assert "mine3d" in (tmp_path / "report" / chart).read_text(), chart
+        assert "Mine 3D" in (tmp_path / "report" / chart).read_text(), chart
 
 
 def test_an_installed_package_offers_models_through_its_entry_point(tmp_path, monkeypatch):

@@ -47,14 +47,14 @@ def test_the_report_shows_measured_accuracy_deltas_and_verdicts(tmp_path):
     report.render(store_with_accuracy(tmp_path / "r"), tmp_path / "out")
     text = (tmp_path / "out" / "README.md").read_text()
     table4 = text.split("Accuracy in Table 4")[1].split("###")[0]
-    ucf = next(line for line in table4.splitlines() if line.startswith("| `mfnet` | UCF-101"))
+    ucf = next(line for line in table4.splitlines() if line.startswith("| MF-Net | UCF-101"))
     assert "| 96 | 96.0 ± 1.4 | +0.0 |" in ucf and "| 10×3 | 1, 2, 3 | 2 | trained here | reproduced |" in ucf
-    hmdb = next(line for line in table4.splitlines() if line.startswith("| `mfnet` | HMDB-51"))
+    hmdb = next(line for line in table4.splitlines() if line.startswith("| MF-Net | HMDB-51"))
     assert "| 74.6 | 70.0 | -4.6 |" in hmdb and "**differs** (split 1 only" in hmdb
-    i3d = next(line for line in table4.splitlines() if line.startswith("| `i3d` | UCF-101"))
+    i3d = next(line for line in table4.splitlines() if line.startswith("| I3D | UCF-101"))
     assert "not measured: `python benchmarks/train.py --model i3d --dataset ucf101" in i3d
     table3 = text.split("Accuracy in Table 3")[1].split("###")[0]
-    k400 = next(line for line in table3.splitlines() if line.startswith("| `mfnet` | Kinetics-400"))
+    k400 = next(line for line in table3.splitlines() if line.startswith("| MF-Net | Kinetics-400"))
     assert "| 72.8 | 72.5 | -0.3 | 90.4 | 90.0 | -0.4 |" in k400
     assert "evaluated as is: `MFNet3D_Kinetics-400_72.8.pth@0123456789ab`" in k400 and "reproduced" in k400
     assert (tmp_path / "out" / "accuracy_ucf101.png").exists()

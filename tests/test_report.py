@@ -44,19 +44,19 @@ def small_store(tmp_path):
 def test_verdicts_and_reasons(small_store, tmp_path):
     report.render(small_store, tmp_path / "out")
     text = (tmp_path / "out" / "README.md").read_text()
-    mfnet_row = next(line for line in text.splitlines() if line.startswith("| `mfnet` | 16×224×224"))
+    mfnet_row = next(line for line in text.splitlines() if line.startswith("| MF-Net | 16×224×224"))
     assert "| 8 | 8.00 | -0.0% | 11.1 | 11.04 | -0.5% |" in mfnet_row and "reproduced" in mfnet_row
-    i3d_row = next(line for line in text.splitlines() if line.startswith("| `i3d` | 64×224×224"))
+    i3d_row = next(line for line in text.splitlines() if line.startswith("| I3D | 64×224×224"))
     assert "**differs**" in i3d_row and "+9.6%" in i3d_row
     assert "S3D paper" in text  # the spec's documented reason is shown
     assert "not applicable" in text and "not measured" in text
     assert "Measured on **Test CPU**" in text
     efficiency = text.split("## Efficiency")[1]
     # counted costs come from any machine; the other machine's latency does not
-    assert "| `i3d` | 64x224x224 | 118.3 | 12.70 | – | – |" in efficiency
-    assert "| `mfnet` | 16x224x224 | 11.04 | 8.00 | – | 300.0 |" in efficiency
+    assert "| I3D | 64x224x224 | 118.3 | 12.70 | – | – |" in efficiency
+    assert "| MF-Net | 16x224x224 | 11.04 | 8.00 | – | 300.0 |" in efficiency
     gpu = text.split("## Efficiency on Test GPU (cuda, fp32)")[1]
-    assert "| `mfnet` | 16x224x224 | 11.04 | 8.00 | – | 9.50 |" in gpu and "| 1,234 |" in gpu
+    assert "| MF-Net | 16x224x224 | 11.04 | 8.00 | – | 9.50 |" in gpu and "| 1,234 |" in gpu
     assert (tmp_path / "out" / "memory_cuda0.png").exists()
     closing = text.strip().splitlines()[-1]
     assert closing.startswith("Not in this report yet: accuracy on ImageNet, Kinetics, UCF-101")

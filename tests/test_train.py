@@ -47,7 +47,7 @@ def test_one_epoch_and_a_multi_view_evaluation_on_each_dataset(tmp_path, name):
     if table:
         report.render(tmp_path / "results", tmp_path / "report")
         text = (tmp_path / "report" / "README.md").read_text().split(f"Accuracy in {table[0]}")[1]
-        line = next(row for row in text.splitlines() if row.startswith(f"| `mfnet` | {table[1]}"))
+        line = next(row for row in text.splitlines() if row.startswith(f"| MF-Net | {table[1]}"))
         measured = f"{metrics.loc['top1_video', 'value']:.1f}"
         assert f"| {measured} |" in line and "| 2×3 |" in line and "trained here" in line
         assert ("split 1 only" in line) == (name != "kinetics400")

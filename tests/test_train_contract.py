@@ -81,7 +81,7 @@ def test_split_all_runs_the_three_splits_and_seeds_repeat_them(tmp_path, ucf):
     # and the report puts the three-split mean over two seeds into Table 4
     report.render(tmp_path / "r", tmp_path / "report")
     table4 = (tmp_path / "report" / "README.md").read_text().split("Accuracy in Table 4")[1]
-    line = next(row for row in table4.splitlines() if row.startswith("| `mfnet` | UCF-101"))
+    line = next(row for row in table4.splitlines() if row.startswith("| MF-Net | UCF-101"))
     assert "| 1×1 | 1, 2, 3 | 2 | trained here |" in line
     assert "**differs**" in line or "reproduced" in line
 
