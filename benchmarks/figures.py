@@ -150,20 +150,9 @@ def bubble(measured, path: Path) -> None:
         gmacs, params = measured.get(name, "gmacs"), measured.get(name, "params")
         if accuracy and gmacs is not None and params is not None:
             points.append((gmacs, accuracy[0], params / 1e6, name))
-    fig, ax = plt.subplots(figsize=(7.5, 5))
-    if points:
-        ax.scatter([p[0] for p in points], [p[1] for p in points],
-                   s=[p[2] * 12 for p in points], alpha=0.45, color="tab:green", edgecolor="k")
-    ax.set_xscale("log")
-    ax.margins(0.15)
-    if points:
-        label_points(ax, [(g, a, f"{models.display_name(n)} ({p:.1f} M)") for g, a, p, n in points],
-                     [(p[2] * 12) ** 0.5 / 2 for p in points])
-    ax.set_xlabel("measured multiply-adds per clip at the paper's input (GMACs, log)")
-    ax.set_ylabel("Kinetics-400 top-1 % (paper / model zoo, not measured here)")
-    ax.grid(True, which="both", alpha=0.2)
-    caption(ax, measured, "; area ∝ measured params")
-    save(fig, path)
+    measured_bubbles(points, "measured multiply-adds per clip at the paper's input (GMACs, log)",
+                     "Kinetics-400 top-1 % (paper / model zoo, not measured here)", measured.label,
+                     path, "tab:green", ylim=None)
 
 
 def training_curves(curves: dict[str, list[tuple[int, float, float]]], label: str, path: Path) -> None:
@@ -198,9 +187,9 @@ def bubble_motion(points: list[tuple[float, float, float, str]], label: str, pat
 
 def measured_bubbles(points: list[tuple[float, float, float, str]], xlabel: str, ylabel: str,
                      label: str, path: Path, colour: str = "tab:blue",
-                     chance: float | None = None) -> None:
-    """Measured accuracy (y) against measured multiply-adds (x, log); circle area proportional
-    to params: the paper's Fig. 4b and 6, drawn from this suite's own numbers."""
+                     chance: float | None = None, ylim: tuple[float, float] | None = (0, 105)) -> None:
+    """Accuracy (y) against measured multiply-adds (x, log); circle area proportional to
+    params: the paper's Fig. 4b and 6. ``ylim`` None: fit the points."""
     fig, ax = plt.subplots(figsize=(7.5, 5))
     if points:
         ax.scatter([p[0] for p in points], [p[1] for p in points], s=[p[2] * 12 for p in points],
@@ -208,8 +197,11 @@ def measured_bubbles(points: list[tuple[float, float, float, str]], xlabel: str,
     if chance is not None:
         ax.axhline(chance, color="grey", ls=":", lw=0.8)
     ax.set_xscale("log")
-    ax.set_ylim(0, 105)
-    ax.margins(x=0.2)
+    if ylim is None:
+        ax.margins(0.15)
+    else:
+        ax.set_ylim(*ylim)
+        ax.margins(x=0.2)
     if points:
         label_points(ax, [(g, a, f"{models.display_name(n)} ({p:.1f} M)") for g, a, p, n in points],
                      [(p[2] * 12) ** 0.5 / 2 for p in points])

@@ -34,7 +34,7 @@ from torch.profiler import ProfilerActivity, profile
 
 import models
 from benchmarks import runtime, speed
-from benchmarks.cost import count_macs
+from benchmarks.cost import count_macs, layer_type
 from benchmarks.run import parse_clip
 from benchmarks.workload import DTYPES, Setup, Workload
 
@@ -42,9 +42,11 @@ CONVS = (nn.Conv2d, nn.Conv3d)
 
 
 def conv_kind(conv: nn.Conv2d | nn.Conv3d) -> str:
-    if conv.groups > 1:
+    """``cost.layer_type``'s kind, with the channels per group of a grouped conv."""
+    kind = layer_type(conv).removesuffix("_conv")
+    if kind == "grouped":
         return f"grouped {conv.in_channels // conv.groups}->{conv.out_channels // conv.groups} per group"
-    return "pointwise" if all(k == 1 for k in conv.kernel_size) else "dense"
+    return kind
 
 
 def conv_table(workload: Workload, x: torch.Tensor, repeats: int = 3,

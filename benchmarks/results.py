@@ -21,9 +21,6 @@ import pandas as pd
 COLUMNS = ("run_id", "timestamp", "model", "measurement", "metric", "value", "unit", "phase",
            "device", "device_name", "dtype", "batch_size", "clip", "channels_last", "compiled", "iqr",
            "repeats", "dataset", "epoch", "views", "status", "error", "note", "weights", "seed")
-# the conditions that make two rows the same measurement (for resume)
-CONDITIONS = ("model", "measurement", "device", "device_name", "dtype", "clip", "channels_last",
-              "compiled")
 CSV_NAME = "measurements.csv"
 
 

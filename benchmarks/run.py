@@ -21,7 +21,18 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 import models
-from benchmarks import cost, datasets, environment, loader_speed, memory, motion, runtime, speed, train
+from benchmarks import (
+    cost,
+    datasets,
+    environment,
+    loader_speed,
+    memory,
+    motion,
+    runtime,
+    speed,
+    train,
+    workload,
+)
 from benchmarks.results import Measurement, ResultsStore, RunConditions, new_run_id
 from benchmarks.workload import DTYPES, Setup, Workload
 
@@ -42,7 +53,6 @@ QUICK_MOTION = dict(batch_size=4, train_size=32, val_size=12)
 # where --quick writes unless told: its timings use tiny budgets, and in results/ they would be
 # the newest rows the report shows, and would satisfy a later full run's "already measured"
 QUICK_RESULTS = "results-quick"
-MIN_SIDE = train.MIN_SIDE
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -130,16 +140,11 @@ def positive_int(text: str) -> int:
 
 
 def parse_clip(text: str) -> tuple[int, int, int]:
-    parts = text.replace("x", ",").split(",")
+    """``workload.parse_clip`` as an argparse type: its message, verbatim."""
     try:
-        t, h, w = (int(v) for v in parts)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"--clip takes T,H,W as three integers (e.g. 16,112,112), got {text!r}") from None
-    if t < 1 or h < MIN_SIDE or w < MIN_SIDE:
-        raise argparse.ArgumentTypeError(
-            f"--clip {text} is too small: need T >= 1 and H, W >= {MIN_SIDE}")
-    return t, h, w
+        return workload.parse_clip(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def resolve_models(text: str) -> list[str]:
@@ -237,8 +242,9 @@ def with_oom_retry(measure, batch: int, device: str):
             batch //= 2
 
 
-def run(args: argparse.Namespace, console: Console) -> int:
-    store = ResultsStore(args.results)
+def check_inputs(args: argparse.Namespace, store: ResultsStore) -> None:
+    """Refuse, with one line and exit status 2, what would fail later: an unwritable store, a
+    clip a model cannot take."""
     try:
         store.check_writable()
     except OSError as exc:
@@ -252,74 +258,92 @@ def run(args: argparse.Namespace, console: Console) -> int:
             except ValueError as exc:
                 args.parser.error(str(exc))
 
-    setup = Setup(args.device, args.dtype, args.channels_last, args.compile)
-    run_id = new_run_id()
-    malloc = runtime.keep_freed_memory()
-    env = environment.collect(args.device) | {"malloc": malloc}
-    conditions = RunConditions(run_id, args.device, env["device_name"], args.dtype,
-                               args.channels_last, args.compile)
-    sidecar = env | {"quick": args.quick, "batch_size": args.batch_size, "argv": sys.argv[1:]}
-    errors = 0
-    sidecar_written = False
 
-    def save(rows: list[Measurement]) -> None:
-        # the sidecar goes with the run's first rows: a run that skips everything it was asked
-        # for (all held already) leaves no file behind, so a clean checkout stays clean
-        nonlocal sidecar_written
-        if not sidecar_written:
-            store.write_environment(run_id, sidecar)
-            sidecar_written = True
-        store.append(rows, conditions, dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
-
-    # the machine's peak, measured just before the run's first timing: a run whose timings are
-    # all in results/ already records none, so no peak stands in the store without timings
-    peak = None
-
-    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-               TimeElapsedColumn())
+def measurement_plan(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """(model, measurement) in the order they run: costs and timings, data, then training."""
     plan = [(name, m) for name in args.models for m in args.measure if m in MEASUREMENTS[:3]]
     if "data" in args.measure:
         plan += [(n, "data") for n in args.data_models if models.get_spec(n).is_video]
     if "accuracy" in args.measure:
         plan += [(n, "accuracy") for n in args.accuracy_models if models.get_spec(n).is_video]
+    return plan
+
+
+class RunWriter:
+    """Appends a run's rows under its conditions. The environment sidecar goes with the run's
+    first rows: a run that skips everything it was asked for (all held already) leaves no file
+    behind, so a clean checkout stays clean."""
+
+    def __init__(self, args: argparse.Namespace, store: ResultsStore):
+        self.store, self.run_id = store, new_run_id()
+        env = environment.collect(args.device) | {"malloc": runtime.keep_freed_memory()}
+        self.conditions = RunConditions(self.run_id, args.device, env["device_name"], args.dtype,
+                                        args.channels_last, args.compile)
+        self.sidecar = env | {"quick": args.quick, "batch_size": args.batch_size, "argv": sys.argv[1:]}
+        self.sidecar_written = False
+
+    def save(self, rows: list[Measurement]) -> None:
+        if not self.sidecar_written:
+            self.store.write_environment(self.run_id, self.sidecar)
+            self.sidecar_written = True
+        self.store.append(rows, self.conditions, dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+
+
+def measure_isolated(name: str, measurement: str, args, setup: Setup, label: str, peak,
+                     console) -> tuple[list[Measurement], bool]:
+    """(rows, failed): a failure becomes one error row and the sweep carries on."""
+    try:
+        rows = measure_one(name, measurement, args, setup, label, peak)
+    except Exception as exc:
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        rows = [Measurement(name, measurement, "error", None, "", clip=label, status="error",
+                            error=f"{type(exc).__name__}: {message}")]
+        console.print(f"[red]{name} {measurement}: {rows[0].error}")
+        return rows, True
+    for row in rows:
+        if row.note.startswith("noisy") and row.metric != "gmacs_per_s":
+            console.print(f"[yellow]warning: {name} {row.metric} (batch {row.batch_size}) is {row.note}")
+    return rows, False
+
+
+def run(args: argparse.Namespace, console: Console) -> int:
+    store = ResultsStore(args.results)
+    check_inputs(args, store)
+    setup = Setup(args.device, args.dtype, args.channels_last, args.compile)
+    writer = RunWriter(args, store)
+    # the machine's peak, measured just before the run's first timing: a run whose timings are
+    # all in results/ already records none, so no peak stands in the store without timings
+    peak, errors = None, 0
+    plan = measurement_plan(args)
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+               TimeElapsedColumn())
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task("models", total=len(plan))
         for name, measurement in plan:
             accuracy = measurement == "accuracy"
             label = clip_label(name, (args.clip or MOTION_CLIP) if accuracy else args.clip)
             progress.update(task, description=f"{name}: {measurement}")
-            required = required_metrics(measurement, args)
             dataset = motion.LABEL if accuracy else args.dataset if measurement == "data" else None
-            if not args.force and store.done(name, measurement, conditions, label, required, dataset):
-                progress.advance(task)
-                continue
-            try:
+            held = store.done(name, measurement, writer.conditions, label,
+                              required_metrics(measurement, args), dataset)
+            if not held or args.force:
                 if measurement == "speed" and peak is None:
-                    peak = measure_peak(args, save, "start", None)
-                rows = measure_one(name, measurement, args, setup, label, peak)
-            except Exception as exc:  # failure isolation: one error row, then carry on
-                errors += 1
-                message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-                rows = [Measurement(name, measurement, "error", None, "", clip=label,
-                                    status="error", error=f"{type(exc).__name__}: {message}")]
-                progress.console.print(f"[red]{name} {measurement}: {rows[0].error}")
-            for row in rows:
-                if row.note.startswith("noisy") and row.metric != "gmacs_per_s":
-                    progress.console.print(f"[yellow]warning: {name} {row.metric} (batch "
-                                           f"{row.batch_size}) is {row.note}")
-            if rows:
-                save(rows)
+                    peak = measure_peak(args, writer.save, "start", None)
+                rows, failed = measure_isolated(name, measurement, args, setup, label, peak,
+                                                progress.console)
+                errors += failed
+                if rows:
+                    writer.save(rows)
             progress.advance(task)
     if peak is not None:  # shared and virtual machines drift: measure the roofline again
-        end = measure_peak(args, save, "end", peak)
-        drift = end / peak - 1
+        drift = measure_peak(args, writer.save, "end", peak) / peak - 1
         if abs(drift) > 0.15:
             console.print(f"[yellow]warning: the machine's peak rate drifted {drift:+.0%} during "
                           "the sweep; timings from this run are less comparable")
     if any(m in ("cost", "memory", "speed") for m in args.measure):
-        print_summary(console, store, args.models, conditions, args.clip)
+        print_summary(console, store, args.models, writer.conditions, args.clip)
     if "accuracy" in args.measure:
-        print_accuracy_summary(console, store, args.accuracy_models, conditions,
+        print_accuracy_summary(console, store, args.accuracy_models, writer.conditions,
                                "x".join(map(str, args.clip or MOTION_CLIP)),
                                train.protocol(*accuracy_budget(args)))
     if errors:

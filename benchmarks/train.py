@@ -49,6 +49,7 @@ import models
 from benchmarks import datasets, environment, motion, runtime
 from benchmarks.motion import MotionDataset
 from benchmarks.results import Measurement, ResultsStore, RunConditions, new_run_id
+from benchmarks.workload import DTYPES, parse_clip
 from models.checkpoint import FORMAT, CheckpointError, classifier_name, file_digest
 
 # The authors' recipes (docs/authors-release.md); every value can be overridden on the command line.
@@ -66,9 +67,8 @@ PRESETS = {
     # a time budget, at the linearly scaled lr (results: reports/README.md, motion sections)
     "motion": dict(lr=0.005, batch_size=8, epochs=4, schedule="cosine", warmup_epochs=0.5),
 }
-MIN_SIDE = 16  # px; below this no model in the zoo has a meaningful feature map
 SPLIT_DATASETS = ("ucf101", "hmdb51")  # three official splits; the paper reports their mean
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+AMP_DTYPES = {k: v for k, v in DTYPES.items() if k != "fp32"}  # the harness's autocast map
 # a run id becomes a file name: nothing but the characters new_run_id uses
 RUN_ID = re.compile(r"[0-9A-Za-z][0-9A-Za-z_-]{0,63}")
 
@@ -82,12 +82,12 @@ class Config:
     preset: str = "motion"
     epochs: int = 4
     batch_size: int = 8
-    lr: float = 0.05
+    lr: float = 0.005  # the defaults are the motion preset's, the default dataset's
     momentum: float = 0.9
     weight_decay: float = 1e-4  # the paper's and the authors'
     schedule: str = "cosine"  # step | cosine
     decay_epochs: tuple[int, ...] = ()
-    warmup_epochs: float = 0.0
+    warmup_epochs: float = 0.5
     backbone_lr_mult: float = 1.0
     clip: tuple[int, int, int] | None = None  # T, H, W; None: the dataset's default
     test_clips: int = 1
@@ -168,17 +168,7 @@ def expand(a: argparse.Namespace) -> list[Config]:
         if getattr(a, key) is not None:
             values[key] = getattr(a, key)
     if a.clip:
-        parts = a.clip.replace("x", ",").split(",")
-        try:
-            clip = tuple(int(v) for v in parts)
-        except ValueError:
-            raise SettingsError(f"--clip takes T,H,W, got {a.clip!r}") from None
-        if len(clip) == 2 and a.dataset == "imagenet":
-            clip = (1, *clip)
-        if len(clip) != 3 or min(clip) < 1:
-            raise SettingsError(f"--clip takes T,H,W with every value >= 1, got {a.clip!r}")
-        if clip[1] < MIN_SIDE:
-            raise SettingsError(f"--clip {a.clip} is too small: need H, W >= {MIN_SIDE}")
+        clip = parse_clip(a.clip, image=a.dataset == "imagenet")
         if clip[1] != clip[2]:
             raise SettingsError(f"--clip {a.clip}: crops are square, so H and W must be equal")
         values["clip"] = clip
@@ -627,16 +617,11 @@ def settings_difference(saved: dict, now: dict) -> str:
 
 # ---- one run ----
 
-def train(cfg: Config) -> dict:
-    rank, world, device = init_distributed()
-    spec = models.get_spec(cfg.model)
-    precision = make_precision(cfg, device)
-    weights = weights_of(cfg)
-    train_set, val_set, test_set, num_classes, clip_label = build_data(cfg, spec)
+def place_model(cfg: Config, spec, num_classes: int, rank: int, world: int, device, last: Path):
+    """(the model to step, the plain module to save): built, its starting weights loaded,
+    moved to the device and memory format, wrapped for DDP and compiled as asked."""
     torch.manual_seed(cfg.seed)
     model = models.create_model(cfg.model, num_classes=num_classes, **cfg.model_args)
-    folder = run_folder(cfg)
-    last = folder / "last.pt"
     if cfg.checkpoint and not (cfg.resume and last.exists()):
         message = models.load_checkpoint(model, cfg.checkpoint, new_classifier=not cfg.eval_only)
         if message and rank == 0:
@@ -646,166 +631,214 @@ def train(cfg: Config) -> dict:
         model = model.to(memory_format=memory_format(len(spec.input_shape) + 1))
     module = model
     if world > 1:
-        ids = [device.index] if device.type == "cuda" else None
         match_gradient_strides(model)
-        model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.compile:
         model = torch.compile(model)
-    per_rank_batch = max(1, cfg.batch_size // world)
-    make_loader = dict(cfg=cfg, world=world, rank=rank, batch_size=per_rank_batch, device=device)
-    train_data, train_sampler = loader(train_set, train=True, **make_loader)
-    val_data, _ = loader(val_set, train=False, **make_loader)
-    test_data, _ = loader(test_set, train=False, **make_loader)
-    optimizer = make_optimizer(module, cfg)
-    steps = max(len(train_data), 1)
-    counters = {"clips_seen": 0, "train_seconds": 0.0, "skipped_train": 0, "epochs_done": 0.0}
-    session_start, prior_seconds = time.monotonic(), 0.0
+    return model, module
 
-    def clock() -> float:  # seconds trained (validation included), across resumes
-        return prior_seconds + time.monotonic() - session_start
 
-    progress = progress_of(cfg, steps, clock)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg, progress(s), s / steps))
-    settings = settings_of(cfg, weights)
-    start_epoch, run_id, saved_rows, final = 0, cfg.run_id or new_run_id(), [], None
-    if cfg.resume and last.exists():
-        state = read_run_state(last, device)
-        if state["settings"] != settings:
-            raise SettingsError(f"--resume: {last} was trained with other settings: "
-                                f"{settings_difference(state['settings'], settings)}; "
+class Session:
+    """One run's state across resumes: the optimiser and schedule, the counters and clock, the
+    rows written so far, and the results store (rank 0 only). Rows are checkpointed before
+    they are stored, and stored only where the store does not hold them yet, so each row is
+    written once whatever the kill point."""
+
+    def __init__(self, cfg: Config, module: nn.Module, steps: int, precision: Precision,
+                 weights: str, last: Path):
+        self.cfg, self.module, self.precision, self.last = cfg, module, precision, last
+        self.optimizer = make_optimizer(module, cfg)
+        self.counters = {"clips_seen": 0, "train_seconds": 0.0, "skipped_train": 0, "epochs_done": 0.0}
+        self.started, self.prior_seconds = time.monotonic(), 0.0
+        progress = progress_of(cfg, steps, self.clock)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(cfg, progress(s), s / steps))
+        self.settings = settings_of(cfg, weights)
+        self.weights, self.start_epoch, self.run_id = weights, 0, cfg.run_id or new_run_id()
+        self.rows: list[dict] = []
+        self.final: dict | None = None
+        self.store = None
+
+    def clock(self) -> float:
+        """Seconds trained (validation included), across resumes."""
+        return self.prior_seconds + time.monotonic() - self.started
+
+    def restore(self, device) -> None:
+        """Continue from ``last.pt``: the same settings, or a one-line refusal naming them."""
+        state = read_run_state(self.last, device)
+        if state["settings"] != self.settings:
+            raise SettingsError(f"--resume: {self.last} was trained with other settings: "
+                                f"{settings_difference(state['settings'], self.settings)}; "
                                 "use another --out, or the checkpoint's settings")
         try:
-            module.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            if precision.scaler is not None and "scaler" in state:
-                precision.scaler.load_state_dict(state["scaler"])
+            self.module.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            if self.precision.scaler is not None and "scaler" in state:
+                self.precision.scaler.load_state_dict(state["scaler"])
         except (RuntimeError, KeyError, ValueError) as exc:
-            raise CheckpointError(f"cannot resume from {last}: "
+            raise CheckpointError(f"cannot resume from {self.last}: "
                                   f"{str(exc).strip().splitlines()[0]}") from None
-        start_epoch, run_id = state["epoch"], state["run_id"]
-        counters.update({k: state["counters"][k] for k in counters if k in state["counters"]})
-        prior_seconds = float(counters["train_seconds"])
-        saved_rows, final = state["rows"], state.get("final")
-    store = ResultsStore(cfg.results) if rank == 0 else None
-    dtype = cfg.amp or "fp32"
-    conditions = RunConditions(run_id, device.type, environment.device_name(device.type), dtype,
-                               cfg.channels_last, cfg.compile)
-    has_splits = cfg.dataset in SPLIT_DATASETS
-    dataset_label = (f"{cfg.dataset}/{cfg.split}" if has_splits else
-                     motion.LABEL if cfg.dataset == "motion" else cfg.dataset)
-    if store is not None:
-        store.check_writable()
-        store.write_environment(run_id, environment.collect(device.type)
-                                | {"train_config": _jsonable(cfg), "world_size": world})
+        self.start_epoch, self.run_id = state["epoch"], state["run_id"]
+        self.counters.update({k: state["counters"][k] for k in self.counters if k in state["counters"]})
+        self.prior_seconds = float(self.counters["train_seconds"])
+        self.rows, self.final = state["rows"], state.get("final")
 
-    def record(rows: list[dict]) -> None:
-        """Write the rows the store does not hold yet for this run: a row is written once,
-        whether the kill came before or after it was stored."""
-        if store is None or not rows:
+    def open_store(self, device, world: int, dataset: str, clip: str) -> None:
+        self.store = ResultsStore(self.cfg.results)
+        self.conditions = RunConditions(self.run_id, device.type, environment.device_name(device.type),
+                                        self.cfg.amp or "fp32", self.cfg.channels_last, self.cfg.compile)
+        self.dataset, self.clip = dataset, clip
+        self.store.check_writable()
+        self.store.write_environment(self.run_id, environment.collect(device.type)
+                                     | {"train_config": _jsonable(self.cfg), "world_size": world})
+
+    def record(self, rows: list[dict]) -> None:
+        """Store the rows the store does not hold yet for this run."""
+        if self.store is None or not rows:
             return
-        frame = store.frame()
-        held = frame[frame["run_id"] == run_id]
+        frame = self.store.frame()
+        held = frame[frame["run_id"] == self.run_id]
         present = {(m, None if pd.isna(e) else int(e)) for m, e in zip(held["metric"], held["epoch"])}
         fresh = [Measurement(**r) for r in rows if (r["metric"], r.get("epoch")) not in present]
         for row in fresh:
-            row.dataset, row.clip, row.weights, row.seed = dataset_label, clip_label, weights, cfg.seed
+            row.dataset, row.clip = self.dataset, self.clip
+            row.weights, row.seed = self.weights, self.cfg.seed
         if fresh:
-            store.append(fresh, conditions, dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+            now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+            self.store.append(fresh, self.conditions, now)
 
-    def save_state(epoch: int, **extra) -> None:
-        if rank == 0 and not cfg.eval_only:
-            models.save_checkpoint(
-                last, module, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                epoch=epoch, run_id=run_id, settings=settings, counters=dict(counters),
-                rows=saved_rows, **({"scaler": precision.scaler.state_dict()} if precision.scaler else {}),
-                **extra)
+    def checkpoint(self, epoch: int, **extra) -> None:
+        if self.store is None or self.cfg.eval_only:
+            return
+        scaler = {"scaler": self.precision.scaler.state_dict()} if self.precision.scaler else {}
+        models.save_checkpoint(
+            self.last, self.module, optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict(), epoch=epoch, run_id=self.run_id,
+            settings=self.settings, counters=dict(self.counters), rows=self.rows, **scaler, **extra)
 
-    record(saved_rows)  # rows a kill kept out of the store, after their checkpoint was written
-    if final is not None:  # finished before: its rows are stored (now), nothing to re-run
-        record(final["rows"])
+    def epoch_done(self, rows: list[dict], epoch: int) -> None:
+        """The checkpoint first: a kill between the two leaves rows to store on resume."""
+        self.rows = self.rows + rows
+        self.checkpoint(epoch + 1)
+        self.record(rows)
+
+
+def epoch_rows(cfg: Config, epoch: int, loss: float, top1: float, val_top1: float,
+               clips_per_s: float) -> list[dict]:
+    common = dict(model=cfg.model, measurement="accuracy", batch_size=cfg.batch_size, epoch=epoch)
+    return [dict(metric="train_loss", value=loss, unit="nats", phase="train", **common),
+            dict(metric="train_top1", value=top1, unit="%", phase="train", **common),
+            dict(metric="val_top1", value=val_top1, unit="%", phase="val", views="1x1", **common),
+            dict(metric="epoch_clips_per_s", value=clips_per_s, unit="clips/s", phase="train",
+                 note="training clips per second over the epoch, data loading included", **common)]
+
+
+def final_rows(cfg: Config, result: dict | None, test_items: int, counters: dict,
+               views: str) -> tuple[list[dict], dict]:
+    """The test rows (or an error row when no test video decoded) and how far training got."""
+    common = dict(model=cfg.model, measurement="accuracy")
+    note = protocol(cfg.time_budget, cfg.epochs) if not cfg.eval_only else "evaluated as is"
+    if result is None:
+        rows = [dict(metric="top1_video", value=None, unit="%", phase="test", views=views,
+                     status="error", error=f"no test video could be decoded ({test_items} items skipped)",
+                     **common)]
+        result = {"skipped_videos": test_items, "videos": 0}
+    else:
+        rows = [dict(metric=k, value=result[k], unit="%", phase="test", views=views, note=note, **common)
+                for k in ("top1_clip", "top1_video", "top5_video")]
+    rows.append(dict(metric="skipped_videos", value=result["skipped_videos"] + counters["skipped_train"],
+                     unit="count", note="failed decodes skipped (train + test; a bad test video "
+                                        "counts once per test clip): corrupt, truncated, empty or "
+                                        "oversized files", **common))
+    if not cfg.eval_only:
+        rows += [dict(metric=metric, value=value, unit=unit, phase="train", batch_size=cfg.batch_size,
+                      note=note, **common)
+                 for metric, value, unit in (("epochs_completed", counters["epochs_done"], "epochs"),
+                                             ("clips_seen", counters["clips_seen"], "clips"),
+                                             ("train_seconds", counters["train_seconds"], "s"))]
+    result = result | {"clips_seen": counters["clips_seen"], "epochs_completed": counters["epochs_done"]}
+    return rows, result
+
+
+def train(cfg: Config) -> dict:
+    """Train (unless ``eval_only``) and evaluate one run; returns the final numbers."""
+    rank, world, device = init_distributed()
+    spec = models.get_spec(cfg.model)
+    precision = make_precision(cfg, device)
+    weights = weights_of(cfg)
+    train_set, val_set, test_set, num_classes, clip_label = build_data(cfg, spec)
+    folder = run_folder(cfg)
+    last = folder / "last.pt"
+    model, module = place_model(cfg, spec, num_classes, rank, world, device, last)
+    make_loader = dict(cfg=cfg, world=world, rank=rank, batch_size=max(1, cfg.batch_size // world),
+                       device=device)
+    train_data, train_sampler = loader(train_set, train=True, **make_loader)
+    val_data, _ = loader(val_set, train=False, **make_loader)
+    test_data, _ = loader(test_set, train=False, **make_loader)
+    steps = max(len(train_data), 1)
+    run = Session(cfg, module, steps, precision, weights, last)
+    if cfg.resume and last.exists():
+        run.restore(device)
+    dataset_label = (f"{cfg.dataset}/{cfg.split}" if cfg.dataset in SPLIT_DATASETS else
+                     motion.LABEL if cfg.dataset == "motion" else cfg.dataset)
+    if rank == 0:
+        run.open_store(device, world, dataset_label, clip_label)
+    run.record(run.rows)  # rows a kill kept out of the store, after their checkpoint was written
+    if run.final is not None:  # finished before: its rows are stored (now), nothing to re-run
+        run.record(run.final["rows"])
         if rank == 0:
-            print(f"{folder.name}: already finished (run {run_id}); nothing to do", flush=True)
-        return final["result"] | {"run_id": run_id}
+            print(f"{folder.name}: already finished (run {run.run_id}); nothing to do", flush=True)
+        return run.final["result"] | {"run_id": run.run_id}
 
-    deadline = (lambda: clock() > cfg.time_budget) if cfg.time_budget else None
+    deadline = (lambda: run.clock() > cfg.time_budget) if cfg.time_budget else None
     bar = EpochProgress(enabled=rank == 0)
-    for epoch in range(start_epoch, 0 if cfg.eval_only else cfg.epochs):
+    for epoch in range(run.start_epoch, 0 if cfg.eval_only else cfg.epochs):
         torch.manual_seed(cfg.seed * 10_007 + epoch)  # the same data order and augmentation after a resume
         train_sampler.set_epoch(epoch)
         train_set.set_epoch(epoch)
         epoch_start = time.monotonic()
         with bar.epoch(f"epoch {epoch + 1}/{cfg.epochs}", len(train_data)) as advance:
             loss, top1, seen, skipped, stopped = run_epoch(
-                model, train_data, optimizer, scheduler, device, train=True, deadline=deadline,
-                precision=precision, progress=advance)
-        epoch_seconds = time.monotonic() - epoch_start
-        counters["clips_seen"] += seen
-        counters["skipped_train"] += skipped
-        counters["epochs_done"] = epoch + (seen / (steps * cfg.batch_size) if stopped else 1)
-        if deadline is not None and not stopped and deadline():
-            stopped = True
+                model, train_data, run.optimizer, run.scheduler, device, train=True,
+                deadline=deadline, precision=precision, progress=advance)
+        rate = seen / max(time.monotonic() - epoch_start, 1e-9)
+        run.counters["clips_seen"] += seen
+        run.counters["skipped_train"] += skipped
+        run.counters["epochs_done"] = epoch + (seen / (steps * cfg.batch_size) if stopped else 1)
+        stopped = stopped or (deadline is not None and deadline())
         _, val_top1, _, _, _ = run_epoch(model, val_data, None, None, device, train=False,
                                          precision=precision)
-        counters["train_seconds"] = clock()
-        per_epoch = dict(batch_size=cfg.batch_size, epoch=epoch)
-        rows = [dict(model=cfg.model, measurement="accuracy", metric="train_loss", value=loss,
-                     unit="nats", phase="train", **per_epoch),
-                dict(model=cfg.model, measurement="accuracy", metric="train_top1", value=top1,
-                     unit="%", phase="train", **per_epoch),
-                dict(model=cfg.model, measurement="accuracy", metric="val_top1", value=val_top1,
-                     unit="%", phase="val", views="1x1", **per_epoch),
-                dict(model=cfg.model, measurement="accuracy", metric="epoch_clips_per_s",
-                     value=seen / max(epoch_seconds, 1e-9), unit="clips/s", phase="train",
-                     note="training clips per second over the epoch, data loading included",
-                     **per_epoch)]
-        saved_rows = saved_rows + rows
-        save_state(epoch + 1)  # the checkpoint first: a kill now leaves rows to write on resume
-        record(rows)
+        run.counters["train_seconds"] = run.clock()
+        run.epoch_done(epoch_rows(cfg, epoch, loss, top1, val_top1, rate), epoch)
         if rank == 0:
             print(f"epoch {epoch}: loss {loss:.4f} train top-1 {top1:.1f}% val top-1 {val_top1:.1f}%"
-                  f" ({seen / max(epoch_seconds, 1e-9):.1f} clips/s)"
-                  + (f" (skipped {skipped} videos)" if skipped else ""), flush=True)
+                  f" ({rate:.1f} clips/s)" + (f" (skipped {skipped} videos)" if skipped else ""),
+                  flush=True)
         if stopped:
             break
     result = evaluate_views(model if world == 1 else module, test_data, device, num_classes, precision)
     views = f"{cfg.test_clips}x{cfg.test_crops}" if cfg.dataset not in ("motion", "imagenet") else "1x1"
-    note = protocol(cfg.time_budget, cfg.epochs) if not cfg.eval_only else "evaluated as is"
-    if result is None:
-        rows = [dict(model=cfg.model, measurement="accuracy", metric="top1_video", value=None,
-                     unit="%", phase="test", views=views, status="error",
-                     error=f"no test video could be decoded ({len(test_set)} items skipped)")]
-        result = {"skipped_videos": len(test_set), "videos": 0}
-    else:
-        rows = [dict(model=cfg.model, measurement="accuracy", metric=k, value=result[k], unit="%",
-                     phase="test", views=views, note=note)
-                for k in ("top1_clip", "top1_video", "top5_video")]
-    rows.append(dict(model=cfg.model, measurement="accuracy", metric="skipped_videos",
-                     value=result["skipped_videos"] + counters["skipped_train"], unit="count",
-                     note="failed decodes skipped (train + test; a bad test video counts once per "
-                          "test clip): corrupt, truncated, empty or oversized files"))
-    if not cfg.eval_only:
-        rows += [dict(model=cfg.model, measurement="accuracy", metric=metric, value=value,
-                      unit=unit, phase="train", batch_size=cfg.batch_size, note=note)
-                 for metric, value, unit in (("epochs_completed", counters["epochs_done"], "epochs"),
-                                             ("clips_seen", counters["clips_seen"], "clips"),
-                                             ("train_seconds", counters["train_seconds"], "s"))]
-    result = result | {k: counters[k] for k in ("clips_seen", "epochs_done")}
-    result["epochs_completed"] = result.pop("epochs_done")
-    save_state(cfg.epochs if not cfg.eval_only else 0, final={"rows": rows, "result": result})
-    record(rows)
+    rows, result = final_rows(cfg, result, len(test_set), run.counters, views)
+    run.checkpoint(cfg.epochs, final={"rows": rows, "result": result})
+    run.record(rows)
     if rank == 0:
-        skipped_all = result["skipped_videos"] + counters["skipped_train"]
-        if "top1_video" in result:
-            print(f"{cfg.model} on {dataset_label}: top-1 clip {result['top1_clip']:.1f}%, video "
-                  f"{result['top1_video']:.1f}% / top-5 {result['top5_video']:.1f}% over "
-                  f"{result['videos']} videos ({views} views), {skipped_all} skipped", flush=True)
-        else:
-            print(f"{cfg.model} on {dataset_label}: no test video could be decoded "
-                  f"({skipped_all} skipped); an error row was stored", flush=True)
+        print_final(cfg, dataset_label, result, run.counters["skipped_train"], views)
     if dist.is_initialized():
         dist.barrier()
-    return result | {"run_id": run_id}
+    return result | {"run_id": run.run_id}
+
+
+def print_final(cfg: Config, dataset: str, result: dict, skipped_train: int, views: str) -> None:
+    skipped = result["skipped_videos"] + skipped_train
+    if "top1_video" in result:
+        print(f"{cfg.model} on {dataset}: top-1 clip {result['top1_clip']:.1f}%, video "
+              f"{result['top1_video']:.1f}% / top-5 {result['top5_video']:.1f}% over "
+              f"{result['videos']} videos ({views} views), {skipped} skipped", flush=True)
+    else:
+        print(f"{cfg.model} on {dataset}: no test video could be decoded ({skipped} skipped); an "
+              "error row was stored", flush=True)
 
 
 def protocol(time_budget: float | None, epochs: int) -> str:

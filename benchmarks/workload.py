@@ -88,3 +88,25 @@ class Workload:
     def synchronize(self) -> None:
         if self.setup.device == "cuda":
             torch.cuda.synchronize()
+
+
+MIN_SIDE = 16  # px; below this no model in the zoo has a meaningful feature map
+
+
+def parse_clip(text: str, *, image: bool = False) -> tuple[int, int, int]:
+    """``T,H,W`` (or ``TxHxW``; with ``image``, also ``H,W`` meaning one frame) -> (T, H, W);
+    ``ValueError`` with a one-line message for anything else. The one clip parser of
+    ``run.py``, ``train.py`` and ``op_profile.py``."""
+    parts = text.replace("x", ",").split(",")
+    try:
+        values = tuple(int(v) for v in parts)
+    except ValueError:
+        values = ()
+    if image and len(values) == 2:
+        values = (1, *values)
+    if len(values) != 3:
+        raise ValueError(f"--clip takes T,H,W as three integers (e.g. 16,112,112), got {text!r}")
+    t, h, w = values
+    if t < 1 or h < MIN_SIDE or w < MIN_SIDE:
+        raise ValueError(f"--clip {text} is too small: need T >= 1 and H, W >= {MIN_SIDE}")
+    return values

@@ -51,6 +51,7 @@ class Published:
     gmacs: Figure | None = None
     accuracy: tuple[Accuracy, ...] = ()
     discrepancy: Discrepancy | None = None
+    note: str = ""  # other published figures for the same network, and how they relate
 
 
 def _table1(top1: float, top5: float | None = None) -> tuple[Accuracy, ...]:
@@ -126,7 +127,9 @@ PUBLISHED: dict[str, Published] = {
     "r2plus1d": Published(
         params_m=Figure(63.6, "Table 3"),
         gmacs=Figure(152.4, "Table 3"),
-        accuracy=_table3(72.0, 90.0) + _table4(96.8, 74.5)),
+        accuracy=_table3(72.0, 90.0) + _table4(96.8, 74.5),
+        note="The R(2+1)D authors' VMZ zoo quotes 199.0 G at 32x112x112 for the same network; "
+             "the paper's 152.4 G and torchvision's layout agree within 2%."),
     "res3d": Published(
         gmacs=Figure(19.3, "Table 4"),
         accuracy=_table4(85.8, 54.9),

@@ -138,7 +138,6 @@ class MFNet(nn.Module):
         # the parameters and the checkpoint keys are the same; channels_last=False is the plain
         # reference path (plain ``Conv3d``, contiguous) the fast one is tested against.
         geometry = replace(geometry, onednn_pointwise=channels_last and geometry.ndim == 3)
-        self.geometry = geometry
         self.memory_format = ((torch.channels_last_3d if geometry.ndim == 3 else torch.channels_last)
                               if channels_last else torch.contiguous_format)
         padding = tuple(k // 2 for k in stem_kernel)
@@ -261,7 +260,7 @@ def init_weights(model: nn.Module) -> None:
 # ---- variant builders: each a few lines of data, as torchvision's r3d_18 / r2plus1d_18 ----
 
 def mfnet3d(*, num_classes: int = 400, **kwargs) -> MFNet:
-    """Table 2, 3D MF-Net: 8.0 M params, 11.1 G multiply-adds at 16x224x224 (paper)."""
+    """Table 2's 3D MF-Net, at 16x224x224 (its published cost: ``models/ledger.py``)."""
     return MFNet(geometry=VIDEO, num_classes=num_classes, **kwargs)
 
 

@@ -112,8 +112,8 @@ SPECS: tuple[ModelSpec, ...] = (
         "torchvision.models.video.resnet.VideoResNet(BasicBlock, [Conv2Plus1D]*4, [3,4,6,3], "
         "R2Plus1dStem)",
         "exact", KINETICS_MEAN, KINETICS_STD,
-        design_note="The R(2+1)D authors' VMZ zoo quotes 199.0 G at 32x112x112 for the same "
-                    "network; the paper's 152.4 G and torchvision's layout agree within 2%."),
+        design_note="torchvision's VideoResNet with R(2+1)D's stem and (2+1)D convs at the "
+                    "R(2+1)D-34 depths (3, 4, 6, 3); the published costs are in the ledger."),
     ModelSpec(
         "res3d", library.res3d, (3, 8, 112, 112), 400, "torchvision.models.video.r3d_18", "exact",
         KINETICS_MEAN, KINETICS_STD),

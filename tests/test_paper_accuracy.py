@@ -2,6 +2,7 @@
 
 from benchmarks import paper_accuracy, report
 from benchmarks.results import Measurement, ResultsStore, RunConditions
+from models import ledger
 
 KINETICS_FILE = "file:MFNet3D_Kinetics-400_72.8.pth@0123456789ab"
 
@@ -48,14 +49,18 @@ def test_the_report_shows_measured_accuracy_deltas_and_verdicts(tmp_path):
     text = (tmp_path / "out" / "README.md").read_text()
     table4 = text.split("Accuracy in Table 4")[1].split("###")[0]
     ucf = next(line for line in table4.splitlines() if line.startswith("| MF-Net | UCF-101"))
-    assert "| 96 | 96.0 ± 1.4 | +0.0 |" in ucf and "| 10×3 | 1, 2, 3 | 2 | trained here | reproduced |" in ucf
+    paper = {(a.dataset, a.metric): a.value for a in ledger.published("mfnet").accuracy}
+    assert f"| {paper['ucf101', 'top1']:g} | 96.0 ± 1.4 | {96.0 - paper['ucf101', 'top1']:+.1f} |" in ucf
+    assert "| 10×3 | 1, 2, 3 | 2 | trained here | reproduced |" in ucf
     hmdb = next(line for line in table4.splitlines() if line.startswith("| MF-Net | HMDB-51"))
-    assert "| 74.6 | 70.0 | -4.6 |" in hmdb and "**differs** (split 1 only" in hmdb
+    assert f"| {paper['hmdb51', 'top1']:g} | 70.0 | {70.0 - paper['hmdb51', 'top1']:+.1f} |" in hmdb
+    assert "**differs** (split 1 only" in hmdb
     i3d = next(line for line in table4.splitlines() if line.startswith("| I3D | UCF-101"))
     assert "not measured: `python benchmarks/train.py --model i3d --dataset ucf101" in i3d
     table3 = text.split("Accuracy in Table 3")[1].split("###")[0]
     k400 = next(line for line in table3.splitlines() if line.startswith("| MF-Net | Kinetics-400"))
-    assert "| 72.8 | 72.5 | -0.3 | 90.4 | 90.0 | -0.4 |" in k400
+    top1, top5 = paper["kinetics400", "top1"], paper["kinetics400", "top5"]
+    assert f"| {top1:g} | 72.5 | {72.5 - top1:+.1f} | {top5:g} | 90.0 | {90.0 - top5:+.1f} |" in k400
     assert "evaluated as is: `MFNet3D_Kinetics-400_72.8.pth@0123456789ab`" in k400 and "reproduced" in k400
     assert (tmp_path / "out" / "accuracy_ucf101.png").exists()
     assert "accuracy_kinetics400.png" in text
@@ -64,5 +69,7 @@ def test_the_report_shows_measured_accuracy_deltas_and_verdicts(tmp_path):
 def test_seeds_widen_the_tolerance_by_their_spread():
     one = paper_accuracy.Entry("mfnet", "kinetics400", "top1", 71.5, None, 1, (), "1x1", "trained", ())
     spread = paper_accuracy.Entry("mfnet", "kinetics400", "top1", 71.5, 0.6, 3, (), "1x1", "trained", ())
-    assert paper_accuracy.verdict([(72.8, one)]) == "**differs**"
-    assert paper_accuracy.verdict([(72.8, spread)]) == "reproduced"
+    paper = ledger.published("mfnet").accuracy[0].value  # Kinetics top-1
+    assert paper - 71.5 > paper_accuracy.TOLERANCE_POINTS  # so one seed differs
+    assert paper_accuracy.verdict([(paper, one)]) == "**differs**"
+    assert paper_accuracy.verdict([(paper, spread)]) == "reproduced"

@@ -130,7 +130,7 @@ def test_warm_up_counts_epochs_of_data_under_a_time_budget_too():
         0.5 * 0.5 * (1 + math.cos(math.pi * share / 2)))
     assert train.lr_factor(timed, progress=share, epoch=0.1) == pytest.approx(
         0.5 * (1 + math.cos(math.pi * share)))
-    stepped = train.Config(model="mfnet", epochs=30, schedule="step", decay_epochs=(10, 20))
+    stepped = train.Config(model="mfnet", epochs=30, schedule="step", decay_epochs=(10, 20), warmup_epochs=0)
     assert [train.lr_factor(stepped, e / 30, e) for e in (0, 10, 25)] == pytest.approx([1, 0.1, 0.01])
 
 
@@ -144,3 +144,10 @@ def test_ddp_gets_gradients_in_its_buckets_layout_from_channels_last_mfnet(tmp_p
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "Grad strides do not match" not in proc.stderr
+
+
+def test_the_config_defaults_are_its_default_presets():
+    defaults = train.Config(model="mfnet")
+    assert defaults.dataset == "motion" and defaults.preset == "motion"
+    for key, value in train.PRESETS["motion"].items():
+        assert getattr(defaults, key) == value, key
