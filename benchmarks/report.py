@@ -17,12 +17,12 @@ import pandas as pd
 
 import models
 from benchmarks import figures, motion, paper_accuracy
-from benchmarks.results import load_results
+from benchmarks.results import CONDITION_COLUMNS, load_results
 from models import ledger
 
 TABLES, ACCURACY_COLUMNS, PAPER_ONLY = ledger.TABLES, ledger.ACCURACY_COLUMNS, ledger.PAPER_ONLY
-KEY = ["model", "metric", "phase", "batch_size", "device", "device_name", "dtype", "clip",
-       "channels_last", "compiled", "dataset", "epoch"]
+KEY = ["model", "metric", "phase", "batch_size", *CONDITION_COLUMNS, "clip", "dataset", "epoch",
+       "protocol"]
 # counted, not timed: the same on any machine, so taken from whichever run has them
 DEVICE_INDEPENDENT = {"cost"}
 DEVICE_INDEPENDENT_METRICS = {"activation_mb"}
@@ -251,7 +251,7 @@ def motion_section(rows: pd.DataFrame, m: Measured, out: Path) -> list[str]:
                 "--measure accuracy`.", ""]
     finals = acc[acc["metric"] == "top1_video"]
     # one table per protocol and clip: a model's newest run under each
-    setting_of_run = dict(zip(finals["run_id"], zip(finals["note"].replace("", "protocol: not recorded"),
+    setting_of_run = dict(zip(finals["run_id"], zip(finals["protocol"].replace("", "not recorded"),
                                                     finals["clip"])))
     settings = sorted(set(setting_of_run.values()), key=lambda p: ("equal time" not in p[0], p))
     lines = []
@@ -268,7 +268,7 @@ def motion_table(rows: pd.DataFrame, acc: pd.DataFrame, setting: tuple[str, str]
               "top-1 clip %", "top-1 video %", "views"]
     protocol, clip = setting
     equal_time = "equal time" in protocol
-    title = f"{protocol.removeprefix('protocol: ')}, {clip}"
+    title = f"{protocol}, {clip}"
     lines = [f"## Motion benchmark ({motion.LABEL}): accuracy at {title}", "",
              "Classes are defined by motion alone (`benchmarks/motion.py`): a frame-based 2D "
              f"model cannot beat chance ({motion.CHANCE:.1f}%), a clip-based 3D model can. "
@@ -477,10 +477,14 @@ def not_yet_measured(rows: pd.DataFrame) -> list[str]:
     return [f"Not in this report yet: {'; '.join(missing)}.", ""] if missing else []
 
 
+class ReportError(ValueError):
+    """Nothing a report can be made of; the message is one line."""
+
+
 def render(results: Path, out: Path) -> None:
     frame = load_results(results)
-    if frame.empty:
-        raise SystemExit(f"report.py: error: no measurements in {results}/measurements.csv")
+    if (frame["status"] != "ok").all():  # empty, or error rows only
+        raise ReportError(f"no ok measurements in {results}/measurements.csv")
     rows = newest(frame)
     # the machine of the newest CPU run (CUDA runs get their own section when present)
     timed = rows[rows["measurement"] == "speed"]
@@ -549,7 +553,12 @@ def main(argv: list[str] | None = None) -> int:
             models.import_models(target)
     except ValueError as exc:
         p.exit(2, f"report.py: error: {exc}\n")
-    render(args.results, args.out)
+    if args.out.exists() and not args.out.is_dir():
+        p.exit(2, f"report.py: error: --out {args.out} is not a folder\n")
+    try:
+        render(args.results, args.out)
+    except (OSError, ReportError) as exc:  # a store that cannot be read, nothing to show
+        p.exit(2, f"report.py: error: {exc}\n")
     print(f"wrote {args.out}/README.md and figures")
     return 0
 

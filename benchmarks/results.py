@@ -12,16 +12,28 @@ import io
 import json
 import os
 import uuid
+import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pandas as pd
 
+# Version 2 added weights, seed, threads, protocol and schema. Every row records the version
+# that wrote it; a store holding rows of a newer version is refused, never rewritten.
+SCHEMA_VERSION = 2
 COLUMNS = ("run_id", "timestamp", "model", "measurement", "metric", "value", "unit", "phase",
            "device", "device_name", "dtype", "batch_size", "clip", "channels_last", "compiled", "iqr",
-           "repeats", "dataset", "epoch", "views", "status", "error", "note", "weights", "seed")
+           "repeats", "dataset", "epoch", "views", "status", "error", "note", "weights", "seed",
+           "threads", "protocol", "schema")
+# What makes two rows the same measurement, beside the model, metric, phase, batch and clip:
+# where and how it ran. Resume (``ResultsStore.done``), the summaries and the report use it.
+CONDITION_COLUMNS = ("device", "device_name", "threads", "dtype", "channels_last", "compiled")
 CSV_NAME = "measurements.csv"
+
+
+class StoreError(OSError):
+    """A store that cannot be read or written safely; the message is one line."""
 
 
 @dataclass
@@ -48,16 +60,34 @@ class Measurement:
     # file:<file>@<sha256[:12]> (a file evaluated as is)
     weights: str = ""
     seed: int | None = None  # accuracy rows: the training seed
+    # accuracy rows: how long every model trained ("equal time, 60 s" or "equal epochs, 6")
+    protocol: str = ""
 
 
 @dataclass(frozen=True)
 class RunConditions:
+    """The conditions of every row a run writes (``CONDITION_COLUMNS``), and its id."""
+
     run_id: str
     device: str
     device_name: str  # CPU or GPU model: a fresh clone on another machine measures anew
     dtype: str
     channels_last: bool
     compiled: bool
+    # intra-op threads: a 64-thread host must not take a 2-thread host's timings as its own
+    # (0: not recorded, in rows written before the column existed and not filled from a sidecar)
+    threads: int = 0
+
+    def key(self) -> dict:
+        return {column: getattr(self, column) for column in CONDITION_COLUMNS}
+
+
+def under(frame: pd.DataFrame, run: RunConditions) -> pd.Series:
+    """The rows measured under ``run``'s conditions."""
+    mask = pd.Series(True, index=frame.index)
+    for column, value in run.key().items():
+        mask &= frame[column] == value
+    return mask
 
 
 class ResultsStore:
@@ -68,9 +98,21 @@ class ResultsStore:
     def check_writable(self) -> None:
         """Raise ``OSError`` now, before any measuring, if results cannot be written."""
         (self.root / "runs").mkdir(parents=True, exist_ok=True)
-        probe = self.root / ".write-probe"
+        for path in (self.csv, self.root / ".lock"):
+            if path.exists() and not path.is_file():
+                raise StoreError(f"{path} is not a file")
+        probe = self.root / f".write-probe.{os.getpid()}.{uuid.uuid4().hex[:8]}"  # two starts never clash
         probe.write_text("")
         probe.unlink()
+        self.schema_check()
+
+    def schema_check(self) -> None:
+        """Refuse a store written by a newer version of the suite: rewriting it would lose what
+        this version does not know."""
+        newest = read_csv(self.csv)["schema"].max() if self.csv.is_file() else None
+        if newest is not None and pd.notna(newest) and int(newest) > SCHEMA_VERSION:
+            raise StoreError(f"{self.csv} was written by a newer version of the suite (schema "
+                             f"{int(newest)}, this one writes {SCHEMA_VERSION}); update the checkout")
 
     def write_environment(self, run_id: str, environment: dict) -> None:
         _atomic_write(self.root / "runs" / f"{run_id}.json",
@@ -78,55 +120,59 @@ class ResultsStore:
 
     def append(self, rows: list[Measurement], run: RunConditions, timestamp: str) -> None:
         """Add rows in one atomic replace: a kill at any moment leaves the old file or the new
-        one, never half a row."""
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, COLUMNS, lineterminator="\n")
-        for row in rows:
-            record = asdict(row) | {"run_id": run.run_id, "timestamp": timestamp,
-                                    "device": run.device, "device_name": run.device_name,
-                                    "dtype": run.dtype,
-                                    "channels_last": run.channels_last, "compiled": run.compiled}
-            record["error"] = " ".join(str(record["error"]).split())  # one line
-            writer.writerow(record)
+        one, never half a row. Columns this version does not know are kept; a damaged last line
+        (a truncated copy, another tool killed mid-write) is ended, never extended, and readers
+        skip it."""
         with self._locked():
             old = self.csv.read_bytes() if self.csv.exists() else b""
-            if not old.startswith((",".join(COLUMNS) + "\n").encode()):
-                old = self._migrated(old)
-            _atomic_write(self.csv, old + buffer.getvalue().encode())
+            header = old.split(b"\n", 1)[0].decode(errors="replace")
+            columns = next(csv.reader([header]), []) if old.strip() else []
+            if columns != list(COLUMNS):
+                old, columns = self._migrated(old, columns)
+            if old and not old.endswith(b"\n"):
+                old += b"\n"
+            buffer = io.StringIO()
+            writer = csv.DictWriter(buffer, columns, lineterminator="\n", extrasaction="ignore")
+            for row in rows:
+                record = asdict(row) | {"run_id": run.run_id, "timestamp": timestamp,
+                                        "schema": SCHEMA_VERSION} | run.key()
+                record["error"] = " ".join(str(record["error"]).split())  # one line
+                writer.writerow(record)
+            _atomic_write(self.csv.resolve(), old + buffer.getvalue().encode())
 
-    def _migrated(self, old: bytes) -> bytes:
-        """The existing rows under the current header (an empty file gets just the header).
-        Rows written before a column existed get it filled in by ``read_csv``."""
+    def _migrated(self, old: bytes, columns: list[str]) -> tuple[bytes, list[str]]:
+        """The existing rows under a header with every current column, and any unknown ones
+        kept after them. Rows written before a column existed get it filled by ``read_csv``."""
+        self.schema_check()
+        unknown = [c for c in columns if c not in COLUMNS]
+        header = list(COLUMNS) + unknown
         if not old.strip():
-            return (",".join(COLUMNS) + "\n").encode()
-        frame = read_csv(self.csv)
-        return frame.to_csv(index=False, columns=list(COLUMNS), lineterminator="\n").encode()
+            return (",".join(header) + "\n").encode(), header
+        frame = read_csv(self.csv, keep_unknown=True)
+        return frame.to_csv(index=False, columns=header, lineterminator="\n").encode(), header
 
     def done(self, model: str, measurement: str, run: RunConditions, clip: str,
              required: list[tuple], dataset: str | None = None) -> bool:
-        """Whether ok rows already hold every ``(metric, batch[, note])`` in ``required`` for
-        this measurement under these conditions (batch None: any; note: the row's note must be
-        this, e.g. an accuracy protocol; ``dataset``: the rows' dataset, for accuracy). A run
-        killed halfway, or one that measured less (``--quick`` skips the CPU RSS probe), is
-        not done."""
+        """Whether ok rows already hold every ``(metric, batch[, protocol])`` in ``required``
+        for this measurement under these conditions (batch None: any; protocol: the rows'
+        protocol must be this; ``dataset``: the rows' dataset, for accuracy). A run killed
+        halfway, or one that measured less (``--quick`` skips the CPU RSS probe), is not done."""
         frame = self.frame()
         if frame.empty:
             return False
-        key = {"model": model, "measurement": measurement, "device": run.device,
-               "device_name": run.device_name, "dtype": run.dtype, "clip": clip,
-               "channels_last": run.channels_last, "compiled": run.compiled}
+        key = {"model": model, "measurement": measurement, "clip": clip}
         if dataset is not None:
             key["dataset"] = dataset
-        mask = frame["status"] == "ok"
+        mask = (frame["status"] == "ok") & under(frame, run)
         for column, value in key.items():
             mask &= frame[column] == value
         held = frame[mask]
-        for metric, batch, *note in required:
+        for metric, batch, *protocol in required:
             rows = held[held["metric"] == metric]
             if batch is not None:
                 rows = rows[rows["batch_size"] == batch]
-            if note:
-                rows = rows[rows["note"] == note[0]]
+            if protocol:
+                rows = rows[rows["protocol"] == protocol[0]]
             if rows.empty:
                 return False
         return True
@@ -145,26 +191,59 @@ class ResultsStore:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def read_csv(path: Path) -> pd.DataFrame:
+def read_rows(path: Path) -> tuple[list[str], list[list[str]], list[int]]:
+    """(header, rows, damaged line numbers). A damaged row, whose field count is not the
+    header's (a truncated copy, a write another tool cut short), is skipped and reported by its
+    line number (1-based); nothing rewrites it away."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.reader(f)
+            header = next(reader, [])
+            rows, bad = [], []
+            for row in reader:
+                if not row:
+                    continue
+                if len(row) == len(header):
+                    rows.append(row)
+                else:
+                    bad.append(reader.line_num)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise StoreError(f"{path} cannot be read as a results store: {exc}") from None
+    return header, rows, bad
+
+
+def read_csv(path: Path, keep_unknown: bool = False) -> pd.DataFrame:
+    """Every readable row, typed, with columns a store written before them lacked filled in;
+    ``keep_unknown``: as read (strings), with any columns this version does not know."""
     if not path.exists() or path.stat().st_size == 0:
         return pd.DataFrame(columns=COLUMNS)
-    frame = pd.read_csv(path, dtype={"clip": str, "error": str, "note": str, "phase": str,
-                                     "device_name": str, "dataset": str, "views": str,
-                                     "weights": str},
-                        keep_default_na=False, na_values={"value": [""], "iqr": [""], "repeats": [""]})
+    if not path.is_file():
+        raise StoreError(f"{path} is not a file")
+    header, rows, bad = read_rows(path)
+    if bad:
+        shown = ", ".join(map(str, bad[:5])) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        warnings.warn(f"{path}: skipped {len(bad)} damaged row(s) at line {shown}", stacklevel=2)
+    frame = pd.DataFrame(rows, columns=header)
     # stores written before a column existed: fill it in, the machine from the run's sidecar
-    if "device_name" not in frame.columns:
-        frame["device_name"] = [_run_environment(path.parent, run).get("device_name", "")
-                                for run in frame["run_id"]]
+    for column in ("device_name", "threads"):
+        if column not in frame.columns:
+            frame[column] = [str(_run_environment(path.parent, run).get(column, ""))
+                             for run in frame["run_id"]]
+    if "protocol" not in frame.columns and "note" in frame.columns:
+        frame["protocol"] = [n.removeprefix("protocol: ") if n.startswith("protocol: ") else ""
+                             for n in frame["note"]]
     for column in COLUMNS:
         if column not in frame.columns:
-            frame[column] = pd.NA if column in ("epoch", "seed") else ""
-    frame = frame[list(COLUMNS)]
+            frame[column] = ""
+    unknown = [c for c in frame.columns if c not in COLUMNS]
+    frame = frame[list(COLUMNS) + (unknown if keep_unknown else [])]
+    if keep_unknown:  # for rewriting: every value exactly as it was read
+        return frame
     for column in ("channels_last", "compiled"):
         frame[column] = frame[column].astype(str) == "True"
     for column in ("value", "iqr", "repeats"):
         frame[column] = pd.to_numeric(frame[column], errors="coerce")
-    for column in ("batch_size", "epoch", "seed"):
+    for column in ("batch_size", "epoch", "seed", "threads", "schema"):
         frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("Int64")
     return frame
 
@@ -180,7 +259,15 @@ def load_results(root: str | os.PathLike = "results") -> pd.DataFrame:
     frame = read_csv(root / CSV_NAME)
     envs = []
     for path in sorted((root / "runs").glob("*.json")):
-        env = json.loads(path.read_text())
+        try:
+            env = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            # a damaged sidecar loses its run's environment columns, not the run's rows
+            warnings.warn(f"{path}: unreadable environment ({type(exc).__name__}); its run's rows "
+                          "are shown without it", stacklevel=2)
+            continue
+        if not isinstance(env, dict):
+            continue
         envs.append({"run_id": path.stem} | {f"env_{k}": v for k, v in env.items()})
     if envs and not frame.empty:
         frame = frame.merge(pd.DataFrame(envs), on="run_id", how="left")
@@ -193,9 +280,14 @@ def new_run_id() -> str:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write a temp file beside ``path`` and rename it over ``path``; the temp file is removed
+    whatever happens (a full disk included)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -33,7 +33,7 @@ from benchmarks import (
     train,
     workload,
 )
-from benchmarks.results import Measurement, ResultsStore, RunConditions, new_run_id
+from benchmarks.results import Measurement, ResultsStore, RunConditions, new_run_id, under
 from benchmarks.workload import DTYPES, Setup, Workload
 
 MEASUREMENTS = ("cost", "memory", "speed", "accuracy")
@@ -278,7 +278,7 @@ class RunWriter:
         self.store, self.run_id = store, new_run_id()
         env = environment.collect(args.device) | {"malloc": runtime.keep_freed_memory()}
         self.conditions = RunConditions(self.run_id, args.device, env["device_name"], args.dtype,
-                                        args.channels_last, args.compile)
+                                        args.channels_last, args.compile, env["threads"])
         self.sidecar = env | {"quick": args.quick, "batch_size": args.batch_size, "argv": sys.argv[1:]}
         self.sidecar_written = False
 
@@ -432,9 +432,7 @@ SUMMARY = (("params", "params (M)", 1e-6), ("gmacs", "GMACs", 1), ("activation_m
 
 def print_summary(console: Console, store: ResultsStore, names, run: RunConditions, clip) -> None:
     frame = store.frame()
-    frame = frame[(frame["status"] == "ok") & (frame["device_name"] == run.device_name)
-                  & (frame["dtype"] == run.dtype) & (frame["channels_last"] == run.channels_last)
-                  & (frame["compiled"] == run.compiled)]
+    frame = frame[(frame["status"] == "ok") & under(frame, run)]
     table = Table(title=f"{run.device} / {run.dtype} (newest row per model and metric)")
     table.add_column("model", no_wrap=True)
     for _, header, _ in SUMMARY:
@@ -456,11 +454,11 @@ def print_accuracy_summary(console: Console, store: ResultsStore, names, run: Ru
                            clip: str, protocol: str) -> None:
     frame = store.frame()
     frame = frame[(frame["status"] == "ok") & (frame["measurement"] == "accuracy")
-                  & (frame["device_name"] == run.device_name) & (frame["clip"] == clip)
+                  & under(frame, run) & (frame["clip"] == clip)
                   & (frame["dataset"] == motion.LABEL)]
-    runs = set(frame[(frame["metric"] == "top1_video") & (frame["note"] == protocol)]["run_id"])
+    runs = set(frame[(frame["metric"] == "top1_video") & (frame["protocol"] == protocol)]["run_id"])
     frame = frame[frame["run_id"].isin(runs)]
-    table = Table(title=f"motion benchmark at {clip}, {protocol.removeprefix('protocol: ')} "
+    table = Table(title=f"motion benchmark at {clip}, {protocol} "
                         "(newest run per model)")
     for header in ("model", "train s", "epochs", "clips seen", "top-1 video %"):
         table.add_column(header, justify="left" if header == "model" else "right",

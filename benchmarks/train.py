@@ -688,7 +688,8 @@ class Session:
     def open_store(self, device, world: int, dataset: str, clip: str) -> None:
         self.store = ResultsStore(self.cfg.results)
         self.conditions = RunConditions(self.run_id, device.type, environment.device_name(device.type),
-                                        self.cfg.amp or "fp32", self.cfg.channels_last, self.cfg.compile)
+                                        self.cfg.amp or "fp32", self.cfg.channels_last, self.cfg.compile,
+                                        torch.get_num_threads())
         self.dataset, self.clip = dataset, clip
         self.store.check_writable()
         self.store.write_environment(self.run_id, environment.collect(device.type)
@@ -739,14 +740,16 @@ def final_rows(cfg: Config, result: dict | None, test_items: int, counters: dict
                views: str) -> tuple[list[dict], dict]:
     """The test rows (or an error row when no test video decoded) and how far training got."""
     common = dict(model=cfg.model, measurement="accuracy")
-    note = protocol(cfg.time_budget, cfg.epochs) if not cfg.eval_only else "evaluated as is"
+    trained = "" if cfg.eval_only else protocol(cfg.time_budget, cfg.epochs)
+    note = f"protocol: {trained}" if trained else "evaluated as is"
     if result is None:
         rows = [dict(metric="top1_video", value=None, unit="%", phase="test", views=views,
                      status="error", error=f"no test video could be decoded ({test_items} items skipped)",
                      **common)]
         result = {"skipped_videos": test_items, "videos": 0}
     else:
-        rows = [dict(metric=k, value=result[k], unit="%", phase="test", views=views, note=note, **common)
+        rows = [dict(metric=k, value=result[k], unit="%", phase="test", views=views, note=note,
+                     protocol=trained, **common)
                 for k in ("top1_clip", "top1_video", "top5_video")]
     rows.append(dict(metric="skipped_videos", value=result["skipped_videos"] + counters["skipped_train"],
                      unit="count", note="failed decodes skipped (train + test; a bad test video "
@@ -754,7 +757,7 @@ def final_rows(cfg: Config, result: dict | None, test_items: int, counters: dict
                                         "oversized files", **common))
     if not cfg.eval_only:
         rows += [dict(metric=metric, value=value, unit=unit, phase="train", batch_size=cfg.batch_size,
-                      note=note, **common)
+                      note=note, protocol=trained, **common)
                  for metric, value, unit in (("epochs_completed", counters["epochs_done"], "epochs"),
                                              ("clips_seen", counters["clips_seen"], "clips"),
                                              ("train_seconds", counters["train_seconds"], "s"))]
@@ -844,8 +847,8 @@ def print_final(cfg: Config, dataset: str, result: dict, skipped_train: int, vie
 def protocol(time_budget: float | None, epochs: int) -> str:
     """How long every model trained: the same wall-clock budget, or the same epochs."""
     if time_budget:
-        return f"protocol: equal time, {time_budget:g} s"
-    return f"protocol: equal epochs, {epochs}"
+        return f"equal time, {time_budget:g} s"
+    return f"equal epochs, {epochs}"
 
 
 def _jsonable(cfg: Config) -> dict:

@@ -107,7 +107,8 @@ def test_motion_accuracy_is_reported_per_protocol_and_clip_for_the_current_gener
             ("run-v1", "protocol: equal time, 60 s", 11.0, "04", "16x32x32", "motion")):
         run = RunConditions(run_id, "cpu", "Test CPU", "fp32", False, False)
         store.append([Measurement("mfnet", "accuracy", "top1_video", top1, "%", "test", clip=clip,
-                                  dataset=dataset, views="1x1", note=protocol),
+                                  dataset=dataset, views="1x1", note=protocol,
+                                  protocol=protocol.removeprefix("protocol: ")),
                       Measurement("mfnet", "accuracy", "val_top1", top1, "%", "val", clip=clip,
                                   dataset=dataset, epoch=0, views="1x1"),
                       Measurement("mfnet", "speed", "latency_ms", 1.0, "ms", "infer", 1, "16x224x224")],
