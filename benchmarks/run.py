@@ -8,6 +8,7 @@ input is refused with one line and exit status 2. Exit status 1 means some rows 
 
 import argparse
 import datetime as dt
+import math
 import os
 import sys
 from pathlib import Path
@@ -106,11 +107,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         for target in args.imports:
             for name in models.import_models(target):
                 models.check_input(name, (1, *models.get_spec(name).input_shape))
-        args.accuracy_models = resolve_models(args.models or ",".join(MOTION_MODELS))
-        args.data_models = resolve_models(args.models or "mfnet")
-        args.models = resolve_models(args.models or "paper-video")
+        named = args.models is not None  # "" is a list of no models, not the default
+        args.accuracy_models = resolve_models(args.models if named else ",".join(MOTION_MODELS))
+        args.data_models = resolve_models(args.models if named else "mfnet")
+        args.models = resolve_models(args.models if named else "paper-video")
+        explicit = args.measure != ",".join(MEASUREMENTS)
         args.measure = resolve_measurements(args.measure)
         args.device = resolve_device(args.device)
+        check_accuracy_inputs(args, explicit)
     except ValueError as exc:
         p.error(str(exc))
     if "data" in args.measure and not (args.dataset and args.root):
@@ -127,6 +131,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.train_budget = QUICK_TRAIN_BUDGET_S if args.quick else TRAIN_BUDGET_S
     args.parser = p
     return args
+
+
+def check_accuracy_inputs(args: argparse.Namespace, explicit: bool) -> None:
+    """Refuse accuracy settings the motion benchmark cannot honour (``ValueError``)."""
+    if "accuracy" not in args.measure:
+        return
+    budget = args.train_budget
+    if budget is not None and not (math.isfinite(budget) and budget > 0):
+        raise ValueError(f"--train-budget {budget:g} is invalid: need a finite number of seconds > 0")
+    images = [n for n in args.accuracy_models if not models.get_spec(n).is_video]
+    if explicit and images:
+        raise ValueError(f"--measure accuracy trains on clips; {', '.join(images)} take images "
+                         "(a 2D model runs per frame as <name>_frames)")
+    if args.clip is not None and args.clip[1] != args.clip[2]:
+        raise ValueError(f"--clip {','.join(map(str, args.clip))}: the motion benchmark's clips are "
+                         "square, so H and W must be equal")
 
 
 def positive_int(text: str) -> int:
@@ -409,7 +429,7 @@ def accuracy_config(name: str, args) -> train.Config:
     time_budget, epochs = accuracy_budget(args)
     return train.Config(
         model=name, dataset="motion", clip=args.clip or MOTION_CLIP, seed=args.seed,
-        results=args.results, out=str(Path(args.results).resolve().parent / "runs"),
+        results=args.results, out=str(Path(args.results) / "checkpoints"),
         time_budget=time_budget, epochs=epochs, **preset)
 
 
@@ -473,11 +493,38 @@ def print_accuracy_summary(console: Console, store: ResultsStore, names, run: Ru
     console.print(table)
 
 
+def write_crash_log(results: str) -> Path:
+    """The current exception's trace in ``<results>/crash-<time>.log`` (or the temp folder)."""
+    import tempfile
+    import traceback
+
+    name = f"crash-{dt.datetime.now(dt.UTC).strftime('%Y%m%dT%H%M%SZ')}.log"
+    for folder in (Path(results), Path(tempfile.gettempdir())):
+        try:
+            path = folder / name
+            path.write_text(traceback.format_exc())
+            return path
+        except OSError:
+            continue
+    return Path("(nowhere: no folder was writable)")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     # rich wraps to 80 columns when stdout is not a terminal (CI logs, `> run.log`), which
     # truncated the summary's numbers to "7.9…"; a wide console keeps them whole
-    return run(args, Console(width=None if sys.stdout.isatty() else 160))
+    try:
+        return run(args, Console(width=None if sys.stdout.isatty() else 160))
+    except KeyboardInterrupt:
+        print("run.py: interrupted; every finished measurement is stored (each append is atomic): "
+              "run the same command again to measure the rest", file=sys.stderr)
+        return 130
+    except OSError as exc:  # a store that became unreadable or unwritable mid-run
+        print(f"run.py: error: {exc}", file=sys.stderr)
+        return 2
+    except Exception:  # a bug: its own status, the trace kept where the user can send it
+        print(f"run.py: crashed; trace written to {write_crash_log(args.results)}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

@@ -212,3 +212,41 @@ def test_rss_growth_is_the_childs_own_even_under_a_large_parent():
     growth = cpu_peak_rss_growth("mfnet", Setup(), (8, 64, 64), 2)
     del ballast
     assert 20 < growth < 1000  # MB: a real step's activations, not 0 and not the parent's 1 GB
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--models", ""], "--models is empty"),
+    (["--measure", "accuracy", "--train-budget", "0"], "--train-budget 0 is invalid"),
+    (["--measure", "accuracy", "--train-budget", "nan"], "--train-budget nan is invalid"),
+    (["--models", "resnet18", "--measure", "accuracy"], "resnet18 take images"),
+    (["--models", "mfnet", "--measure", "accuracy", "--clip", "16,32,48"], "H and W must be equal"),
+])
+def test_run_refuses_what_cannot_mean_anything_with_one_line(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run.parse_args(args)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in err and err.strip().count("\n") == 0
+
+
+def test_run_py_keeps_accuracy_checkpoints_under_its_results_folder(tmp_path):
+    args = run.parse_args(["--measure", "accuracy", "--results", str(tmp_path / "mine")])
+    assert Path(run.accuracy_config("mfnet", args).out) == tmp_path / "mine" / "checkpoints"
+
+
+def test_ctrl_c_and_a_crash_each_have_their_status_and_one_line(tmp_path, monkeypatch, capsys):
+    def interrupted(*a, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run, "run", interrupted)
+    assert run.main(["--models", "mfnet", "--measure", "cost", "--results", str(tmp_path)]) == 130
+    assert "run the same command again" in capsys.readouterr().err
+
+    def crashed(*a, **kw):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(run, "run", crashed)
+    assert run.main(["--models", "mfnet", "--measure", "cost", "--results", str(tmp_path)]) == 3
+    err = capsys.readouterr().err
+    assert err.strip().count("\n") == 0 and "trace written to" in err
+    log = Path(err.split("trace written to ")[1].strip())
+    assert "ZeroDivisionError: a bug" in log.read_text()
