@@ -114,6 +114,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         explicit = args.measure != ",".join(MEASUREMENTS)
         args.measure = resolve_measurements(args.measure)
         args.device = resolve_device(args.device)
+        if args.dtype == "tf32" and args.device != "cuda":
+            raise ValueError("--dtype tf32 is a CUDA math mode; on a CPU use fp32")
         check_accuracy_inputs(args, explicit)
     except ValueError as exc:
         p.error(str(exc))
@@ -190,7 +192,9 @@ def resolve_measurements(text: str) -> list[str]:
 
 
 def resolve_device(device: str) -> str:
-    if device == "cuda" and not torch.cuda.is_available():
+    if device in ("cuda", "auto") and torch.cuda.is_available():
+        return "cuda"
+    if device == "cuda":
         raise ValueError("--device cuda, but no CUDA GPU is available here (try --device cpu)")
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -297,6 +301,8 @@ class RunWriter:
     def __init__(self, args: argparse.Namespace, store: ResultsStore):
         self.store, self.run_id = store, new_run_id()
         env = environment.collect(args.device) | {"malloc": runtime.keep_freed_memory()}
+        if args.device == "cuda":
+            env["gpu_policy"] = runtime.gpu_policy(args.dtype)
         self.conditions = RunConditions(self.run_id, args.device, env["device_name"], args.dtype,
                                         args.channels_last, args.compile, env["threads"])
         self.sidecar = env | {"quick": args.quick, "batch_size": args.batch_size, "argv": sys.argv[1:]}
@@ -380,7 +386,8 @@ def measure_peak(args, save, when: str, before: float | None) -> float:
     drift = "" if before is None else f" ({peak / before - 1:+.0%} vs before)"
     moment = "before the first timing" if before is None else "after the sweep"
     save([Measurement("_machine", "speed", "peak_gmacs_per_s", peak, "GMAC/s", when,
-                      note=f"the faster of a 2048^3 matmul and a dense 3x3x3 conv ({kind}) in "
+                      note=f"the faster of a {speed.peak_problem(args.device)[0]}^3 matmul and a dense "
+                           f"3x3x3 conv ({kind}) in "
                            f"{args.dtype}, {moment}{drift}")]
          + [Measurement("_machine", "speed", f"peak_gmacs_per_s_{k}", v, "GMAC/s", when,
                         note=f"{args.dtype}, {moment}")

@@ -18,6 +18,21 @@ M_MMAP_MAX = -4
 KEEP_BYTES = 2**30  # free memory at the top of the heap beyond this goes back to the OS
 
 
+def gpu_policy(dtype: str) -> dict:
+    """Set, on purpose, what changes a CUDA timing, and return it for the run's environment:
+    cuDNN picks its fastest algorithm per shape (``cudnn.benchmark``, as timing harnesses do),
+    and TensorFloat-32 is on only for ``--dtype tf32``, so "fp32" means fp32 math."""
+    import torch
+
+    tf32 = dtype == "tf32"
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.set_float32_matmul_precision("high" if tf32 else "highest")
+    return {"cudnn_benchmark": True, "tf32_matmul": tf32, "tf32_conv": tf32,
+            "float32_matmul_precision": torch.get_float32_matmul_precision()}
+
+
 def keep_freed_memory() -> str:
     """Serve large blocks from the heap and keep them after ``free``; return what was done,
     for the run's environment record."""

@@ -42,8 +42,19 @@ def time_step(step: Callable[[], None], synchronize: Callable[[], None], min_run
     return timer.blocked_autorange(min_run_time=min_run_time)
 
 
+def peak_problem(device: str) -> tuple[int, tuple[int, ...]]:
+    """(matmul side, dense conv input) large enough to reach the device's peak. On the CPU a
+    2048^3 matmul (8.6 GMAC) and a 128 -> 128 3x3x3 conv on (2, 128, 8, 28, 28) (5.5 GMAC)
+    saturate two to 64 cores; a GPU's tensor cores need an 8192^3 matmul (550 GMAC) and a
+    16x larger conv input to stay busy long enough per call."""
+    if device == "cuda":
+        return 8192, (8, 128, 16, 56, 56)
+    return 2048, (2, 128, 8, 28, 28)
+
+
 def peak_gmacs_per_s(device: str, dtype: str, min_run_time: float = 1.0) -> dict[str, float]:
-    """The machine's dense rates in ``dtype``: a 2048^3 matmul and a dense 3x3x3 conv.
+    """The machine's dense rates in ``dtype``: a large matmul and a dense 3x3x3 conv
+    (``peak_problem``).
 
     The roofline every model is compared with is the faster of the two. A matmul alone is not
     enough: on this suite's AMD EPYC CPU, MKL's sgemm takes its AVX2 path (~110 GMAC/s on two
@@ -51,13 +62,12 @@ def peak_gmacs_per_s(device: str, dtype: str, min_run_time: float = 1.0) -> dict
     of a matmul "peak". A peak is the best the machine sustains, so each takes the fastest
     timed block after a warm-up of at least a second (a cold median read 25% low here)."""
     torch_dtype = DTYPES[dtype]
-    n = 2048
+    n, conv_input = peak_problem(device)
     a = torch.randn(n, n, device=device, dtype=torch_dtype)
     b = torch.randn(n, n, device=device, dtype=torch_dtype)
-    # 128 -> 128 channels, 3x3x3, on (2, 128, 8, 28, 28): 5.5 GMAC, direct (no Winograd)
     conv = nn.Conv3d(128, 128, 3, padding=1, bias=False).to(device, torch_dtype).eval()
     conv = conv.to(memory_format=torch.channels_last_3d)
-    x = torch.randn(2, 128, 8, 28, 28, device=device, dtype=torch_dtype)
+    x = torch.randn(*conv_input, device=device, dtype=torch_dtype)
     x = x.contiguous(memory_format=torch.channels_last_3d)
     conv_macs = x.numel() * 128 * 27
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)

@@ -49,7 +49,7 @@ import models
 from benchmarks import datasets, environment, motion, runtime
 from benchmarks.motion import MotionDataset
 from benchmarks.results import Measurement, ResultsStore, RunConditions, new_run_id
-from benchmarks.workload import DTYPES, parse_clip
+from benchmarks.workload import AUTOCAST, parse_clip
 from models.checkpoint import FORMAT, CheckpointError, classifier_name, file_digest
 
 # The authors' recipes (docs/authors-release.md); every value can be overridden on the command line.
@@ -68,7 +68,7 @@ PRESETS = {
     "motion": dict(lr=0.005, batch_size=8, epochs=4, schedule="cosine", warmup_epochs=0.5),
 }
 SPLIT_DATASETS = ("ucf101", "hmdb51")  # three official splits; the paper reports their mean
-AMP_DTYPES = {k: v for k, v in DTYPES.items() if k != "fp32"}  # the harness's autocast map
+AMP_DTYPES = AUTOCAST  # the harness's autocast map
 # a run id becomes a file name: nothing but the characters new_run_id uses
 RUN_ID = re.compile(r"[0-9A-Za-z][0-9A-Za-z_-]{0,63}")
 
@@ -685,14 +685,14 @@ class Session:
         self.prior_seconds = float(self.counters["train_seconds"])
         self.rows, self.final = state["rows"], state.get("final")
 
-    def open_store(self, device, world: int, dataset: str, clip: str) -> None:
+    def open_store(self, device, world: int, dataset: str, clip: str, extra: dict) -> None:
         self.store = ResultsStore(self.cfg.results)
         self.conditions = RunConditions(self.run_id, device.type, environment.device_name(device.type),
                                         self.cfg.amp or "fp32", self.cfg.channels_last, self.cfg.compile,
                                         torch.get_num_threads())
         self.dataset, self.clip = dataset, clip
         self.store.check_writable()
-        self.store.write_environment(self.run_id, environment.collect(device.type)
+        self.store.write_environment(self.run_id, environment.collect(device.type) | extra
                                      | {"train_config": _jsonable(self.cfg), "world_size": world})
 
     def record(self, rows: list[dict]) -> None:
@@ -770,6 +770,8 @@ def train(cfg: Config) -> dict:
     rank, world, device = init_distributed()
     spec = models.get_spec(cfg.model)
     precision = make_precision(cfg, device)
+    # cuDNN's fastest algorithms, and fp32 math unless autocast is asked for: set and recorded
+    policy = {"gpu_policy": runtime.gpu_policy(cfg.amp or "fp32")} if device.type == "cuda" else {}
     weights = weights_of(cfg)
     train_set, val_set, test_set, num_classes, clip_label = build_data(cfg, spec)
     folder = run_folder(cfg)
@@ -787,7 +789,7 @@ def train(cfg: Config) -> dict:
     dataset_label = (f"{cfg.dataset}/{cfg.split}" if cfg.dataset in SPLIT_DATASETS else
                      motion.LABEL if cfg.dataset == "motion" else cfg.dataset)
     if rank == 0:
-        run.open_store(device, world, dataset_label, clip_label)
+        run.open_store(device, world, dataset_label, clip_label, policy)
     run.record(run.rows)  # rows a kill kept out of the store, after their checkpoint was written
     if run.final is not None:  # finished before: its rows are stored (now), nothing to re-run
         run.record(run.final["rows"])

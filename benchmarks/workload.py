@@ -10,7 +10,9 @@ from torch import nn
 import models
 from benchmarks.cost import input_shape
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# tf32: fp32 tensors with TensorFloat-32 matmuls and convs (CUDA only; see runtime.gpu_policy)
+DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}  # the dtypes that run under autocast
 
 
 @dataclass(frozen=True)
@@ -50,9 +52,9 @@ class Workload:
         return x, y
 
     def autocast(self):
-        if self.setup.dtype == "fp32":
+        if self.setup.dtype not in AUTOCAST:
             return nullcontext()
-        return torch.autocast(self.setup.device, dtype=DTYPES[self.setup.dtype])
+        return torch.autocast(self.setup.device, dtype=AUTOCAST[self.setup.dtype])
 
     def infer_step(self, x: torch.Tensor) -> None:
         self.model.eval()

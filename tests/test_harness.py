@@ -250,3 +250,42 @@ def test_ctrl_c_and_a_crash_each_have_their_status_and_one_line(tmp_path, monkey
     assert err.strip().count("\n") == 0 and "trace written to" in err
     log = Path(err.split("trace written to ")[1].strip())
     assert "ZeroDivisionError: a bug" in log.read_text()
+
+
+def test_the_gpu_policy_is_set_on_purpose_and_recorded():
+    from benchmarks import runtime
+
+    before = (torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32,
+              torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision())
+    try:
+        strict = runtime.gpu_policy("fp32")
+        assert strict == {"cudnn_benchmark": True, "tf32_matmul": False, "tf32_conv": False,
+                          "float32_matmul_precision": "highest"}
+        assert torch.backends.cudnn.benchmark and not torch.backends.cuda.matmul.allow_tf32
+        assert runtime.gpu_policy("tf32")["tf32_conv"] and torch.backends.cudnn.allow_tf32
+    finally:
+        (torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32,
+         torch.backends.cudnn.allow_tf32) = before[:3]
+        torch.set_float32_matmul_precision(before[3])
+
+
+def test_a_cuda_run_records_its_policy_and_sizes_its_peak_for_the_device(monkeypatch):
+    from benchmarks import environment, runtime, speed
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(environment, "collect", lambda device: {"device_name": "Fake GPU", "threads": 8})
+    applied = []
+    monkeypatch.setattr(runtime, "gpu_policy", lambda dtype: applied.append(dtype) or {"tf32_conv": False})
+    args = run.parse_args(["--models", "mfnet", "--measure", "speed", "--device", "cuda"])
+    writer = run.RunWriter(args, run.ResultsStore("unused"))
+    assert applied == ["fp32"] and writer.sidecar["gpu_policy"] == {"tf32_conv": False}
+    assert writer.conditions.device_name == "Fake GPU" and writer.conditions.threads == 8
+    n, conv_input = speed.peak_problem("cuda")
+    assert n ** 3 >= 64 * speed.peak_problem("cpu")[0] ** 3 and conv_input[0] * conv_input[2] >= 128
+
+
+def test_tf32_is_refused_without_a_gpu(capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as exit_info:
+        run.parse_args(["--dtype", "tf32"])
+    assert exit_info.value.code == 2 and "CUDA math mode" in capsys.readouterr().err
