@@ -120,6 +120,24 @@ def memory(measured, names, path: Path) -> None:
     save(fig, path)
 
 
+def devices(rates: dict[tuple[str, str], float | None], names: list[str], devices: list[str],
+            path: Path) -> None:
+    """Inference clips/s, model by model, one bar per device (log scale: devices differ by
+    orders of magnitude)."""
+    fig, ax = plt.subplots(figsize=(7.5, 0.5 * max(len(names), 1) * max(len(devices), 1) / 2 + 1.5))
+    height = 0.8 / max(len(devices), 1)
+    for i, device in enumerate(devices):
+        values = [rates.get((n, device)) or float("nan") for n in names]  # nan: no bar
+        ax.barh([y + i * height for y in range(len(names))], values, height, label=device)
+    ax.set_yticks([y + height * (len(devices) - 1) / 2 for y in range(len(names))])
+    ax.set_yticklabels([models.display_name(n) for n in names])
+    ax.set_xscale("log")
+    ax.set_xlabel("inference clips/s at each device's throughput batch (log)")
+    ax.legend(fontsize=7, frameon=False)
+    ax.grid(True, axis="x", which="both", alpha=0.2)
+    save(fig, path)
+
+
 def gpu_memory(measured, names, path: Path) -> None:
     """Peak allocated CUDA memory of an inference and a training step, per model."""
     rows = [(n, measured.get(n, "peak_alloc_mb_infer"), measured.get(n, "peak_alloc_mb_train"))

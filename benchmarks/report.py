@@ -306,6 +306,46 @@ def motion_table(rows: pd.DataFrame, acc: pd.DataFrame, setting: tuple[str, str]
                     "", f"![motion benchmark: training curves](motion_curves{suffix}.png)", ""]
 
 
+def other_cpu_sections(rows: pd.DataFrame, main: Measured, names: list[str]) -> list[str]:
+    """One efficiency table per CPU other than the report's main one (stores from several
+    machines, ``--results A B``)."""
+    lines = []
+    timed = rows[(rows["device"] == "cpu") & (rows["measurement"] == "speed")]
+    for device_name in sorted(set(timed["device_name"]) - {main.device_name}):
+        cpu = Measured(rows, "cpu", device_name)
+        measured = [n for n in names if cpu.get(n, "latency_ms") is not None]
+        lines += [f"## Efficiency on {device_name} (cpu, fp32)", "", *efficiency_table(cpu, measured), ""]
+    return lines
+
+
+def devices_compared(rows: pd.DataFrame, names: list[str], out: Path) -> list[str]:
+    """Every device with timings, side by side model by model: latency and throughput, and a
+    chart of inference clips/s per model and device."""
+    timed = rows[(rows["measurement"] == "speed") & (rows["model"] != "_machine")]
+    devices = sorted(set(zip(timed["device"], timed["device_name"])))
+    if len(devices) < 2:
+        return []
+    per_device = [(f"{name} ({device})", Measured(rows, device, name)) for device, name in devices]
+    shown = [n for n in names if any(m.get(n, "latency_ms") is not None for _, m in per_device)]
+    header = ["model", *(f"{label}: latency ms / infer clips/s" for label, _ in per_device)]
+    lines = ["## Devices compared", "",
+             "The same models on every device the stores hold (`report.py --results A B ...`), "
+             "fp32, each device's newest rows; throughput at that device's batch.", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rates = {}
+    for name in shown:
+        cells = [models.display_name(name)]
+        for label, m in per_device:
+            rate = m.get(name, "infer_clips_per_s", m.throughput_batch(name))
+            rates[(name, label)] = rate
+            cells.append(f"{fmt(m.get(name, 'latency_ms'))} / {fmt(rate)}")
+        lines.append("| " + " | ".join(cells) + " |")
+    if not any(rate for rate in rates.values()):
+        return lines + [""]
+    figures.devices(rates, shown, [label for label, _ in per_device], out / "devices")
+    return lines + ["", "![inference clips/s per device](devices.png)", ""]
+
+
 def gpu_sections(rows: pd.DataFrame, names: list[str], out: Path) -> list[str]:
     """One efficiency table and one peak-memory figure per GPU model that has timed rows."""
     lines = []
@@ -481,10 +521,13 @@ class ReportError(ValueError):
     """Nothing a report can be made of; the message is one line."""
 
 
-def render(results: Path, out: Path) -> None:
-    frame = load_results(results)
+def render(results: Path | list[Path], out: Path) -> None:
+    """``results``: one store, or several (from several machines) merged into one report."""
+    stores = results if isinstance(results, list) else [results]
+    frame = pd.concat([load_results(r) for r in stores], ignore_index=True)
+    results = ", ".join(map(str, stores))
     if (frame["status"] != "ok").all():  # empty, or error rows only
-        raise ReportError(f"no ok measurements in {results}/measurements.csv")
+        raise ReportError(f"no ok measurements in {results}")
     rows = newest(frame)
     # the machine of the newest CPU run (CUDA runs get their own section when present)
     timed = rows[rows["measurement"] == "speed"]
@@ -536,6 +579,8 @@ def render(results: Path, out: Path) -> None:
              *wallclock_section(frame[frame["status"] == "ok"]),
              *motion_section(frame[frame["status"] == "ok"], main, out),
              *gpu_sections(rows, video, out),
+             *other_cpu_sections(rows, main, video),
+             *devices_compared(rows, video, out),
              *loader_section(rows),
              *not_yet_measured(rows)]
     (out / "README.md").write_text("\n".join(lines))
@@ -543,7 +588,8 @@ def render(results: Path, out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="report.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("--results", default="results", type=Path)
+    p.add_argument("--results", default=[Path("results")], type=Path, nargs="+",
+                   help="one store, or several (e.g. one per machine) merged into one report")
     p.add_argument("--out", default="reports", type=Path)
     p.add_argument("--import", dest="imports", action="append", default=[], metavar="FILE.py|MODULE",
                    help="import the file or module that registers your models, as run.py did")

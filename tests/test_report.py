@@ -126,3 +126,24 @@ def test_motion_accuracy_is_reported_per_protocol_and_clip_for_the_current_gener
     assert "| 60.00 | 1x1 |" in section("equal time, 60 s, 16x48x48")
     assert (tmp_path / "out" / "motion_curves.png").exists()
     assert (tmp_path / "out" / "motion_curves_1.png").exists()
+
+
+def test_two_stores_from_two_machines_make_one_report_with_a_section_each(tmp_path):
+    for folder, machine, latency, stamp in (("a", "CPU A", 200.0, "01"), ("b", "CPU B", 50.0, "02")):
+        store = ResultsStore(tmp_path / folder)
+        run = RunConditions(f"run-{folder}", "cpu", machine, "fp32", False, False, 2)
+        store.append([Measurement("mfnet", "cost", "gmacs", 11.045, "GMAC", clip="16x224x224"),
+                      Measurement("mfnet", "cost", "params", 7_996_368, "count", clip="16x224x224"),
+                      Measurement("mfnet", "speed", "latency_ms", latency, "ms", "infer", 1, "16x224x224"),
+                      Measurement("mfnet", "speed", "infer_clips_per_s", 1000 / latency, "clips/s",
+                                  "infer", 4, "16x224x224")], run, f"2026-01-{stamp}T00:00:00+00:00")
+    assert report.main(["--results", str(tmp_path / "a"), str(tmp_path / "b"),
+                        "--out", str(tmp_path / "out")]) == 0
+    text = (tmp_path / "out" / "README.md").read_text()
+    assert "Measured on **CPU B**" in text and "## Efficiency on CPU A (cpu, fp32)" in text
+    compared = text.split("## Devices compared")[1]
+    assert "| MF-Net | 200.0 / 5.00 | 50.00 / 20.00 |" in compared
+    assert (tmp_path / "out" / "devices.png").exists()
+    first = (tmp_path / "out" / "README.md").read_bytes()
+    report.main(["--results", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "out")])
+    assert (tmp_path / "out" / "README.md").read_bytes() == first  # byte-identical on a second run
