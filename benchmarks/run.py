@@ -241,7 +241,7 @@ def required_metrics(measurement: str, args) -> list[tuple[str, int | None]]:
     if measurement == "data":
         return [("loader_speedup", None), ("model_train_clips_per_s", None)]
     if measurement == "accuracy":  # the same protocol: a 60 s run does not satisfy a 6-epoch one
-        return [("top1_video", None, train.protocol(*accuracy_budget(args)))]
+        return [("top1_video", None, accuracy_protocol(args))]
     # on CUDA an out-of-memory retry records the smaller batch that worked: any batch will do
     batch = None if args.device == "cuda" else args.batch_size
     if measurement == "speed":
@@ -337,6 +337,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
     check_inputs(args, store)
     setup = Setup(args.device, args.dtype, args.channels_last, args.compile)
     writer = RunWriter(args, store)
+    args.conditions = writer.conditions
     # the machine's peak, measured just before the run's first timing: a run whose timings are
     # all in results/ already records none, so no peak stands in the store without timings
     peak, errors = None, 0
@@ -371,7 +372,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
     if "accuracy" in args.measure:
         print_accuracy_summary(console, store, args.accuracy_models, writer.conditions,
                                "x".join(map(str, args.clip or MOTION_CLIP)),
-                               train.protocol(*accuracy_budget(args)))
+                               accuracy_protocol(args))
     if errors:
         console.print(f"[red]{errors} measurement(s) failed; see rows with status=error in "
                       f"{store.csv}")
@@ -422,30 +423,62 @@ def measure_one(name, measurement, args, setup, label, peak) -> list[Measurement
     return rows
 
 
-def accuracy_budget(args) -> tuple[float | None, int]:
-    """(seconds, epochs): the same wall-clock budget for every model, or with ``--epochs`` the
-    equal-epoch protocol (with a time budget the clock, not the epoch count, stops training)."""
-    return (None, args.epochs) if args.epochs else (args.train_budget, 1000)
+def accuracy_protocol(args) -> str:
+    """The equal-time protocol (its budget turned into clips) or, with ``--epochs``, the
+    equal-epoch one."""
+    if args.epochs:
+        return train.protocol(None, args.epochs)
+    return train.protocol(None, 0, args.train_budget)
 
 
-def accuracy_config(name: str, args) -> train.Config:
+# A machine whose dense peak is below this share of the best recorded for the same conditions
+# is busy: its timings and budgets are flagged (a 2-core host sharing its cores with another
+# CPU-bound job ran at about half its peak).
+BUSY_SHARE = 0.75
+
+
+def accuracy_config(name: str, args, clip_budget: int | None = None, note: str = "") -> train.Config:
     """The motion-benchmark training run of ``name``: the motion preset, at the reduced clip,
-    for the same time budget as every other model (or ``--epochs``, the equal-epoch protocol)."""
+    for the same time budget as every other model, given as ``clip_budget`` clips (or
+    ``--epochs``, the equal-epoch protocol)."""
     preset = {k: v for k, v in train.PRESETS["motion"].items() if k != "epochs"}
     preset |= QUICK_MOTION if args.quick else dict(train_size=600, val_size=120)
-    time_budget, epochs = accuracy_budget(args)
+    budget = {} if args.epochs else dict(clip_budget=clip_budget, clip_budget_of=args.train_budget,
+                                           budget_note=note)
     return train.Config(
         model=name, dataset="motion", clip=args.clip or MOTION_CLIP, seed=args.seed,
         results=args.results, out=str(Path(args.results) / "checkpoints"),
-        time_budget=time_budget, epochs=epochs, **preset)
+        epochs=args.epochs or 1000, **budget, **preset)
+
+
+def clip_budget(name: str, args) -> tuple[int, str]:
+    """The time budget as clips: the model's training rate measured now, scaled by how far the
+    machine's peak now falls below the best recorded for these conditions, so a busy machine
+    trains every model as far as a quiet one would (and the rows say it was busy)."""
+    cfg = accuracy_config(name, args)
+    rate = train.probe_rate(cfg, seconds=0.5 if args.quick else 3.0)
+    now = max(speed.peak_gmacs_per_s(args.device, args.dtype, min_run_time=0.2).values())
+    frame = ResultsStore(args.results).frame()
+    peaks = frame[(frame["model"] == "_machine") & (frame["metric"] == "peak_gmacs_per_s")
+                  & (frame["status"] == "ok") & under(frame, args.conditions)]["value"]
+    best = max([now, *peaks.tolist()])
+    clips = max(cfg.batch_size, round(rate * args.train_budget * best / now))
+    note = (f"{args.train_budget:g} s at {rate:.2f} clips/s measured now, x{best / now:.2f} for the "
+            f"machine's load (peak {now:.0f} of the best recorded {best:.0f} GMAC/s)")
+    if now < BUSY_SHARE * best:
+        note = "busy machine: " + note
+        print(f"warning: {name}: the machine runs at {now / best:.0%} of its best recorded peak; "
+              "its clip budget is scaled to a quiet machine's", file=sys.stderr)
+    return clips, note
 
 
 def measure_accuracy(name: str, args) -> list[Measurement]:
     """Train and evaluate on the motion benchmark. ``train`` writes its own rows (curves,
-    top-1, and the epochs and clips each model reached)."""
+    top-1, the clip budget, and the epochs and clips each model reached)."""
     clip = args.clip or MOTION_CLIP
     check_clip_fits(name, clip)
-    train.train(accuracy_config(name, args))
+    budget = {} if args.epochs else dict(zip(("clip_budget", "note"), clip_budget(name, args)))
+    train.train(accuracy_config(name, args, **budget))
     # the cost at the benchmark's clip, so the report can set accuracy against it
     label = "x".join(map(str, clip))
     return [row for row in measure_cost(name, clip, label, quick=True)

@@ -95,6 +95,11 @@ class Config:
     train_size: int = 600  # motion benchmark: clips per epoch
     val_size: int = 300
     time_budget: float | None = None  # seconds of training, then stop (equal-time protocol)
+    # clips of training, then stop: a time budget turned into clips at the model's measured
+    # quiet-machine rate (run.py's equal-time protocol), so a busy machine cannot cut it short
+    clip_budget: int | None = None
+    clip_budget_of: float | None = None  # the seconds of training the clip budget stands for
+    budget_note: str = ""  # how clip_budget was derived, for the rows
     eval_only: bool = False
     checkpoint: str | None = None
     resume: bool = False
@@ -110,7 +115,8 @@ class Config:
 
 
 # what may change between a killed run and its resume without changing its numbers
-RESUMABLE = {"root", "eval_only", "checkpoint", "resume", "results", "out", "workers", "run_id"}
+RESUMABLE = {"root", "eval_only", "checkpoint", "resume", "results", "out", "workers", "run_id",
+             "budget_note"}
 
 
 class SettingsError(ValueError):
@@ -388,7 +394,7 @@ def lr_factor(cfg: Config, progress: float, epoch: float) -> float:
     the warm-up after a few steps; but with a time budget it also ends once
     ``MAX_WARMUP_SHARE`` of the clock has run, whichever comes first."""
     warm = min(1.0, epoch / cfg.warmup_epochs) if cfg.warmup_epochs else 1.0
-    if cfg.time_budget and cfg.warmup_epochs:
+    if (cfg.time_budget or cfg.clip_budget) and cfg.warmup_epochs:
         warm = max(warm, min(1.0, progress / MAX_WARMUP_SHARE))
     if cfg.schedule == "cosine":
         return max(warm, 0.01) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
@@ -401,6 +407,8 @@ def progress_of(cfg: Config, steps_per_epoch: int, clock):
     the same wall-clock time."""
     if cfg.time_budget:
         return lambda step: min(clock() / cfg.time_budget, 1.0)
+    if cfg.clip_budget:
+        return lambda step: min(step * cfg.batch_size / cfg.clip_budget, 1.0)
     return lambda step: step / (steps_per_epoch * cfg.epochs)
 
 
@@ -517,7 +525,7 @@ def run_epoch(model, data, optimizer, scheduler, device, *, train: bool, deadlin
             seen += len(labels)
             if progress is not None:
                 progress(len(labels))
-            if deadline is not None and deadline():
+            if deadline is not None and deadline(int(seen)):
                 stopped = True
                 break
     loss_sum, correct, seen, skipped = all_sum([loss_sum, correct, seen, skipped], device)
@@ -740,7 +748,7 @@ def final_rows(cfg: Config, result: dict | None, test_items: int, counters: dict
                views: str) -> tuple[list[dict], dict]:
     """The test rows (or an error row when no test video decoded) and how far training got."""
     common = dict(model=cfg.model, measurement="accuracy")
-    trained = "" if cfg.eval_only else protocol(cfg.time_budget, cfg.epochs)
+    trained = "" if cfg.eval_only else protocol(cfg.time_budget, cfg.epochs, cfg.clip_budget_of)
     note = f"protocol: {trained}" if trained else "evaluated as is"
     if result is None:
         rows = [dict(metric="top1_video", value=None, unit="%", phase="test", views=views,
@@ -761,6 +769,9 @@ def final_rows(cfg: Config, result: dict | None, test_items: int, counters: dict
                  for metric, value, unit in (("epochs_completed", counters["epochs_done"], "epochs"),
                                              ("clips_seen", counters["clips_seen"], "clips"),
                                              ("train_seconds", counters["train_seconds"], "s"))]
+        if cfg.clip_budget:
+            rows.append(dict(metric="clip_budget", value=cfg.clip_budget, unit="clips", phase="train",
+                             batch_size=cfg.batch_size, note=cfg.budget_note, protocol=trained, **common))
     result = result | {"clips_seen": counters["clips_seen"], "epochs_completed": counters["epochs_done"]}
     return rows, result
 
@@ -797,7 +808,11 @@ def train(cfg: Config) -> dict:
             print(f"{folder.name}: already finished (run {run.run_id}); nothing to do", flush=True)
         return run.final["result"] | {"run_id": run.run_id}
 
-    deadline = (lambda: run.clock() > cfg.time_budget) if cfg.time_budget else None
+    deadline = None  # called with the clips seen so far in the epoch
+    if cfg.time_budget:
+        deadline = lambda seen: run.clock() > cfg.time_budget  # noqa: E731
+    elif cfg.clip_budget:
+        deadline = lambda seen: run.counters["clips_seen"] + seen >= cfg.clip_budget  # noqa: E731
     bar = EpochProgress(enabled=rank == 0)
     for epoch in range(run.start_epoch, 0 if cfg.eval_only else cfg.epochs):
         torch.manual_seed(cfg.seed * 10_007 + epoch)  # the same data order and augmentation after a resume
@@ -812,7 +827,7 @@ def train(cfg: Config) -> dict:
         run.counters["clips_seen"] += seen
         run.counters["skipped_train"] += skipped
         run.counters["epochs_done"] = epoch + (seen / (steps * cfg.batch_size) if stopped else 1)
-        stopped = stopped or (deadline is not None and deadline())
+        stopped = stopped or (deadline is not None and deadline(0))
         _, val_top1, _, _, _ = run_epoch(model, val_data, None, None, device, train=False,
                                          precision=precision)
         run.counters["train_seconds"] = run.clock()
@@ -846,8 +861,44 @@ def print_final(cfg: Config, dataset: str, result: dict, skipped_train: int, vie
               "error row was stored", flush=True)
 
 
-def protocol(time_budget: float | None, epochs: int) -> str:
-    """How long every model trained: the same wall-clock budget, or the same epochs."""
+def probe_rate(cfg: Config, seconds: float) -> float:
+    """Training clips/s of ``cfg``'s model on its data on this machine now, data making
+    included: after two warm-up steps, steps are timed for ``seconds`` (three at least) and the
+    median of the faster half is kept, so a passing load hardly moves it."""
+    spec = models.get_spec(cfg.model)
+    train_set, _, _, num_classes, _ = build_data(cfg, spec)
+    torch.manual_seed(cfg.seed)
+    model = models.create_model(cfg.model, num_classes=num_classes, **cfg.model_args).train()
+    optimizer = make_optimizer(model, cfg)
+    loss_fn = nn.CrossEntropyLoss()
+    data = DataLoader(train_set, batch_size=cfg.batch_size, num_workers=0, drop_last=True,
+                      collate_fn=datasets.collate_skipping)
+
+    def batches():
+        while True:
+            yield from data
+
+    times, started = [], time.perf_counter()
+    last = started
+    for step, (clips, labels, _, _) in enumerate(batches()):  # a step's time includes its data
+        optimizer.zero_grad(set_to_none=True)
+        loss_fn(model(clips), labels).backward()
+        optimizer.step()
+        now = time.perf_counter()
+        if step >= 2:
+            times.append(now - last)
+        last = now
+        if step >= 5 and now - started > seconds:
+            break
+    fastest = sorted(times)[: max(1, len(times) // 2)]
+    return cfg.batch_size / fastest[len(fastest) // 2]
+
+
+def protocol(time_budget: float | None, epochs: int, clip_budget_of: float | None = None) -> str:
+    """How long every model trained: the same wall-clock budget, the same budget turned into
+    clips at each model's quiet-machine rate (``clip_budget_of`` seconds), or the same epochs."""
+    if clip_budget_of:
+        return f"equal time as clips, {clip_budget_of:g} s"
     if time_budget:
         return f"equal time, {time_budget:g} s"
     return f"equal epochs, {epochs}"
