@@ -342,6 +342,17 @@ def run(args: argparse.Namespace, console: Console) -> int:
     # all in results/ already records none, so no peak stands in the store without timings
     peak, errors = None, 0
     plan = measurement_plan(args)
+    args.probes = {}
+    motion_clip = args.clip or MOTION_CLIP
+    todo = [n for n, m in plan if m == "accuracy" and not args.epochs and (args.force or not store.done(
+        n, m, writer.conditions, clip_label(n, motion_clip), required_metrics(m, args), motion.LABEL))]
+    if todo:  # every model's training rate first, so budgets share one view of the machine
+        console.print(f"probing the training rate of {len(todo)} model(s) for their clip budgets")
+        args.probes = probe_phase(todo, args)
+        best, worst = max(p for _, p in args.probes.values()), min(p for _, p in args.probes.values())
+        if worst < BUSY_SHARE * best:
+            console.print(f"[yellow]warning: the machine's peak varied from {worst:.0f} to {best:.0f} "
+                          "GMAC/s during the probes; budgets are scaled to the best")
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                TimeElapsedColumn())
     with Progress(*columns, console=console, transient=False) as progress:
@@ -451,24 +462,36 @@ def accuracy_config(name: str, args, clip_budget: int | None = None, note: str =
         epochs=args.epochs or 1000, **budget, **preset)
 
 
+def probe_phase(names: list[str], args) -> dict[str, tuple[float, float]]:
+    """{model: (training clips/s, machine peak GMAC/s)}, each model's training rate measured
+    with the machine's peak just after it, all before any model trains."""
+    probes = {}
+    for name in names:
+        rate = train.probe_rate(accuracy_config(name, args), seconds=0.5 if args.quick else 3.0)
+        peak = max(speed.peak_gmacs_per_s(args.device, args.dtype, min_run_time=0.2).values())
+        probes[name] = (rate, peak)
+    return probes
+
+
 def clip_budget(name: str, args) -> tuple[int, str]:
-    """The time budget as clips: the model's training rate measured now, scaled by how far the
-    machine's peak now falls below the best recorded for these conditions, so a busy machine
-    trains every model as far as a quiet one would (and the rows say it was busy)."""
-    cfg = accuracy_config(name, args)
-    rate = train.probe_rate(cfg, seconds=0.5 if args.quick else 3.0)
-    now = max(speed.peak_gmacs_per_s(args.device, args.dtype, min_run_time=0.2).values())
+    """The time budget as clips: the model's probed training rate, scaled by the best peak of
+    the probe phase over the peak at its probe, so a load that came and went during the
+    probes does not shrink one model's budget. A whole phase far below the best peak recorded
+    under these conditions (another job all along, or a slower host of the same name) is
+    flagged, not scaled: the store cannot tell the two apart."""
+    rate, peak = args.probes[name]
+    best_now = max(p for _, p in args.probes.values())
     frame = ResultsStore(args.results).frame()
-    peaks = frame[(frame["model"] == "_machine") & (frame["metric"] == "peak_gmacs_per_s")
-                  & (frame["status"] == "ok") & under(frame, args.conditions)]["value"]
-    best = max([now, *peaks.tolist()])
-    clips = max(cfg.batch_size, round(rate * args.train_budget * best / now))
-    note = (f"{args.train_budget:g} s at {rate:.2f} clips/s measured now, x{best / now:.2f} for the "
-            f"machine's load (peak {now:.0f} of the best recorded {best:.0f} GMAC/s)")
-    if now < BUSY_SHARE * best:
-        note = "busy machine: " + note
-        print(f"warning: {name}: the machine runs at {now / best:.0%} of its best recorded peak; "
-              "its clip budget is scaled to a quiet machine's", file=sys.stderr)
+    recorded = frame[(frame["model"] == "_machine") & (frame["metric"] == "peak_gmacs_per_s")
+                     & (frame["status"] == "ok") & under(frame, args.conditions)]["value"]
+    best_recorded = max([best_now, *recorded.tolist()])
+    cfg = accuracy_config(name, args)
+    clips = max(cfg.batch_size, round(rate * args.train_budget * best_now / peak))
+    note = (f"{args.train_budget:g} s at {rate:.2f} clips/s probed, x{best_now / peak:.2f} for the "
+            f"load during its probe (peak {peak:.0f}, the phase's best {best_now:.0f} GMAC/s)")
+    if best_now < BUSY_SHARE * best_recorded:
+        note = (f"busy machine (or a slower host of the same name): the run's best peak was "
+                f"{best_now:.0f} against {best_recorded:.0f} GMAC/s recorded; " + note)
     return clips, note
 
 
