@@ -262,6 +262,25 @@ def motion_section(rows: pd.DataFrame, m: Measured, out: Path) -> list[str]:
     return lines
 
 
+EQUAL_TIME_TEXT = {
+    False: "Every model trains for the same wall-clock budget on this machine, so faster models "
+           "see more clips; accuracy at equal compute time is itself an efficiency result.",
+    True: "Every model trains for the clips it reaches in the same time on a quiet machine: its "
+          "training rate is probed just before training, scaled for any load during the probe, "
+          "and training then runs to that clip count, so a busy machine cannot cut it short. "
+          "Faster models see more clips; accuracy at equal compute time is itself an efficiency "
+          "result.",
+}
+
+
+def budget_notes(acc: pd.DataFrame) -> list[str]:
+    """The machine-load flag of a clip-budget run, once per table."""
+    notes = acc[(acc["metric"] == "clip_budget") & acc["note"].str.startswith("busy")]["note"]
+    if notes.empty:
+        return []
+    return ["", f"⚠ Flagged in {len(notes)} of the runs: {notes.iloc[-1].split(';')[0]}."]
+
+
 def motion_table(rows: pd.DataFrame, acc: pd.DataFrame, setting: tuple[str, str], m: Measured,
                  out: Path, suffix: str) -> list[str]:
     header = ["model", "clip", "GMACs/clip", "params M", "train s", "epochs", "clips seen",
@@ -272,10 +291,9 @@ def motion_table(rows: pd.DataFrame, acc: pd.DataFrame, setting: tuple[str, str]
     lines = [f"## Motion benchmark ({motion.LABEL}): accuracy at {title}", "",
              "Classes are defined by motion alone (`benchmarks/motion.py`): a frame-based 2D "
              f"model cannot beat chance ({motion.CHANCE:.1f}%), a clip-based 3D model can. "
-             + ("Every model trains for the same wall-clock budget on this machine, so faster "
-                "models see more clips; accuracy at equal compute time is itself an efficiency "
-                "result." if equal_time else "Every model trains for the same number of epochs."),
-             "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+             + (EQUAL_TIME_TEXT[protocol.startswith("equal time as clips")] if equal_time
+                else "Every model trains for the same number of epochs."),
+             *budget_notes(acc), "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     curves, points = {}, []
     for name in sorted(set(acc["model"])):
         mine = acc[acc["model"] == name]

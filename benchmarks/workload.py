@@ -22,7 +22,7 @@ class Setup:
     device: str = "cpu"  # cpu | cuda
     dtype: str = "fp32"  # fp32 | bf16 | fp16 (the latter two by autocast)
     channels_last: bool = False
-    compile: bool = False
+    compiled: bool = False  # torch.compile (inductor), named as the results column is
 
 
 class Workload:
@@ -37,7 +37,7 @@ class Workload:
         self.video = len(input_shape(name, clip)) == 5
         if setup.channels_last:
             model = model.to(memory_format=self.memory_format)
-        self.model = torch.compile(model) if setup.compile else model
+        self.model = torch.compile(model) if setup.compiled else model
         self.eager_model = model
 
     @property
@@ -66,7 +66,7 @@ class Workload:
         BatchNorm into convs and prepack weights (its recommended CPU inference setting).
         Measured here at batch 1: MF-Net 193 ms compiled without freezing (eager: 134 ms),
         111 ms with it. Training steps compile without it."""
-        if not self.setup.compile:
+        if not self.setup.compiled:
             return nullcontext()
         import torch._inductor.config as inductor_config
 

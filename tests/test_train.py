@@ -34,7 +34,7 @@ def test_one_epoch_and_a_multi_view_evaluation_on_each_dataset(tmp_path, name):
     frame = read_csv(tmp_path / "results" / "measurements.csv")
     metrics = frame.set_index("metric")
     assert {"train_loss", "train_top1", "val_top1", "top1_clip", "top1_video", "top5_video",
-            "skipped_videos", "epochs_completed", "clips_seen"} <= set(frame["metric"])
+            "skipped_videos", "epochs_completed", "clips_seen", "epoch_clips_per_s"} <= set(frame["metric"])
     assert metrics.loc["top1_video", "views"] == "2x3"
     assert 0 <= metrics.loc["top1_video", "value"] <= 100
     skipped = {"ucf101": 1, "hmdb51": 2, "kinetics400": 2, "folder": 1}[name]  # bad x test clips

@@ -100,6 +100,12 @@ def test_imagenet_folders_train_and_evaluate_with_one_centre_crop(tmp_path):
     val, classes = datasets.build("imagenet", root, split=1, train=False,
                                   config=datasets.ClipConfig(crop=32))
     assert classes == ["n01440764", "n01443537"] and val[0][0].shape == (3, 32, 32)
+    # results -> report: Table 1 shows the measured top-1 and top-5 beside the paper's
+    report.render(tmp_path / "r", tmp_path / "report")
+    table1 = (tmp_path / "report" / "README.md").read_text().split("Accuracy in Table 1")[1]
+    line = next(row for row in table1.splitlines() if row.startswith("| MF-Net 2D | ImageNet-1k"))
+    measured = f"{top1['value'].iloc[0]:.1f}"
+    assert f"| {measured} |" in line and "| 1×1 |" in line and "trained here" in line
 
 
 def test_an_all_corrupt_test_set_stores_an_error_row_and_keeps_the_training_rows(tmp_path):
@@ -303,3 +309,13 @@ def test_loaders_pin_memory_and_keep_workers_on_cuda_only():
 def test_malformed_seeds_and_model_arguments_are_one_line(tmp_path, args, message):
     proc = run_train(["--model", "mfnet", *args], tmp_path)
     assert proc.returncode == 2 and message in proc.stderr and proc.stderr.strip().count("\n") == 0
+
+
+def test_the_epoch_progress_bar_reports_clips_per_second():
+    bar = train.EpochProgress(enabled=True)
+    with bar.epoch("epoch 1/1", total=2) as advance:
+        advance(4)
+        advance(4)
+        task = bar.bar.tasks[0]
+        assert task.completed == 2 and task.fields["rate"].endswith("clips/s")
+        assert advance.clips == 8
