@@ -2,8 +2,8 @@
 
 Our own implementation: no well-kept library ships it. Widths follow the C3D paper (Fig. 3);
 pool5 has no padding, so a 16x112x112 clip leaves 512x1x3x3 = 4608 features for fc6. That is
-the layout of the VMZ model zoo's C3D (64.9 M params with a 400-class head), whose 38.5 G at
-16x112x112 is the figure the MF-Net paper quotes in Table 4.
+the layout of the VMZ model zoo's C3D, whose published cost at 16x112x112 is the one the
+MF-Net paper quotes in Table 4 (both figures: ``models/ledger.py``).
 """
 
 from collections import OrderedDict
