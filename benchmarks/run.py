@@ -465,11 +465,15 @@ def accuracy_config(name: str, args, clip_budget: int | None = None, note: str =
 def probe_phase(names: list[str], args) -> dict[str, tuple[float, float]]:
     """{model: (training clips/s, machine peak GMAC/s)}, each model's training rate measured
     with the machine's peak just after it, all before any model trains."""
+    def peak_now() -> float:
+        return max(speed.peak_gmacs_per_s(args.device, args.dtype, min_run_time=0.2).values())
+
+    # --quick is a smoke test of 20-odd models: one peak for the phase keeps it within minutes
+    shared = peak_now() if args.quick else None
     probes = {}
     for name in names:
         rate = train.probe_rate(accuracy_config(name, args), seconds=0.5 if args.quick else 3.0)
-        peak = max(speed.peak_gmacs_per_s(args.device, args.dtype, min_run_time=0.2).values())
-        probes[name] = (rate, peak)
+        probes[name] = (rate, shared or peak_now())
     return probes
 
 

@@ -307,8 +307,8 @@ def test_a_load_during_one_probe_does_not_shrink_that_models_budget(tmp_path, mo
     rates = {"mfnet": 5.0, "c3d": 8.0}  # clips/s as probed: mfnet's at half speed
     monkeypatch.setattr(speed, "peak_gmacs_per_s", lambda *a, **k: {"conv": next(peaks)})
     monkeypatch.setattr(train, "probe_rate", lambda cfg, seconds: rates[cfg.model])
-    args = run.parse_args(["--models", "mfnet,c3d", "--measure", "accuracy", "--quick",
-                           "--train-budget", "4", "--results", str(tmp_path)])
+    args = run.parse_args(["--models", "mfnet,c3d", "--measure", "accuracy", "--train-budget", "4",
+                           "--results", str(tmp_path)])  # not --quick: it shares one peak
     args.probes = run.probe_phase(["mfnet", "c3d"], args)
     args.conditions = RunConditions("r", "cpu", "Test CPU", "fp32", False, False, 2)
     mfnet, note = run.clip_budget("mfnet", args)
