@@ -344,7 +344,8 @@ def run(args: argparse.Namespace, console: Console) -> int:
     plan = measurement_plan(args)
     args.probes = {}
     motion_clip = args.clip or MOTION_CLIP
-    todo = [n for n, m in plan if m == "accuracy" and not args.epochs and (args.force or not store.done(
+    probing = not (args.epochs or args.quick)  # the clip-budget protocol needs every model's rate
+    todo = [n for n, m in plan if m == "accuracy" and probing and (args.force or not store.done(
         n, m, writer.conditions, clip_label(n, motion_clip), required_metrics(m, args), motion.LABEL))]
     if todo:  # every model's training rate first, so budgets share one view of the machine
         console.print(f"probing the training rate of {len(todo)} model(s) for their clip budgets")
@@ -439,6 +440,8 @@ def accuracy_protocol(args) -> str:
     equal-epoch one."""
     if args.epochs:
         return train.protocol(None, args.epochs)
+    if args.quick:  # a smoke test of the whole path: the clock stops it, no probe phase
+        return train.protocol(args.train_budget, 0)
     return train.protocol(None, 0, args.train_budget)
 
 
@@ -454,8 +457,8 @@ def accuracy_config(name: str, args, clip_budget: int | None = None, note: str =
     ``--epochs``, the equal-epoch protocol)."""
     preset = {k: v for k, v in train.PRESETS["motion"].items() if k != "epochs"}
     preset |= QUICK_MOTION if args.quick else dict(train_size=600, val_size=120)
-    budget = {} if args.epochs else dict(clip_budget=clip_budget, clip_budget_of=args.train_budget,
-                                           budget_note=note)
+    budget = ({} if args.epochs else dict(time_budget=args.train_budget) if args.quick
+              else dict(clip_budget=clip_budget, clip_budget_of=args.train_budget, budget_note=note))
     return train.Config(
         model=name, dataset="motion", clip=args.clip or MOTION_CLIP, seed=args.seed,
         results=args.results, out=str(Path(args.results) / "checkpoints"),
@@ -465,15 +468,11 @@ def accuracy_config(name: str, args, clip_budget: int | None = None, note: str =
 def probe_phase(names: list[str], args) -> dict[str, tuple[float, float]]:
     """{model: (training clips/s, machine peak GMAC/s)}, each model's training rate measured
     with the machine's peak just after it, all before any model trains."""
-    def peak_now() -> float:
-        return max(speed.peak_gmacs_per_s(args.device, args.dtype, min_run_time=0.2).values())
-
-    # --quick is a smoke test of 20-odd models: one peak for the phase keeps it within minutes
-    shared = peak_now() if args.quick else None
     probes = {}
     for name in names:
-        rate = train.probe_rate(accuracy_config(name, args), seconds=0.5 if args.quick else 3.0)
-        probes[name] = (rate, shared or peak_now())
+        rate = train.probe_rate(accuracy_config(name, args), seconds=3.0)
+        peak = max(speed.peak_gmacs_per_s(args.device, args.dtype, min_run_time=0.2).values())
+        probes[name] = (rate, peak)
     return probes
 
 
@@ -504,7 +503,8 @@ def measure_accuracy(name: str, args) -> list[Measurement]:
     top-1, the clip budget, and the epochs and clips each model reached)."""
     clip = args.clip or MOTION_CLIP
     check_clip_fits(name, clip)
-    budget = {} if args.epochs else dict(zip(("clip_budget", "note"), clip_budget(name, args)))
+    budget = ({} if args.epochs or args.quick
+              else dict(zip(("clip_budget", "note"), clip_budget(name, args))))
     train.train(accuracy_config(name, args, **budget))
     # the cost at the benchmark's clip, so the report can set accuracy against it
     label = "x".join(map(str, clip))
