@@ -45,6 +45,8 @@ from torchvision import datasets as tv_datasets
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+from models.errors import first_line
+
 log = logging.getLogger(__name__)
 VIDEO_SUFFIXES = {".avi", ".mp4", ".mkv", ".webm", ".mov"}
 # Frames larger than this are refused before decoding: 4K UHD is the largest size in the
@@ -293,10 +295,6 @@ def decode_clip_pytorchvideo(path: Path, frames: int, interval: int, start: floa
     return clip[:frames].clamp(0, 255).to(torch.uint8)
 
 
-def _reason(exc: Exception) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-
-
 class VideoClipDataset(Dataset):
     """Clips from decoded videos. Training: one random clip per video and index. Testing:
     ``clips`` uniformly spaced clips per video, each an item holding its ``crops`` spatial
@@ -341,7 +339,7 @@ class VideoClipDataset(Dataset):
                 clip = decode_clip(item.path, self.config.frames, interval, start, rng,
                                    self.config.max_pixels)
         except Exception as exc:  # corrupt, truncated, empty or too large: skip and count
-            log.warning("skipping %s: %s", item.path, _reason(exc))
+            log.warning("skipping %s: %s", item.path, first_line(exc))
             return None
         clip = tv_tensors.Video(clip)  # uint8: every resize runs before the float conversion
         if self.train and not self.baseline:
@@ -417,7 +415,7 @@ class ImageFolderDataset(Dataset):
         try:
             image = self.loader(path)
         except Exception as exc:  # corrupt or truncated: skip and count
-            log.warning("skipping %s: %s", path, _reason(exc))
+            log.warning("skipping %s: %s", path, first_line(exc))
             return None
         return self.transform(image), label, index
 

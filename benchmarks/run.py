@@ -36,6 +36,7 @@ from benchmarks import (
 )
 from benchmarks.results import Measurement, ResultsStore, RunConditions, new_run_id, under
 from benchmarks.workload import DTYPES, Setup, Workload
+from models.errors import first_line
 
 MEASUREMENTS = ("cost", "memory", "speed", "accuracy")
 # on request only: the loader against the model on a dataset on disk (--dataset, --root)
@@ -321,7 +322,7 @@ def measure_isolated(name: str, measurement: str, args, setup: Setup, label: str
     try:
         rows = measure_one(name, measurement, args, setup, label, peak)
     except Exception as exc:
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        message = first_line(exc, "")
         rows = [Measurement(name, measurement, "error", None, "", clip=label, status="error",
                             error=f"{type(exc).__name__}: {message}")]
         console.print(f"[red]{name} {measurement}: {rows[0].error}")

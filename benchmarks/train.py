@@ -51,6 +51,7 @@ from benchmarks.motion import MotionDataset
 from benchmarks.results import Measurement, ResultsStore, RunConditions, new_run_id
 from benchmarks.workload import AUTOCAST, parse_clip
 from models.checkpoint import FORMAT, CheckpointError, classifier_name, file_digest
+from models.errors import first_line
 
 # The authors' recipes (docs/authors-release.md); every value can be overridden on the command line.
 PRESETS = {
@@ -602,7 +603,7 @@ def read_run_state(path: Path, device) -> dict:
     try:
         state = torch.load(path, map_location=device, weights_only=True)
     except Exception as exc:  # a truncated zip, a pickle with globals, not a torch file
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc)
         raise CheckpointError(f"cannot resume from {path}: {reason}") from None
     need = {"model": dict, "optimizer": dict, "scheduler": dict, "epoch": int, "run_id": str,
             "settings": dict, "counters": dict, "rows": list}
@@ -687,7 +688,7 @@ class Session:
                 self.precision.scaler.load_state_dict(state["scaler"])
         except (RuntimeError, KeyError, ValueError) as exc:
             raise CheckpointError(f"cannot resume from {self.last}: "
-                                  f"{str(exc).strip().splitlines()[0]}") from None
+                                  f"{first_line(exc)}") from None
         self.start_epoch, self.run_id = state["epoch"], state["run_id"]
         self.counters.update({k: state["counters"][k] for k in self.counters if k in state["counters"]})
         self.prior_seconds = float(self.counters["train_seconds"])

@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from models.errors import first_line
+
 # Written into our own files so a reader can tell them from the authors' releases.
 FORMAT = "mfnet-suite/1"
 
@@ -35,7 +37,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle refusing a global, a truncated zip, not a torch file...
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc)
         raise CheckpointError(f"cannot read checkpoint {path} safely: {reason}") from None
     if isinstance(obj, Mapping) and obj.get("format") == FORMAT:
         obj = obj.get("model")

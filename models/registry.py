@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from models.errors import first_line
 from models.specs import ALL_SPECS, IMAGENET_MEAN, IMAGENET_STD, ModelSpec
 
 ENTRY_POINT_GROUP = "mfnet_suite.models"
@@ -118,7 +119,7 @@ def import_models(target: str) -> list[str]:
         raise
     except Exception as exc:  # a syntax error, a missing package, a clash, a bad decorator
         where = f" (line {exc.lineno})" if isinstance(exc, SyntaxError) and exc.lineno else ""
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        reason = first_line(exc, "")
         raise ModelImportError(f"--import {target}: {type(exc).__name__}: {reason}{where}") from None
     return [name for name in _REGISTRY if name not in before]
 
@@ -134,7 +135,7 @@ def load_entry_points() -> None:
         try:
             entry.load()
         except Exception as exc:
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            reason = first_line(exc)
             print(f"warning: skipped models from entry point {entry.name} ({entry.value}): {reason}",
                   file=sys.stderr)
 
@@ -184,13 +185,13 @@ def check_input(name: str, shape: tuple[int, ...], **kwargs) -> None:
             model = create_model(name, **kwargs).eval()
             x = torch.empty(shape)
     except Exception as exc:  # an unknown builder argument, or a builder that fails
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         args = f" with {kwargs}" if kwargs else ""
         raise ValueError(f"cannot build {name}{args}: {type(exc).__name__}: {first}") from None
     try:
         with torch.no_grad():
             model(x)
     except (RuntimeError, ValueError, IndexError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         size = "x".join(map(str, shape[2:]))
         raise ValueError(f"input {size} does not fit {name}: {first}") from None
