@@ -253,10 +253,14 @@ def decode_clip(path: Path, frames: int, interval: int, start: float | None,
         rgb = VideoReformatter()
         clip = torch.stack([torch.from_numpy(rgb.reformat(f, format="rgb24").to_ndarray())
                             for f in kept])
-    clip = clip.permute(0, 3, 1, 2)  # (T, H, W, C) -> (T, C, H, W)
-    if clip.shape[0] < frames:  # loop a short video
-        clip = clip.repeat((frames + clip.shape[0] - 1) // clip.shape[0], 1, 1, 1)
-    return clip[:frames].contiguous()
+    return looped(clip.permute(0, 3, 1, 2), frames).contiguous()  # (T, H, W, C) -> (T, C, H, W)
+
+
+def looped(clip: torch.Tensor, frames: int) -> torch.Tensor:
+    """The first ``frames`` of ``clip`` (T, ...), a short video repeated until it has them."""
+    if clip.shape[0] < frames:
+        clip = clip.repeat((frames + clip.shape[0] - 1) // clip.shape[0], *(1,) * (clip.dim() - 1))
+    return clip[:frames]
 
 
 def _decode_between(container, stream, lo: int, hi: float) -> list:
@@ -290,9 +294,7 @@ def decode_clip_pytorchvideo(path: Path, frames: int, interval: int, start: floa
     if data is None or data.numel() == 0:
         raise ValueError("no frames decoded")
     clip = data.permute(1, 0, 2, 3)[::interval]  # (C, T, H, W) -> (T, C, H, W)
-    if clip.shape[0] < frames:
-        clip = clip.repeat((frames + clip.shape[0] - 1) // clip.shape[0], 1, 1, 1)
-    return clip[:frames].clamp(0, 255).to(torch.uint8)
+    return looped(clip, frames).clamp(0, 255).to(torch.uint8)
 
 
 class VideoClipDataset(Dataset):
@@ -400,9 +402,8 @@ class ImageFolderDataset(Dataset):
         index = {name: i for i, name in enumerate(classes)}
         samples = tv_datasets.folder.make_dataset(
             str(base), index, extensions=tv_datasets.folder.IMG_EXTENSIONS, allow_empty=True)
-        self.samples, self.transform, self.train = samples, transform, train
+        self.samples, self.transform = samples, transform
         self.loader = tv_datasets.folder.default_loader
-        self.clips = self.crops = 1
 
     def set_epoch(self, epoch: int) -> None:
         del epoch  # augmentation draws from torch's generator, seeded per epoch by the trainer

@@ -18,6 +18,7 @@ import statistics
 import time
 
 from benchmarks import datasets
+from benchmarks import train as train_module
 from benchmarks.results import Measurement
 from benchmarks.speed import time_step
 from benchmarks.workload import Setup, Workload
@@ -53,10 +54,8 @@ def measure_data(name: str, dataset: str, root: str, clip: tuple[int, int, int],
 
     spec = get_spec(name)
     frames, crop, _ = clip
-    config = datasets.ClipConfig(frames=frames, crop=crop, short_side=(crop, round(crop * 288 / 224)),
-                                 test_short_side=round(crop * 256 / 224),
-                                 intervals=datasets.INTERVALS.get(dataset, (2,)), mean=spec.mean,
-                                 std=spec.std)
+    # the clips train.py would load: the same scales, intervals and normalisation
+    config = train_module.clip_config(train_module.Config(model=name, dataset=dataset, clip=clip), spec)
     common = dict(split=split, config=config)
     train, _ = datasets.build(dataset, root, train=True, **common)
     test, _ = datasets.build(dataset, root, train=False, clips=test_clips, crops=test_crops, **common)

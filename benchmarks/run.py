@@ -504,9 +504,8 @@ def measure_accuracy(name: str, args) -> list[Measurement]:
     top-1, the clip budget, and the epochs and clips each model reached)."""
     clip = args.clip or MOTION_CLIP
     check_clip_fits(name, clip)
-    budget = ({} if args.epochs or args.quick
-              else dict(zip(("clip_budget", "note"), clip_budget(name, args))))
-    train.train(accuracy_config(name, args, **budget))
+    clips, note = (None, "") if args.epochs or args.quick else clip_budget(name, args)
+    train.train(accuracy_config(name, args, clips, note))
     # the cost at the benchmark's clip, so the report can set accuracy against it
     label = "x".join(map(str, clip))
     return [row for row in measure_cost(name, clip, label, quick=True)
