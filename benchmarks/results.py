@@ -249,8 +249,18 @@ def read_csv(path: Path, keep_unknown: bool = False) -> pd.DataFrame:
 
 
 def _run_environment(root: Path, run_id: str) -> dict:
+    """A run's sidecar; ``{}`` when it is missing or damaged (a damaged sidecar loses its run's
+    environment columns, never the run's rows)."""
     path = root / "runs" / f"{run_id}.json"
-    return json.loads(path.read_text()) if path.exists() else {}
+    if not path.exists():
+        return {}
+    try:
+        env = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        warnings.warn(f"{path}: unreadable environment ({type(exc).__name__}); its run's rows "
+                      "are shown without it", stacklevel=2)
+        return {}
+    return env if isinstance(env, dict) else {}
 
 
 def load_results(root: str | os.PathLike = "results") -> pd.DataFrame:
@@ -259,16 +269,9 @@ def load_results(root: str | os.PathLike = "results") -> pd.DataFrame:
     frame = read_csv(root / CSV_NAME)
     envs = []
     for path in sorted((root / "runs").glob("*.json")):
-        try:
-            env = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            # a damaged sidecar loses its run's environment columns, not the run's rows
-            warnings.warn(f"{path}: unreadable environment ({type(exc).__name__}); its run's rows "
-                          "are shown without it", stacklevel=2)
-            continue
-        if not isinstance(env, dict):
-            continue
-        envs.append({"run_id": path.stem} | {f"env_{k}": v for k, v in env.items()})
+        env = _run_environment(root, path.stem)
+        if env:
+            envs.append({"run_id": path.stem} | {f"env_{k}": v for k, v in env.items()})
     if envs and not frame.empty:
         frame = frame.merge(pd.DataFrame(envs), on="run_id", how="left")
     return frame
