@@ -16,7 +16,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 import pandas as pd
 
 import models
-from benchmarks import figures, motion, paper_accuracy
+from benchmarks import disturbance, figures, motion, paper_accuracy
 from benchmarks.results import CONDITION_COLUMNS, load_results
 from models import ledger
 
@@ -52,14 +52,28 @@ class Measured:
                          & (rows["device_name"] == device_name)]
         self.device, self.device_name = device, device_name
 
-    def get(self, name: str, metric: str, batch_size: int | None = None) -> float | None:
+    def row(self, name: str, metric: str, batch_size: int | None = None) -> pd.Series | None:
         source = self.counted if metric in self.counted["metric"].values else self.rows
         rows = source[(source["model"] == name) & (source["metric"] == metric)]
         if name != "_machine":
             rows = rows[rows["clip"] == spec_clip(name)]
         if batch_size is not None:
             rows = rows[rows["batch_size"] == batch_size]
-        return None if rows.empty else float(rows["value"].iloc[-1])
+        return None if rows.empty else rows.iloc[-1]
+
+    def get(self, name: str, metric: str, batch_size: int | None = None) -> float | None:
+        row = self.row(name, metric, batch_size)
+        return None if row is None else float(row["value"])
+
+    def disturbed(self, name: str, metric: str, batch_size: int | None = None) -> bool:
+        """Whether the row was timed while the machine was shared (``disturbance``)."""
+        row = self.row(name, metric, batch_size)
+        return row is not None and disturbance.is_disturbed(row["note"])
+
+    def timed(self, name: str, metric: str, batch_size: int | None = None) -> str:
+        """A timed value for a table, marked ⚠ when it was timed on a disturbed machine."""
+        return fmt(self.get(name, metric, batch_size)) + (
+            " ⚠" if self.disturbed(name, metric, batch_size) else "")
 
     def throughput_batch(self, name: str) -> int | None:
         rows = self.rows[(self.rows["model"] == name) & (self.rows["metric"] == "infer_clips_per_s")]
@@ -163,11 +177,22 @@ def efficiency_table(m: Measured, names: list[str]) -> list[str]:
         fraction = m.get(name, "peak_fraction", 1)
         cells = [models.display_name(name), spec_clip(name), fmt(m.get(name, "gmacs")),
                  fmt(None if params is None else params / 1e6), fmt(m.get(name, "activation_mb")),
-                 fmt(m.get(name, "latency_ms")), fmt(m.get(name, "infer_clips_per_s", b)),
-                 fmt(m.get(name, "train_clips_per_s", b)), "–" if b is None else str(b),
-                 fmt(m.get(name, peak_metric)), fmt(m.get(name, "gmacs_per_s", 1)),
+                 m.timed(name, "latency_ms"), m.timed(name, "infer_clips_per_s", b),
+                 m.timed(name, "train_clips_per_s", b), "–" if b is None else str(b),
+                 fmt(m.get(name, peak_metric)), m.timed(name, "gmacs_per_s", 1),
                  "–" if fraction is None else f"{fraction:.0%}"]
         lines.append("| " + " | ".join(cells) + " |")
+    marked = [n for n in names if any(m.disturbed(n, metric, batch) for metric, batch in (
+        ("latency_ms", None), ("infer_clips_per_s", m.throughput_batch(n)),
+        ("train_clips_per_s", m.throughput_batch(n))))]
+    if marked:
+        why = next(m.row(n, k)["note"] for n in marked for k in ("latency_ms", "infer_clips_per_s",
+                   "train_clips_per_s") if m.disturbed(n, k)).split(";")[0]
+        why = why.removeprefix(f"{disturbance.MARK}: ")
+        lines += ["", f"⚠ Timed while the machine was shared ({len(marked)} model(s); e.g. "
+                      f"{why}): these timings may be low and no verdict is drawn from them. Run "
+                      "`python benchmarks/run.py --measure speed --force --models "
+                      f"{','.join(marked)}` on a quiet machine."]
     return lines
 
 
@@ -199,6 +224,10 @@ def claims(m: Measured) -> list[str]:
                     "parameters_r2plus1d": [("parameters", "params")]}[key]
         for reading, metric in readings:
             value = times(mine, other, metric)
+            if m.disturbed(mine, metric) or m.disturbed(other, metric):
+                lines.append(f"| {quote} | {reading} | {fmt(value)}× ⚠ | {m.device} | not judged: "
+                             "timed while the machine was shared |")
+                continue
             what = {"gmacs": f"× GMACs ({name(other)} at {spec_clip(other)}, {name(mine)} at "
                              f"{spec_clip(mine)})",
                     "latency_ms": "× lower latency at batch 1",
@@ -401,6 +430,16 @@ def peak_text(m: Measured) -> str:
     return text + f", run {run}"
 
 
+def job_memory_text(m: Measured) -> list[str]:
+    """The newest run's own peak resident set (``run.py``'s memory guard keeps it in bounds)."""
+    row = m.row("_machine", "job_peak_rss_mb")
+    if row is None:
+        return []
+    return [f"The newest run that recorded it (run {row['run_id']}) peaked at {fmt(row['value'])} MB "
+            f"resident: {row['note']}. Measurements estimated not to fit in the memory left are "
+            "skipped with an error row (the memory guard, see the README).", ""]
+
+
 # Does MF-Net's wall-clock follow its FLOPs (footnote 5)? The dense model it is held against.
 WALLCLOCK_PAIR = ("mfnet", "res3d")
 WALLCLOCK_TARGET = 0.8  # MF-Net's achieved GMAC/s at least 0.8x the dense model's
@@ -422,7 +461,9 @@ def wallclock_section(rows: pd.DataFrame) -> list[str]:
             continue
         stamps = setup[setup["run_id"].isin(shared)].groupby("run_id")["timestamp"].max()
         run = stamps.idxmax()
-        pick = setup[setup["run_id"] == run].set_index(["model", "phase", "batch_size"])["value"]
+        chosen = setup[setup["run_id"] == run].set_index(["model", "phase", "batch_size"])
+        pick = chosen["value"]
+        notes = chosen["note"].map(disturbance.is_disturbed)
         cells = []
         for phase, at_one in (("infer", True), ("infer", False), ("train", False)):
             batches = sorted({b for (m, p, b) in pick.index if m == mf and p == phase})
@@ -433,6 +474,8 @@ def wallclock_section(rows: pd.DataFrame) -> list[str]:
                 continue
             r = a / d
             mark = "✓" if r >= WALLCLOCK_TARGET else "✗"
+            if notes.get((mf, phase, batch)) or notes.get((dense, phase, batch)):
+                mark = "⚠ not judged: timed while the machine was shared"
             cells.append(f"{a:.0f} / {d:.0f} = **{r:.2f}×** {mark}" + ("" if at_one else f" (b={batch})"))
         setup_label = (f"{device} {name}, {dtype}" + (", channels-last (all models)" if cl else "")
                        + (", torch.compile" if compiled else ""))
@@ -589,7 +632,7 @@ def render(results: Path | list[Path], out: Path) -> None:
              "so the faster of the two is the peak. A training step counts 3× the forward "
              "multiply-adds. Where a model was re-measured the newest row is shown, with its "
              "own run's peak.", "",
-             *efficiency_table(main, video), "",
+             *efficiency_table(main, video), "", *job_memory_text(main),
              "![speed against cost](speed_vs_cost.png)", "",
              "![memory](memory.png)", "",
              "![efficiency on Kinetics: the paper's accuracy against measured cost](efficiency_kinetics.png)",

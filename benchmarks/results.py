@@ -8,9 +8,12 @@ one pandas DataFrame for the report.
 import csv
 import datetime as dt
 import fcntl
+import hashlib
 import io
 import json
 import os
+import socket
+import time
 import uuid
 import warnings
 from contextlib import contextmanager
@@ -181,6 +184,23 @@ class ResultsStore:
         return read_csv(self.csv)
 
     @contextmanager
+    def claim(self, model: str, measurement: str, clip: str, dataset: str | None,
+              run: RunConditions):
+        """Claim a measurement for this process while it runs, so that a second writer on the
+        same store does not measure it too. Yields "" when this process holds the claim (it is
+        released on exit), or who holds it when another live process does. A claim whose
+        process is gone (killed) is taken over."""
+        key = json.dumps([model, measurement, clip, dataset or "", run.key()], sort_keys=True)
+        path = self.root / ".claims" / hashlib.sha256(key.encode()).hexdigest()[:20]
+        holder = _take_claim(path, {"pid": os.getpid(), "host": socket.gethostname(),
+                                    "run_id": run.run_id, "since": time.time()})
+        try:
+            yield holder
+        finally:
+            if not holder:
+                path.unlink(missing_ok=True)
+
+    @contextmanager
     def _locked(self):
         self.root.mkdir(parents=True, exist_ok=True)
         with open(self.root / ".lock", "w") as lock:
@@ -189,6 +209,50 @@ class ResultsStore:
                 yield
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+CLAIM_EXPIRES_S = 12 * 3600  # no single measurement runs this long: a claim older is stale
+
+
+def _take_claim(path: Path, me: dict) -> str:
+    """"" if this process now holds the claim at ``path``; else who does. The claim file is
+    written whole and then hard-linked into place, so another process never reads half a
+    claim, and the link fails if a claim is there already."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(3):
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}")
+        tmp.write_text(json.dumps(me))
+        try:
+            os.link(tmp, path)
+            return ""
+        except FileExistsError:
+            holder = _live_holder(path)
+            if holder:
+                return holder
+            path.unlink(missing_ok=True)  # stale: its process is gone
+        finally:
+            tmp.unlink(missing_ok=True)
+    return "a claim that kept changing hands"
+
+
+def _live_holder(path: Path) -> str:
+    """Who holds the claim at ``path``, or "" if nobody does any more (its process died on this
+    host, it expired, or it is unreadable)."""
+    try:
+        info = json.loads(path.read_text())
+        pid, host, since = int(info["pid"]), str(info["host"]), float(info["since"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+    if time.time() - since > CLAIM_EXPIRES_S:
+        return ""
+    if host == socket.gethostname():
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return ""
+        except PermissionError:
+            pass  # alive, another user's
+    return f"run {info.get('run_id', '?')}, pid {pid} on {host}"
 
 
 def read_rows(path: Path) -> tuple[list[str], list[list[str]], list[int]]:

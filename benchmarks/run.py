@@ -25,6 +25,7 @@ import models
 from benchmarks import (
     cost,
     datasets,
+    disturbance,
     environment,
     loader_speed,
     memory,
@@ -34,6 +35,7 @@ from benchmarks import (
     train,
     workload,
 )
+from benchmarks.contention import CpuMeter
 from benchmarks.results import Measurement, ResultsStore, RunConditions, new_run_id, under
 from benchmarks.workload import DTYPES, Setup, Workload
 from models.errors import first_line
@@ -317,20 +319,25 @@ class RunWriter:
 
 
 def measure_isolated(name: str, measurement: str, args, setup: Setup, label: str, peak,
-                     console) -> tuple[list[Measurement], bool]:
+                     console, watch=None) -> tuple[list[Measurement], bool]:
     """(rows, failed): a failure becomes one error row and the sweep carries on."""
     try:
-        rows = measure_one(name, measurement, args, setup, label, peak)
+        rows = measure_one(name, measurement, args, setup, label, peak, watch)
     except Exception as exc:
         message = first_line(exc, "")
         rows = [Measurement(name, measurement, "error", None, "", clip=label, status="error",
                             error=f"{type(exc).__name__}: {message}")]
         console.print(f"[red]{name} {measurement}: {rows[0].error}")
         return rows, True
+    finally:
+        runtime.give_back_memory()  # what this model freed is not held while the next runs
     for row in rows:
-        if row.note.startswith("noisy") and row.metric != "gmacs_per_s":
+        if row.status == "error":
+            console.print(f"[red]{name} {row.metric}: {row.error}")
+        elif row.note.startswith(("noisy", disturbance.MARK)) and row.metric not in (
+                "gmacs_per_s", "peak_fraction"):
             console.print(f"[yellow]warning: {name} {row.metric} (batch {row.batch_size}) is {row.note}")
-    return rows, False
+    return rows, any(row.status == "error" for row in rows)
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
@@ -341,7 +348,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
     args.conditions = writer.conditions
     # the machine's peak, measured just before the run's first timing: a run whose timings are
     # all in results/ already records none, so no peak stands in the store without timings
-    peak, errors = None, 0
+    peak, errors, claimed_elsewhere = None, 0, 0
     plan = measurement_plan(args)
     args.probes = {}
     motion_clip = args.clip or MOTION_CLIP
@@ -352,11 +359,12 @@ def run(args: argparse.Namespace, console: Console) -> int:
         console.print(f"probing the training rate of {len(todo)} model(s) for their clip budgets")
         args.probes = probe_phase(todo, args)
         best, worst = max(p for _, p in args.probes.values()), min(p for _, p in args.probes.values())
-        if worst < BUSY_SHARE * best:
+        if worst < disturbance.BUSY_SHARE * best:
             console.print(f"[yellow]warning: the machine's peak varied from {worst:.0f} to {best:.0f} "
                           "GMAC/s during the probes; budgets are scaled to the best")
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                TimeElapsedColumn())
+    watch = None
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task("models", total=len(plan))
         for name, measurement in plan:
@@ -364,52 +372,81 @@ def run(args: argparse.Namespace, console: Console) -> int:
             label = clip_label(name, (args.clip or MOTION_CLIP) if accuracy else args.clip)
             progress.update(task, description=f"{name}: {measurement}")
             dataset = motion.LABEL if accuracy else args.dataset if measurement == "data" else None
-            held = store.done(name, measurement, writer.conditions, label,
-                              required_metrics(measurement, args), dataset)
-            if not held or args.force:
-                if measurement == "speed" and peak is None:
-                    peak = measure_peak(args, writer.save, "start", None)
-                rows, failed = measure_isolated(name, measurement, args, setup, label, peak,
-                                                progress.console)
-                errors += failed
-                if rows:
-                    writer.save(rows)
+            key = (name, measurement, label, dataset)
+            if not held(store, args, *key):
+                # another run.py on this store may be measuring it: claim it first, then look
+                # again, since that run may have finished between the two looks
+                with store.claim(*key, args.conditions) as other:
+                    if other:
+                        progress.console.print(f"[yellow]{name} {measurement}: skipped, another run "
+                                               f"is measuring it ({other})")
+                        claimed_elsewhere += 1
+                    elif not held(store, args, *key):
+                        if measurement == "speed" and peak is None:
+                            peak = measure_peak(args, writer.save, "start", None)
+                            watch = disturbance.MachineWatch(args.device, args.dtype, peak,
+                                                             brief_peaks=not args.quick)
+                        rows, failed = measure_isolated(name, measurement, args, setup, label, peak,
+                                                        progress.console, watch)
+                        errors += failed
+                        if rows:
+                            writer.save(rows)
             progress.advance(task)
     if peak is not None:  # shared and virtual machines drift: measure the roofline again
         drift = measure_peak(args, writer.save, "end", peak) / peak - 1
         if abs(drift) > 0.15:
             console.print(f"[yellow]warning: the machine's peak rate drifted {drift:+.0%} during "
                           "the sweep; timings from this run are less comparable")
+    if writer.sidecar_written and args.device == "cpu":  # what the job itself needed
+        writer.save([job_memory_row()])
     if any(m in ("cost", "memory", "speed") for m in args.measure):
         print_summary(console, store, args.models, writer.conditions, args.clip)
     if "accuracy" in args.measure:
         print_accuracy_summary(console, store, args.accuracy_models, writer.conditions,
                                "x".join(map(str, args.clip or MOTION_CLIP)),
                                accuracy_protocol(args))
+    if claimed_elsewhere:
+        console.print(f"{claimed_elsewhere} measurement(s) were left to another run on {store.root}; "
+                      "its rows land in the same store")
     if errors:
         console.print(f"[red]{errors} measurement(s) failed; see rows with status=error in "
                       f"{store.csv}")
     return 1 if errors else 0
 
 
+def held(store: ResultsStore, args, name: str, measurement: str, label: str, dataset) -> bool:
+    """Whether the store holds this measurement under the run's conditions (never, --force)."""
+    return not args.force and store.done(name, measurement, args.conditions, label,
+                                         required_metrics(measurement, args), dataset)
+
+
+def job_memory_row() -> Measurement:
+    """The job's own peak resident set: this process, and the largest probe child's."""
+    child = memory.largest_child_mb
+    return Measurement("_machine", "memory", "job_peak_rss_mb", memory.peak_rss_kib() / 1024, "MB",
+                       note="this run.py process (VmHWM)"
+                            + (f"; its largest RSS probe child peaked at {child:.0f} MB" if child else ""))
+
+
 def measure_peak(args, save, when: str, before: float | None) -> float:
     """Record the machine's dense matmul and conv rates and return the peak (the faster)."""
-    rates = speed.peak_gmacs_per_s(args.device, args.dtype, min_run_time=0.2 if args.quick else 2.0)
+    rates, shrunk = speed.peak_with_note(args.device, args.dtype,
+                                         min_run_time=0.2 if args.quick else 2.0)
     peak = max(rates.values())
     kind = max(rates, key=rates.get)
     drift = "" if before is None else f" ({peak / before - 1:+.0%} vs before)"
     moment = "before the first timing" if before is None else "after the sweep"
+    size = speed.peak_problem(args.device)[0]
     save([Measurement("_machine", "speed", "peak_gmacs_per_s", peak, "GMAC/s", when,
-                      note=f"the faster of a {speed.peak_problem(args.device)[0]}^3 matmul and a dense "
-                           f"3x3x3 conv ({kind}) in "
-                           f"{args.dtype}, {moment}{drift}")]
+                      note=f"the faster of a {size}^3 matmul and a dense 3x3x3 conv ({kind}) in "
+                           f"{args.dtype}, {moment}{drift}" + (f"; {shrunk}" if shrunk else ""))]
          + [Measurement("_machine", "speed", f"peak_gmacs_per_s_{k}", v, "GMAC/s", when,
                         note=f"{args.dtype}, {moment}")
             for k, v in rates.items()])
     return peak
 
 
-def measure_one(name, measurement, args, setup, label, peak) -> list[Measurement]:
+def measure_one(name, measurement, args, setup, label, peak, watch=None) -> list[Measurement]:
     if measurement == "cost":
         return measure_cost(name, args.clip, label, args.quick)
     if measurement == "accuracy":
@@ -419,21 +456,49 @@ def measure_one(name, measurement, args, setup, label, peak) -> list[Measurement
             name, args.dataset, args.root, args.clip, split=args.split, workers=args.workers,
             setup=setup, batch=args.batch_size, items=4 if args.quick else 8,
             min_run_time=0.1 if args.quick else 1.0)
+    cpu, batch = args.device == "cpu", args.batch_size
     if measurement == "memory":
+        short = cpu and not args.quick and memory_short(name, args, "train", fresh_process=True)
         rows, used = with_oom_retry(
-            lambda b: memory.measure_memory(name, setup, args.clip, label, b, args.quick),
-            args.batch_size, args.device)
+            lambda b: memory.measure_memory(name, setup, args.clip, label, b, args.quick,
+                                            rss_probe=not short),
+            batch, args.device)
+        if short:
+            rows.append(short_row(name, "memory", "peak_rss_mb_train", label, batch, short))
     else:
+        if cpu and (short := memory_short(name, args, "infer")):
+            raise memory.MemoryShort(short)
+        train_short = cpu and memory_short(name, args, "train")
         macs = cost.count_macs(name, args.clip).macs
         workload = Workload(name, setup, args.clip)
-        rows, used = with_oom_retry(
-            lambda b: speed.measure_speed(workload, label, b, macs, peak,
-                                          0.1 if args.quick else 1.0, warmup=0 if args.quick else 1),
-            args.batch_size, args.device)
-    if used != args.batch_size:
+
+        def timing(b):
+            return speed.measure_speed(workload, label, b, macs, peak, 0.1 if args.quick else 1.0,
+                                       warmup=0 if args.quick else 1, train=not train_short)
+
+        rows, used = with_oom_retry(lambda b: watch.timed(lambda: timing(b)) if watch else timing(b),
+                                    batch, args.device)
+        if train_short:
+            rows.append(short_row(name, "speed", "train_clips_per_s", label, batch, train_short))
+    if used != batch:
         for row in rows:
-            row.note = (row.note + f"; OOM at batch {args.batch_size}, ran at {used}").lstrip("; ")
+            row.note = (row.note + f"; OOM at batch {batch}, ran at {used}").lstrip("; ")
     return rows
+
+
+def memory_short(name: str, args, phase: str, fresh_process: bool = False) -> str:
+    """Why a CPU step of ``name`` would not fit in the memory left ("" if it fits): the memory
+    guard, so a measurement is skipped with an error row rather than killed by the kernel."""
+    try:
+        memory.check_fits(name, args.clip, args.batch_size, phase, args.dtype, fresh_process)
+    except memory.MemoryShort as exc:
+        return str(exc)
+    return ""
+
+
+def short_row(name, measurement, metric, label, batch, why) -> Measurement:
+    return Measurement(name, measurement, metric, None, "", "train", batch, label, status="error",
+                       error=f"MemoryShort: skipped, {why}")
 
 
 def accuracy_protocol(args) -> str:
@@ -444,12 +509,6 @@ def accuracy_protocol(args) -> str:
     if args.quick:  # a smoke test of the whole path: the clock stops it, no probe phase
         return train.protocol(args.train_budget, 0)
     return train.protocol(None, 0, args.train_budget)
-
-
-# A machine whose dense peak is below this share of the best recorded for the same conditions
-# is busy: its timings and budgets are flagged (a 2-core host sharing its cores with another
-# CPU-bound job ran at about half its peak).
-BUSY_SHARE = 0.75
 
 
 def accuracy_config(name: str, args, clip_budget: int | None = None, note: str = "") -> train.Config:
@@ -468,12 +527,14 @@ def accuracy_config(name: str, args, clip_budget: int | None = None, note: str =
 
 def probe_phase(names: list[str], args) -> dict[str, tuple[float, float]]:
     """{model: (training clips/s, machine peak GMAC/s)}, each model's training rate measured
-    with the machine's peak just after it, all before any model trains."""
-    probes = {}
+    with the machine's peak just after it, all before any model trains; what other processes
+    used during each probe goes to ``args.probe_load``."""
+    probes, args.probe_load = {}, {}
     for name in names:
-        rate = train.probe_rate(accuracy_config(name, args), seconds=3.0)
+        with CpuMeter() as meter:
+            rate = train.probe_rate(accuracy_config(name, args), seconds=3.0)
         peak = max(speed.peak_gmacs_per_s(args.device, args.dtype, min_run_time=0.2).values())
-        probes[name] = (rate, peak)
+        probes[name], args.probe_load[name] = (rate, peak), meter.result
     return probes
 
 
@@ -482,7 +543,8 @@ def clip_budget(name: str, args) -> tuple[int, str]:
     the probe phase over the peak at its probe, so a load that came and went during the
     probes does not shrink one model's budget. A whole phase far below the best peak recorded
     under these conditions (another job all along, or a slower host of the same name) is
-    flagged, not scaled: the store cannot tell the two apart."""
+    flagged, not scaled: the store cannot tell the two apart. So is a phase in which other
+    processes took CPU during every probe (a steady load, seen even with nothing recorded)."""
     rate, peak = args.probes[name]
     best_now = max(p for _, p in args.probes.values())
     frame = ResultsStore(args.results).frame()
@@ -493,7 +555,10 @@ def clip_budget(name: str, args) -> tuple[int, str]:
     clips = max(cfg.batch_size, round(rate * args.train_budget * best_now / peak))
     note = (f"{args.train_budget:g} s at {rate:.2f} clips/s probed, x{best_now / peak:.2f} for the "
             f"load during its probe (peak {peak:.0f}, the phase's best {best_now:.0f} GMAC/s)")
-    if best_now < BUSY_SHARE * best_recorded:
+    loads = getattr(args, "probe_load", {})
+    if loads and all(load.disturbed for load in loads.values()):
+        note = f"busy machine: during every probe {loads[name].describe()}; " + note
+    elif best_now < disturbance.BUSY_SHARE * best_recorded:
         note = (f"busy machine (or a slower host of the same name): the run's best peak was "
                 f"{best_now:.0f} against {best_recorded:.0f} GMAC/s recorded; " + note)
     return clips, note

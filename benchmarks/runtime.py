@@ -11,6 +11,7 @@ preloading jemalloc or tcmalloc; ``mallopt`` needs no extra library.
 
 import ctypes
 import ctypes.util
+import gc
 import platform
 
 M_TRIM_THRESHOLD = -1  # glibc's mallopt parameter numbers (malloc.h)
@@ -41,3 +42,15 @@ def keep_freed_memory() -> str:
     libc = ctypes.CDLL(ctypes.util.find_library("c"))
     ok = libc.mallopt(M_MMAP_MAX, 0) == 1 and libc.mallopt(M_TRIM_THRESHOLD, KEEP_BYTES) == 1
     return "glibc: no mmap for large blocks, trim above 1 GiB" if ok else "glibc default (mallopt failed)"
+
+
+def give_back_memory() -> bool:
+    """Between models, never inside a timing: collect garbage and hand the heap's free pages
+    back to the OS (glibc's ``malloc_trim``), so memory one model freed is not held while the
+    next runs. ``keep_freed_memory`` keeps it within a model, where reuse is the point: a sweep
+    without this held 9.8 GB of I3D's and S3D's freed activations while training small models.
+    Returns whether anything could be trimmed (False off glibc)."""
+    gc.collect()
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    return bool(ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim(0))

@@ -13,6 +13,7 @@ divides by the machine's peak in the same dtype (the faster of a dense matmul an
 conv, see ``peak_gmacs_per_s``), measured at the start of each run.
 """
 
+import math
 import time
 from collections.abc import Callable
 
@@ -52,35 +53,85 @@ def peak_problem(device: str) -> tuple[int, tuple[int, ...]]:
     return 2048, (2, 128, 8, 28, 28)
 
 
-def peak_gmacs_per_s(device: str, dtype: str, min_run_time: float = 1.0) -> dict[str, float]:
+# One peak call may take this long at most. Half precision on a CPU without native support
+# runs reference kernels: a 2048^3 fp16 matmul took 64 s a call on one EPYC, and bf16 ran at
+# under 1 GMAC/s on an AVX2 one. The problem then shrinks until a call fits, and says so.
+PEAK_CALL_S = 0.5
+MATMUL_SIDES = (2048, 1024, 512, 256, 128)
+CONV_INPUTS = ((2, 128, 8, 28, 28), (1, 128, 8, 28, 28), (1, 128, 4, 28, 28), (1, 128, 2, 28, 28),
+               (1, 128, 1, 28, 28), (1, 128, 1, 14, 14))
+
+
+def _conv_macs(shape: tuple[int, ...]) -> int:
+    return math.prod(shape) * 128 * 27  # 128 output channels, 3x3x3, padded to the same size
+
+
+def fitted_problem(device: str, dtype: str) -> tuple[int, tuple[int, ...], str]:
+    """``peak_problem``, shrunk on a CPU until one call of each is predicted (from a timed call
+    of the smallest size, scaled by the multiply-adds) to take at most ``PEAK_CALL_S``; and a
+    note saying so when it was shrunk."""
+    n, conv_input = peak_problem(device)
+    if device == "cuda":  # every dtype has tensor-core kernels; a first call times set-up
+        return n, conv_input, ""
+    torch_dtype = DTYPES[dtype]
+    a = torch.randn(MATMUL_SIDES[-1], MATMUL_SIDES[-1], dtype=torch_dtype)
+    conv = nn.Conv3d(128, 128, 3, padding=1, bias=False).to(torch_dtype).eval()
+    x = torch.randn(CONV_INPUTS[-1], dtype=torch_dtype)
+    with torch.inference_mode():
+        torch.mm(a, a), conv(x)  # lazy initialisation out of the timed call
+        started = time.perf_counter()
+        torch.mm(a, a)
+        per_mac_mm = (time.perf_counter() - started) / MATMUL_SIDES[-1] ** 3
+        started = time.perf_counter()
+        conv(x)
+        per_mac_conv = (time.perf_counter() - started) / _conv_macs(CONV_INPUTS[-1])
+    side = next((s for s in MATMUL_SIDES if per_mac_mm * s**3 <= PEAK_CALL_S), MATMUL_SIDES[-1])
+    shape = next((s for s in CONV_INPUTS if per_mac_conv * _conv_macs(s) <= PEAK_CALL_S),
+                 CONV_INPUTS[-1])
+    if (side, shape) == (n, conv_input):
+        return n, conv_input, ""
+    return side, shape, (f"shrunk to a {side}^3 matmul and a {'x'.join(map(str, shape))} conv "
+                         f"input: a full-size {dtype} call would take "
+                         f"{max(per_mac_mm * n**3, per_mac_conv * _conv_macs(conv_input)):.0f} s here")
+
+
+def peak_gmacs_per_s(device: str, dtype: str, min_run_time: float = 1.0,
+                     warm_s: float = 1.0) -> dict[str, float]:
     """The machine's dense rates in ``dtype``: a large matmul and a dense 3x3x3 conv
-    (``peak_problem``).
+    (``peak_problem``, shrunk by ``fitted_problem`` where one call would take too long;
+    ``peak_with_note`` also says whether it was).
 
     The roofline every model is compared with is the faster of the two. A matmul alone is not
     enough: on this suite's AMD EPYC CPU, MKL's sgemm takes its AVX2 path (~110 GMAC/s on two
     cores) while oneDNN's convolutions use AVX-512 (~255 GMAC/s), so dense 3D CNNs read 200%
     of a matmul "peak". A peak is the best the machine sustains, so each takes the fastest
-    timed block after a warm-up of at least a second (a cold median read 25% low here)."""
+    timed block after a warm-up (``warm_s``; a cold median read 25% low here). A brief check
+    around one model's timing passes a shorter ``warm_s`` and ``min_run_time``."""
+    return peak_with_note(device, dtype, min_run_time, warm_s)[0]
+
+
+def peak_with_note(device: str, dtype: str, min_run_time: float = 1.0,
+                   warm_s: float = 1.0) -> tuple[dict[str, float], str]:
+    """``peak_gmacs_per_s`` and the note of ``fitted_problem`` ("" at full size)."""
     torch_dtype = DTYPES[dtype]
-    n, conv_input = peak_problem(device)
+    n, conv_input, note = fitted_problem(device, dtype)
     a = torch.randn(n, n, device=device, dtype=torch_dtype)
     b = torch.randn(n, n, device=device, dtype=torch_dtype)
     conv = nn.Conv3d(128, 128, 3, padding=1, bias=False).to(device, torch_dtype).eval()
     conv = conv.to(memory_format=torch.channels_last_3d)
     x = torch.randn(*conv_input, device=device, dtype=torch_dtype)
     x = x.contiguous(memory_format=torch.channels_last_3d)
-    conv_macs = x.numel() * 128 * 27
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     rates = {}
     with torch.inference_mode():
         for kind, step, macs in (("matmul", lambda: torch.mm(a, b), n**3),
-                                 ("conv", lambda: conv(x), conv_macs)):
-            warm_until = time.perf_counter() + 1.0
+                                 ("conv", lambda: conv(x), _conv_macs(conv_input))):
+            warm_until = time.perf_counter() + warm_s
             while time.perf_counter() < warm_until:
                 step()
-            result = time_step(step, sync, max(min_run_time, 1.0), warmup=1)
+            result = time_step(step, sync, min_run_time, warmup=1)
             rates[kind] = macs / min(result.times) / 1e9
-    return rates
+    return rates, note
 
 
 def _rows(name, phase, batch, clip_label, result, macs_per_clip, peak, metric, value, unit):
@@ -100,10 +151,12 @@ def _rows(name, phase, batch, clip_label, result, macs_per_clip, peak, metric, v
 
 
 def measure_speed(workload: Workload, clip_label: str, batch: int, macs_per_clip: int,
-                  peak: float, min_run_time: float, warmup: int = 1) -> list[Measurement]:
-    """Latency, inference and training throughput. ``warmup=0`` (``--quick``) leaves the warm-up
-    to ``blocked_autorange``'s block-size estimate, which runs the step before timing it: a
-    step of I3D at 64x224x224 takes seconds, so each warm-up step costs that much again."""
+                  peak: float, min_run_time: float, warmup: int = 1,
+                  train: bool = True) -> list[Measurement]:
+    """Latency, inference and (``train``) training throughput. ``warmup=0`` (``--quick``)
+    leaves the warm-up to ``blocked_autorange``'s block-size estimate, which runs the step
+    before timing it: a step of I3D at 64x224x224 takes seconds, so each warm-up step costs
+    that much again."""
     name, sync = workload.name, workload.synchronize
     rows = []
     x1, _ = workload.inputs(1)
@@ -114,6 +167,8 @@ def measure_speed(workload: Workload, clip_label: str, batch: int, macs_per_clip
     result = time_step(lambda: workload.infer_step(x), sync, min_run_time, warmup)
     rows += _rows(name, "infer", batch, clip_label, result, macs_per_clip, peak,
                   "infer_clips_per_s", batch / result.median, "clips/s")
+    if not train:
+        return rows
     train_step = workload.make_train_step()
     result = time_step(lambda: train_step(x, y), sync, min_run_time, warmup)
     rows += _rows(name, "train", batch, clip_label, result, macs_per_clip, peak,
