@@ -224,7 +224,7 @@ def claims(m: Measured) -> list[str]:
                     "parameters_r2plus1d": [("parameters", "params")]}[key]
         for reading, metric in readings:
             value = times(mine, other, metric)
-            if m.disturbed(mine, metric) or m.disturbed(other, metric):
+            if value is not None and (m.disturbed(mine, metric) or m.disturbed(other, metric)):
                 lines.append(f"| {quote} | {reading} | {fmt(value)}× ⚠ | {m.device} | not judged: "
                              "timed while the machine was shared |")
                 continue

@@ -362,6 +362,10 @@ def run(args: argparse.Namespace, console: Console) -> int:
         if worst < disturbance.BUSY_SHARE * best:
             console.print(f"[yellow]warning: the machine's peak varied from {worst:.0f} to {best:.0f} "
                           "GMAC/s during the probes; budgets are scaled to the best")
+        loads = list(args.probe_load.values())
+        if loads and all(load.disturbed for load in loads):
+            console.print(f"[yellow]warning: busy machine: during every probe {loads[-1].describe()}; "
+                          "the clip budgets are flagged in their rows and in the report")
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                TimeElapsedColumn())
     watch = None

@@ -312,3 +312,21 @@ def test_give_back_memory_is_called_between_models(tmp_path, monkeypatch):
     assert run.main(["--models", "res3d,mfnet", "--measure", "cost", "--results", str(tmp_path),
                      "--clip", "8,32,32", "--quick"]) == 0
     assert len(calls) == 2
+
+
+def test_a_busy_probe_phase_is_said_in_the_output(tmp_path, monkeypatch, capsys):
+    from benchmarks import train
+
+    class Busy(contention.CpuMeter):
+        def read(self):
+            return contention.Contention(1.0, 0.0, 3.0, 2, 2)
+
+    monkeypatch.setattr(run, "CpuMeter", Busy)
+    monkeypatch.setattr(speed, "peak_gmacs_per_s", lambda *a, **k: {"conv": 50.0})
+    monkeypatch.setattr(train, "probe_rate", lambda cfg, seconds: 5.0)
+    budgets = []
+    monkeypatch.setattr(train, "train", lambda cfg: budgets.append((cfg.clip_budget, cfg.budget_note)))
+    assert run.main(["--models", "mfnet", "--measure", "accuracy", "--train-budget", "4",
+                     "--results", str(tmp_path)]) == 0
+    assert "warning: busy machine: during every probe other processes used 1.00" in capsys.readouterr().out
+    assert budgets[0][0] == 20 and budgets[0][1].startswith("busy machine")
