@@ -65,4 +65,12 @@ def collect(device: str) -> dict:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "git_commit": git_commit(),
+        "fiber_kernel": fiber_kernel_status(),
     }
+
+
+def fiber_kernel_status() -> str:
+    """What MF-Net's fiber convs can run on here (built on first use; see models/fiber_kernel)."""
+    from models import fiber_kernel
+
+    return fiber_kernel.status()

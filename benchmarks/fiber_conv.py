@@ -7,6 +7,8 @@ One of MF-Net's 3x3x3 fiber convs (16 groups) is timed three ways on the same in
 - ``fibers-bmm``: fibers as the batch of a ``torch.bmm``. Weights differ per fiber, so the
   input is unfolded into its 27 taps per fiber (im2col) first; the output is
   ``(16, Cg_out, Cg_in * 27) @ (16, Cg_in * 27, T*H*W)``. The unfold writes 27x the input.
+- ``suite-kernel``: the suite's direct kernel (``models/fiber_kernel.py``) on the NCDHW input,
+  where it could be built.
 
 Every variant is checked against ``onednn`` before it is timed. Rates are useful multiply-adds
 per second (the padding oneDNN adds for small channel blocks is not counted as work).
@@ -24,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks import runtime, speed
+from models import fiber_kernel
 
 # MF-Net 3D at 16x224x224, batch 1: the conv_m1 of each stage (channels in = out = num_mid)
 STAGES = {"conv2": (96, 8, 56, 56), "conv3": (192, 8, 28, 28), "conv4": (384, 8, 14, 14),
@@ -52,8 +55,9 @@ def main(argv=None) -> int:
     runtime.keep_freed_memory()
     torch.manual_seed(0)
     print(f"{torch.get_num_threads()} threads, batch {a.batch}; useful GMAC/s (ms per call)")
-    print(f"{'stage':6} {'shape':>16} {'Cg':>3} " + " ".join(f"{v:>20}" for v in
-                                                          ("onednn", "onednn-ncdhw", "fibers-bmm")))
+    names = ["onednn", "onednn-ncdhw", "fibers-bmm"]
+    names += ["suite-kernel"] if fiber_kernel.extension() is not None else []
+    print(f"{'stage':6} {'shape':>16} {'Cg':>3} " + " ".join(f"{v:>20}" for v in names))
     with torch.inference_mode():
         for stage, (c, t, h, w) in STAGES.items():
             x = torch.randn(a.batch, c, t, h, w)
@@ -62,6 +66,8 @@ def main(argv=None) -> int:
             conv = partial(F.conv3d, weight=weight, padding=1, groups=GROUPS)
             variants = {"onednn": partial(conv, x_cl), "onednn-ncdhw": partial(conv, x),
                         "fibers-bmm": partial(fibers_bmm, x, weight)}
+            if fiber_kernel.extension() is not None:
+                variants["suite-kernel"] = partial(fiber_kernel.fiber_conv3d, x, weight, GROUPS)
             reference = variants["onednn"]()
             macs = reference.numel() * (c // GROUPS) * 27
             cells = []

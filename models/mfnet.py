@@ -28,6 +28,7 @@ class Geometry:
 
     ndim: int
     onednn_pointwise: bool = False  # build 1x1x1 convs as ``OneDNNPointwiseConv3d``
+    fiber_kernel: bool = False  # build grouped (t, 3, 3) convs as ``fiber_kernel.FiberConv3d``
 
     def shape(self, t: int, h: int, w: int | None = None) -> tuple[int, ...]:
         """A kernel, stride or padding given as (t, h, w); the 2D net drops ``t``."""
@@ -39,6 +40,10 @@ class Geometry:
             return nn.Conv2d(num_in, num_out, kernel, stride, padding, groups=groups, bias=False)
         pointwise = all(k == 1 for k in kernel)
         kind = OneDNNPointwiseConv3d if self.onednn_pointwise and pointwise else nn.Conv3d
+        if self.fiber_kernel and groups > 1 and tuple(kernel[1:]) == (3, 3):
+            from models.fiber_kernel import FiberConv3d
+
+            kind = FiberConv3d
         return kind(num_in, num_out, kernel, stride, padding, groups=groups, bias=False)
 
     def bn(self, channels: int) -> nn.Module:
@@ -130,14 +135,19 @@ class MFNet(nn.Module):
                  stem_channels: int = 16, stem_kernel=(3, 5, 5),
                  widths=(96, 192, 384, 768), depths=(3, 4, 6, 3), groups: int = 16,
                  multiplexer: bool = True, temporal_strides=(2, 1, 1, 1), dropout: float = 0.0,
-                 channels_last: bool = True):
+                 channels_last: bool = True, fiber_kernel: bool = False):
         super().__init__()
         # Channels-last is the fast path for fiber (grouped) convs on oneDNN and cuDNN: on this
         # suite's CPU it cut 16x224x224 inference at batch 1 from 225 ms to 124 ms; its 1x1x1
         # convs are also kept on oneDNN at batch 1 (``OneDNNPointwiseConv3d``). The math,
         # the parameters and the checkpoint keys are the same; channels_last=False is the plain
         # reference path (plain ``Conv3d``, contiguous) the fast one is tested against.
-        geometry = replace(geometry, onednn_pointwise=channels_last and geometry.ndim == 3)
+        # fiber_kernel: the 3D net's stride-1 fiber convs on the suite's kernel
+        # (``models/fiber_kernel.py``), which reads NCDHW, so the network runs contiguous
+        if fiber_kernel and geometry.ndim == 3:
+            channels_last = False
+        geometry = replace(geometry, onednn_pointwise=channels_last and geometry.ndim == 3,
+                           fiber_kernel=fiber_kernel and geometry.ndim == 3)
         self.memory_format = ((torch.channels_last_3d if geometry.ndim == 3 else torch.channels_last)
                               if channels_last else torch.contiguous_format)
         padding = tuple(k // 2 for k in stem_kernel)

@@ -1,0 +1,127 @@
+"""The fiber-conv kernel (models/fiber_kernel.py) against PyTorch's conv: forward, both
+gradients, every MF-Net shape, random shapes, fp64 gradcheck, and the fallbacks."""
+
+import random
+
+import pytest
+import torch
+from torch import nn
+
+from models import fiber_kernel as fk
+from models.mfnet import MFNet
+
+
+@pytest.fixture(scope="module", autouse=True)
+def built():
+    if fk.extension() is None:
+        pytest.skip(f"kernel not built here: {fk.status()}")
+
+
+def close(a, b, rtol=1e-4):
+    """Equal within fp32 tolerance, relative to the larger values (sums of hundreds of terms)."""
+    scale = b.abs().max().clamp_min(1e-6)
+    assert ((a - b).abs().max() / scale).item() < rtol
+
+
+def check_against_reference(x, weight, groups):
+    x1, w1 = x.clone().requires_grad_(), weight.clone().requires_grad_()
+    x2, w2 = x.clone().requires_grad_(), weight.clone().requires_grad_()
+    y1, y2 = fk.fiber_conv3d(x1, w1, groups), fk.reference(x2, w2, groups)
+    close(y1, y2)
+    grad = torch.randn_like(y2)
+    y1.backward(grad)
+    y2.backward(grad)
+    close(x1.grad, x2.grad)
+    close(w1.grad, w2.grad)
+
+
+def test_random_shapes_forward_and_backward():
+    rng = random.Random(0)
+    for _ in range(25):
+        groups = rng.choice([1, 2, 4, 16])
+        cin_g, cout_g, kt = rng.randint(1, 13), rng.randint(1, 13), rng.choice([1, 3])
+        shape = (rng.randint(1, 2), groups * cin_g, rng.randint(1, 5), rng.randint(1, 11), rng.randint(1, 37))
+        x = torch.randn(shape)
+        weight = torch.randn(groups * cout_g, cin_g, kt, 3, 3)
+        check_against_reference(x, weight, groups)
+
+
+def test_every_mfnet_fiber_conv_shape_forward_and_backward():
+    torch.manual_seed(0)
+    model = MFNet(channels_last=False).eval()
+    inputs = {}
+
+    def keep(module, args, output):
+        inputs[module] = args[0]  # returns None: the output stays as it is
+
+    hooks = [m.register_forward_hook(keep) for m in model.modules()
+             if isinstance(m, nn.Conv3d) and m.groups > 1 and m.stride == (1, 1, 1)]
+    with torch.no_grad():
+        model(torch.randn(1, 3, 8, 112, 112))
+    for hook in hooks:
+        hook.remove()
+    shapes = {(tuple(x.shape), tuple(m.weight.shape)): (m, x) for m, x in inputs.items()}
+    assert len(shapes) == 8  # 3x3x3 and 1x3x3 in each of the four stages
+    for m, x in shapes.values():
+        check_against_reference(x, m.weight.detach(), m.groups)
+
+
+@pytest.mark.parametrize("kt", [1, 3])
+def test_gradcheck_in_fp64(kt):
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 3, 4, 6, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(12, 2, kt, 3, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: fk.fiber_conv3d(a, b, 4), (x, weight))
+
+
+def test_the_scalar_path_a_cpu_without_avx2_takes_gives_the_same_numbers(monkeypatch):
+    x, weight = torch.randn(1, 32, 4, 9, 21), torch.randn(32, 2, 3, 3, 3)
+    fast = fk.fiber_conv3d(x, weight, 16)
+    monkeypatch.setenv(fk.SWITCH, "scalar")
+    assert fk.force_scalar()
+    close(fk.fiber_conv3d(x, weight, 16), fast)
+    assert fk.status() == "suite kernel (scalar)"
+
+
+def test_mfnet_on_the_kernel_equals_the_reference_path_with_the_same_keys():
+    torch.manual_seed(0)
+    reference = MFNet(channels_last=False).eval()
+    fast = MFNet(fiber_kernel=True).eval()
+    assert list(fast.state_dict()) == list(reference.state_dict())
+    fast.load_state_dict(reference.state_dict())
+    kinds = {type(m).__name__ for m in fast.modules()}
+    assert "FiberConv3d" in kinds
+    x = torch.randn(1, 3, 8, 64, 64)
+    with torch.no_grad():
+        close(fast(x), reference(x))
+
+
+def test_where_the_kernel_does_not_apply_the_module_is_a_plain_conv():
+    conv = fk.FiberConv3d(32, 32, (3, 3, 3), (1, 2, 2), (1, 1, 1), groups=16, bias=False)
+    assert not conv._on_kernel(torch.randn(1, 32, 4, 8, 8))  # stride 2
+    conv = fk.FiberConv3d(32, 32, (3, 3, 3), 1, (1, 1, 1), groups=16, bias=False)
+    x = torch.randn(1, 32, 4, 8, 8)
+    assert conv._on_kernel(x)
+    assert not conv._on_kernel(x.contiguous(memory_format=torch.channels_last_3d))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not conv._on_kernel(x)
+
+
+def test_no_compiler_falls_back_to_pytorch_in_one_line(monkeypatch):
+    from torch.utils import cpp_extension
+
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError("Error building extension 'mfnet_fiber_conv'\ng++: command not found")
+
+    monkeypatch.setattr(cpp_extension, "load", no_compiler)
+    monkeypatch.setattr(fk, "_loaded", {})
+    with pytest.warns(UserWarning, match="fiber convs run on PyTorch's own kernels"):
+        assert fk.extension() is None
+    assert fk.status() == ("stock PyTorch kernels: the kernel could not be built "
+                           "(RuntimeError: g++: command not found)")
+    conv = fk.FiberConv3d(32, 32, (3, 3, 3), 1, (1, 1, 1), groups=16, bias=False)
+    x = torch.randn(1, 32, 4, 8, 8)
+    close(conv(x), fk.reference(x, conv.weight, 16))
+    monkeypatch.setattr(fk, "_loaded", {})
+    monkeypatch.setenv(fk.SWITCH, "off")
+    assert fk.extension() is None and fk.status() == f"stock PyTorch kernels: {fk.SWITCH}=off"
