@@ -158,9 +158,10 @@ def measure_memory(name: str, setup: Setup, clip, clip_label: str, batch: int,
 # and momentum): 0.91-0.98x for the models above 1 GB, the higher ratios on small models where
 # the runtime's own buffers dominate. A timing runs several steps, and the heap grows past the
 # first: MF-Net at batch 4 grew 2.40 GB in its first step and 2.62 GB after three; I3D's timing
-# in the sweep's process grew about 6.6 GB, against 5.2 GB for one step in a fresh one. The
-# margin covers the timed loop; the allowance covers small models.
-ESTIMATE_MARGIN = 1.25
+# in the sweep's process reached 7,993 MB resident in an 8 GB cgroup, about 7.1 GB of growth
+# against its 5.3 GB counted need (5.2 GB for one step in a fresh process). The margin covers
+# the timed loop; the allowance covers small models.
+ESTIMATE_MARGIN = 1.4
 ESTIMATE_FIXED = 256 * MB
 CHILD_BASELINE = 512 * MB  # a fresh process with torch and the model imported
 PHASE_NAMES = {"train": "a training", "infer": "an inference"}
