@@ -70,7 +70,8 @@ def collect(device: str) -> dict:
 
 
 def fiber_kernel_status() -> str:
-    """What MF-Net's fiber convs can run on here (built on first use; see models/fiber_kernel)."""
+    """What MF-Net's fiber convs ran on in this process (models/fiber_kernel.py); it does not
+    build the kernel."""
     from models import fiber_kernel
 
-    return fiber_kernel.status()
+    return fiber_kernel.status(build=False)

@@ -56,8 +56,12 @@ def force_scalar() -> bool:
     return os.environ.get(SWITCH, "").lower() == "scalar"
 
 
-def status() -> str:
-    """What MF-Net's fiber convs run on here, for a run's environment record."""
+def status(build: bool = True) -> str:
+    """What MF-Net's fiber convs run on here, for a run's environment record. ``build=False``
+    reports without building: a run whose models never asked for the kernel does not pay the
+    first build (about a minute) to say so."""
+    if not build and "module" not in _loaded:
+        return "not loaded: stock PyTorch kernels (MF-Net's fiber_kernel=True opts in)"
     module = extension()
     if module is None:
         return f"stock PyTorch kernels: {_loaded['why']}"

@@ -125,3 +125,11 @@ def test_no_compiler_falls_back_to_pytorch_in_one_line(monkeypatch):
     monkeypatch.setattr(fk, "_loaded", {})
     monkeypatch.setenv(fk.SWITCH, "off")
     assert fk.extension() is None and fk.status() == f"stock PyTorch kernels: {fk.SWITCH}=off"
+
+
+def test_recording_the_status_never_builds_the_kernel(monkeypatch):
+    from benchmarks import environment
+
+    monkeypatch.setattr(fk, "_loaded", {})
+    monkeypatch.setattr(fk, "extension", lambda: pytest.fail("built the kernel"))
+    assert environment.collect("cpu")["fiber_kernel"].startswith("not loaded: stock PyTorch kernels")
