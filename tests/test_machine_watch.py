@@ -20,6 +20,23 @@ REPO = Path(__file__).resolve().parent.parent
 SMALL = ["--clip", "4,32,32", "--batch-size", "2", "--quick"]
 
 
+def loaded(others: float, seconds: float = 3.0) -> type:
+    """A CPU meter that reads ``others`` CPUs of another program's load on 2 CPUs."""
+    class Loaded(contention.CpuMeter):
+        def read(self):
+            return contention.Contention(others, 0.0, seconds, 2, 2)
+    return Loaded
+
+
+def busy_probes(monkeypatch) -> None:
+    """Every probe under a whole CPU of someone else's load, at 5 clips/s and a 50 GMAC/s peak."""
+    from benchmarks import train
+
+    monkeypatch.setattr(run, "CpuMeter", loaded(1.0))
+    monkeypatch.setattr(speed, "peak_gmacs_per_s", lambda *a, **k: {"conv": 50.0})
+    monkeypatch.setattr(train, "probe_rate", lambda cfg, seconds: 5.0)
+
+
 def busy_loop_elsewhere() -> int:
     """A CPU-bound process that is not ours (reparented to init), as another user's job is."""
     out = subprocess.run(["sh", "-c", f"{sys.executable} -c 'while True: pass' >/dev/null 2>&1 & echo $!"],
@@ -77,21 +94,13 @@ def test_a_peak_that_dropped_around_a_timing_marks_its_rows(monkeypatch):
 
 
 def test_a_steady_load_marks_a_timing_even_with_a_steady_peak(monkeypatch):
-    class Busy(contention.CpuMeter):
-        def read(self):
-            return contention.Contention(1.0, 0.0, 3.0, 2, 2)
-
-    monkeypatch.setattr(disturbance, "CpuMeter", Busy)
+    monkeypatch.setattr(disturbance, "CpuMeter", loaded(1.0))
     marked = disturbance.MachineWatch("cpu", "fp32", 100.0, brief_peaks=False).timed(rows)
     assert marked[1].note.startswith("disturbed: other processes used 1.00 of 2 CPUs")
 
 
 def test_run_py_marks_disturbed_speed_rows(tmp_path, monkeypatch, capsys):
-    class Busy(contention.CpuMeter):
-        def read(self):
-            return contention.Contention(0.9, 0.0, 2.0, 2, 2)
-
-    monkeypatch.setattr(disturbance, "CpuMeter", Busy)
+    monkeypatch.setattr(disturbance, "CpuMeter", loaded(0.9, seconds=2.0))
     code = run.main(["--models", "res3d", "--measure", "speed", "--results", str(tmp_path), *SMALL])
     assert code == 0 and "is disturbed: other processes used 0.90 of 2 CPUs" in capsys.readouterr().out
     frame = read_csv(tmp_path / "measurements.csv")
@@ -114,15 +123,7 @@ def test_the_report_marks_disturbed_timings_and_refuses_their_verdict(tmp_path):
 
 
 def test_every_probe_under_load_flags_the_clip_budgets(tmp_path, monkeypatch):
-    from benchmarks import train
-
-    class Busy(contention.CpuMeter):
-        def read(self):
-            return contention.Contention(1.0, 0.0, 3.0, 2, 2)
-
-    monkeypatch.setattr(run, "CpuMeter", Busy)
-    monkeypatch.setattr(speed, "peak_gmacs_per_s", lambda *a, **k: {"conv": 50.0})
-    monkeypatch.setattr(train, "probe_rate", lambda cfg, seconds: 5.0)
+    busy_probes(monkeypatch)
     args = run.parse_args(["--models", "mfnet,c3d", "--measure", "accuracy", "--train-budget", "4",
                            "--results", str(tmp_path)])  # a fresh store: nothing recorded to compare
     args.probes = run.probe_phase(["mfnet", "c3d"], args)
@@ -309,13 +310,7 @@ def test_give_back_memory_is_called_between_models(tmp_path, monkeypatch):
 def test_a_busy_probe_phase_is_said_in_the_output(tmp_path, monkeypatch, capsys):
     from benchmarks import train
 
-    class Busy(contention.CpuMeter):
-        def read(self):
-            return contention.Contention(1.0, 0.0, 3.0, 2, 2)
-
-    monkeypatch.setattr(run, "CpuMeter", Busy)
-    monkeypatch.setattr(speed, "peak_gmacs_per_s", lambda *a, **k: {"conv": 50.0})
-    monkeypatch.setattr(train, "probe_rate", lambda cfg, seconds: 5.0)
+    busy_probes(monkeypatch)
     budgets = []
     monkeypatch.setattr(train, "train", lambda cfg: budgets.append((cfg.clip_budget, cfg.budget_note)))
     assert run.main(["--models", "mfnet", "--measure", "accuracy", "--train-budget", "4",
