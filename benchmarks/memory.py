@@ -282,12 +282,13 @@ def available_bytes() -> tuple[int | None, str]:
     return min(options)
 
 
-def check_fits(name: str, clip, batch: int, phase: str, dtype: str = "fp32",
-               fresh_process: bool = False) -> None:
-    """Raise ``MemoryShort`` naming both figures if a CPU step of ``name`` is estimated to need
-    more memory than is available (``fresh_process``: in a child, which starts torch anew)."""
+def shortfall(name: str, clip, batch: int, phase: str, dtype: str = "fp32",
+              fresh_process: bool = False) -> str:
+    """Why a CPU step of ``name`` would not fit in the memory available, naming both figures;
+    "" if it is estimated to fit (``fresh_process``: in a child, which starts torch anew)."""
     need = estimate_bytes(name, clip, batch, phase, dtype) + (CHILD_BASELINE if fresh_process else 0)
     room, source = available_bytes()
-    if room is not None and need > room:
-        raise MemoryShort(f"{PHASE_NAMES[phase]} step at batch {batch} needs about {need / 2**30:.1f} GB "
-                          f"(estimated), but {room / 2**30:.1f} GB is available ({source})")
+    if room is None or need <= room:
+        return ""
+    return (f"{PHASE_NAMES[phase]} step at batch {batch} needs about {need / 2**30:.1f} GB "
+            f"(estimated), but {room / 2**30:.1f} GB is available ({source})")

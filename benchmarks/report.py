@@ -182,13 +182,13 @@ def efficiency_table(m: Measured, names: list[str]) -> list[str]:
                  fmt(m.get(name, peak_metric)), m.timed(name, "gmacs_per_s", 1),
                  "–" if fraction is None else f"{fraction:.0%}"]
         lines.append("| " + " | ".join(cells) + " |")
-    marked = [n for n in names if any(m.disturbed(n, metric, batch) for metric, batch in (
-        ("latency_ms", None), ("infer_clips_per_s", m.throughput_batch(n)),
-        ("train_clips_per_s", m.throughput_batch(n))))]
+    notes = {n: m.row(n, metric, batch)["note"] for n in names
+             for metric, batch in (("train_clips_per_s", m.throughput_batch(n)),
+                                   ("infer_clips_per_s", m.throughput_batch(n)), ("latency_ms", None))
+             if m.disturbed(n, metric, batch)}
+    marked = list(notes)
     if marked:
-        why = next(m.row(n, k)["note"] for n in marked for k in ("latency_ms", "infer_clips_per_s",
-                   "train_clips_per_s") if m.disturbed(n, k)).split(";")[0]
-        why = why.removeprefix(f"{disturbance.MARK}: ")
+        why = notes[marked[0]].split(";")[0].removeprefix(f"{disturbance.MARK}: ")
         lines += ["", f"⚠ Timed while the machine was shared ({len(marked)} model(s); e.g. "
                       f"{why}): these timings may be low and no verdict is drawn from them. Run "
                       "`python benchmarks/run.py --measure speed --force --models "

@@ -493,11 +493,7 @@ def measure_one(name, measurement, args, setup, label, peak, watch=None) -> list
 def memory_short(name: str, args, phase: str, fresh_process: bool = False) -> str:
     """Why a CPU step of ``name`` would not fit in the memory left ("" if it fits): the memory
     guard, so a measurement is skipped with an error row rather than killed by the kernel."""
-    try:
-        memory.check_fits(name, args.clip, args.batch_size, phase, args.dtype, fresh_process)
-    except memory.MemoryShort as exc:
-        return str(exc)
-    return ""
+    return memory.shortfall(name, args.clip, args.batch_size, phase, args.dtype, fresh_process)
 
 
 def short_row(name, measurement, metric, label, batch, why) -> Measurement:

@@ -34,12 +34,19 @@ def gpu_policy(dtype: str) -> dict:
             "float32_matmul_precision": torch.get_float32_matmul_precision()}
 
 
+def _glibc() -> ctypes.CDLL | None:
+    """The C library, where it is glibc (``mallopt`` and ``malloc_trim`` are its own)."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    return ctypes.CDLL(ctypes.util.find_library("c"))
+
+
 def keep_freed_memory() -> str:
     """Serve large blocks from the heap and keep them after ``free``; return what was done,
     for the run's environment record."""
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    libc = _glibc()
+    if libc is None:
         return "system default (not glibc)"
-    libc = ctypes.CDLL(ctypes.util.find_library("c"))
     ok = libc.mallopt(M_MMAP_MAX, 0) == 1 and libc.mallopt(M_TRIM_THRESHOLD, KEEP_BYTES) == 1
     return "glibc: no mmap for large blocks, trim above 1 GiB" if ok else "glibc default (mallopt failed)"
 
@@ -51,6 +58,5 @@ def give_back_memory() -> bool:
     without this held 9.8 GB of I3D's and S3D's freed activations while training small models.
     Returns whether anything could be trimmed (False off glibc)."""
     gc.collect()
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    return bool(ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim(0))
+    libc = _glibc()
+    return libc is not None and bool(libc.malloc_trim(0))
