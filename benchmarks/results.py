@@ -22,16 +22,20 @@ from pathlib import Path
 
 import pandas as pd
 
-# Version 2 added weights, seed, threads, protocol and schema. Every row records the version
-# that wrote it; a store holding rows of a newer version is refused, never rewritten.
-SCHEMA_VERSION = 2
+# Version 2 added weights, seed, threads, protocol and schema; version 3 added kernels. Every
+# row records the version that wrote it; a store holding rows of a newer version is refused,
+# never rewritten.
+SCHEMA_VERSION = 3
 COLUMNS = ("run_id", "timestamp", "model", "measurement", "metric", "value", "unit", "phase",
-           "device", "device_name", "dtype", "batch_size", "clip", "channels_last", "compiled", "iqr",
+           "device", "device_name", "dtype", "batch_size", "clip", "channels_last", "compiled", "kernels", "iqr",
            "repeats", "dataset", "epoch", "views", "status", "error", "note", "weights", "seed",
            "threads", "protocol", "schema")
 # What makes two rows the same measurement, beside the model, metric, phase, batch and clip:
 # where and how it ran. Resume (``ResultsStore.done``), the summaries and the report use it.
-CONDITION_COLUMNS = ("device", "device_name", "threads", "dtype", "channels_last", "compiled")
+CONDITION_COLUMNS = ("device", "device_name", "threads", "dtype", "channels_last", "compiled",
+                     "kernels")
+# kernels: "stock" (PyTorch's own) or "suite": grouped (1|3)x3x3 convs on the suite's fiber-conv
+# kernel (models/fiber_kernel.py) where it applies, run.py --fiber-kernel
 CSV_NAME = "measurements.csv"
 
 
@@ -80,6 +84,7 @@ class RunConditions:
     # intra-op threads: a 64-thread host must not take a 2-thread host's timings as its own
     # (0: not recorded, in rows written before the column existed and not filled from a sidecar)
     threads: int = 0
+    kernels: str = "stock"
 
     def key(self) -> dict:
         return {column: getattr(self, column) for column in CONDITION_COLUMNS}
@@ -299,6 +304,7 @@ def read_csv(path: Path, keep_unknown: bool = False) -> pd.DataFrame:
     for column in COLUMNS:
         if column not in frame.columns:
             frame[column] = ""
+    frame["kernels"] = frame["kernels"].fillna("").replace("", "stock")  # before the column: stock
     unknown = [c for c in frame.columns if c not in COLUMNS]
     frame = frame[list(COLUMNS) + (unknown if keep_unknown else [])]
     if keep_unknown:  # for rewriting: every value exactly as it was read

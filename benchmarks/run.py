@@ -93,6 +93,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dtype", default="fp32", choices=tuple(DTYPES))
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (inductor)")
+    p.add_argument("--fiber-kernel", action="store_true",
+                   help="grouped (1|3)x3x3 convs (MF-Net's fiber convs) on the suite's kernel "
+                        "(models/fiber_kernel.py); dense convs stay on PyTorch's. Rows: kernels=suite")
     p.add_argument("--results", default=None,
                    help="results directory (default: results/; with --quick, results-quick/, so "
                         "smoke-test timings never stand in for the measured ones in results/)")
@@ -119,6 +122,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.device = resolve_device(args.device)
         if args.dtype == "tf32" and args.device != "cuda":
             raise ValueError("--dtype tf32 is a CUDA math mode; on a CPU use fp32")
+        if args.fiber_kernel and args.device != "cpu":
+            raise ValueError("--fiber-kernel is a CPU kernel; on a GPU the fiber convs run on cuDNN")
         check_accuracy_inputs(args, explicit)
     except ValueError as exc:
         p.error(str(exc))
@@ -307,7 +312,8 @@ class RunWriter:
         if args.device == "cuda":
             env["gpu_policy"] = runtime.gpu_policy(args.dtype)
         self.conditions = RunConditions(self.run_id, args.device, env["device_name"], args.dtype,
-                                        args.channels_last, args.compile, env["threads"])
+                                        args.channels_last, args.compile, env["threads"],
+                                        "suite" if args.fiber_kernel else "stock")
         self.sidecar = env | {"quick": args.quick, "batch_size": args.batch_size, "argv": sys.argv[1:]}
         self.sidecar_written = False
 
@@ -343,7 +349,7 @@ def measure_isolated(name: str, measurement: str, args, setup: Setup, label: str
 def run(args: argparse.Namespace, console: Console) -> int:
     store = ResultsStore(args.results)
     check_inputs(args, store)
-    setup = Setup(args.device, args.dtype, args.channels_last, args.compile)
+    setup = Setup(args.device, args.dtype, args.channels_last, args.compile, args.fiber_kernel)
     writer = RunWriter(args, store)
     args.conditions = writer.conditions
     # the machine's peak, measured just before the run's first timing: a run whose timings are

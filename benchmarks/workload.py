@@ -23,6 +23,7 @@ class Setup:
     dtype: str = "fp32"  # fp32 | bf16 | fp16 (the latter two by autocast)
     channels_last: bool = False
     compiled: bool = False  # torch.compile (inductor), named as the results column is
+    fiber_kernel: bool = False  # grouped (1|3)x3x3 convs on the suite's kernel (results: kernels)
 
 
 class Workload:
@@ -37,6 +38,10 @@ class Workload:
         self.video = len(input_shape(name, clip)) == 5
         if setup.channels_last:
             model = model.to(memory_format=self.memory_format)
+        if setup.fiber_kernel:
+            from models import fiber_kernel
+
+            fiber_kernel.use_kernel(model)
         self.model = torch.compile(model) if setup.compiled else model
         self.eager_model = model
 

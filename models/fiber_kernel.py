@@ -42,8 +42,12 @@ def extension():
 
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # "no CUDA runtime": this is a CPU kernel
+                # -fopenmp: at::parallel_for is a header template; built without it, the
+                # kernel runs on one thread whatever torch.get_num_threads() says. The
+                # extension links libgomp.so.1, the same soname torch already loaded.
                 module = cpp_extension.load("mfnet_fiber_conv", [str(SOURCE)],
-                                            extra_cflags=["-O3"], verbose=False)
+                                            extra_cflags=["-O3", "-fopenmp"],
+                                            extra_ldflags=["-fopenmp"], verbose=False)
         except Exception as exc:  # no compiler, no ninja, a failed build: fall back, say why
             last = (str(exc).strip().splitlines() or [""])[-1]  # a build log ends with its cause
             why = f"the kernel could not be built ({type(exc).__name__}: {last})"
@@ -77,54 +81,136 @@ def flipped(weight: torch.Tensor, groups: int) -> torch.Tensor:
             .reshape(groups * cin_g, cout_g, kt, 3, 3).contiguous())
 
 
+def channels_last(x: torch.Tensor, stride=(1, 1, 1)) -> bool:
+    """Whether the kernel reads ``x`` as NDHWC, MF-Net's default layout: an NDHWC tensor, or
+    one that is both layouts at once (one channel, or one pixel) where the conv is strided,
+    which only the channels-last kernel handles. Otherwise it reads NCDHW (stride 1)."""
+    if not x.is_contiguous(memory_format=torch.channels_last_3d):
+        return False
+    return not x.is_contiguous() or tuple(stride) != (1, 1, 1)
+
+
+def _stock_grads(grad, x, weight, stride, groups, mask):
+    """PyTorch's own gradients of the same conv, for what the kernel does not cover."""
+    pad = [weight.shape[2] // 2, 1, 1]
+    gx, gw, _ = torch.ops.aten.convolution_backward(
+        grad, x, weight, None, list(stride), pad, [1, 1, 1], False, [0, 0, 0], groups, mask + [False])
+    return gx, gw
+
+
 class FiberConvFunction(torch.autograd.Function):
+    """The conv on the kernel, in either layout, with its two gradients:
+
+    - NCDHW (stride 1): forward, the input's gradient (the forward with ``flipped`` weights)
+      and the weight's, all on the kernel;
+    - channels last: forward on the kernel at any stride; the input's gradient on the kernel at
+      stride 1; the weight's gradient, and the input's at a stride, on PyTorch's own
+      (``convolution_backward``)."""
+
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, groups: int) -> torch.Tensor:
+    def forward(ctx, x, weight, groups, stride, packed=None):
         ctx.save_for_backward(x, weight)
-        ctx.groups = groups
-        return extension().forward(x, weight, groups, force_scalar())
+        ctx.groups, ctx.stride = groups, stride
+        ext = extension()
+        if channels_last(x, stride):
+            packed = ext.pack_cl(weight, groups) if packed is None else packed
+            return ext.forward_cl(x, packed, weight.shape[0] // groups, list(stride))
+        # a channels-last model's weights are channels last too
+        return ext.forward(x, weight.contiguous(), groups, force_scalar())
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):
+    def backward(ctx, grad):
         x, weight = ctx.saved_tensors
-        grad = grad.contiguous()
+        groups, stride = ctx.groups, ctx.stride
         ext, scalar = extension(), force_scalar()
+        need_x, need_w = ctx.needs_input_grad[:2]
         grad_x = grad_w = None
-        if ctx.needs_input_grad[0]:
-            grad_x = ext.forward(grad, flipped(weight, ctx.groups), ctx.groups, scalar)
-        if ctx.needs_input_grad[1]:
-            grad_w = ext.grad_weight(x, grad, ctx.groups, weight.shape[2], scalar)
-        return grad_x, grad_w, None
+        if channels_last(x, stride):
+            grad = grad.contiguous(memory_format=torch.channels_last_3d)
+            on_kernel = need_x and tuple(stride) == (1, 1, 1)
+            if on_kernel:
+                packed = ext.pack_cl(flipped(weight, groups), groups)
+                grad_x = ext.forward_cl(grad, packed, weight.shape[1], [1, 1, 1])
+            if need_w or (need_x and not on_kernel):
+                gx, grad_w = _stock_grads(grad, x, weight, stride, groups,
+                                          [need_x and not on_kernel, need_w])
+                grad_x = grad_x if on_kernel else gx
+            return grad_x, grad_w, None, None, None
+        grad = grad.contiguous()
+        if need_x:
+            grad_x = ext.forward(grad, flipped(weight, groups), groups, scalar)
+        if need_w:
+            grad_w = ext.grad_weight(x, grad, groups, weight.shape[2], scalar)
+        return grad_x, grad_w, None, None, None
 
 
-def fiber_conv3d(x: torch.Tensor, weight: torch.Tensor, groups: int) -> torch.Tensor:
-    """``F.conv3d(x, weight, padding=(KT // 2, 1, 1), groups=groups)`` on the suite's kernel."""
-    return FiberConvFunction.apply(x.contiguous(), weight.contiguous(), groups)
+def fiber_conv3d(x: torch.Tensor, weight: torch.Tensor, groups: int,
+                 stride=(1, 1, 1)) -> torch.Tensor:
+    """``F.conv3d(x, weight, stride, padding=(KT // 2, 1, 1), groups=groups)`` on the suite's
+    kernel: channels-last inputs (any stride) stay channels last, others run NCDHW (stride 1)."""
+    stride = tuple(stride)
+    if not channels_last(x, stride):
+        x = x.contiguous(memory_format=torch.contiguous_format if stride == (1, 1, 1)
+                         else torch.channels_last_3d)
+    return FiberConvFunction.apply(x, weight.contiguous(), groups, stride)
 
 
 class FiberConv3d(nn.Conv3d):
-    """A grouped ``Conv3d`` that runs on the suite's kernel where it applies: CPU, fp32 or fp64,
-    a (1 or 3, 3, 3) kernel at stride 1 with same padding, no bias, an NCDHW input, outside
-    autocast, ``torch.compile`` and tracing. Everywhere else it is a plain ``Conv3d``: the same
-    parameters, the same checkpoint keys."""
+    """A grouped ``Conv3d`` that runs on the suite's kernel where it applies: CPU, a (1 or 3, 3,
+    3) kernel with same padding, no bias, outside autocast, ``torch.compile`` and tracing; a
+    channels-last fp32 input on an AVX2 CPU at any stride, or a contiguous fp32/fp64 input at
+    stride 1. Everywhere else it is a plain ``Conv3d``: the same parameters, the same
+    checkpoint keys. In inference the packed weights are kept until the weight changes."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._on_kernel(x):
-            return fiber_conv3d(x, self.weight, self.groups)
+            return FiberConvFunction.apply(x, self.weight, self.groups, self.stride, self._packed(x))
         return super().forward(x)
+
+    def _packed(self, x: torch.Tensor):
+        """The channels-last weight packing, kept while the weight is unchanged and no gradient
+        is wanted (a training step packs afresh: its weight changes every step)."""
+        if not channels_last(x, self.stride) or (torch.is_grad_enabled() and self.weight.requires_grad):
+            return None
+        key = (self.weight.data_ptr(), self.weight._version)
+        cached = getattr(self, "_pack_cache", None)
+        if cached is None or cached[0] != key:
+            cached = (key, extension().pack_cl(self.weight.detach(), self.groups))
+            self._pack_cache = cached  # a plain attribute, not a buffer: no checkpoint key
+        return cached[1]
 
     def _on_kernel(self, x: torch.Tensor) -> bool:
         if torch.compiler.is_compiling() or torch.jit.is_tracing():
             return False
         kt = self.kernel_size[0]
-        return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
-                and x.dtype == self.weight.dtype and x.is_contiguous() and self.bias is None
-                and self.kernel_size[1:] == (3, 3) and kt in (1, 3)
-                and self.stride == (1, 1, 1) and self.padding == (kt // 2, 1, 1)
-                and self.dilation == (1, 1, 1) and self.padding_mode == "zeros"
-                and not torch.is_autocast_enabled("cpu") and extension() is not None)
+        common = (x.device.type == "cpu" and x.dtype == self.weight.dtype and self.bias is None
+                  and self.kernel_size[1:] == (3, 3) and kt in (1, 3)
+                  and self.padding == (kt // 2, 1, 1) and self.dilation == (1, 1, 1)
+                  and self.padding_mode == "zeros" and not torch.is_autocast_enabled("cpu"))
+        if not common or extension() is None:
+            return False
+        if channels_last(x, self.stride):
+            return x.dtype == torch.float32 and extension().path(force_scalar()) == "avx2"
+        return (x.is_contiguous() and x.dtype in (torch.float32, torch.float64)
+                and self.stride == (1, 1, 1))
 
 
-def reference(x: torch.Tensor, weight: torch.Tensor, groups: int) -> torch.Tensor:
+def reference(x: torch.Tensor, weight: torch.Tensor, groups: int, stride=(1, 1, 1)) -> torch.Tensor:
     """PyTorch's own conv for the same arguments, what the kernel is tested against."""
-    return F.conv3d(x, weight, padding=(weight.shape[2] // 2, 1, 1), groups=groups)
+    return F.conv3d(x, weight, stride=stride, padding=(weight.shape[2] // 2, 1, 1), groups=groups)
+
+
+def use_kernel(model: nn.Module) -> int:
+    """Put every grouped (1 or 3, 3, 3) ``Conv3d`` of ``model`` with same padding and no bias on
+    the suite's kernel, in place; how many. The modules become ``FiberConv3d`` (a subclass with
+    no state of its own): the parameters and checkpoint keys stay as they are, and a conv the
+    kernel cannot run at a given call still runs as a plain ``Conv3d``. A model defined outside
+    the repository gets it the same way as MF-Net."""
+    count = 0
+    for module in model.modules():
+        if (type(module) is nn.Conv3d and module.groups > 1 and module.bias is None
+                and module.kernel_size[1:] == (3, 3) and module.kernel_size[0] in (1, 3)
+                and module.padding == (module.kernel_size[0] // 2, 1, 1)):
+            module.__class__ = FiberConv3d
+            count += 1
+    return count

@@ -142,10 +142,7 @@ class MFNet(nn.Module):
         # convs are also kept on oneDNN at batch 1 (``OneDNNPointwiseConv3d``). The math,
         # the parameters and the checkpoint keys are the same; channels_last=False is the plain
         # reference path (plain ``Conv3d``, contiguous) the fast one is tested against.
-        # fiber_kernel: the 3D net's stride-1 fiber convs on the suite's kernel
-        # (``models/fiber_kernel.py``), which reads NCDHW, so the network runs contiguous
-        if fiber_kernel and geometry.ndim == 3:
-            channels_last = False
+        # fiber_kernel: the 3D net's fiber convs on the suite's kernel (``models/fiber_kernel.py``)
         geometry = replace(geometry, onednn_pointwise=channels_last and geometry.ndim == 3,
                            fiber_kernel=fiber_kernel and geometry.ndim == 3)
         self.memory_format = ((torch.channels_last_3d if geometry.ndim == 3 else torch.channels_last)

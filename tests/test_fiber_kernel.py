@@ -23,10 +23,10 @@ def close(a, b, rtol=1e-4):
     assert ((a - b).abs().max() / scale).item() < rtol
 
 
-def check_against_reference(x, weight, groups):
+def check_against_reference(x, weight, groups, stride=(1, 1, 1)):
     x1, w1 = x.clone().requires_grad_(), weight.clone().requires_grad_()
     x2, w2 = x.clone().requires_grad_(), weight.clone().requires_grad_()
-    y1, y2 = fk.fiber_conv3d(x1, w1, groups), fk.reference(x2, w2, groups)
+    y1, y2 = fk.fiber_conv3d(x1, w1, groups, stride), fk.reference(x2, w2, groups, stride)
     close(y1, y2)
     grad = torch.randn_like(y2)
     y1.backward(grad)
@@ -44,6 +44,49 @@ def test_random_shapes_forward_and_backward():
         x = torch.randn(shape)
         weight = torch.randn(groups * cout_g, cin_g, kt, 3, 3)
         check_against_reference(x, weight, groups)
+
+
+def test_channels_last_random_shapes_and_strides_forward_and_backward():
+    rng = random.Random(1)
+    for _ in range(25):
+        groups = rng.choice([1, 2, 4, 16])
+        cin_g, cout_g, kt = rng.randint(1, 13), rng.randint(1, 30), rng.choice([1, 3])
+        stride = rng.choice([(1, 1, 1), (1, 1, 1), (2, 1, 1), (1, 2, 2), (2, 2, 2)])
+        shape = (rng.randint(1, 2), groups * cin_g, rng.randint(1, 5), rng.randint(1, 11), rng.randint(1, 37))
+        x = torch.randn(shape).contiguous(memory_format=torch.channels_last_3d)
+        weight = torch.randn(groups * cout_g, cin_g, kt, 3, 3)
+        check_against_reference(x, weight, groups, stride)
+
+
+def test_the_kernel_runs_on_every_thread_torch_is_given():
+    # built without OpenMP, at::parallel_for in an extension runs one thread whatever is asked
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert fk.extension().threads_used() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_every_mfnet_fiber_conv_shape_in_both_layouts_forward_and_backward():
+    torch.manual_seed(0)
+    model = MFNet().eval()  # channels last: every fiber conv, the strided first units too
+    inputs = {}
+
+    def keep(module, args, output):
+        inputs[module] = args[0]  # returns None: the output stays as it is
+
+    hooks = [m.register_forward_hook(keep) for m in model.modules()
+             if isinstance(m, nn.Conv3d) and m.groups > 1]
+    with torch.no_grad():
+        model(torch.randn(1, 3, 8, 112, 112).contiguous(memory_format=torch.channels_last_3d))
+    for hook in hooks:
+        hook.remove()
+    shapes = {(tuple(x.shape), tuple(m.weight.shape), m.stride): (m, x) for m, x in inputs.items()}
+    assert len(shapes) == 12  # 3x3x3 and 1x3x3 in each stage, and each stage's strided first unit
+    for m, x in shapes.values():
+        assert fk.channels_last(x, m.stride)
+        check_against_reference(x, m.weight.detach(), m.groups, m.stride)
 
 
 def test_every_mfnet_fiber_conv_shape_forward_and_backward():
@@ -96,15 +139,50 @@ def test_mfnet_on_the_kernel_equals_the_reference_path_with_the_same_keys():
         close(fast(x), reference(x))
 
 
-def test_where_the_kernel_does_not_apply_the_module_is_a_plain_conv():
-    conv = fk.FiberConv3d(32, 32, (3, 3, 3), (1, 2, 2), (1, 1, 1), groups=16, bias=False)
-    assert not conv._on_kernel(torch.randn(1, 32, 4, 8, 8))  # stride 2
-    conv = fk.FiberConv3d(32, 32, (3, 3, 3), 1, (1, 1, 1), groups=16, bias=False)
+def test_where_the_kernel_does_not_apply_the_module_is_a_plain_conv(monkeypatch):
     x = torch.randn(1, 32, 4, 8, 8)
-    assert conv._on_kernel(x)
-    assert not conv._on_kernel(x.contiguous(memory_format=torch.channels_last_3d))
+    x_cl = x.contiguous(memory_format=torch.channels_last_3d)
+    strided = fk.FiberConv3d(32, 32, (3, 3, 3), (1, 2, 2), (1, 1, 1), groups=16, bias=False)
+    assert not strided._on_kernel(x)  # NCDHW: stride 1 only
+    assert strided._on_kernel(x_cl)
+    conv = fk.FiberConv3d(32, 32, (3, 3, 3), 1, (1, 1, 1), groups=16, bias=False)
+    assert conv._on_kernel(x) and conv._on_kernel(x_cl)
+    assert not conv._on_kernel(x_cl.double())  # channels last: fp32 only
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert not conv._on_kernel(x)
+        assert not conv._on_kernel(x) and not conv._on_kernel(x_cl)
+    # a CPU without AVX2 (simulated by the switch): channels last falls back to PyTorch's conv
+    monkeypatch.setenv(fk.SWITCH, "scalar")
+    assert not conv._on_kernel(x_cl) and conv._on_kernel(x)
+    with torch.no_grad():
+        close(conv(x_cl), fk.reference(x_cl, conv.weight, 16))
+
+
+def test_inference_keeps_the_packed_weight_until_the_weight_changes():
+    conv = fk.FiberConv3d(32, 48, (3, 3, 3), 1, (1, 1, 1), groups=16, bias=False)
+    x = torch.randn(1, 32, 3, 6, 9).contiguous(memory_format=torch.channels_last_3d)
+    with torch.no_grad():
+        close(conv(x), fk.reference(x, conv.weight, 16))
+        packed = conv._pack_cache[1]
+        conv(x)
+        assert conv._pack_cache[1] is packed
+        conv.weight.mul_(2)  # an optimizer step or load_state_dict changes it in place
+        close(conv(x), fk.reference(x, conv.weight, 16))
+        assert conv._pack_cache[1] is not packed
+    assert "_pack_cache" not in str(list(conv.state_dict()))
+
+
+def test_any_model_s_grouped_convs_go_on_the_kernel_with_its_keys_unchanged():
+    from benchmarks.workload import Setup, Workload
+
+    workload = Workload("resnext3d", Setup(channels_last=True, fiber_kernel=True), (4, 32, 32))
+    swapped = [m for m in workload.model.modules() if isinstance(m, fk.FiberConv3d)]
+    reference = Workload("resnext3d", Setup(channels_last=True), (4, 32, 32))
+    assert swapped and not any(isinstance(m, fk.FiberConv3d) for m in reference.model.modules())
+    assert list(workload.model.state_dict()) == list(reference.model.state_dict())
+    x, _ = reference.inputs(1)
+    with torch.no_grad():
+        close(workload.model.eval()(x), reference.model.eval()(x))
+    assert fk.use_kernel(workload.model) == 0  # already on it
 
 
 def test_no_compiler_falls_back_to_pytorch_in_one_line(monkeypatch):

@@ -91,11 +91,47 @@ def test_wallclock_section_compares_mfnet_and_res3d_from_the_same_run(tmp_path):
     report.render(store.root, tmp_path / "out")
     text = (tmp_path / "out" / "README.md").read_text()
     section = text.split("## Does MF-Net's wall-clock follow its FLOPs?")[1].split("\n## ")[0]
-    plain = next(line for line in section.splitlines() if line.startswith("| cpu Test CPU, fp32 |"))
+    stock = ", stock kernels (as footnote 5 found it) |"
+    plain = next(line for line in section.splitlines() if line.startswith(f"| cpu Test CPU, fp32{stock}"))
     assert "90 / 100 = **0.90×** ✓" in plain and "50 / 200 = **0.25×** ✗ (b=4)" in plain
     assert "40 / 200 = **0.20×** ✗ (b=4)" in plain and "run-new" in plain
     assert "run-old" not in section  # the newest run that has both models
-    assert "| cpu Test CPU, fp32, channels-last (all models) | 95 / 100 = **0.95×** ✓" in section
+    assert f"| cpu Test CPU, fp32, channels-last (all models){stock} 95 / 100 = **0.95×** ✓" in section
+    assert "The paper's forecast" not in section  # MF-Net was never timed on the suite's kernel
+
+
+def test_footnote_5_forecast_is_judged_from_mfnet_on_stock_and_on_the_suite_kernel(tmp_path):
+    store = ResultsStore(tmp_path / "results")
+
+    def rates(run_id, kernels, mfnet, timestamp, note=""):
+        run = RunConditions(run_id, "cpu", "Test CPU", "fp32", True, False, 2, kernels)
+        rows = []
+        for name, clip, (b1, b4, train) in (("mfnet", "16x224x224", mfnet),
+                                            ("res3d", "8x112x112", (100, 200, 200))):
+            rows += [Measurement(name, "speed", "gmacs_per_s", b1, "GMAC/s", "infer", 1, clip, note=note),
+                     Measurement(name, "speed", "gmacs_per_s", b4, "GMAC/s", "infer", 4, clip),
+                     Measurement(name, "speed", "gmacs_per_s", train, "GMAC/s", "train", 4, clip)]
+        store.append(rows, run, timestamp)
+
+    def section():
+        report.render(store.root, tmp_path / "out")
+        text = (tmp_path / "out" / "README.md").read_text()
+        return text.split("## Does MF-Net's wall-clock follow its FLOPs?")[1].split("\n## ")[0]
+
+    rates("run-stock", "stock", (80, 50, 40), "2026-01-01T00:00:00+00:00")
+    rates("run-suite", "suite", (80, 100, 50), "2026-01-02T00:00:00+00:00")
+    text = section()
+    assert "fiber convs optimised (the suite's kernel for grouped convs" in text
+    forecast = next(line for line in text.splitlines() if "run-stock vs run-suite" in line)
+    assert "80 → 80 = **1.00×** ✓" in forecast and "50 → 100 = **2.00×** ✓ (b=4)" in forecast
+    assert "40 → 50 = **1.25×** ✗ (b=4)" in forecast and "| does not hold here |" in forecast
+    rates("run-suite2", "suite", (90, 100, 80), "2026-01-03T00:00:00+00:00")
+    forecast = next(line for line in section().splitlines() if "run-stock vs run-suite2" in line)
+    assert "| holds |" in forecast
+    rates("run-suite3", "suite", (90, 100, 80), "2026-01-04T00:00:00+00:00",
+          note="disturbed: another process took the CPU")
+    forecast = next(line for line in section().splitlines() if "run-stock vs run-suite3" in line)
+    assert "⚠" in forecast and "not judged" in forecast
 
 
 def test_motion_accuracy_is_reported_per_protocol_and_clip_for_the_current_generator(tmp_path):

@@ -115,6 +115,20 @@ def test_thread_count_is_a_condition_of_resume(tmp_path):
     assert not store.done("mfnet", "cost", many, "16x224x224", required)
 
 
+def test_kernels_are_a_condition_and_rows_from_before_the_column_read_as_stock(tmp_path):
+    store = ResultsStore(tmp_path)
+    store.append([row()], RUN, "2026-01-01T00:00:00+00:00")
+    required = [("params", None)]
+    suite = RunConditions("run-b", "cpu", "Test CPU", "fp32", False, False, 2, "suite")
+    assert not store.done("mfnet", "cost", suite, "16x224x224", required)
+    old = store.csv.read_text().splitlines()
+    column = old[0].split(",").index("kernels")
+    cut = [",".join(c for i, c in enumerate(line.split(",")) if i != column) for line in old]
+    store.csv.write_text("\n".join(cut) + "\n")  # a store written before the column existed
+    assert read_csv(store.csv)["kernels"].tolist() == ["stock"]
+    assert store.done("mfnet", "cost", RUN, "16x224x224", required)
+
+
 def test_report_on_error_rows_only_or_a_file_as_out_is_one_line(tmp_path):
     store = ResultsStore(tmp_path / "r")
     store.append([Measurement("mfnet", "cost", "error", None, "", status="error", error="boom")], RUN,

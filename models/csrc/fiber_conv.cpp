@@ -336,8 +336,203 @@ torch::Tensor grad_weight(const torch::Tensor& x, const torch::Tensor& gy, int64
   return dw;
 }
 
+// ---- channels last (NDHWC): MF-Net's default layout ----
+//
+// y[n, to, ho, wo, g * cout_g + co] = sum over kt, kh, kw, ci of
+//     w[g, kt, kh, kw, ci, co] * x[n, to * st + kt - KT / 2, ho * sh + kh - 1, wo * sw + kw - 1, g * cin_g + ci]
+// Vectorised along a group's output channels (V vectors of 8), P output pixels of one row per
+// register block (P x V = 12 accumulators): per input channel and tap, V weight loads and P
+// broadcasts feed P x V FMAs. The weights are packed once, (g, kt, kh, kw, ci, co) with co
+// padded to a multiple of 8, so every weight load is whole. A tap left or right of the row is
+// skipped at compile time (the first and last pixel of a row have their own variants); rows and
+// frames outside the input are skipped whole. Nothing is copied into a padded buffer.
+
+struct ClGeo {
+  int T, H, W, C;         // input
+  int To, Ho, Wo, CO;     // output
+  int KT, st, sh, sw;     // kernel depth, strides
+  int cin_g, cout_g, cop;  // channels per group in and out; cop: cout_g padded to 8
+};
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+namespace {
+
+// the first n lanes of v to p (n in 1..8), with whole stores where they fit
+inline void store_first(float* p, __m256 v, int n) {
+  if (n == 8) { _mm256_storeu_ps(p, v); return; }
+  __m128 lo = _mm256_castps256_ps128(v);
+  if (n >= 4) { _mm_storeu_ps(p, lo); lo = _mm256_extractf128_ps(v, 1); p += 4; n -= 4; }
+  if (n >= 2) { _mm_storel_pi(reinterpret_cast<__m64*>(p), lo); lo = _mm_movehl_ps(lo, lo); p += 2; n -= 2; }
+  if (n == 1) _mm_store_ss(p, lo);
+}
+
+// One kernel column kw of one input row, for P output pixels: every input channel of the group
+// feeds P x V FMAs. SKIP_FIRST / SKIP_LAST: the first / last pixel's tap falls outside the row.
+template <int V, int P, bool SKIP_FIRST, bool SKIP_LAST>
+inline void cl_taps(__m256 (&acc)[P][V], const float* base, int64_t pix_stride, const float* wk,
+                    int cin_g, int cop) {
+  for (int ci = 0; ci < cin_g; ++ci) {
+    __m256 wv[V];
+#pragma GCC unroll 16
+    for (int v = 0; v < V; ++v) wv[v] = _mm256_loadu_ps(wk + (int64_t)ci * cop + v * 8);
+#pragma GCC unroll 16
+    for (int p = 0; p < P; ++p) {
+      if ((SKIP_FIRST && p == 0) || (SKIP_LAST && p == P - 1)) continue;
+      const __m256 b = _mm256_broadcast_ss(base + p * pix_stride + ci);
+#pragma GCC unroll 16
+      for (int v = 0; v < V; ++v) acc[p][v] = _mm256_fmadd_ps(wv[v], b, acc[p][v]);
+    }
+  }
+}
+
+// P output pixels (wo0 .. wo0 + P - 1) of one row, output channels c0 .. c0 + 8V of one group.
+// Only the row's first pixel (kw = 0) and last pixel (kw = 2) can have a tap outside the row.
+template <int V, int P>
+void cl_block(const float* xg, const float* wg, float* yrow, const ClGeo& g_, int n, int to,
+              int ho, int wo0, int c0, int co_n) {
+  __m256 acc[P][V];
+#pragma GCC unroll 16
+  for (int p = 0; p < P; ++p)
+#pragma GCC unroll 16
+    for (int v = 0; v < V; ++v) acc[p][v] = _mm256_setzero_ps();
+  const int64_t pix_stride = (int64_t)g_.sw * g_.C;
+  const int pt = g_.KT / 2;
+  const int last_col = (wo0 + P - 1) * g_.sw + 1;  // the last pixel's kw = 2 column
+  const bool first_out = wo0 == 0, last_out = last_col >= g_.W;
+  for (int kt = 0; kt < g_.KT; ++kt) {
+    const int ti = to * g_.st + kt - pt;
+    if (ti < 0 || ti >= g_.T) continue;
+    for (int kh = 0; kh < 3; ++kh) {
+      const int hi = ho * g_.sh + kh - 1;
+      if (hi < 0 || hi >= g_.H) continue;
+      const float* row = xg + (((int64_t)n * g_.T + ti) * g_.H + hi) * g_.W * g_.C;
+      for (int kw = 0; kw < 3; ++kw) {
+        const float* wk = wg + ((kt * 3 + kh) * 3 + kw) * (int64_t)g_.cin_g * g_.cop + c0;
+        const float* base = row + (int64_t)(wo0 * g_.sw + kw - 1) * g_.C;
+        if (kw == 0 && first_out)
+          cl_taps<V, P, true, false>(acc, base, pix_stride, wk, g_.cin_g, g_.cop);
+        else if (kw == 2 && last_out)
+          cl_taps<V, P, false, true>(acc, base, pix_stride, wk, g_.cin_g, g_.cop);
+        else
+          cl_taps<V, P, false, false>(acc, base, pix_stride, wk, g_.cin_g, g_.cop);
+      }
+    }
+  }
+#pragma GCC unroll 16
+  for (int p = 0; p < P; ++p) {
+    float* out = yrow + (int64_t)(wo0 + p) * g_.CO + c0;
+#pragma GCC unroll 16
+    for (int v = 0; v < V; ++v) {
+      const int lanes = std::min(8, co_n - v * 8);
+      if (lanes > 0) store_first(out + v * 8, acc[p][v], lanes);
+    }
+  }
+}
+
+// the last block of a row, count < P pixels
+template <int V, int P>
+void cl_tail(const float* xg, const float* wg, float* yrow, const ClGeo& g, int n, int to, int ho,
+             int wo0, int count, int c0, int co_n) {
+  if constexpr (P > 1) {
+    if (count == P - 1) return cl_block<V, P - 1>(xg, wg, yrow, g, n, to, ho, wo0, c0, co_n);
+    return cl_tail<V, P - 1>(xg, wg, yrow, g, n, to, ho, wo0, count, c0, co_n);
+  }
+}
+
+// one output row, output channels c0 .. c0 + 8V of one group: blocks of P = 12 / V pixels
+template <int V>
+void cl_row(const float* xg, const float* wg, float* yrow, const ClGeo& g, int n, int to, int ho,
+            int c0, int co_n) {
+  constexpr int P = 12 / V;
+  int wo = 0;
+  for (; wo + P <= g.Wo; wo += P) cl_block<V, P>(xg, wg, yrow, g, n, to, ho, wo, c0, co_n);
+  if (wo < g.Wo) cl_tail<V, P>(xg, wg, yrow, g, n, to, ho, wo, g.Wo - wo, c0, co_n);
+}
+
+}  // namespace
+#pragma GCC pop_options
+
+// (CO, cin_g, KT, 3, 3) -> (groups, KT, 3, 3, cin_g, cop), cop = cout_g rounded up to 8, zeros padded
+torch::Tensor pack_cl(const torch::Tensor& weight, int64_t groups) {
+  TORCH_CHECK(weight.dim() == 5 && weight.size(3) == 3 && weight.size(4) == 3 && weight.size(0) % groups == 0,
+              "fiber_conv: weight must be (CO, C/groups, KT, 3, 3)");
+  const int64_t cout_g = weight.size(0) / groups, cop = (cout_g + 7) / 8 * 8;
+  auto w = weight.reshape({groups, cout_g, weight.size(1), weight.size(2), 3, 3}).permute({0, 3, 4, 5, 2, 1});
+  auto packed = torch::zeros({groups, weight.size(2), 3, 3, weight.size(1), cop}, weight.options());
+  packed.narrow(5, 0, cout_g).copy_(w);
+  return packed;
+}
+
+// y = conv3d(x, w, stride, padding=(KT/2, 1, 1), groups) with x channels-last-3d (fp32, AVX2 CPU)
+// and w packed by pack_cl; y is channels-last-3d.
+torch::Tensor forward_cl(const torch::Tensor& x, const torch::Tensor& packed, int64_t cout_g,
+                         std::vector<int64_t> stride) {
+  TORCH_CHECK(x.dim() == 5 && x.device().is_cpu() && x.scalar_type() == torch::kFloat &&
+              x.is_contiguous(at::MemoryFormat::ChannelsLast3d), "fiber_conv: x must be a channels-last-3d fp32 CPU tensor");
+  TORCH_CHECK(has_avx2(), "fiber_conv: the channels-last kernel needs AVX2 and FMA");
+  TORCH_CHECK(packed.dim() == 6 && packed.is_contiguous() && packed.scalar_type() == torch::kFloat &&
+              stride.size() == 3, "fiber_conv: packed weight or stride malformed");
+  ClGeo g;
+  const int groups = packed.size(0);
+  g.KT = packed.size(1); g.cin_g = packed.size(4); g.cop = packed.size(5); g.cout_g = cout_g;
+  g.C = x.size(1); g.T = x.size(2); g.H = x.size(3); g.W = x.size(4);
+  TORCH_CHECK(g.C == g.cin_g * groups && g.cout_g <= g.cop && g.cop - g.cout_g < 8, "fiber_conv: channels do not match groups");
+  g.st = stride[0]; g.sh = stride[1]; g.sw = stride[2];
+  TORCH_CHECK(g.st > 0 && g.sh > 0 && g.sw > 0, "fiber_conv: strides must be positive");
+  g.CO = groups * cout_g;
+  g.To = (g.T + 2 * (g.KT / 2) - g.KT) / g.st + 1;
+  g.Ho = (g.H + 2 - 3) / g.sh + 1;
+  g.Wo = (g.W + 2 - 3) / g.sw + 1;
+  const int N = x.size(0);
+  auto y = torch::empty({N, g.CO, g.To, g.Ho, g.Wo}, x.options().memory_format(at::MemoryFormat::ChannelsLast3d));
+  const float* xp = x.data_ptr<float>();
+  const float* wp = packed.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  // chunks of at most 3 vectors (24 output channels) per register block
+  const int vecs = g.cop / 8, chunks = (vecs + 2) / 3;
+  const int64_t tasks = (int64_t)N * g.To * g.Ho * groups * chunks;
+  const int64_t group_w = (int64_t)g.KT * 9 * g.cin_g * g.cop;
+  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      // rows innermost: the next row of the same group reuses two thirds of the input rows
+      int64_t r = task;
+      const int ho = r % g.Ho; r /= g.Ho;
+      const int chunk = r % chunks; r /= chunks;
+      const int grp = r % groups; r /= groups;
+      const int to = r % g.To; r /= g.To;
+      const int n = r;
+      const int c0 = chunk * 24, v = std::min(3, vecs - chunk * 3);
+      const int co_n = std::min(24, g.cout_g - c0);
+      const float* xg = xp + (int64_t)grp * g.cin_g;
+      const float* wg = wp + grp * group_w;
+      float* yrow = yp + (((int64_t)n * g.To + to) * g.Ho + ho) * g.Wo * g.CO + (int64_t)grp * g.cout_g;
+      if (v == 1) cl_row<1>(xg, wg, yrow, g, n, to, ho, c0, co_n);
+      else if (v == 2) cl_row<2>(xg, wg, yrow, g, n, to, ho, c0, co_n);
+      else cl_row<3>(xg, wg, yrow, g, n, to, ho, c0, co_n);
+    }
+  });
+  return y;
+}
+
+// How many threads this extension's at::parallel_for really runs on (torch.get_num_threads()
+// asks for; an extension built without OpenMP runs one).
+int64_t threads_used() {
+  std::vector<char> seen(256, 0);
+  at::parallel_for(0, 1024, 1, [&](int64_t, int64_t) {
+    const int id = at::get_thread_num();
+    if (id >= 0 && id < 256) seen[id] = 1;
+    volatile double spin = 0;  // long enough that every thread gets a share
+    for (int i = 0; i < 200000; ++i) spin = spin + i;
+  });
+  return std::count(seen.begin(), seen.end(), 1);
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &forward);
   m.def("grad_weight", &grad_weight);
   m.def("path", &path);
+  m.def("pack_cl", &pack_cl);
+  m.def("forward_cl", &forward_cl);
+  m.def("threads_used", &threads_used);
 }
