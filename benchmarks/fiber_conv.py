@@ -7,8 +7,9 @@ One of MF-Net's 3x3x3 fiber convs (16 groups) is timed three ways on the same in
 - ``fibers-bmm``: fibers as the batch of a ``torch.bmm``. Weights differ per fiber, so the
   input is unfolded into its 27 taps per fiber (im2col) first; the output is
   ``(16, Cg_out, Cg_in * 27) @ (16, Cg_in * 27, T*H*W)``. The unfold writes 27x the input.
-- ``suite-kernel``: the suite's direct kernel (``models/fiber_kernel.py``) on the NCDHW input,
-  where it could be built.
+- ``suite-ncdhw`` and ``suite-cl``: the suite's direct kernel (``models/fiber_kernel.py``) on
+  the NCDHW and the channels-last input, where it could be built (the channels-last one on an
+  AVX2 CPU), with its weights packed once, as a model in inference keeps them.
 
 Every variant is checked against ``onednn`` before it is timed. Rates are useful multiply-adds
 per second (the padding oneDNN adds for small channel blocks is not counted as work).
@@ -55,8 +56,10 @@ def main(argv=None) -> int:
     runtime.keep_freed_memory()
     torch.manual_seed(0)
     print(f"{torch.get_num_threads()} threads, batch {a.batch}; useful GMAC/s (ms per call)")
+    ext = fiber_kernel.extension()
     names = ["onednn", "onednn-ncdhw", "fibers-bmm"]
-    names += ["suite-kernel"] if fiber_kernel.extension() is not None else []
+    names += ["suite-ncdhw"] if ext is not None else []
+    names += ["suite-cl"] if ext is not None and ext.path(fiber_kernel.force_scalar()) == "avx2" else []
     print(f"{'stage':6} {'shape':>16} {'Cg':>3} " + " ".join(f"{v:>20}" for v in names))
     with torch.inference_mode():
         for stage, (c, t, h, w) in STAGES.items():
@@ -66,8 +69,11 @@ def main(argv=None) -> int:
             conv = partial(F.conv3d, weight=weight, padding=1, groups=GROUPS)
             variants = {"onednn": partial(conv, x_cl), "onednn-ncdhw": partial(conv, x),
                         "fibers-bmm": partial(fibers_bmm, x, weight)}
-            if fiber_kernel.extension() is not None:
-                variants["suite-kernel"] = partial(fiber_kernel.fiber_conv3d, x, weight, GROUPS)
+            if "suite-ncdhw" in names:
+                variants["suite-ncdhw"] = partial(fiber_kernel.fiber_conv3d, x, weight, GROUPS)
+            if "suite-cl" in names:
+                packed = ext.pack_cl(weight, GROUPS)
+                variants["suite-cl"] = partial(ext.forward_cl, x_cl, packed, c // GROUPS, [1, 1, 1])
             reference = variants["onednn"]()
             macs = reference.numel() * (c // GROUPS) * 27
             cells = []

@@ -124,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--dtype", default="fp32", choices=tuple(DTYPES))
     p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--fiber-kernel", action="store_true",
+                   help="grouped (1|3)x3x3 convs on the suite's kernel (models/fiber_kernel.py)")
     p.add_argument("--rows", type=int, default=15, help="rows of the per-op table")
     p.add_argument("--against", metavar="NAME",
                    help="also time this model's same step (at its spec input) and compare its "
@@ -138,7 +140,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         p.exit(2, f"op_profile.py: error: {exc}\n")
     runtime.keep_freed_memory()
-    workload = Workload(args.model, Setup(args.device, args.dtype, args.channels_last), args.clip)
+    if args.fiber_kernel and args.device != "cpu":
+        p.exit(2, "op_profile.py: error: --fiber-kernel is a CPU kernel\n")
+    setup = Setup(args.device, args.dtype, args.channels_last, fiber_kernel=args.fiber_kernel)
+    workload = Workload(args.model, setup, args.clip)
     x, y = workload.inputs(args.batch)
     train_step = workload.make_train_step() if args.train else None
     step = (lambda: train_step(x, y)) if args.train else (lambda: workload.infer_step(x))

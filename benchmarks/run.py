@@ -124,6 +124,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             raise ValueError("--dtype tf32 is a CUDA math mode; on a CPU use fp32")
         if args.fiber_kernel and args.device != "cpu":
             raise ValueError("--fiber-kernel is a CPU kernel; on a GPU the fiber convs run on cuDNN")
+        if args.fiber_kernel:  # built now (a minute, once per machine), never inside a timing
+            from models import fiber_kernel
+
+            if fiber_kernel.extension() is None:
+                raise ValueError(f"--fiber-kernel: {fiber_kernel.status()}")
         check_accuracy_inputs(args, explicit)
     except ValueError as exc:
         p.error(str(exc))

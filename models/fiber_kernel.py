@@ -65,7 +65,7 @@ def status(build: bool = True) -> str:
     reports without building: a run whose models never asked for the kernel does not pay the
     first build (about a minute) to say so."""
     if not build and "module" not in _loaded:
-        return "not loaded: stock PyTorch kernels (MF-Net's fiber_kernel=True opts in)"
+        return "not loaded: stock PyTorch kernels (run.py --fiber-kernel opts in)"
     module = extension()
     if module is None:
         return f"stock PyTorch kernels: {_loaded['why']}"

@@ -211,3 +211,14 @@ def test_recording_the_status_never_builds_the_kernel(monkeypatch):
     monkeypatch.setattr(fk, "_loaded", {})
     monkeypatch.setattr(fk, "extension", lambda: pytest.fail("built the kernel"))
     assert environment.collect("cpu")["fiber_kernel"].startswith("not loaded: stock PyTorch kernels")
+
+
+def test_a_run_asking_for_the_kernel_where_it_cannot_be_built_stops_before_measuring(monkeypatch, capsys):
+    from benchmarks import run
+
+    monkeypatch.setattr(fk, "_loaded", {"module": None, "why": "the kernel could not be built (simulated)"})
+    with pytest.raises(SystemExit) as exit_:
+        run.parse_args(["--models", "mfnet", "--measure", "speed", "--fiber-kernel"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.endswith("--fiber-kernel: stock PyTorch kernels: the kernel could not be built (simulated)")
