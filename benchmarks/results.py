@@ -28,8 +28,8 @@ import pandas as pd
 SCHEMA_VERSION = 3
 COLUMNS = ("run_id", "timestamp", "model", "measurement", "metric", "value", "unit", "phase",
            "device", "device_name", "dtype", "batch_size", "clip", "channels_last", "compiled",
-           "kernels", "iqr", "repeats", "dataset", "epoch", "views", "status", "error", "note", "weights", "seed",
-           "threads", "protocol", "schema")
+           "kernels", "iqr", "repeats", "dataset", "epoch", "views", "status", "error", "note",
+           "weights", "seed", "threads", "protocol", "schema")
 # What makes two rows the same measurement, beside the model, metric, phase, batch and clip:
 # where and how it ran. Resume (``ResultsStore.done``), the summaries and the report use it.
 CONDITION_COLUMNS = ("device", "device_name", "threads", "dtype", "channels_last", "compiled",
