@@ -103,9 +103,9 @@ class FiberConvFunction(torch.autograd.Function):
 
     - NCDHW (stride 1): forward, the input's gradient (the forward with ``flipped`` weights)
       and the weight's, all on the kernel;
-    - channels last: forward on the kernel at any stride; the input's gradient on the kernel at
-      stride 1; the weight's gradient, and the input's at a stride, on PyTorch's own
-      (``convolution_backward``)."""
+    - channels last: forward and the weight's gradient on the kernel at any stride; the
+      input's gradient on the kernel at stride 1, on PyTorch's own (``convolution_backward``)
+      at a stride."""
 
     @staticmethod
     def forward(ctx, x, weight, groups, stride, packed=None):
@@ -127,14 +127,13 @@ class FiberConvFunction(torch.autograd.Function):
         grad_x = grad_w = None
         if channels_last(x, stride):
             grad = grad.contiguous(memory_format=torch.channels_last_3d)
-            on_kernel = need_x and tuple(stride) == (1, 1, 1)
-            if on_kernel:
+            if need_x and tuple(stride) == (1, 1, 1):
                 packed = ext.pack_cl(flipped(weight, groups), groups)
                 grad_x = ext.forward_cl(grad, packed, weight.shape[1], [1, 1, 1])
-            if need_w or (need_x and not on_kernel):
-                gx, grad_w = _stock_grads(grad, x, weight, stride, groups,
-                                          [need_x and not on_kernel, need_w])
-                grad_x = grad_x if on_kernel else gx
+            elif need_x:  # a strided conv's input gradient is a transposed conv: PyTorch's
+                grad_x = _stock_grads(grad, x, weight, stride, groups, [True, False])[0]
+            if need_w:
+                grad_w = ext.grad_weight_cl(x, grad, groups, weight.shape[2], list(stride))
             return grad_x, grad_w, None, None, None
         grad = grad.contiguous()
         if need_x:

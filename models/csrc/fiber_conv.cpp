@@ -14,6 +14,7 @@
 #include <ATen/Parallel.h>
 #include <algorithm>
 #include <string>
+#include <vector>
 
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
@@ -345,7 +346,18 @@ torch::Tensor grad_weight(const torch::Tensor& x, const torch::Tensor& gy, int64
 // broadcasts feed P x V FMAs. The weights are packed once, (g, kt, kh, kw, ci, co) with co
 // padded to a multiple of 8, so every weight load is whole. A tap left or right of the row is
 // skipped at compile time (the first and last pixel of a row have their own variants); rows and
-// frames outside the input are skipped whole. Nothing is copied into a padded buffer.
+// frames outside the input are skipped whole, so nothing is padded. Each task packs its group's
+// channels of the rows it reads into a compact buffer first (``Band``), once for a band of
+// output rows and every output channel of the group.
+
+// One task's input: the group's channels of the frames and rows a band of output rows reads,
+// copied compactly, (KT, rows_in, W, cin_g). In the network's layout a pixel's cin_g channels
+// sit C floats apart from the next pixel's, so every broadcast would touch its own cache line;
+// packed, a row of the group fits a few lines and stays in L1 across the band's output rows.
+struct Band {
+  const float* buf;
+  int hi_first, rows_in;  // the input row buf's row 0 holds, and how many rows it holds
+};
 
 struct ClGeo {
   int T, H, W, C;         // input
@@ -389,14 +401,14 @@ inline void cl_taps(__m256 (&acc)[P][V], const float* base, int64_t pix_stride, 
 // P output pixels (wo0 .. wo0 + P - 1) of one row, output channels c0 .. c0 + 8V of one group.
 // Only the row's first pixel (kw = 0) and last pixel (kw = 2) can have a tap outside the row.
 template <int V, int P>
-void cl_block(const float* xg, const float* wg, float* yrow, const ClGeo& g_, int n, int to,
+void cl_block(const Band& src, const float* wg, float* yrow, const ClGeo& g_, int to,
               int ho, int wo0, int c0, int co_n) {
   __m256 acc[P][V];
 #pragma GCC unroll 16
   for (int p = 0; p < P; ++p)
 #pragma GCC unroll 16
     for (int v = 0; v < V; ++v) acc[p][v] = _mm256_setzero_ps();
-  const int64_t pix_stride = (int64_t)g_.sw * g_.C;
+  const int64_t pix_stride = (int64_t)g_.sw * g_.cin_g;
   const int pt = g_.KT / 2;
   const int last_col = (wo0 + P - 1) * g_.sw + 1;  // the last pixel's kw = 2 column
   const bool first_out = wo0 == 0, last_out = last_col >= g_.W;
@@ -406,10 +418,10 @@ void cl_block(const float* xg, const float* wg, float* yrow, const ClGeo& g_, in
     for (int kh = 0; kh < 3; ++kh) {
       const int hi = ho * g_.sh + kh - 1;
       if (hi < 0 || hi >= g_.H) continue;
-      const float* row = xg + (((int64_t)n * g_.T + ti) * g_.H + hi) * g_.W * g_.C;
+      const float* row = src.buf + ((int64_t)kt * src.rows_in + hi - src.hi_first) * g_.W * g_.cin_g;
       for (int kw = 0; kw < 3; ++kw) {
         const float* wk = wg + ((kt * 3 + kh) * 3 + kw) * (int64_t)g_.cin_g * g_.cop + c0;
-        const float* base = row + (int64_t)(wo0 * g_.sw + kw - 1) * g_.C;
+        const float* base = row + (int64_t)(wo0 * g_.sw + kw - 1) * g_.cin_g;
         if (kw == 0 && first_out)
           cl_taps<V, P, true, false>(acc, base, pix_stride, wk, g_.cin_g, g_.cop);
         else if (kw == 2 && last_out)
@@ -432,22 +444,52 @@ void cl_block(const float* xg, const float* wg, float* yrow, const ClGeo& g_, in
 
 // the last block of a row, count < P pixels
 template <int V, int P>
-void cl_tail(const float* xg, const float* wg, float* yrow, const ClGeo& g, int n, int to, int ho,
+void cl_tail(const Band& src, const float* wg, float* yrow, const ClGeo& g, int to, int ho,
              int wo0, int count, int c0, int co_n) {
   if constexpr (P > 1) {
-    if (count == P - 1) return cl_block<V, P - 1>(xg, wg, yrow, g, n, to, ho, wo0, c0, co_n);
-    return cl_tail<V, P - 1>(xg, wg, yrow, g, n, to, ho, wo0, count, c0, co_n);
+    if (count == P - 1) return cl_block<V, P - 1>(src, wg, yrow, g, to, ho, wo0, c0, co_n);
+    return cl_tail<V, P - 1>(src, wg, yrow, g, to, ho, wo0, count, c0, co_n);
   }
 }
 
 // one output row, output channels c0 .. c0 + 8V of one group: blocks of P = 12 / V pixels
 template <int V>
-void cl_row(const float* xg, const float* wg, float* yrow, const ClGeo& g, int n, int to, int ho,
+void cl_row(const Band& src, const float* wg, float* yrow, const ClGeo& g, int to, int ho,
             int c0, int co_n) {
   constexpr int P = 12 / V;
   int wo = 0;
-  for (; wo + P <= g.Wo; wo += P) cl_block<V, P>(xg, wg, yrow, g, n, to, ho, wo, c0, co_n);
-  if (wo < g.Wo) cl_tail<V, P>(xg, wg, yrow, g, n, to, ho, wo, g.Wo - wo, c0, co_n);
+  for (; wo + P <= g.Wo; wo += P) cl_block<V, P>(src, wg, yrow, g, to, ho, wo, c0, co_n);
+  if (wo < g.Wo) cl_tail<V, P>(src, wg, yrow, g, to, ho, wo, g.Wo - wo, c0, co_n);
+}
+
+// Copy the channels of groups grp0 .. grp0 + ng of the rows [hi_first, hi_first + rows_in) of
+// the frames output frame `to` reads into buf: group j's at buf + j * group_stride, laid out
+// (KT, rows_in, W, cin_g). Rows and frames outside the input are left as they are (the kernel
+// skips them). Reads run along each pixel's channels; a group's last vector is loaded masked
+// and stored whole (group_stride leaves 8 floats of slack at the end of each group's copy).
+void pack_band(const float* xp, float* buf, const ClGeo& g, int n, int to, int grp0, int ng,
+               int hi_first, int rows_in, int64_t group_stride) {
+  const int pt = g.KT / 2, cin = g.cin_g;
+  const __m256i tail = Avx2::mask(0, cin % 8 == 0 ? 8 : cin % 8);
+  for (int kt = 0; kt < g.KT; ++kt) {
+    const int ti = to * g.st + kt - pt;
+    if (ti < 0 || ti >= g.T) continue;
+    for (int r = 0; r < rows_in; ++r) {
+      const int hi = hi_first + r;
+      if (hi < 0 || hi >= g.H) continue;
+      const float* from = xp + (((int64_t)n * g.T + ti) * g.H + hi) * g.W * g.C + (int64_t)grp0 * cin;
+      float* row = buf + ((int64_t)kt * rows_in + r) * g.W * cin;
+      for (int w = 0; w < g.W; ++w, from += g.C) {
+        for (int j = 0; j < ng; ++j) {
+          const float* src = from + j * cin;
+          float* dst = row + j * group_stride + (int64_t)w * cin;
+          int c = 0;
+          for (; c + 8 < cin; c += 8) _mm256_storeu_ps(dst + c, _mm256_loadu_ps(src + c));
+          _mm256_storeu_ps(dst + c, _mm256_maskload_ps(src + c, tail));
+        }
+      }
+    }
+  }
 }
 
 }  // namespace
@@ -464,26 +506,74 @@ torch::Tensor pack_cl(const torch::Tensor& weight, int64_t groups) {
   return packed;
 }
 
-// y = conv3d(x, w, stride, padding=(KT/2, 1, 1), groups) with x channels-last-3d (fp32, AVX2 CPU)
-// and w packed by pack_cl; y is channels-last-3d.
-torch::Tensor forward_cl(const torch::Tensor& x, const torch::Tensor& packed, int64_t cout_g,
-                         std::vector<int64_t> stride) {
+// The geometry of a channels-last conv of x (N, C, T, H, W) with KT x 3 x 3 kernels, checked.
+ClGeo cl_geometry(const torch::Tensor& x, int groups, int KT, int cin_g, int cout_g,
+                  const std::vector<int64_t>& stride) {
   TORCH_CHECK(x.dim() == 5 && x.device().is_cpu() && x.scalar_type() == torch::kFloat &&
               x.is_contiguous(at::MemoryFormat::ChannelsLast3d), "fiber_conv: x must be a channels-last-3d fp32 CPU tensor");
   TORCH_CHECK(has_avx2(), "fiber_conv: the channels-last kernel needs AVX2 and FMA");
-  TORCH_CHECK(packed.dim() == 6 && packed.is_contiguous() && packed.scalar_type() == torch::kFloat &&
-              stride.size() == 3, "fiber_conv: packed weight or stride malformed");
+  TORCH_CHECK(stride.size() == 3 && stride[0] > 0 && stride[1] > 0 && stride[2] > 0,
+              "fiber_conv: strides must be three positive numbers");
   ClGeo g;
-  const int groups = packed.size(0);
-  g.KT = packed.size(1); g.cin_g = packed.size(4); g.cop = packed.size(5); g.cout_g = cout_g;
+  g.KT = KT; g.cin_g = cin_g; g.cout_g = cout_g; g.cop = (cout_g + 7) / 8 * 8;
   g.C = x.size(1); g.T = x.size(2); g.H = x.size(3); g.W = x.size(4);
-  TORCH_CHECK(g.C == g.cin_g * groups && g.cout_g <= g.cop && g.cop - g.cout_g < 8, "fiber_conv: channels do not match groups");
+  TORCH_CHECK(groups > 0 && g.C == g.cin_g * groups, "fiber_conv: channels do not match groups");
   g.st = stride[0]; g.sh = stride[1]; g.sw = stride[2];
-  TORCH_CHECK(g.st > 0 && g.sh > 0 && g.sw > 0, "fiber_conv: strides must be positive");
   g.CO = groups * cout_g;
   g.To = (g.T + 2 * (g.KT / 2) - g.KT) / g.st + 1;
   g.Ho = (g.H + 2 - 3) / g.sh + 1;
   g.Wo = (g.W + 2 - 3) / g.sw + 1;
+  return g;
+}
+
+// How a channels-last conv is cut into tasks: (n, output frame, block of groups, band of output
+// rows). A band's packed input (Band) stays within about 128 KB per group, in L2. A task packs a
+// block of groups at once, reading each pixel's channels in order; the blocks are as large as
+// leaves about four tasks per thread.
+struct Tasks {
+  int band, bands, max_rows_in, gblock, gblocks;
+  int64_t group_stride, count;
+  Tasks(const ClGeo& g, int N, int groups) {
+    const int64_t row_bytes = (int64_t)g.KT * g.W * g.cin_g * sizeof(float);
+    const int fit_rows = std::max<int64_t>(3, (128 << 10) / std::max<int64_t>(1, row_bytes));
+    band = std::max(1, std::min(g.Ho, (fit_rows - 3) / g.sh + 1));
+    bands = (g.Ho + band - 1) / band;
+    max_rows_in = (band - 1) * g.sh + 3;
+    const int64_t outer = (int64_t)N * g.To * bands;
+    const int64_t want = 4 * (int64_t)at::get_num_threads();
+    const int split = (int)std::min<int64_t>(groups, std::max<int64_t>(1, (want + outer - 1) / outer));
+    gblock = (groups + split - 1) / split;
+    gblocks = (groups + gblock - 1) / gblock;
+    group_stride = (int64_t)g.KT * max_rows_in * g.W * g.cin_g + 8;
+    count = outer * gblocks;
+  }
+  size_t buffer_floats() const { return (size_t)gblock * group_stride; }
+  // task -> (n, to, first group, groups in the block, band); packs the block's input into buf
+  // and returns group grp0's Band (group j's: buf + j * group_stride)
+  Band unpack(int64_t task, const float* xp, float* buf, const ClGeo& g, int groups, int& n,
+              int& to, int& grp0, int& ng, int& ho0, int& ho1) const {
+    const int b = task % bands; task /= bands;
+    const int gb = task % gblocks; task /= gblocks;
+    to = task % g.To;
+    n = task / g.To;
+    grp0 = gb * gblock;
+    ng = std::min(gblock, groups - grp0);
+    ho0 = b * band;
+    ho1 = std::min(g.Ho, ho0 + band);
+    const Band src{buf, ho0 * g.sh - 1, (ho1 - 1 - ho0) * g.sh + 3};
+    pack_band(xp, buf, g, n, to, grp0, ng, src.hi_first, src.rows_in, group_stride);
+    return src;
+  }
+};
+
+// y = conv3d(x, w, stride, padding=(KT/2, 1, 1), groups) with x channels-last-3d (fp32, AVX2 CPU)
+// and w packed by pack_cl; y is channels-last-3d.
+torch::Tensor forward_cl(const torch::Tensor& x, const torch::Tensor& packed, int64_t cout_g,
+                         std::vector<int64_t> stride) {
+  TORCH_CHECK(packed.dim() == 6 && packed.is_contiguous() && packed.scalar_type() == torch::kFloat &&
+              packed.size(5) == (cout_g + 7) / 8 * 8, "fiber_conv: packed weight malformed");
+  const int groups = packed.size(0);
+  const ClGeo g = cl_geometry(x, groups, packed.size(1), packed.size(4), cout_g, stride);
   const int N = x.size(0);
   auto y = torch::empty({N, g.CO, g.To, g.Ho, g.Wo}, x.options().memory_format(at::MemoryFormat::ChannelsLast3d));
   const float* xp = x.data_ptr<float>();
@@ -491,28 +581,164 @@ torch::Tensor forward_cl(const torch::Tensor& x, const torch::Tensor& packed, in
   float* yp = y.data_ptr<float>();
   // chunks of at most 3 vectors (24 output channels) per register block
   const int vecs = g.cop / 8, chunks = (vecs + 2) / 3;
-  const int64_t tasks = (int64_t)N * g.To * g.Ho * groups * chunks;
+  const Tasks tasks(g, N, groups);
   const int64_t group_w = (int64_t)g.KT * 9 * g.cin_g * g.cop;
-  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, tasks.count, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> buf(tasks.buffer_floats());
     for (int64_t task = begin; task < end; ++task) {
-      // rows innermost: the next row of the same group reuses two thirds of the input rows
-      int64_t r = task;
-      const int ho = r % g.Ho; r /= g.Ho;
-      const int chunk = r % chunks; r /= chunks;
-      const int grp = r % groups; r /= groups;
-      const int to = r % g.To; r /= g.To;
-      const int n = r;
-      const int c0 = chunk * 24, v = std::min(3, vecs - chunk * 3);
-      const int co_n = std::min(24, g.cout_g - c0);
-      const float* xg = xp + (int64_t)grp * g.cin_g;
-      const float* wg = wp + grp * group_w;
-      float* yrow = yp + (((int64_t)n * g.To + to) * g.Ho + ho) * g.Wo * g.CO + (int64_t)grp * g.cout_g;
-      if (v == 1) cl_row<1>(xg, wg, yrow, g, n, to, ho, c0, co_n);
-      else if (v == 2) cl_row<2>(xg, wg, yrow, g, n, to, ho, c0, co_n);
-      else cl_row<3>(xg, wg, yrow, g, n, to, ho, c0, co_n);
+      int n, to, grp0, ng, ho0, ho1;
+      const Band first = tasks.unpack(task, xp, buf.data(), g, groups, n, to, grp0, ng, ho0, ho1);
+      for (int j = 0; j < ng; ++j) {
+        const int grp = grp0 + j;
+        const Band src{first.buf + j * tasks.group_stride, first.hi_first, first.rows_in};
+        const float* wg = wp + grp * group_w;
+        for (int chunk = 0; chunk < chunks; ++chunk) {
+          const int c0 = chunk * 24, v = std::min(3, vecs - chunk * 3);
+          const int co_n = std::min(24, g.cout_g - c0);
+          for (int ho = ho0; ho < ho1; ++ho) {
+            float* yrow = yp + (((int64_t)n * g.To + to) * g.Ho + ho) * g.Wo * g.CO + (int64_t)grp * g.cout_g;
+            if (v == 1) cl_row<1>(src, wg, yrow, g, to, ho, c0, co_n);
+            else if (v == 2) cl_row<2>(src, wg, yrow, g, to, ho, c0, co_n);
+            else cl_row<3>(src, wg, yrow, g, to, ho, c0, co_n);
+          }
+        }
+      }
     }
   });
   return y;
+}
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+namespace {
+
+// The weight gradient for one tap (kt, kh, kw), input channels ci0 .. ci0 + B and output
+// channels c0 .. c0 + 8V of one group, over a band's output pixels: B x V accumulators (read
+// from and written back to dw, the group's (KT, 3, 3, cin_g, cop) slice at this tap and ci0)
+// gain x[tap pixel, ci] * gy[pixel, co] for every pixel whose tap is inside the input.
+template <int V, int B>
+void wgrad_tap(const Band& src, const float* gyg, float* dw, const ClGeo& g, int n, int to,
+               int ho0, int ho1, int kt, int kh, int kw, int ci0, int co_n) {
+  __m256 acc[B][V];
+#pragma GCC unroll 16
+  for (int b = 0; b < B; ++b)
+#pragma GCC unroll 16
+    for (int v = 0; v < V; ++v) acc[b][v] = _mm256_loadu_ps(dw + (int64_t)b * g.cop + v * 8);
+  const __m256i last = Avx2::mask(0, co_n - 8 * (V - 1));  // the last vector's lanes in the group
+  const int lo = kw == 0 ? 1 : 0;  // the first wo whose column wo * sw + kw - 1 is >= 0
+  const int hi = g.W - kw < 0 ? 0 : std::min(g.Wo, (g.W - kw) / g.sw + 1);  // ... is <= W - 1
+  const int64_t pix = (int64_t)g.sw * g.cin_g;
+  for (int ho = ho0; ho < ho1; ++ho) {
+    const int hi_ = ho * g.sh + kh - 1;
+    if (hi_ < 0 || hi_ >= g.H) continue;
+    const float* xrow = src.buf + ((int64_t)kt * src.rows_in + hi_ - src.hi_first) * g.W * g.cin_g
+                        + (int64_t)(kw - 1) * g.cin_g + ci0;
+    const float* grow = gyg + (((int64_t)n * g.To + to) * g.Ho + ho) * g.Wo * g.CO;
+    for (int wo = lo; wo < hi; ++wo) {
+      const float* xp = xrow + wo * pix;
+      const float* gp = grow + (int64_t)wo * g.CO;
+      __m256 gv[V];
+#pragma GCC unroll 16
+      for (int v = 0; v < V; ++v)
+        gv[v] = v < V - 1 ? _mm256_loadu_ps(gp + v * 8) : _mm256_maskload_ps(gp + v * 8, last);
+#pragma GCC unroll 16
+      for (int b = 0; b < B; ++b) {
+        const __m256 xb = _mm256_broadcast_ss(xp + b);
+#pragma GCC unroll 16
+        for (int v = 0; v < V; ++v) acc[b][v] = _mm256_fmadd_ps(xb, gv[v], acc[b][v]);
+      }
+    }
+  }
+#pragma GCC unroll 16
+  for (int b = 0; b < B; ++b)
+#pragma GCC unroll 16
+    for (int v = 0; v < V; ++v) _mm256_storeu_ps(dw + (int64_t)b * g.cop + v * 8, acc[b][v]);
+}
+
+// the last input channels of a tap, count < B of them
+template <int V, int B>
+void wgrad_tail(const Band& src, const float* gyg, float* dw, const ClGeo& g, int n, int to,
+                int ho0, int ho1, int kt, int kh, int kw, int ci0, int co_n, int count) {
+  if constexpr (B > 1) {
+    if (count == B - 1)
+      return wgrad_tap<V, B - 1>(src, gyg, dw, g, n, to, ho0, ho1, kt, kh, kw, ci0, co_n);
+    return wgrad_tail<V, B - 1>(src, gyg, dw, g, n, to, ho0, ho1, kt, kh, kw, ci0, co_n, count);
+  }
+}
+
+// every tap and input channel of one group, output channels c0 .. c0 + 8V (gyg and dwg offset to c0)
+template <int V>
+void wgrad_band(const Band& src, const float* gyg, float* dwg, const ClGeo& g, int n, int to,
+                int ho0, int ho1, int co_n) {
+  constexpr int B = 12 / V;
+  for (int kt = 0; kt < g.KT; ++kt) {
+    const int ti = to * g.st + kt - g.KT / 2;
+    if (ti < 0 || ti >= g.T) continue;
+    for (int kh = 0; kh < 3; ++kh)
+      for (int kw = 0; kw < 3; ++kw) {
+        float* dw = dwg + ((kt * 3 + kh) * 3 + kw) * (int64_t)g.cin_g * g.cop;
+        int ci = 0;
+        for (; ci + B <= g.cin_g; ci += B)
+          wgrad_tap<V, B>(src, gyg, dw + (int64_t)ci * g.cop, g, n, to, ho0, ho1, kt, kh, kw, ci, co_n);
+        if (ci < g.cin_g)
+          wgrad_tail<V, B>(src, gyg, dw + (int64_t)ci * g.cop, g, n, to, ho0, ho1, kt, kh, kw, ci,
+                           co_n, g.cin_g - ci);
+      }
+  }
+}
+
+}  // namespace
+#pragma GCC pop_options
+
+// grad of the weight of y = conv3d(x, w, stride, padding=(KT/2, 1, 1), groups), x and gy
+// channels-last-3d fp32: (CO, cin_g, KT, 3, 3). Each thread sums its tasks into a buffer of its
+// own, in the packed layout; the buffers are added at the end.
+torch::Tensor grad_weight_cl(const torch::Tensor& x, const torch::Tensor& gy, int64_t groups,
+                             int64_t KT, std::vector<int64_t> stride) {
+  TORCH_CHECK(gy.dim() == 5 && gy.scalar_type() == torch::kFloat && gy.size(1) % groups == 0 &&
+              gy.is_contiguous(at::MemoryFormat::ChannelsLast3d), "fiber_conv: grad must be channels-last-3d fp32");
+  const int cout_g = gy.size(1) / groups;
+  const ClGeo g = cl_geometry(x, groups, KT, x.size(1) / groups, cout_g, stride);
+  TORCH_CHECK(gy.size(0) == x.size(0) && gy.size(2) == g.To && gy.size(3) == g.Ho && gy.size(4) == g.Wo,
+              "fiber_conv: grad's shape does not match the conv's output");
+  const int N = x.size(0);
+  const float* xp = x.data_ptr<float>();
+  const float* gp = gy.data_ptr<float>();
+  const int vecs = g.cop / 8, chunks = (vecs + 2) / 3;
+  const Tasks tasks(g, N, groups);
+  const int64_t group_w = (int64_t)g.KT * 9 * g.cin_g * g.cop;
+  std::vector<std::vector<float>> partial(at::get_num_threads());
+  at::parallel_for(0, tasks.count, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float>& mine = partial.at(at::get_thread_num());
+    if (mine.empty()) mine.assign(groups * group_w, 0.f);
+    std::vector<float> buf(tasks.buffer_floats());
+    for (int64_t task = begin; task < end; ++task) {
+      int n, to, grp0, ng, ho0, ho1;
+      const Band first = tasks.unpack(task, xp, buf.data(), g, groups, n, to, grp0, ng, ho0, ho1);
+      for (int j = 0; j < ng; ++j) {
+        const int grp = grp0 + j;
+        const Band src{first.buf + j * tasks.group_stride, first.hi_first, first.rows_in};
+        for (int chunk = 0; chunk < chunks; ++chunk) {
+          const int c0 = chunk * 24, v = std::min(3, vecs - chunk * 3);
+          const int co_n = std::min(24, g.cout_g - c0);
+          const float* gyg = gp + (int64_t)grp * g.cout_g + c0;
+          float* dwg = mine.data() + grp * group_w + c0;
+          if (v == 1) wgrad_band<1>(src, gyg, dwg, g, n, to, ho0, ho1, co_n);
+          else if (v == 2) wgrad_band<2>(src, gyg, dwg, g, n, to, ho0, ho1, co_n);
+          else wgrad_band<3>(src, gyg, dwg, g, n, to, ho0, ho1, co_n);
+        }
+      }
+    }
+  });
+  auto packed = torch::zeros({groups, KT, 3, 3, g.cin_g, g.cop}, x.options());
+  float* out = packed.data_ptr<float>();
+  for (const auto& mine : partial)
+    if (!mine.empty())
+      at::parallel_for(0, (int64_t)mine.size(), 4096, [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) out[i] += mine[i];
+      });
+  // (groups, KT, 3, 3, cin_g, cop) -> (CO, cin_g, KT, 3, 3)
+  return packed.narrow(5, 0, cout_g).permute({0, 5, 4, 1, 2, 3}).reshape({g.CO, g.cin_g, KT, 3, 3}).contiguous();
 }
 
 // How many threads this extension's at::parallel_for really runs on (torch.get_num_threads()
@@ -535,4 +761,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("pack_cl", &pack_cl);
   m.def("forward_cl", &forward_cl);
   m.def("threads_used", &threads_used);
+  m.def("grad_weight_cl", &grad_weight_cl);
 }

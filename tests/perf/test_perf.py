@@ -1,6 +1,7 @@
 """Hot paths for ``nox -s perf`` (pytest-benchmark): one inference and one training step of
-MF-Net (its default channels-last path and the plain reference path), Res3D and I3D at a small
-clip, under the harness's allocator setting. Timings, not assertions: excluded from the tests."""
+MF-Net (its default channels-last path, the plain reference path, and its fiber convs on the
+suite's kernel), Res3D and I3D at a small clip, under the harness's allocator setting. Timings,
+not assertions: excluded from the tests."""
 
 import pytest
 
@@ -9,15 +10,19 @@ from benchmarks.workload import Setup, Workload
 
 CLIP = (8, 112, 112)
 BATCH = 2
-WORKLOADS = {"mfnet": {}, "mfnet-reference": {"channels_last": False}, "res3d": {}, "i3d": {}}
+# label: (model, setup, model arguments)
+WORKLOADS = {"mfnet": ("mfnet", Setup("cpu"), {}),
+             "mfnet-reference": ("mfnet", Setup("cpu"), {"channels_last": False}),
+             "mfnet-fiber-kernel": ("mfnet", Setup("cpu", fiber_kernel=True), {}),
+             "res3d": ("res3d", Setup("cpu"), {}), "i3d": ("i3d", Setup("cpu"), {})}
 
 runtime.keep_freed_memory()
 
 
 @pytest.fixture(scope="module", params=list(WORKLOADS))
 def workload(request):
-    name = request.param.removesuffix("-reference")
-    workload = Workload(name, Setup("cpu"), CLIP, **WORKLOADS[request.param])
+    name, setup, kwargs = WORKLOADS[request.param]
+    workload = Workload(name, setup, CLIP, **kwargs)
     workload.label = request.param
     return workload
 
