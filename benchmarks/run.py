@@ -124,6 +124,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             raise ValueError("--dtype tf32 is a CUDA math mode; on a CPU use fp32")
         if args.fiber_kernel and args.device != "cpu":
             raise ValueError("--fiber-kernel is a CPU kernel; on a GPU the fiber convs run on cuDNN")
+        if args.fiber_kernel and (args.compile or args.dtype != "fp32"):
+            # rows marked kernels=suite must have run on it: compiled graphs and autocast don't
+            raise ValueError("--fiber-kernel is an eager fp32 kernel: drop --compile, use --dtype fp32")
+        if args.fiber_kernel and {"accuracy", "data"} & set(args.measure):
+            raise ValueError("--fiber-kernel times the kernel: use --measure cost,memory,speed "
+                             "(accuracy and data loading run on stock kernels)")
         if args.fiber_kernel:  # built now (a minute, once per machine), never inside a timing
             from models import fiber_kernel
 

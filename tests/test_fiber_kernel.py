@@ -222,3 +222,17 @@ def test_a_run_asking_for_the_kernel_where_it_cannot_be_built_stops_before_measu
     assert exit_.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.endswith("--fiber-kernel: stock PyTorch kernels: the kernel could not be built (simulated)")
+
+
+@pytest.mark.parametrize("extra, why", [
+    (["--measure", "speed", "--compile"], "is an eager fp32 kernel"),
+    (["--measure", "speed", "--dtype", "bf16"], "is an eager fp32 kernel"),
+    (["--measure", "speed,accuracy"], "times the kernel: use --measure cost,memory,speed"),
+    ([], "times the kernel"),  # every measurement, accuracy among them
+])
+def test_a_run_where_the_kernel_would_not_run_is_refused_rather_than_mislabelled(extra, why, capsys):
+    from benchmarks import run
+
+    with pytest.raises(SystemExit):
+        run.parse_args(["--models", "mfnet", "--fiber-kernel", *extra])
+    assert f"--fiber-kernel {why}" in capsys.readouterr().err
