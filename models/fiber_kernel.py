@@ -1,18 +1,25 @@
-"""The suite's fiber-conv kernel: MF-Net's grouped (KT, 3, 3) convs as a direct C++ kernel.
+"""The suite's fiber-conv kernel: grouped (KT, 3, 3) convs, MF-Net's fiber convs, as direct C++.
 
-The paper's footnote 5 blames MF-Net's slow wall-clock on unoptimised grouped convolutions. On
-a CPU, oneDNN's grouped kernels are weak at MF-Net's 6-48 channels per group; a direct kernel
-(``models/csrc/fiber_conv.cpp``) vectorised along the output row, with borders handled inside
-the kernel (no padded copy), does better on the large planes. Forward and backward.
+The paper's footnote 5 blames MF-Net's slow wall-clock on unoptimised grouped convolutions;
+this kernel (``models/csrc/fiber_conv.cpp``) is the suite's test of that forecast. Two layouts:
 
-- Built on first use with ``torch.utils.cpp_extension.load`` (ninja, the system C++
-  compiler) and cached per machine in torch's extensions folder.
-- Paths: AVX2 + FMA where the CPU has them, a scalar one otherwise (and for fp64, which
-  ``gradcheck`` uses). ``MFNET_FIBER_KERNEL=off`` forces PyTorch's own conv;
-  ``MFNET_FIBER_KERNEL=scalar`` forces the scalar path.
+- channels last (MF-Net's default), any stride: vectorised over a group's output channels,
+  each task packing its groups' input rows compactly first; forward and the weight gradient,
+  and the input gradient at stride 1;
+- NCDHW, stride 1: vectorised along the output row; forward and both gradients.
+
+Borders are handled inside the kernel (no padded copy). ``docs/fiber-kernel.md`` has the
+measured rates and what the code relies on.
+
+- Built on first use with ``torch.utils.cpp_extension.load`` (ninja, the system C++ compiler,
+  OpenMP) and cached per machine in torch's extensions folder.
+- Paths: AVX2 + FMA where the CPU has them; otherwise a scalar NCDHW path (also used for fp64,
+  which ``gradcheck`` uses) and PyTorch's conv for channels last. ``MFNET_FIBER_KERNEL=off``
+  forces PyTorch's own conv; ``MFNET_FIBER_KERNEL=scalar`` forces what a CPU without AVX2 gets.
 - Where the kernel cannot be built (no compiler, a failed build), ``FiberConv3d`` falls back
   to ``nn.Conv3d`` and says so once, in one line; ``status()`` is recorded in a run's
   environment.
+- ``use_kernel(model)`` puts any model's grouped convs on it (``run.py --fiber-kernel``).
 """
 
 import os

@@ -1,6 +1,9 @@
-// Direct grouped 3D convolution for MF-Net's fiber convs (models/fiber_kernel.py).
+// Direct grouped 3D convolution for MF-Net's fiber convs (models/fiber_kernel.py), in two
+// layouts: NCDHW at stride 1 (this first part) and channels last at any stride (the
+// "channels last" part below, MF-Net's default layout). Built with OpenMP: at::parallel_for
+// runs on one thread in an extension compiled without it.
 //
-// y = conv3d(x, w, padding=(KT / 2, 1, 1), stride 1, groups), KT in {1, 3}, x and y NCDHW.
+// NCDHW: y = conv3d(x, w, padding=(KT / 2, 1, 1), stride 1, groups), KT in {1, 3}.
 // - forward: vectorised along W of one output row (8 floats, AVX2 + FMA), 6 output channels x
 //   2 vectors per register block, so each input load feeds 6 FMAs and each weight 2. Borders
 //   are handled with masked loads: the input is never copied into a padded buffer.
@@ -492,6 +495,100 @@ void pack_band(const float* xp, float* buf, const ClGeo& g, int n, int to, int g
   }
 }
 
+// The planar variant, for groups of at most 6 output channels at column stride 1 (MF-Net's
+// conv2, 6 per group): the broadcast block above uses 6 of its 8 lanes there and spends one
+// broadcast per FMA. Here each group's rows are packed (KT, rows_in, cin_g, PAD_W) with zero
+// columns either side, vectorised along the row (16 pixels) with the weights broadcast: per
+// input channel and tap, 2 loads and CO broadcasts feed 2 x CO FMAs. The block is transposed
+// into the channels-last output through a small tile.
+inline int planar_width(int W) { return (W + 15) / 16 * 16 + 2; }
+
+void pack_band_planar(const float* xp, float* buf, const ClGeo& g, int n, int to, int grp0,
+                      int ng, int hi_first, int rows_in, int64_t group_stride) {
+  const int pt = g.KT / 2, cin = g.cin_g, wp = planar_width(g.W);
+  for (int kt = 0; kt < g.KT; ++kt) {
+    const int ti = to * g.st + kt - pt;
+    if (ti < 0 || ti >= g.T) continue;
+    for (int r = 0; r < rows_in; ++r) {
+      const int hi = hi_first + r;
+      if (hi < 0 || hi >= g.H) continue;
+      const float* from = xp + (((int64_t)n * g.T + ti) * g.H + hi) * g.W * g.C + (int64_t)grp0 * cin;
+      float* row = buf + ((int64_t)kt * rows_in + r) * cin * wp + 1;  // column -1 stays zero
+      for (int w = 0; w < g.W; ++w, from += g.C)
+        for (int j = 0; j < ng; ++j)
+          for (int ci = 0; ci < cin; ++ci) row[j * group_stride + (int64_t)ci * wp + w] = from[j * cin + ci];
+    }
+  }
+}
+
+template <int CO>
+void planar_block(const Band& src, const float* wg, float* yrow, const ClGeo& g_, int to, int ho,
+                  int wo0) {
+  constexpr int NV = 2;
+  const int wp = planar_width(g_.W);
+  __m256 acc[CO][NV];
+#pragma GCC unroll 16
+  for (int c = 0; c < CO; ++c)
+#pragma GCC unroll 16
+    for (int j = 0; j < NV; ++j) acc[c][j] = _mm256_setzero_ps();
+  const int pt = g_.KT / 2;
+  for (int kt = 0; kt < g_.KT; ++kt) {
+    const int ti = to * g_.st + kt - pt;
+    if (ti < 0 || ti >= g_.T) continue;
+    for (int kh = 0; kh < 3; ++kh) {
+      const int hi = ho * g_.sh + kh - 1;
+      if (hi < 0 || hi >= g_.H) continue;
+      const float* rows = src.buf + ((int64_t)kt * src.rows_in + hi - src.hi_first) * g_.cin_g * wp + wo0;
+      const float* wt = wg + (kt * 3 + kh) * 3 * (int64_t)g_.cin_g * g_.cop;
+      for (int ci = 0; ci < g_.cin_g; ++ci) {
+        const float* xr = rows + (int64_t)ci * wp;
+#pragma GCC unroll 3
+        for (int kw = 0; kw < 3; ++kw) {
+          __m256 in[NV];
+#pragma GCC unroll 16
+          for (int j = 0; j < NV; ++j) in[j] = _mm256_loadu_ps(xr + kw + 8 * j);
+          const float* wk = wt + ((int64_t)kw * g_.cin_g + ci) * g_.cop;
+#pragma GCC unroll 16
+          for (int c = 0; c < CO; ++c) {
+            const __m256 wv = _mm256_broadcast_ss(wk + c);
+#pragma GCC unroll 16
+            for (int j = 0; j < NV; ++j) acc[c][j] = _mm256_fmadd_ps(wv, in[j], acc[c][j]);
+          }
+        }
+      }
+    }
+  }
+  alignas(32) float tile[CO][8 * NV];
+#pragma GCC unroll 16
+  for (int c = 0; c < CO; ++c)
+#pragma GCC unroll 16
+    for (int j = 0; j < NV; ++j) _mm256_store_ps(tile[c] + 8 * j, acc[c][j]);
+  const int pixels = std::min(8 * NV, g_.Wo - wo0);
+  for (int p = 0; p < pixels; ++p) {
+    float* out = yrow + (int64_t)(wo0 + p) * g_.CO;
+#pragma GCC unroll 16
+    for (int c = 0; c < CO; ++c) out[c] = tile[c][p];
+  }
+}
+
+template <int CO>
+void planar_row(const Band& src, const float* wg, float* yrow, const ClGeo& g, int to, int ho) {
+  for (int wo = 0; wo < g.Wo; wo += 16) planar_block<CO>(src, wg, yrow, g, to, ho, wo);
+}
+
+using PlanarRow = void (*)(const Band&, const float*, float*, const ClGeo&, int, int);
+
+PlanarRow planar_row_for(int cout_g) {
+  switch (cout_g) {
+    case 1: return planar_row<1>;
+    case 2: return planar_row<2>;
+    case 3: return planar_row<3>;
+    case 4: return planar_row<4>;
+    case 5: return planar_row<5>;
+    default: return planar_row<6>;
+  }
+}
+
 }  // namespace
 #pragma GCC pop_options
 
@@ -533,7 +630,9 @@ ClGeo cl_geometry(const torch::Tensor& x, int groups, int KT, int cin_g, int cou
 struct Tasks {
   int band, bands, max_rows_in, gblock, gblocks;
   int64_t group_stride, count;
-  Tasks(const ClGeo& g, int N, int groups) {
+  bool planar;  // the planar variant (see planar_block)
+  Tasks(const ClGeo& g, int N, int groups, bool allow_planar) {
+    planar = allow_planar && g.cout_g <= 6 && g.sw == 1;
     const int64_t row_bytes = (int64_t)g.KT * g.W * g.cin_g * sizeof(float);
     const int fit_rows = std::max<int64_t>(3, (128 << 10) / std::max<int64_t>(1, row_bytes));
     band = std::max(1, std::min(g.Ho, (fit_rows - 3) / g.sh + 1));
@@ -544,7 +643,7 @@ struct Tasks {
     const int split = (int)std::min<int64_t>(groups, std::max<int64_t>(1, (want + outer - 1) / outer));
     gblock = (groups + split - 1) / split;
     gblocks = (groups + gblock - 1) / gblock;
-    group_stride = (int64_t)g.KT * max_rows_in * g.W * g.cin_g + 8;
+    group_stride = (int64_t)g.KT * max_rows_in * g.cin_g * (planar ? planar_width(g.W) : g.W) + 8;
     count = outer * gblocks;
   }
   size_t buffer_floats() const { return (size_t)gblock * group_stride; }
@@ -561,7 +660,10 @@ struct Tasks {
     ho0 = b * band;
     ho1 = std::min(g.Ho, ho0 + band);
     const Band src{buf, ho0 * g.sh - 1, (ho1 - 1 - ho0) * g.sh + 3};
-    pack_band(xp, buf, g, n, to, grp0, ng, src.hi_first, src.rows_in, group_stride);
+    if (planar)
+      pack_band_planar(xp, buf, g, n, to, grp0, ng, src.hi_first, src.rows_in, group_stride);
+    else
+      pack_band(xp, buf, g, n, to, grp0, ng, src.hi_first, src.rows_in, group_stride);
     return src;
   }
 };
@@ -581,10 +683,11 @@ torch::Tensor forward_cl(const torch::Tensor& x, const torch::Tensor& packed, in
   float* yp = y.data_ptr<float>();
   // chunks of at most 3 vectors (24 output channels) per register block
   const int vecs = g.cop / 8, chunks = (vecs + 2) / 3;
-  const Tasks tasks(g, N, groups);
+  const Tasks tasks(g, N, groups, /*allow_planar=*/true);
+  const PlanarRow planar_row = planar_row_for(g.cout_g);
   const int64_t group_w = (int64_t)g.KT * 9 * g.cin_g * g.cop;
   at::parallel_for(0, tasks.count, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> buf(tasks.buffer_floats());
+    std::vector<float> buf(tasks.buffer_floats());  // zeros: the planar pad columns stay so
     for (int64_t task = begin; task < end; ++task) {
       int n, to, grp0, ng, ho0, ho1;
       const Band first = tasks.unpack(task, xp, buf.data(), g, groups, n, to, grp0, ng, ho0, ho1);
@@ -592,6 +695,12 @@ torch::Tensor forward_cl(const torch::Tensor& x, const torch::Tensor& packed, in
         const int grp = grp0 + j;
         const Band src{first.buf + j * tasks.group_stride, first.hi_first, first.rows_in};
         const float* wg = wp + grp * group_w;
+        if (tasks.planar) {
+          for (int ho = ho0; ho < ho1; ++ho)
+            planar_row(src, wg, yp + (((int64_t)n * g.To + to) * g.Ho + ho) * g.Wo * g.CO +
+                                    (int64_t)grp * g.cout_g, g, to, ho);
+          continue;
+        }
         for (int chunk = 0; chunk < chunks; ++chunk) {
           const int c0 = chunk * 24, v = std::min(3, vecs - chunk * 3);
           const int co_n = std::min(24, g.cout_g - c0);
@@ -705,7 +814,7 @@ torch::Tensor grad_weight_cl(const torch::Tensor& x, const torch::Tensor& gy, in
   const float* xp = x.data_ptr<float>();
   const float* gp = gy.data_ptr<float>();
   const int vecs = g.cop / 8, chunks = (vecs + 2) / 3;
-  const Tasks tasks(g, N, groups);
+  const Tasks tasks(g, N, groups, /*allow_planar=*/false);
   const int64_t group_w = (int64_t)g.KT * 9 * g.cin_g * g.cop;
   std::vector<std::vector<float>> partial(at::get_num_threads());
   at::parallel_for(0, tasks.count, 1, [&](int64_t begin, int64_t end) {
