@@ -526,13 +526,18 @@ def forecast_lines(rates: pd.DataFrame) -> list[str]:
                 continue
             stock, suite = (newest[k].loc[(phase, batch)] for k in ("stock", "suite"))
             r = suite["value"] / stock["value"]
+            # every stock run of this setup: the run-to-run spread the ratio has to clear
+            runs = setup[(setup["kernels"] == "stock") & (setup["phase"] == phase)
+                         & (setup["batch_size"] == batch)].groupby("run_id")["value"].last()
             need = 1.0 if at_one else claim.threshold
             mark = "✓" if r >= need else "✗"
             if disturbance.is_disturbed(stock["note"]) or disturbance.is_disturbed(suite["note"]):
                 mark = "⚠"
             marks.append(mark)
+            spread = (f"; stock over {len(runs)} runs: {runs.min():.0f}–{runs.max():.0f}"
+                      if len(runs) > 1 else "")
             cells.append(f"{stock['value']:.0f} → {suite['value']:.0f} = **{r:.2f}×** {mark}"
-                         + ("" if at_one else f" (b={batch})"))
+                         + ("" if at_one else f" (b={batch})") + spread)
         verdict = ("not judged: timed while the machine was shared" if "⚠" in marks
                    else "holds" if marks and all(m == "✓" for m in marks)
                    else "does not hold here" if marks else "not measured")
@@ -546,7 +551,9 @@ def forecast_lines(rates: pd.DataFrame) -> list[str]:
             "kernels → with its fiber convs on the suite's kernel (`--fiber-kernel`, "
             "`models/fiber_kernel.py`), the newest run of each; it holds at ≥ "
             f"{claim.threshold:g}× at the throughput batch and in training and ≥ 1× at batch 1 "
-            "(the suite's reading: the paper gives no figure).", "",
+            "(the suite's reading: the paper gives no figure). The stock runs' spread on the same "
+            "machine is shown where there are several: a ratio inside it is noise as much as "
+            "signal.", "",
             "| setup | inference b=1 | inference, throughput batch | training step | verdict | "
             "runs |", "|---|---|---|---|---|---|", *lines, ""]
 

@@ -125,9 +125,11 @@ def test_footnote_5_forecast_is_judged_from_mfnet_on_stock_and_on_the_suite_kern
     forecast = next(line for line in text.splitlines() if "run-stock vs run-suite" in line)
     assert "80 → 80 = **1.00×** ✓" in forecast and "50 → 100 = **2.00×** ✓ (b=4)" in forecast
     assert "40 → 50 = **1.25×** ✗ (b=4)" in forecast and "| does not hold here |" in forecast
+    assert "stock over" not in forecast  # one stock run: no spread to show
+    rates("run-stock0", "stock", (60, 50, 40), "2025-12-31T00:00:00+00:00")  # an older stock run
     rates("run-suite2", "suite", (90, 100, 80), "2026-01-03T00:00:00+00:00")
     forecast = next(line for line in section().splitlines() if "run-stock vs run-suite2" in line)
-    assert "| holds |" in forecast
+    assert "| holds |" in forecast and "80 → 90 = **1.12×** ✓; stock over 2 runs: 60–80" in forecast
     rates("run-suite3", "suite", (90, 100, 80), "2026-01-04T00:00:00+00:00",
           note="disturbed: another process took the CPU")
     forecast = next(line for line in section().splitlines() if "run-stock vs run-suite3" in line)
