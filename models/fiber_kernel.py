@@ -22,7 +22,11 @@ measured rates and what the code relies on.
 - ``use_kernel(model)`` puts any model's grouped convs on it (``run.py --fiber-kernel``).
 """
 
+import hashlib
 import os
+import shutil
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -31,8 +35,59 @@ import torch.nn.functional as F
 from torch import nn
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "fiber_conv.cpp"
+NAME = "mfnet_fiber_conv"
 SWITCH = "MFNET_FIBER_KERNEL"  # off | scalar | (unset: the fastest path this CPU has)
 _loaded: dict = {}
+
+
+def _build_dir() -> Path:
+    from torch.utils import cpp_extension
+
+    try:  # where load() builds and caches (TORCH_EXTENSIONS_DIR, torch's own layout)
+        return Path(cpp_extension._get_build_directory(NAME, False))
+    except Exception:
+        return Path(cpp_extension.get_default_build_root()) / NAME
+
+
+def _loads_in_a_child(library: Path) -> bool:
+    """Whether a fresh process can load ``library``. A damaged one (a build killed while it
+    linked, a truncated copy) kills the process that loads it with SIGBUS, so it is tried where
+    that costs nothing."""
+    code = (f"import torch, importlib.util as u; s = u.spec_from_file_location({NAME!r}, "
+            f"{str(library)!r}); s.loader.exec_module(u.module_from_spec(s))")
+    try:
+        return subprocess.run([sys.executable, "-c", code], capture_output=True,
+                              timeout=300).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def check_cache() -> None:
+    """Before loading: a cached library that no process of this suite has loaded yet (its
+    digest is not in ``verified``) is first loaded in a child; one that fails there is removed
+    with its build folder, so ``load`` builds it afresh rather than crash this process."""
+    folder = _build_dir()
+    library, stamp = folder / f"{NAME}.so", folder / "verified"
+    if not library.is_file():
+        return
+    if stamp.is_file() and stamp.read_text() == _digest(library):
+        return
+    if not _loads_in_a_child(library):
+        warnings.warn(f"the cached fiber kernel in {folder} does not load; building it afresh",
+                      stacklevel=3)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _mark_verified() -> None:
+    library = _build_dir() / f"{NAME}.so"
+    try:
+        (library.parent / "verified").write_text(_digest(library))
+    except OSError:
+        pass  # a read-only cache: the next process checks again, nothing worse
 
 
 def extension():
@@ -47,14 +102,16 @@ def extension():
         try:
             from torch.utils import cpp_extension
 
+            check_cache()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # "no CUDA runtime": this is a CPU kernel
                 # -fopenmp: at::parallel_for is a header template; built without it, the
                 # kernel runs on one thread whatever torch.get_num_threads() says. The
                 # extension links libgomp.so.1, the same soname torch already loaded.
-                module = cpp_extension.load("mfnet_fiber_conv", [str(SOURCE)],
+                module = cpp_extension.load(NAME, [str(SOURCE)],
                                             extra_cflags=["-O3", "-fopenmp"],
                                             extra_ldflags=["-fopenmp"], verbose=False)
+            _mark_verified()
         except Exception as exc:  # no compiler, no ninja, a failed build: fall back, say why
             last = (str(exc).strip().splitlines() or [""])[-1]  # a build log ends with its cause
             why = f"the kernel could not be built ({type(exc).__name__}: {last})"

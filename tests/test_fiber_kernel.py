@@ -236,3 +236,27 @@ def test_a_run_where_the_kernel_would_not_run_is_refused_rather_than_mislabelled
     with pytest.raises(SystemExit):
         run.parse_args(["--models", "mfnet", "--fiber-kernel", *extra])
     assert f"--fiber-kernel {why}" in capsys.readouterr().err
+
+
+def test_a_damaged_cached_kernel_is_rebuilt_rather_than_crash_the_process(tmp_path, monkeypatch):
+    # a build killed while it linked leaves a library whose loading kills the process (SIGBUS)
+    folder = tmp_path / fk.NAME
+    folder.mkdir()
+    library = folder / f"{fk.NAME}.so"
+    library.write_bytes(b"\x7fELF" + b"\0" * 60)  # a truncated shared object
+    monkeypatch.setattr(fk, "_build_dir", lambda: folder)
+    with pytest.warns(UserWarning, match="does not load; building it afresh"):
+        fk.check_cache()  # tried in a child process, which fails
+    assert not folder.exists()  # so load() builds it from scratch
+    # one this suite has loaded before (its digest recorded) is not tried again
+    folder.mkdir()
+    library.write_bytes(b"a library that loaded")
+    (folder / "verified").write_text(fk._digest(library))
+    monkeypatch.setattr(fk, "_loads_in_a_child", lambda path: pytest.fail("tried again"))
+    fk.check_cache()
+    assert library.exists()
+    library.write_bytes(b"changed since")  # a different file: tried, and here it fails
+    monkeypatch.setattr(fk, "_loads_in_a_child", lambda path: False)
+    with pytest.warns(UserWarning):
+        fk.check_cache()
+    assert not folder.exists()
