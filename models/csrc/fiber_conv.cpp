@@ -465,14 +465,26 @@ void cl_row(const Band& src, const float* wg, float* yrow, const ClGeo& g, int t
   if (wo < g.Wo) cl_tail<V, P>(src, wg, yrow, g, to, ho, wo, g.Wo - wo, c0, co_n);
 }
 
+// The planar variant, for groups of at most 6 output channels at column stride 1 (MF-Net's
+// conv2, 6 per group): the broadcast block above uses 6 of its 8 lanes there and spends one
+// broadcast per FMA. Here each group's rows are packed (KT, rows_in, cin_g, planar_width(W)) with zero
+// columns either side, vectorised along the row (16 pixels) with the weights broadcast: per
+// input channel and tap, 2 loads and CO broadcasts feed 2 x CO FMAs. The block is transposed
+// into the channels-last output through a small tile.
+inline int planar_width(int W) { return (W + 15) / 16 * 16 + 2; }
+
 // Copy the channels of groups grp0 .. grp0 + ng of the rows [hi_first, hi_first + rows_in) of
-// the frames output frame `to` reads into buf: group j's at buf + j * group_stride, laid out
-// (KT, rows_in, W, cin_g). Rows and frames outside the input are left as they are (the kernel
-// skips them). Reads run along each pixel's channels; a group's last vector is loaded masked
-// and stored whole (group_stride leaves 8 floats of slack at the end of each group's copy).
+// the frames output frame `to` reads into buf, group j's at buf + j * group_stride. Rows and
+// frames outside the input are left as they are (the kernel skips them).
+// - PLANAR = false: (KT, rows_in, W, cin_g). Reads run along each pixel's channels; a group's
+//   last vector is loaded masked and stored whole (group_stride leaves 8 floats of slack).
+// - PLANAR = true: (KT, rows_in, cin_g, planar_width(W)), column c at c + 1; the columns either
+//   side are never written, so they stay zero in a zeroed buffer.
+template <bool PLANAR>
 void pack_band(const float* xp, float* buf, const ClGeo& g, int n, int to, int grp0, int ng,
                int hi_first, int rows_in, int64_t group_stride) {
   const int pt = g.KT / 2, cin = g.cin_g;
+  const int64_t row_floats = (int64_t)cin * (PLANAR ? planar_width(g.W) : g.W);
   const __m256i tail = Avx2::mask(0, cin % 8 == 0 ? 8 : cin % 8);
   for (int kt = 0; kt < g.KT; ++kt) {
     const int ti = to * g.st + kt - pt;
@@ -481,42 +493,21 @@ void pack_band(const float* xp, float* buf, const ClGeo& g, int n, int to, int g
       const int hi = hi_first + r;
       if (hi < 0 || hi >= g.H) continue;
       const float* from = xp + (((int64_t)n * g.T + ti) * g.H + hi) * g.W * g.C + (int64_t)grp0 * cin;
-      float* row = buf + ((int64_t)kt * rows_in + r) * g.W * cin;
+      float* row = buf + ((int64_t)kt * rows_in + r) * row_floats;
       for (int w = 0; w < g.W; ++w, from += g.C) {
         for (int j = 0; j < ng; ++j) {
           const float* src = from + j * cin;
-          float* dst = row + j * group_stride + (int64_t)w * cin;
-          int c = 0;
-          for (; c + 8 < cin; c += 8) _mm256_storeu_ps(dst + c, _mm256_loadu_ps(src + c));
-          _mm256_storeu_ps(dst + c, _mm256_maskload_ps(src + c, tail));
+          if constexpr (PLANAR) {
+            float* dst = row + j * group_stride + 1 + w;
+            for (int ci = 0; ci < cin; ++ci) dst[(int64_t)ci * planar_width(g.W)] = src[ci];
+          } else {
+            float* dst = row + j * group_stride + (int64_t)w * cin;
+            int c = 0;
+            for (; c + 8 < cin; c += 8) _mm256_storeu_ps(dst + c, _mm256_loadu_ps(src + c));
+            _mm256_storeu_ps(dst + c, _mm256_maskload_ps(src + c, tail));
+          }
         }
       }
-    }
-  }
-}
-
-// The planar variant, for groups of at most 6 output channels at column stride 1 (MF-Net's
-// conv2, 6 per group): the broadcast block above uses 6 of its 8 lanes there and spends one
-// broadcast per FMA. Here each group's rows are packed (KT, rows_in, cin_g, PAD_W) with zero
-// columns either side, vectorised along the row (16 pixels) with the weights broadcast: per
-// input channel and tap, 2 loads and CO broadcasts feed 2 x CO FMAs. The block is transposed
-// into the channels-last output through a small tile.
-inline int planar_width(int W) { return (W + 15) / 16 * 16 + 2; }
-
-void pack_band_planar(const float* xp, float* buf, const ClGeo& g, int n, int to, int grp0,
-                      int ng, int hi_first, int rows_in, int64_t group_stride) {
-  const int pt = g.KT / 2, cin = g.cin_g, wp = planar_width(g.W);
-  for (int kt = 0; kt < g.KT; ++kt) {
-    const int ti = to * g.st + kt - pt;
-    if (ti < 0 || ti >= g.T) continue;
-    for (int r = 0; r < rows_in; ++r) {
-      const int hi = hi_first + r;
-      if (hi < 0 || hi >= g.H) continue;
-      const float* from = xp + (((int64_t)n * g.T + ti) * g.H + hi) * g.W * g.C + (int64_t)grp0 * cin;
-      float* row = buf + ((int64_t)kt * rows_in + r) * cin * wp + 1;  // column -1 stays zero
-      for (int w = 0; w < g.W; ++w, from += g.C)
-        for (int j = 0; j < ng; ++j)
-          for (int ci = 0; ci < cin; ++ci) row[j * group_stride + (int64_t)ci * wp + w] = from[j * cin + ci];
     }
   }
 }
@@ -661,9 +652,9 @@ struct Tasks {
     ho1 = std::min(g.Ho, ho0 + band);
     const Band src{buf, ho0 * g.sh - 1, (ho1 - 1 - ho0) * g.sh + 3};
     if (planar)
-      pack_band_planar(xp, buf, g, n, to, grp0, ng, src.hi_first, src.rows_in, group_stride);
+      pack_band<true>(xp, buf, g, n, to, grp0, ng, src.hi_first, src.rows_in, group_stride);
     else
-      pack_band(xp, buf, g, n, to, grp0, ng, src.hi_first, src.rows_in, group_stride);
+      pack_band<false>(xp, buf, g, n, to, grp0, ng, src.hi_first, src.rows_in, group_stride);
     return src;
   }
 };
