@@ -479,7 +479,8 @@ def wallclock_section(rows: pd.DataFrame) -> list[str]:
                 mark = "⚠ not judged: timed while the machine was shared"
             cells.append(f"{a:.0f} / {d:.0f} = **{r:.2f}×** {mark}" + ("" if at_one else f" (b={batch})"))
         setup_label = (f"{device} {name}, {dtype}" + (", channels-last (all models)" if cl else "")
-                       + (", torch.compile" if compiled else "") + ", " + KERNELS_LABEL[kernels])
+                       + (", torch.compile" if compiled else "") + ", "
+                       + KERNELS_LABEL.get(kernels, f"kernels: {kernels}"))
         lines.append(f"| {setup_label} | {' | '.join(cells)} | {run} |")
     if not lines:
         return []
