@@ -478,10 +478,9 @@ def wallclock_section(rows: pd.DataFrame) -> list[str]:
             if notes.get((mf, phase, batch)) or notes.get((dense, phase, batch)):
                 mark = "⚠ not judged: timed while the machine was shared"
             cells.append(f"{a:.0f} / {d:.0f} = **{r:.2f}×** {mark}" + ("" if at_one else f" (b={batch})"))
-        setup_label = (f"{device} {name}, {dtype}" + (", channels-last (all models)" if cl else "")
-                       + (", torch.compile" if compiled else "") + ", "
-                       + KERNELS_LABEL.get(kernels, f"kernels: {kernels}"))
-        lines.append(f"| {setup_label} | {' | '.join(cells)} | {run} |")
+        label = (setup_label(device, name, dtype, cl, compiled) + ", "
+                 + KERNELS_LABEL.get(kernels, f"kernels: {kernels}"))
+        lines.append(f"| {label} | {' | '.join(cells)} | {run} |")
     if not lines:
         return []
     forecast = forecast_lines(rates)
@@ -494,6 +493,11 @@ def wallclock_section(rows: pd.DataFrame) -> list[str]:
             "setup's format.", "",
             "| setup | inference b=1: MF-Net / Res3D GMAC/s | inference, throughput batch | "
             "training step | run |", "|---|---|---|---|---|", *lines, "", *forecast]
+
+
+def setup_label(device: str, name: str, dtype: str, cl: bool, compiled: bool) -> str:
+    return (f"{device} {name}, {dtype}" + (", channels-last (all models)" if cl else "")
+            + (", torch.compile" if compiled else ""))
 
 
 KERNELS_LABEL = {"stock": "stock kernels (as footnote 5 found it)",
@@ -528,24 +532,23 @@ def forecast_lines(rates: pd.DataFrame) -> list[str]:
             stock, suite = (newest[k].loc[(phase, batch)] for k in ("stock", "suite"))
             r = suite["value"] / stock["value"]
             # every stock run of this setup: the run-to-run spread the ratio has to clear
-            runs = setup[(setup["kernels"] == "stock") & (setup["phase"] == phase)
-                         & (setup["batch_size"] == batch)].groupby("run_id")["value"].last()
+            stock_runs = setup[(setup["kernels"] == "stock") & (setup["phase"] == phase)
+                               & (setup["batch_size"] == batch)].groupby("run_id")["value"].last()
             need = 1.0 if at_one else claim.threshold
             mark = "✓" if r >= need else "✗"
             if disturbance.is_disturbed(stock["note"]) or disturbance.is_disturbed(suite["note"]):
                 mark = "⚠"
             marks.append(mark)
-            spread = (f"; stock over {len(runs)} runs: {runs.min():.0f}–{runs.max():.0f}"
-                      if len(runs) > 1 else "")
+            spread = (f"; stock over {len(stock_runs)} runs: "
+                      f"{stock_runs.min():.0f}–{stock_runs.max():.0f}" if len(stock_runs) > 1 else "")
             cells.append(f"{stock['value']:.0f} → {suite['value']:.0f} = **{r:.2f}×** {mark}"
                          + ("" if at_one else f" (b={batch})") + spread)
         verdict = ("not judged: timed while the machine was shared" if "⚠" in marks
                    else "holds" if marks and all(m == "✓" for m in marks)
                    else "does not hold here" if marks else "not measured")
-        label = (f"{device} {name}, {dtype}" + (", channels-last (all models)" if cl else "")
-                 + (", torch.compile" if compiled else ""))
         runs = " vs ".join(newest[k]["run_id"].iloc[0] for k in ("stock", "suite"))
-        lines.append(f"| {label} | {' | '.join(cells)} | {verdict} | {runs} |")
+        lines.append(f"| {setup_label(device, name, dtype, cl, compiled)} | {' | '.join(cells)} "
+                     f"| {verdict} | {runs} |")
     if not lines:
         return []
     return [f"The paper's forecast: \"{claim.quote}\" ({claim.where}). MF-Net's GMAC/s on stock "

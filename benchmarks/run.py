@@ -66,6 +66,22 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+def check_fiber_kernel(args: argparse.Namespace) -> None:
+    """``--fiber-kernel``: rows marked kernels=suite must have run on the kernel, so what it does
+    not cover is refused; and it is built now (a minute, once per machine), never in a timing."""
+    if args.device != "cpu":
+        raise ValueError("--fiber-kernel is a CPU kernel; on a GPU the fiber convs run on cuDNN")
+    if args.compile or args.dtype != "fp32":  # compiled graphs and autocast run stock convs
+        raise ValueError("--fiber-kernel is an eager fp32 kernel: drop --compile, use --dtype fp32")
+    if {"accuracy", "data"} & set(args.measure):
+        raise ValueError("--fiber-kernel times the kernel: use --measure cost,memory,speed "
+                         "(accuracy and data loading run on stock kernels)")
+    from models import fiber_kernel
+
+    if fiber_kernel.extension() is None:
+        raise ValueError(f"--fiber-kernel: {fiber_kernel.status()}")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = OneLineParser(prog="run.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--import", dest="imports", action="append", default=[], metavar="FILE.py|MODULE",
@@ -122,19 +138,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.device = resolve_device(args.device)
         if args.dtype == "tf32" and args.device != "cuda":
             raise ValueError("--dtype tf32 is a CUDA math mode; on a CPU use fp32")
-        if args.fiber_kernel and args.device != "cpu":
-            raise ValueError("--fiber-kernel is a CPU kernel; on a GPU the fiber convs run on cuDNN")
-        if args.fiber_kernel and (args.compile or args.dtype != "fp32"):
-            # rows marked kernels=suite must have run on it: compiled graphs and autocast don't
-            raise ValueError("--fiber-kernel is an eager fp32 kernel: drop --compile, use --dtype fp32")
-        if args.fiber_kernel and {"accuracy", "data"} & set(args.measure):
-            raise ValueError("--fiber-kernel times the kernel: use --measure cost,memory,speed "
-                             "(accuracy and data loading run on stock kernels)")
-        if args.fiber_kernel:  # built now (a minute, once per machine), never inside a timing
-            from models import fiber_kernel
-
-            if fiber_kernel.extension() is None:
-                raise ValueError(f"--fiber-kernel: {fiber_kernel.status()}")
+        if args.fiber_kernel:
+            check_fiber_kernel(args)
         check_accuracy_inputs(args, explicit)
     except ValueError as exc:
         p.error(str(exc))

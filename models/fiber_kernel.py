@@ -154,12 +154,13 @@ def channels_last(x: torch.Tensor, stride=(1, 1, 1)) -> bool:
     return not x.is_contiguous() or tuple(stride) != (1, 1, 1)
 
 
-def _stock_grads(grad, x, weight, stride, groups, mask):
-    """PyTorch's own gradients of the same conv, for what the kernel does not cover."""
+def _stock_grad_input(grad, x, weight, stride, groups):
+    """PyTorch's own input gradient of the same conv: a strided conv's is a transposed conv,
+    which the kernel does not cover."""
     pad = [weight.shape[2] // 2, 1, 1]
-    gx, gw, _ = torch.ops.aten.convolution_backward(
-        grad, x, weight, None, list(stride), pad, [1, 1, 1], False, [0, 0, 0], groups, mask + [False])
-    return gx, gw
+    return torch.ops.aten.convolution_backward(
+        grad, x, weight, None, list(stride), pad, [1, 1, 1], False, [0, 0, 0], groups,
+        [True, False, False])[0]
 
 
 class FiberConvFunction(torch.autograd.Function):
@@ -194,8 +195,8 @@ class FiberConvFunction(torch.autograd.Function):
             if need_x and tuple(stride) == (1, 1, 1):
                 packed = ext.pack_cl(flipped(weight, groups), groups)
                 grad_x = ext.forward_cl(grad, packed, weight.shape[1], [1, 1, 1])
-            elif need_x:  # a strided conv's input gradient is a transposed conv: PyTorch's
-                grad_x = _stock_grads(grad, x, weight, stride, groups, [True, False])[0]
+            elif need_x:
+                grad_x = _stock_grad_input(grad, x, weight, stride, groups)
             if need_w:
                 grad_w = ext.grad_weight_cl(x, grad, groups, weight.shape[2], list(stride))
             return grad_x, grad_w, None, None, None

@@ -28,7 +28,6 @@ class Geometry:
 
     ndim: int
     onednn_pointwise: bool = False  # build 1x1x1 convs as ``OneDNNPointwiseConv3d``
-    fiber_kernel: bool = False  # build grouped (t, 3, 3) convs as ``fiber_kernel.FiberConv3d``
 
     def shape(self, t: int, h: int, w: int | None = None) -> tuple[int, ...]:
         """A kernel, stride or padding given as (t, h, w); the 2D net drops ``t``."""
@@ -40,10 +39,6 @@ class Geometry:
             return nn.Conv2d(num_in, num_out, kernel, stride, padding, groups=groups, bias=False)
         pointwise = all(k == 1 for k in kernel)
         kind = OneDNNPointwiseConv3d if self.onednn_pointwise and pointwise else nn.Conv3d
-        if self.fiber_kernel and groups > 1 and tuple(kernel[1:]) == (3, 3):
-            from models.fiber_kernel import FiberConv3d
-
-            kind = FiberConv3d
         return kind(num_in, num_out, kernel, stride, padding, groups=groups, bias=False)
 
     def bn(self, channels: int) -> nn.Module:
@@ -143,8 +138,7 @@ class MFNet(nn.Module):
         # the parameters and the checkpoint keys are the same; channels_last=False is the plain
         # reference path (plain ``Conv3d``, contiguous) the fast one is tested against.
         # fiber_kernel: the 3D net's fiber convs on the suite's kernel (``models/fiber_kernel.py``)
-        geometry = replace(geometry, onednn_pointwise=channels_last and geometry.ndim == 3,
-                           fiber_kernel=fiber_kernel and geometry.ndim == 3)
+        geometry = replace(geometry, onednn_pointwise=channels_last and geometry.ndim == 3)
         self.memory_format = ((torch.channels_last_3d if geometry.ndim == 3 else torch.channels_last)
                               if channels_last else torch.contiguous_format)
         padding = tuple(k // 2 for k in stem_kernel)
@@ -174,6 +168,10 @@ class MFNet(nn.Module):
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.classifier = nn.Linear(num_in, num_classes)
         init_weights(self)
+        if fiber_kernel and geometry.ndim == 3:
+            from models.fiber_kernel import use_kernel
+
+            use_kernel(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: (N, 3, T, H, W) for the 3D net, (N, 3, H, W) for the 2D one
