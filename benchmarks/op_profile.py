@@ -13,7 +13,11 @@ Two tables and a bound, to explain a low ``peak_fraction``:
   convs take, the rate it could reach if every other op were free; and the same over all its
   convs, the rate it could reach if only BatchNorm, ReLU, adds and pooling were free.
   ``--against NAME`` times another model's same step in the same process (at its spec input)
-  for comparison.
+  for comparison;
+- what footnote 5's forecast asks of a grouped-conv kernel here (``speedup_needed``): the whole
+  step timed as the harness times it, and how fast its grouped convs would have to run for the
+  step to be ``FOOTNOTE5_FORECAST``'s threshold times faster, against this machine's dense conv
+  rate; or, where even free grouped convs fall short, the most they could give (Amdahl).
 
 It runs the same steps as the harness (``benchmarks/workload.py``), under the same settings.
 """
@@ -37,6 +41,7 @@ from benchmarks import runtime, speed
 from benchmarks.cost import count_macs, layer_type
 from benchmarks.run import parse_clip
 from benchmarks.workload import DTYPES, Setup, Workload
+from models import ledger
 
 CONVS = (nn.Conv2d, nn.Conv3d)
 
@@ -99,6 +104,20 @@ def grouped_bound(rows: list[tuple], step_gmacs: float) -> tuple[float, float]:
     step can achieve while they take it: ``step_gmacs`` over that time."""
     ms = sum(r[2] for r in rows if r[0].startswith("grouped"))
     return ms, (step_gmacs / (ms / 1e3) if ms else math.inf)
+
+
+def speedup_needed(step_ms: float, rows: list[tuple], target: float) -> tuple[float, float, float]:
+    """(ceiling, ms, GMAC/s) for a step of ``step_ms`` whose grouped convs are ``rows``'
+    grouped ones: the speed-up the step would gain were they free (Amdahl: the rest of the step
+    stays), and the time and rate they would have to reach for a ``target`` x faster step
+    (``ms`` <= 0 and ``GMAC/s`` inf where the ceiling is below the target). The grouped convs'
+    time is their time alone, so the rest of the step is estimated as the difference."""
+    grouped = [r for r in rows if r[0].startswith("grouped")]
+    grouped_ms, gmacs = sum(r[2] for r in grouped), sum(r[3] for r in grouped)
+    rest = max(step_ms - grouped_ms, 1e-9)
+    ceiling = step_ms / rest
+    needed = step_ms / target - rest
+    return ceiling, needed, (gmacs / (needed / 1e3) if needed > 0 else math.inf)
 
 
 def achieved_rate(name: str, setup: Setup, batch: int, train: bool) -> float:
@@ -175,6 +194,19 @@ def main(argv: list[str] | None = None) -> int:
     conv_bound = step_gmacs / (total / 1e3)
     print(f"bound: all convs together take {total:.1f} ms per step, so with BatchNorm, ReLU, adds "
           f"and pooling free the step runs at most {conv_bound:.1f} GMAC/s")
+    result = speed.time_step(step, workload.synchronize, min_run_time=1.0)
+    dense = speed.peak_gmacs_per_s(args.device, args.dtype)["conv"]
+    target = ledger.FOOTNOTE5_FORECAST.threshold
+    ceiling, needed_ms, needed_rate = speedup_needed(result.median * 1e3, rows, target)
+    print(f"forecast: the step takes {result.median * 1e3:.0f} ms (median, timed as the harness "
+          f"does); with its grouped convs free it would be {ceiling:.2f}x faster")
+    if needed_ms > 0:
+        print(f"forecast: a {target}x faster step needs the grouped convs in {needed_ms:.0f} ms: "
+              f"{needed_rate:.1f} GMAC/s, {needed_rate / dense:.2f}x this machine's dense 3x3x3 "
+              f"conv ({dense:.1f} GMAC/s)")
+    else:
+        print(f"forecast: a {target}x faster step is out of reach of any grouped-conv kernel here "
+              f"(Amdahl: the rest of the step alone takes {result.median * 1e3 / ceiling:.0f} ms)")
     if args.against:
         other = achieved_rate(args.against, workload.setup, args.batch, args.train)
         print(f"{args.against} ({phase} at its spec input, batch {args.batch}, this process): "

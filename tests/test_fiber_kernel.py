@@ -1,6 +1,7 @@
 """The fiber-conv kernel (models/fiber_kernel.py) against PyTorch's conv: forward, both
 gradients, every MF-Net shape, random shapes, fp64 gradcheck, and the fallbacks."""
 
+import itertools
 import random
 
 import pytest
@@ -56,6 +57,25 @@ def test_channels_last_random_shapes_and_strides_forward_and_backward():
         x = torch.randn(shape).contiguous(memory_format=torch.channels_last_3d)
         weight = torch.randn(groups * cout_g, cin_g, kt, 3, 3)
         check_against_reference(x, weight, groups, stride)
+
+
+@pytest.mark.parametrize("cin_g, cout_g", [(24, 6), (24, 12), (20, 24)])
+def test_channels_last_frames_shared_by_consecutive_output_frames(cin_g, cout_g):
+    """Each thread packs only the input frames its previous output frame did not read; rows of
+    64 pixels of 20-24 channels make bands of 5 rows, so a thread's run of tasks crosses bands,
+    samples and (on two threads) the other thread's run, at temporal stride 1 and 2; with two
+    frames, the next band's first output frame reads the frames the last one held."""
+    torch.manual_seed(cout_g)
+    threads = torch.get_num_threads()
+    try:
+        for n_threads in (1, 2):
+            torch.set_num_threads(n_threads)
+            for frames, stride in itertools.product((7, 2), ((1, 1, 1), (2, 1, 1), (2, 2, 2))):
+                x = torch.randn(2, 2 * cin_g, frames, 12, 64).contiguous(memory_format=torch.channels_last_3d)
+                weight = torch.randn(2 * cout_g, cin_g, 3, 3, 3)
+                check_against_reference(x, weight, 2, stride)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_the_kernel_runs_on_every_thread_torch_is_given():

@@ -1,5 +1,7 @@
 """benchmarks/op_profile.py: the per-op and per-conv tables that explain a low peak fraction."""
 
+import math
+
 import pytest
 
 from benchmarks import op_profile
@@ -37,6 +39,19 @@ def test_grouped_bound_is_the_step_over_the_grouped_convs_time():
     assert op_profile.grouped_bound(rows[:1], 2.0)[0] == 0
 
 
+def test_speedup_needed_is_amdahl_over_the_grouped_convs():
+    rows = [("pointwise", "1x1x1", 30.0, 2.0, 66.7), ("grouped 6->6 per group", "3x3x3", 40.0, 1.0, 25.0),
+            ("grouped 12->12 per group", "1x3x3", 20.0, 2.0, 100.0)]
+    # a 100 ms step: 60 ms grouped (3 GMACs), 40 ms the rest; free grouped convs give 2.5x
+    ceiling, ms, rate = op_profile.speedup_needed(100.0, rows, 1.5)
+    assert ceiling == pytest.approx(2.5)
+    assert ms == pytest.approx(100 / 1.5 - 40)  # 26.7 ms for the grouped convs
+    assert rate == pytest.approx(3.0 / (ms / 1e3))
+    # a 3x faster step is beyond the ceiling: no time is enough
+    ceiling, ms, rate = op_profile.speedup_needed(100.0, rows, 3.0)
+    assert ms < 0 and rate == math.inf
+
+
 def test_cli_prints_both_tables_and_the_bound_against_a_dense_model(capsys):
     assert op_profile.main(["--model", "mfnet", "--clip", "8,32,32", "--train", "--rows", "5",
                             "--against", "res3d"]) == 0
@@ -45,6 +60,8 @@ def test_cli_prints_both_tables_and_the_bound_against_a_dense_model(capsys):
     assert "every convolution alone, forward + backward" in out and "grouped 12->12 per group" in out
     assert "bound: the grouped convs alone take" in out
     assert "bound: all convs together take" in out
+    assert "forecast: the step takes" in out and "with its grouped convs free" in out
+    assert "x faster step" in out
     assert "res3d (training step at its spec input" in out and "(all convs) of it" in out
 
 

@@ -421,7 +421,7 @@ void cl_block(const Band& src, const float* wg, float* yrow, const ClGeo& g_, in
     for (int kh = 0; kh < 3; ++kh) {
       const int hi = ho * g_.sh + kh - 1;
       if (hi < 0 || hi >= g_.H) continue;
-      const float* row = src.buf + ((int64_t)kt * src.rows_in + hi - src.hi_first) * g_.W * g_.cin_g;
+      const float* row = src.buf + ((int64_t)(ti % g_.KT) * src.rows_in + hi - src.hi_first) * g_.W * g_.cin_g;
       for (int kw = 0; kw < 3; ++kw) {
         const float* wk = wg + ((kt * 3 + kh) * 3 + kw) * (int64_t)g_.cin_g * g_.cop + c0;
         const float* base = row + (int64_t)(wo0 * g_.sw + kw - 1) * g_.cin_g;
@@ -465,35 +465,36 @@ void cl_row(const Band& src, const float* wg, float* yrow, const ClGeo& g, int t
   if (wo < g.Wo) cl_tail<V, P>(src, wg, yrow, g, to, ho, wo, g.Wo - wo, c0, co_n);
 }
 
-// The planar variant, for groups of at most 6 output channels at column stride 1 (MF-Net's
-// conv2, 6 per group): the broadcast block above uses 6 of its 8 lanes there and spends one
-// broadcast per FMA. Here each group's rows are packed (KT, rows_in, cin_g, planar_width(W)) with zero
-// columns either side, vectorised along the row (16 pixels) with the weights broadcast: per
-// input channel and tap, 2 loads and CO broadcasts feed 2 x CO FMAs. The block is transposed
-// into the channels-last output through a small tile.
+// The planar variant, for groups of at most 6 or of 12 output channels at column stride 1
+// (MF-Net's conv2 and conv3): the broadcast block above uses 6 of its 8 lanes (12 of 16) there.
+// Here each group's rows are packed (KT, rows_in, cin_g, planar_width(W)) with zero columns
+// either side, vectorised along the row with the weights broadcast: per input channel and tap,
+// NV loads and CO broadcasts feed NV x CO FMAs, NV = 2 vectors (16 pixels) for CO <= 6 and 1
+// (8 pixels) for 12. The block is transposed into the channels-last output through a small tile.
 inline int planar_width(int W) { return (W + 15) / 16 * 16 + 2; }
 
 // Copy the channels of groups grp0 .. grp0 + ng of the rows [hi_first, hi_first + rows_in) of
-// the frames output frame `to` reads into buf, group j's at buf + j * group_stride. Rows and
-// frames outside the input are left as they are (the kernel skips them).
-// - PLANAR = false: (KT, rows_in, W, cin_g). Reads run along each pixel's channels; a group's
-//   last vector is loaded masked and stored whole (group_stride leaves 8 floats of slack).
+// input frames [ti0, ti1) (inside the input) into buf, group j's at buf + j * group_stride and
+// frame ti at slot ti % KT, so the KT consecutive frames an output frame reads have a slot
+// each, and the next output frame finds those it shares already there (``Tasks::unpack``).
+// Rows outside the input are left as they are (the kernel skips them).
+// - PLANAR = false: (KT, rows_in, W, cin_g). Reads run along each pixel's channels; a pixel's
+//   last vector is loaded masked and stored whole (the next pixel's store overwrites the
+//   excess), the row's last pixel's masked, so no other row or frame is touched.
 // - PLANAR = true: (KT, rows_in, cin_g, planar_width(W)), column c at c + 1; the columns either
 //   side are never written, so they stay zero in a zeroed buffer.
 template <bool PLANAR>
-void pack_band(const float* xp, float* buf, const ClGeo& g, int n, int to, int grp0, int ng,
-               int hi_first, int rows_in, int64_t group_stride) {
-  const int pt = g.KT / 2, cin = g.cin_g;
+void pack_band(const float* xp, float* buf, const ClGeo& g, int n, int ti0, int ti1, int grp0,
+               int ng, int hi_first, int rows_in, int64_t group_stride) {
+  const int cin = g.cin_g;
   const int64_t row_floats = (int64_t)cin * (PLANAR ? planar_width(g.W) : g.W);
   const __m256i tail = Avx2::mask(0, cin % 8 == 0 ? 8 : cin % 8);
-  for (int kt = 0; kt < g.KT; ++kt) {
-    const int ti = to * g.st + kt - pt;
-    if (ti < 0 || ti >= g.T) continue;
+  for (int ti = ti0; ti < ti1; ++ti) {
     for (int r = 0; r < rows_in; ++r) {
       const int hi = hi_first + r;
       if (hi < 0 || hi >= g.H) continue;
       const float* from = xp + (((int64_t)n * g.T + ti) * g.H + hi) * g.W * g.C + (int64_t)grp0 * cin;
-      float* row = buf + ((int64_t)kt * rows_in + r) * row_floats;
+      float* row = buf + ((int64_t)(ti % g.KT) * rows_in + r) * row_floats;
       for (int w = 0; w < g.W; ++w, from += g.C) {
         for (int j = 0; j < ng; ++j) {
           const float* src = from + j * cin;
@@ -504,7 +505,9 @@ void pack_band(const float* xp, float* buf, const ClGeo& g, int n, int to, int g
             float* dst = row + j * group_stride + (int64_t)w * cin;
             int c = 0;
             for (; c + 8 < cin; c += 8) _mm256_storeu_ps(dst + c, _mm256_loadu_ps(src + c));
-            _mm256_storeu_ps(dst + c, _mm256_maskload_ps(src + c, tail));
+            const __m256 last = _mm256_maskload_ps(src + c, tail);
+            if (w + 1 < g.W) _mm256_storeu_ps(dst + c, last);
+            else _mm256_maskstore_ps(dst + c, tail, last);
           }
         }
       }
@@ -513,9 +516,12 @@ void pack_band(const float* xp, float* buf, const ClGeo& g, int n, int to, int g
 }
 
 template <int CO>
+constexpr int planar_vectors() { return CO <= 6 ? 2 : 1; }  // CO x NV accumulators, at most 12
+
+template <int CO>
 void planar_block(const Band& src, const float* wg, float* yrow, const ClGeo& g_, int to, int ho,
                   int wo0) {
-  constexpr int NV = 2;
+  constexpr int NV = planar_vectors<CO>();
   const int wp = planar_width(g_.W);
   __m256 acc[CO][NV];
 #pragma GCC unroll 16
@@ -529,7 +535,7 @@ void planar_block(const Band& src, const float* wg, float* yrow, const ClGeo& g_
     for (int kh = 0; kh < 3; ++kh) {
       const int hi = ho * g_.sh + kh - 1;
       if (hi < 0 || hi >= g_.H) continue;
-      const float* rows = src.buf + ((int64_t)kt * src.rows_in + hi - src.hi_first) * g_.cin_g * wp + wo0;
+      const float* rows = src.buf + ((int64_t)(ti % g_.KT) * src.rows_in + hi - src.hi_first) * g_.cin_g * wp + wo0;
       const float* wt = wg + (kt * 3 + kh) * 3 * (int64_t)g_.cin_g * g_.cop;
       for (int ci = 0; ci < g_.cin_g; ++ci) {
         const float* xr = rows + (int64_t)ci * wp;
@@ -564,7 +570,7 @@ void planar_block(const Band& src, const float* wg, float* yrow, const ClGeo& g_
 
 template <int CO>
 void planar_row(const Band& src, const float* wg, float* yrow, const ClGeo& g, int to, int ho) {
-  for (int wo = 0; wo < g.Wo; wo += 16) planar_block<CO>(src, wg, yrow, g, to, ho, wo);
+  for (int wo = 0; wo < g.Wo; wo += 8 * planar_vectors<CO>()) planar_block<CO>(src, wg, yrow, g, to, ho, wo);
 }
 
 using PlanarRow = void (*)(const Band&, const float*, float*, const ClGeo&, int, int);
@@ -576,7 +582,8 @@ PlanarRow planar_row_for(int cout_g) {
     case 3: return planar_row<3>;
     case 4: return planar_row<4>;
     case 5: return planar_row<5>;
-    default: return planar_row<6>;
+    case 6: return planar_row<6>;
+    default: return planar_row<12>;
   }
 }
 
@@ -614,16 +621,25 @@ ClGeo cl_geometry(const torch::Tensor& x, int groups, int KT, int cin_g, int cou
   return g;
 }
 
-// How a channels-last conv is cut into tasks: (n, output frame, block of groups, band of output
-// rows). A band's packed input (Band) stays within about 128 KB per group, in L2. A task packs a
-// block of groups at once, reading each pixel's channels in order; the blocks are as large as
-// leaves about four tasks per thread.
+// What one thread's buffer holds: input frames [ti0, ti1) of the (n, group block, band) `key`.
+struct Held {
+  int64_t key = -1;
+  int ti0 = 0, ti1 = 0;
+};
+
+// How a channels-last conv is cut into tasks: (n, block of groups, band of output rows, output
+// frame), the frame innermost where the kernel spans frames (KT > 1). A band's packed input
+// (Band) stays within about 128 KB per group, in L2. A task packs a block of groups at once,
+// reading each pixel's channels in order; the blocks are as large as leaves about four tasks
+// per thread. at::parallel_for hands each thread a run of consecutive tasks, so a thread moves
+// along the frames of one block and band: of the KT input frames an output frame reads, it
+// packs only those the previous one did not.
 struct Tasks {
   int band, bands, max_rows_in, gblock, gblocks;
   int64_t group_stride, count;
   bool planar;  // the planar variant (see planar_block)
   Tasks(const ClGeo& g, int N, int groups, bool allow_planar) {
-    planar = allow_planar && g.cout_g <= 6 && g.sw == 1;
+    planar = allow_planar && (g.cout_g <= 6 || g.cout_g == 12) && g.sw == 1;
     const int64_t row_bytes = (int64_t)g.KT * g.W * g.cin_g * sizeof(float);
     const int fit_rows = std::max<int64_t>(3, (128 << 10) / std::max<int64_t>(1, row_bytes));
     band = std::max(1, std::min(g.Ho, (fit_rows - 3) / g.sh + 1));
@@ -638,23 +654,38 @@ struct Tasks {
     count = outer * gblocks;
   }
   size_t buffer_floats() const { return (size_t)gblock * group_stride; }
-  // task -> (n, to, first group, groups in the block, band); packs the block's input into buf
-  // and returns group grp0's Band (group j's: buf + j * group_stride)
-  Band unpack(int64_t task, const float* xp, float* buf, const ClGeo& g, int groups, int& n,
-              int& to, int& grp0, int& ng, int& ho0, int& ho1) const {
-    const int b = task % bands; task /= bands;
-    const int gb = task % gblocks; task /= gblocks;
-    to = task % g.To;
-    n = task / g.To;
+  // task -> (n, to, first group, groups in the block, band); packs what buf (holding `held`)
+  // lacks of the block's input and returns group grp0's Band (group j's: buf + j * group_stride)
+  Band unpack(int64_t task, const float* xp, float* buf, const ClGeo& g, int groups, Held& held,
+              int& n, int& to, int& grp0, int& ng, int& ho0, int& ho1) const {
+    int64_t key;  // (n, group block, band)
+    if (g.KT > 1) {
+      to = task % g.To;
+      key = task / g.To;
+    } else {  // no frame to share: neighbouring tasks read neighbouring rows of one frame
+      key = task % ((int64_t)gblocks * bands);
+      task /= (int64_t)gblocks * bands;
+      to = task % g.To;
+      key += task / g.To * gblocks * bands;
+    }
+    const int b = key % bands;
+    const int gb = (key / bands) % gblocks;
+    n = key / bands / gblocks;
     grp0 = gb * gblock;
     ng = std::min(gblock, groups - grp0);
     ho0 = b * band;
     ho1 = std::min(g.Ho, ho0 + band);
     const Band src{buf, ho0 * g.sh - 1, (ho1 - 1 - ho0) * g.sh + 3};
+    const int first = to * g.st - g.KT / 2;
+    const int ti0 = std::max(0, first), ti1 = std::min(g.T, first + g.KT);
+    // frames [ti0, held.ti1) are still there when the window moved forward within the same key
+    const bool keep = held.key == key && held.ti0 <= ti0 && ti0 <= held.ti1;
+    const int from = keep ? std::max(ti0, held.ti1) : ti0;
     if (planar)
-      pack_band<true>(xp, buf, g, n, to, grp0, ng, src.hi_first, src.rows_in, group_stride);
+      pack_band<true>(xp, buf, g, n, from, ti1, grp0, ng, src.hi_first, src.rows_in, group_stride);
     else
-      pack_band<false>(xp, buf, g, n, to, grp0, ng, src.hi_first, src.rows_in, group_stride);
+      pack_band<false>(xp, buf, g, n, from, ti1, grp0, ng, src.hi_first, src.rows_in, group_stride);
+    held = Held{key, ti0, ti1};
     return src;
   }
 };
@@ -679,9 +710,10 @@ torch::Tensor forward_cl(const torch::Tensor& x, const torch::Tensor& packed, in
   const int64_t group_w = (int64_t)g.KT * 9 * g.cin_g * g.cop;
   at::parallel_for(0, tasks.count, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> buf(tasks.buffer_floats());  // zeros: the planar pad columns stay so
+    Held held;
     for (int64_t task = begin; task < end; ++task) {
       int n, to, grp0, ng, ho0, ho1;
-      const Band first = tasks.unpack(task, xp, buf.data(), g, groups, n, to, grp0, ng, ho0, ho1);
+      const Band first = tasks.unpack(task, xp, buf.data(), g, groups, held, n, to, grp0, ng, ho0, ho1);
       for (int j = 0; j < ng; ++j) {
         const int grp = grp0 + j;
         const Band src{first.buf + j * tasks.group_stride, first.hi_first, first.rows_in};
@@ -715,10 +747,11 @@ namespace {
 // The weight gradient for one tap (kt, kh, kw), input channels ci0 .. ci0 + B and output
 // channels c0 .. c0 + 8V of one group, over a band's output pixels: B x V accumulators (read
 // from and written back to dw, the group's (KT, 3, 3, cin_g, cop) slice at this tap and ci0)
-// gain x[tap pixel, ci] * gy[pixel, co] for every pixel whose tap is inside the input.
+// gain x[tap pixel, ci] * gy[pixel, co] for every pixel whose tap is inside the input. The tap's
+// input frame is in the band's `slot` (see pack_band).
 template <int V, int B>
 void wgrad_tap(const Band& src, const float* gyg, float* dw, const ClGeo& g, int n, int to,
-               int ho0, int ho1, int kt, int kh, int kw, int ci0, int co_n) {
+               int ho0, int ho1, int slot, int kh, int kw, int ci0, int co_n) {
   __m256 acc[B][V];
 #pragma GCC unroll 16
   for (int b = 0; b < B; ++b)
@@ -731,7 +764,7 @@ void wgrad_tap(const Band& src, const float* gyg, float* dw, const ClGeo& g, int
   for (int ho = ho0; ho < ho1; ++ho) {
     const int hi_ = ho * g.sh + kh - 1;
     if (hi_ < 0 || hi_ >= g.H) continue;
-    const float* xrow = src.buf + ((int64_t)kt * src.rows_in + hi_ - src.hi_first) * g.W * g.cin_g
+    const float* xrow = src.buf + ((int64_t)slot * src.rows_in + hi_ - src.hi_first) * g.W * g.cin_g
                         + (int64_t)(kw - 1) * g.cin_g + ci0;
     const float* grow = gyg + (((int64_t)n * g.To + to) * g.Ho + ho) * g.Wo * g.CO;
     for (int wo = lo; wo < hi; ++wo) {
@@ -758,11 +791,11 @@ void wgrad_tap(const Band& src, const float* gyg, float* dw, const ClGeo& g, int
 // the last input channels of a tap, count < B of them
 template <int V, int B>
 void wgrad_tail(const Band& src, const float* gyg, float* dw, const ClGeo& g, int n, int to,
-                int ho0, int ho1, int kt, int kh, int kw, int ci0, int co_n, int count) {
+                int ho0, int ho1, int slot, int kh, int kw, int ci0, int co_n, int count) {
   if constexpr (B > 1) {
     if (count == B - 1)
-      return wgrad_tap<V, B - 1>(src, gyg, dw, g, n, to, ho0, ho1, kt, kh, kw, ci0, co_n);
-    return wgrad_tail<V, B - 1>(src, gyg, dw, g, n, to, ho0, ho1, kt, kh, kw, ci0, co_n, count);
+      return wgrad_tap<V, B - 1>(src, gyg, dw, g, n, to, ho0, ho1, slot, kh, kw, ci0, co_n);
+    return wgrad_tail<V, B - 1>(src, gyg, dw, g, n, to, ho0, ho1, slot, kh, kw, ci0, co_n, count);
   }
 }
 
@@ -779,9 +812,9 @@ void wgrad_band(const Band& src, const float* gyg, float* dwg, const ClGeo& g, i
         float* dw = dwg + ((kt * 3 + kh) * 3 + kw) * (int64_t)g.cin_g * g.cop;
         int ci = 0;
         for (; ci + B <= g.cin_g; ci += B)
-          wgrad_tap<V, B>(src, gyg, dw + (int64_t)ci * g.cop, g, n, to, ho0, ho1, kt, kh, kw, ci, co_n);
+          wgrad_tap<V, B>(src, gyg, dw + (int64_t)ci * g.cop, g, n, to, ho0, ho1, ti % g.KT, kh, kw, ci, co_n);
         if (ci < g.cin_g)
-          wgrad_tail<V, B>(src, gyg, dw + (int64_t)ci * g.cop, g, n, to, ho0, ho1, kt, kh, kw, ci,
+          wgrad_tail<V, B>(src, gyg, dw + (int64_t)ci * g.cop, g, n, to, ho0, ho1, ti % g.KT, kh, kw, ci,
                            co_n, g.cin_g - ci);
       }
   }
@@ -812,9 +845,10 @@ torch::Tensor grad_weight_cl(const torch::Tensor& x, const torch::Tensor& gy, in
     std::vector<float>& mine = partial.at(at::get_thread_num());
     if (mine.empty()) mine.assign(groups * group_w, 0.f);
     std::vector<float> buf(tasks.buffer_floats());
+    Held held;
     for (int64_t task = begin; task < end; ++task) {
       int n, to, grp0, ng, ho0, ho1;
-      const Band first = tasks.unpack(task, xp, buf.data(), g, groups, n, to, grp0, ng, ho0, ho1);
+      const Band first = tasks.unpack(task, xp, buf.data(), g, groups, held, n, to, grp0, ng, ho0, ho1);
       for (int j = 0; j < ng; ++j) {
         const int grp = grp0 + j;
         const Band src{first.buf + j * tasks.group_stride, first.hi_first, first.rows_in};
