@@ -69,6 +69,9 @@ class Measurement:
     seed: int | None = None  # accuracy rows: the training seed
     # accuracy rows: how long every model trained ("equal time, 60 s" or "equal epochs, 6")
     protocol: str = ""
+    # the row's own kernels condition, in a run that times two against each other
+    # (``run.py --fiber-kernel paired``); blank: the run's
+    kernels: str = ""
 
 
 @dataclass(frozen=True)
@@ -144,6 +147,7 @@ class ResultsStore:
             for row in rows:
                 record = asdict(row) | {"run_id": run.run_id, "timestamp": timestamp,
                                         "schema": SCHEMA_VERSION} | run.key()
+                record["kernels"] = row.kernels or run.kernels
                 record["error"] = " ".join(str(record["error"]).split())  # one line
                 writer.writerow(record)
             _atomic_write(self.csv.resolve(), old + buffer.getvalue().encode())

@@ -7,6 +7,7 @@ input is refused with one line and exit status 2. Exit status 1 means some rows 
 """
 
 import argparse
+import dataclasses
 import datetime as dt
 import math
 import os
@@ -109,9 +110,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dtype", default="fp32", choices=tuple(DTYPES))
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (inductor)")
-    p.add_argument("--fiber-kernel", action="store_true",
+    p.add_argument("--fiber-kernel", nargs="?", const="alone", choices=("alone", "paired"),
                    help="grouped (1|3)x3x3 convs (MF-Net's fiber convs) on the suite's kernel "
-                        "(models/fiber_kernel.py); dense convs stay on PyTorch's. Rows: kernels=suite")
+                        "(models/fiber_kernel.py); dense convs stay on PyTorch's. Rows: "
+                        "kernels=suite. 'paired': speed also times the same model on stock "
+                        "kernels in the same process, in alternating rounds (rows of both, one "
+                        "run id), the comparison footnote 5's forecast is judged on")
     p.add_argument("--results", default=None,
                    help="results directory (default: results/; with --quick, results-quick/, so "
                         "smoke-test timings never stand in for the measured ones in results/)")
@@ -331,6 +335,9 @@ class RunWriter:
                                         args.channels_last, args.compile, env["threads"],
                                         "suite" if args.fiber_kernel else "stock")
         self.sidecar = env | {"quick": args.quick, "batch_size": args.batch_size, "argv": sys.argv[1:]}
+        if args.fiber_kernel == "paired":
+            self.sidecar["speed_kernels"] = ("stock and suite, timed in alternating rounds in this "
+                                             "process (rows of both under this run id)")
         self.sidecar_written = False
 
     def save(self, rows: list[Measurement]) -> None:
@@ -358,16 +365,21 @@ def measure_isolated(name: str, measurement: str, args, setup: Setup, label: str
             console.print(f"[red]{name} {row.metric}: {row.error}")
         elif row.note.startswith(("noisy", disturbance.MARK)) and row.metric not in (
                 "gmacs_per_s", "peak_fraction"):
-            console.print(f"[yellow]warning: {name} {row.metric} (batch {row.batch_size}) is {row.note}")
+            kernels = f", {row.kernels} kernels" if row.kernels else ""
+            console.print(f"[yellow]warning: {name} {row.metric} (batch {row.batch_size}{kernels}) "
+                          f"is {row.note}")
     return rows, any(row.status == "error" for row in rows)
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
     store = ResultsStore(args.results)
     check_inputs(args, store)
-    setup = Setup(args.device, args.dtype, args.channels_last, args.compile, args.fiber_kernel)
+    setup = Setup(args.device, args.dtype, args.channels_last, args.compile, bool(args.fiber_kernel))
     writer = RunWriter(args, store)
     args.conditions = writer.conditions
+    # --fiber-kernel paired: speed rows also stand under stock kernels (Measurement.kernels)
+    args.also = ([dataclasses.replace(writer.conditions, kernels="stock")]
+                 if args.fiber_kernel == "paired" else [])
     # the machine's peak, measured just before the run's first timing: a run whose timings are
     # all in results/ already records none, so no peak stands in the store without timings
     peak, errors, claimed_elsewhere = None, 0, 0
@@ -441,9 +453,12 @@ def run(args: argparse.Namespace, console: Console) -> int:
 
 
 def held(store: ResultsStore, args, name: str, measurement: str, label: str, dataset) -> bool:
-    """Whether the store holds this measurement under the run's conditions (never, --force)."""
-    return not args.force and store.done(name, measurement, args.conditions, label,
-                                         required_metrics(measurement, args), dataset)
+    """Whether the store holds this measurement under the run's conditions (never, --force);
+    a paired speed measurement, under both of its conditions."""
+    conditions = [args.conditions] + (getattr(args, "also", []) if measurement == "speed" else [])
+    return not args.force and all(store.done(name, measurement, c, label,
+                                             required_metrics(measurement, args), dataset)
+                                  for c in conditions)
 
 
 def job_memory_row() -> Measurement:
@@ -496,16 +511,25 @@ def measure_one(name, measurement, args, setup, label, peak, watch=None) -> list
             raise memory.MemoryShort(short)
         train_short = cpu and memory_short(name, args, "train")
         macs = cost.count_macs(name, args.clip).macs
-        workload = Workload(name, setup, args.clip)
+        also = getattr(args, "also", [])  # conditions timed against the run's (paired)
+        workloads = [Workload(name, setup, args.clip)]
+        workloads += [Workload(name, dataclasses.replace(setup, fiber_kernel=c.kernels == "suite"),
+                               args.clip) for c in also]
 
         def timing(b):
-            return speed.measure_speed(workload, label, b, macs, peak, 0.1 if args.quick else 1.0,
-                                       warmup=0 if args.quick else 1, train=not train_short)
+            per_workload = speed.measure_speed(workloads, label, b, macs, peak,
+                                               0.1 if args.quick else 1.0,
+                                               warmup=0 if args.quick else 1, train=not train_short)
+            for rows_, conditions in zip(per_workload[1:], also):
+                for row in rows_:
+                    row.kernels = conditions.kernels
+            return [row for rows_ in per_workload for row in rows_]
 
         rows, used = with_oom_retry(lambda b: watch.timed(lambda: timing(b)) if watch else timing(b),
                                     batch, args.device)
         if train_short:
-            rows.append(short_row(name, "speed", "train_clips_per_s", label, batch, train_short))
+            short = short_row(name, "speed", "train_clips_per_s", label, batch, train_short)
+            rows += [short] + [dataclasses.replace(short, kernels=c.kernels) for c in also]
     if used != batch:
         for row in rows:
             row.note = (row.note + f"; OOM at batch {batch}, ran at {used}").lstrip("; ")

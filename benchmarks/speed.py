@@ -151,31 +151,66 @@ def _rows(name, phase, batch, clip_label, result, macs_per_clip, peak, metric, v
     ]
 
 
-def measure_speed(workload: Workload, clip_label: str, batch: int, macs_per_clip: int,
+def time_alternating(steps: list[Callable[[], None]], synchronize: Callable[[], None],
+                     min_run_time: float, warmup: int = 1, rounds: int = 3) -> list[tbench.Measurement]:
+    """Several steps timed against each other: ``rounds`` rounds, each timing every step in turn
+    for ``min_run_time / rounds``, merged per step. A machine that speeds up or slows down
+    mid-measurement (shared and virtual machines drift by tens of percent within minutes) then
+    moves every step alike, which timing one after the other does not."""
+    for step in steps:
+        for _ in range(warmup):
+            step()
+    synchronize()
+    timers = []
+    for step in steps:
+        def timed(step=step):
+            step()
+            synchronize()
+
+        timers.append(tbench.Timer(stmt="timed()", globals={"timed": timed},
+                                   num_threads=torch.get_num_threads()))
+    blocks: list[list[tbench.Measurement]] = [[] for _ in steps]
+    for _ in range(rounds):
+        for timer, mine in zip(timers, blocks):
+            mine.append(timer.blocked_autorange(min_run_time=min_run_time / rounds))
+    return [tbench.Measurement.merge(mine)[0] for mine in blocks]
+
+
+def measure_speed(workloads: list[Workload], clip_label: str, batch: int, macs_per_clip: int,
                   peak: float, min_run_time: float, warmup: int = 1,
-                  train: bool = True) -> list[Measurement]:
-    """Latency, inference and (``train``) training throughput. ``warmup=0`` (``--quick``)
-    leaves the warm-up to ``blocked_autorange``'s block-size estimate, which runs the step
-    before timing it: a step of I3D at 64x224x224 takes seconds, so each warm-up step costs
-    that much again."""
-    name, sync = workload.name, workload.synchronize
-    rows = []
-    x1, _ = workload.inputs(1)
-    result = time_step(lambda: workload.infer_step(x1), sync, min_run_time, warmup)
-    rows += _rows(name, "infer", 1, clip_label, result, macs_per_clip, peak,
-                  "latency_ms", result.median * 1e3, "ms")
-    x, y = workload.inputs(batch)
-    result = time_step(lambda: workload.infer_step(x), sync, min_run_time, warmup)
-    rows += _rows(name, "infer", batch, clip_label, result, macs_per_clip, peak,
-                  "infer_clips_per_s", batch / result.median, "clips/s")
+                  train: bool = True) -> list[list[Measurement]]:
+    """Latency, inference and (``train``) training throughput of each workload (the same model
+    under different conditions), rows per workload. One workload is timed as ``time_step``
+    times; several are timed against each other in alternating rounds (``time_alternating``),
+    each phase in turn. ``warmup=0`` (``--quick``) leaves the warm-up to
+    ``blocked_autorange``'s block-size estimate, which runs the step before timing it: a step
+    of I3D at 64x224x224 takes seconds, so each warm-up step costs that much again."""
+    sync = workloads[0].synchronize
+    rows: list[list[Measurement]] = [[] for _ in workloads]
+
+    def timed(steps):
+        if len(steps) == 1:
+            return [time_step(steps[0], sync, min_run_time, warmup)]
+        return time_alternating(steps, sync, min_run_time, warmup)
+
+    def add(phase, b, metric, unit, value_of, results):
+        for mine, workload, result in zip(rows, workloads, results):
+            mine += _rows(workload.name, phase, b, clip_label, result, macs_per_clip, peak,
+                          metric, value_of(result), unit)
+
+    x1, _ = workloads[0].inputs(1)
+    results = timed([lambda w=w: w.infer_step(x1) for w in workloads])
+    add("infer", 1, "latency_ms", "ms", lambda r: r.median * 1e3, results)
+    x, y = workloads[0].inputs(batch)
+    results = timed([lambda w=w: w.infer_step(x) for w in workloads])
+    add("infer", batch, "infer_clips_per_s", "clips/s", lambda r: batch / r.median, results)
     if not train:
         return rows
-    x1 = result = None  # the batch-1 input and its timer go before training allocates
+    x1 = results = None  # the batch-1 input and its timers go before training allocates
     # between the timings, never inside one: in an 8 GB cgroup, I3D's training step on top of
     # the heap its inference left grew the process to 7.75 GB, against 5.2 GB in a fresh one
     runtime.give_back_memory()
-    train_step = workload.make_train_step()
-    result = time_step(lambda: train_step(x, y), sync, min_run_time, warmup)
-    rows += _rows(name, "train", batch, clip_label, result, macs_per_clip, peak,
-                  "train_clips_per_s", batch / result.median, "clips/s")
+    train_steps = [w.make_train_step() for w in workloads]
+    results = timed([lambda t=t: t(x, y) for t in train_steps])
+    add("train", batch, "train_clips_per_s", "clips/s", lambda r: batch / r.median, results)
     return rows

@@ -258,6 +258,27 @@ def test_a_run_where_the_kernel_would_not_run_is_refused_rather_than_mislabelled
     assert f"--fiber-kernel {why}" in capsys.readouterr().err
 
 
+def test_a_paired_run_times_both_kernels_in_one_process_and_resumes_on_both(tmp_path):
+    import json
+
+    from benchmarks import run
+    from benchmarks.results import read_csv
+
+    argv = ["--models", "mfnet", "--clip", "2,32,32", "--quick", "--batch-size", "2",
+            "--measure", "speed", "--results", str(tmp_path)]
+    assert run.main(argv + ["--fiber-kernel"]) == 0  # the suite's rows alone: not a pair
+    assert run.main(argv + ["--fiber-kernel", "paired"]) == 0  # so the pair is measured
+    frame = read_csv(tmp_path / "measurements.csv")
+    paired = frame[frame["run_id"] == frame["run_id"].iloc[-1]]
+    timed = {"latency_ms", "infer_clips_per_s", "train_clips_per_s"}
+    for kernels in ("stock", "suite"):
+        assert timed <= set(paired[(paired["model"] == "mfnet") & (paired["kernels"] == kernels)]["metric"])
+    sidecar = json.loads((tmp_path / "runs" / f"{paired['run_id'].iloc[0]}.json").read_text())
+    assert "alternating rounds" in sidecar["speed_kernels"]
+    assert run.main(argv + ["--fiber-kernel", "paired"]) == 0  # held under both: nothing new
+    assert len(read_csv(tmp_path / "measurements.csv")) == len(frame)
+
+
 def test_a_damaged_cached_kernel_is_rebuilt_rather_than_crash_the_process(tmp_path, monkeypatch):
     # a build killed while it linked leaves a library whose loading kills the process (SIGBUS)
     folder = tmp_path / fk.NAME

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import models
-from benchmarks import cost, environment, run
+from benchmarks import cost, environment, run, speed
 from benchmarks.results import (
     COLUMNS,
     Measurement,
@@ -335,3 +335,13 @@ def test_training_to_a_clip_budget_is_deterministic_and_flags_a_slow_machine(tmp
     assert not budgets["note"].iloc[0].startswith("busy") and budgets["note"].iloc[1].startswith("busy")
     top1 = rows[rows["metric"] == "top1_video"]["value"].tolist()
     assert top1[0] == top1[1]  # the same clips, the same numbers: the clock played no part
+
+
+def test_steps_timed_against_each_other_alternate_in_rounds():
+    log = []
+    results = speed.time_alternating([lambda: log.append("a"), lambda: log.append("b")],
+                                     lambda: None, min_run_time=0.03, warmup=1, rounds=3)
+    blocks = [k for i, k in enumerate(log) if i == 0 or log[i - 1] != k]
+    assert blocks[:2] == ["a", "b"]  # the warm-ups
+    assert blocks[2:] == ["a", "b"] * 3  # then three rounds, each timing a, then b
+    assert all(len(r.times) >= 3 for r in results)  # every round's blocks, merged

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import motion, report
-from benchmarks.results import Measurement, ResultsStore, RunConditions
+from benchmarks.results import Measurement, ResultsStore, RunConditions, load_results
 from models import ledger
 
 REPO = Path(__file__).resolve().parent.parent
@@ -134,6 +134,33 @@ def test_footnote_5_forecast_is_judged_from_mfnet_on_stock_and_on_the_suite_kern
           note="disturbed: another process took the CPU")
     forecast = next(line for line in section().splitlines() if "run-stock vs run-suite3" in line)
     assert "⚠" in forecast and "not judged" in forecast
+
+
+def test_footnote_5_forecast_prefers_a_paired_run_to_newer_separate_ones(tmp_path):
+    store = ResultsStore(tmp_path / "results")
+
+    def rates(run_id, mfnet, timestamp, kernels=("stock", "suite")):
+        rows = []
+        for kind, (b1, b4, train) in zip(kernels, mfnet):
+            rows += [Measurement("mfnet", "speed", "gmacs_per_s", b1, "GMAC/s", "infer", 1,
+                                 "16x224x224", kernels=kind),
+                     Measurement("mfnet", "speed", "gmacs_per_s", b4, "GMAC/s", "infer", 4,
+                                 "16x224x224", kernels=kind),
+                     Measurement("mfnet", "speed", "gmacs_per_s", train, "GMAC/s", "train", 4,
+                                 "16x224x224", kernels=kind)]
+        store.append(rows, RunConditions(run_id, "cpu", "Test CPU", "fp32", True, False, 2, "suite"),
+                     timestamp)
+
+    rates("run-paired", ((40, 40, 20), (44, 64, 32)), "2026-01-01T00:00:00+00:00")
+    rates("run-stock", ((60, 40, 20),), "2026-01-02T00:00:00+00:00", kernels=("stock",))
+    rates("run-suite", ((30, 40, 20),), "2026-01-03T00:00:00+00:00", kernels=("suite",))
+    frame = load_results(store.root)
+    assert set(frame[frame["run_id"] == "run-paired"]["kernels"]) == {"stock", "suite"}
+    lines = report.forecast_lines(frame[frame["metric"] == "gmacs_per_s"])
+    forecast = next(line for line in lines if line.startswith("| cpu Test CPU"))
+    assert "run-paired (paired)" in forecast and "run-stock vs" not in forecast
+    assert "40 → 44 = **1.10×** ✓" in forecast and "40 → 64 = **1.60×** ✓ (b=4)" in forecast
+    assert "| holds |" in forecast
 
 
 def test_motion_accuracy_is_reported_per_protocol_and_clip_for_the_current_generator(tmp_path):
