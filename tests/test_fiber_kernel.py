@@ -3,6 +3,7 @@ gradients, every MF-Net shape, random shapes, fp64 gradcheck, and the fallbacks.
 
 import itertools
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -256,6 +257,43 @@ def test_a_run_where_the_kernel_would_not_run_is_refused_rather_than_mislabelled
     with pytest.raises(SystemExit):
         run.parse_args(["--models", "mfnet", "--fiber-kernel", *extra])
     assert f"--fiber-kernel {why}" in capsys.readouterr().err
+
+
+THP = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+HUGE_PAGE_PROBE = """
+import sys, torch
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from models import fiber_kernel as fk
+
+def eligible(address):  # whether the mapping holding address may get transparent huge pages
+    inside = False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split()[0]
+        if "-" in head and not head.endswith(":"):
+            low, high = (int(v, 16) for v in head.split("-"))
+            inside = low <= address < high
+        elif inside and line.startswith("THPeligible:"):
+            return line.split()[1] == "1"
+
+ext = fk.extension()
+x = torch.randn(1, 96, 8, 56, 56).contiguous(memory_format=torch.channels_last_3d)
+y = ext.forward_cl(x, ext.pack_cl(torch.randn(96, 6, 3, 3, 3), 16), 6, [1, 1, 1])
+print(eligible(y.data_ptr() + y.nbytes // 2), eligible(x.data_ptr() + x.nbytes // 2))
+"""
+
+
+@pytest.mark.skipif(not THP.exists() or "[madvise]" not in THP.read_text(),
+                    reason="transparent huge pages are not in madvise mode here")
+def test_a_large_channels_last_output_asks_for_huge_pages():
+    """An output written page by page is faulted in 2 MiB at a time, not 4 KiB. In a fresh
+    process (glibc's allocator untouched) the input, allocated by PyTorch, is the control."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", HUGE_PAGE_PROBE, str(Path(__file__).parent.parent)],
+                         capture_output=True, text=True, timeout=300)
+    assert out.stdout.split() == ["True", "False"], out.stderr[-2000:]
 
 
 def test_a_paired_run_times_both_kernels_in_one_process_and_resumes_on_both(tmp_path):

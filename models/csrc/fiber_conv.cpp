@@ -14,6 +14,7 @@
 // A scalar template serves CPUs without AVX2 + FMA and fp64 (gradcheck).
 #include <torch/extension.h>
 #include <immintrin.h>
+#include <sys/mman.h>
 #include <ATen/Parallel.h>
 #include <algorithm>
 #include <string>
@@ -690,6 +691,19 @@ struct Tasks {
   }
 };
 
+// A large output is written once, page by page. glibc serves a block above its mmap threshold
+// (32 MiB at most) with fresh pages, each faulted in and zeroed on first touch: 4 KiB at a time,
+// unless the range asks for transparent huge pages (2 MiB), which Linux's default "madvise"
+// mode grants only where asked. Harmless where the block is reused heap memory.
+void prefer_huge_pages(const torch::Tensor& y) {
+#ifdef MADV_HUGEPAGE
+  constexpr uintptr_t huge = 2 << 20;
+  const uintptr_t begin = ((uintptr_t)y.data_ptr() + huge - 1) & ~(huge - 1);
+  const uintptr_t end = ((uintptr_t)y.data_ptr() + y.nbytes()) & ~(huge - 1);
+  if (end > begin) madvise((void*)begin, end - begin, MADV_HUGEPAGE);
+#endif
+}
+
 // y = conv3d(x, w, stride, padding=(KT/2, 1, 1), groups) with x channels-last-3d (fp32, AVX2 CPU)
 // and w packed by pack_cl; y is channels-last-3d.
 torch::Tensor forward_cl(const torch::Tensor& x, const torch::Tensor& packed, int64_t cout_g,
@@ -700,6 +714,7 @@ torch::Tensor forward_cl(const torch::Tensor& x, const torch::Tensor& packed, in
   const ClGeo g = cl_geometry(x, groups, packed.size(1), packed.size(4), cout_g, stride);
   const int N = x.size(0);
   auto y = torch::empty({N, g.CO, g.To, g.Ho, g.Wo}, x.options().memory_format(at::MemoryFormat::ChannelsLast3d));
+  prefer_huge_pages(y);
   const float* xp = x.data_ptr<float>();
   const float* wp = packed.data_ptr<float>();
   float* yp = y.data_ptr<float>();
