@@ -511,7 +511,7 @@ def forecast_lines(rates: pd.DataFrame) -> list[str]:
     in one process, in alternating rounds) where there is one, else the newest run of each."""
     claim = ledger.FOOTNOTE5_FORECAST
     mine = rates[rates["model"] == WALLCLOCK_PAIR[0]]
-    lines = []
+    lines, controls = [], []
     for (device, name, dtype, cl, compiled), setup in mine.groupby(
             ["device", "device_name", "dtype", "channels_last", "compiled"], sort=True):
         kinds = setup.groupby("run_id")["kernels"].agg(set)
@@ -555,6 +555,9 @@ def forecast_lines(rates: pd.DataFrame) -> list[str]:
                 else " vs ".join(newest[k]["run_id"].iloc[0] for k in ("stock", "suite")))
         lines.append(f"| {setup_label(device, name, dtype, cl, compiled)} | {' | '.join(cells)} "
                      f"| {verdict} | {runs} |")
+        if not paired.empty:
+            controls.append(control_line(rates, newest["suite"]["run_id"].iloc[0],
+                                         setup_label(device, name, dtype, cl, compiled)))
     if not lines:
         return []
     return [f"The paper's forecast: \"{claim.quote}\" ({claim.where}). MF-Net's GMAC/s on stock "
@@ -567,7 +570,26 @@ def forecast_lines(rates: pd.DataFrame) -> list[str]:
             "machine is shown where there are several: a ratio inside it is noise as much as "
             "signal.", "",
             "| setup | inference b=1 | inference, throughput batch | training step | verdict | "
-            "runs |", "|---|---|---|---|---|---|", *lines, ""]
+            "runs |", "|---|---|---|---|---|---|", *lines, "", *[c for c in controls if c]]
+
+
+def control_line(rates: pd.DataFrame, run: str, label: str) -> str:
+    """The paired run's own noise: the dense model has no grouped convs, so its two conditions
+    run the same model twice, in the same alternating rounds; its "suite / stock" ratios are
+    what the machine alone does to a ratio. "" where the run did not time it."""
+    dense = rates[(rates["model"] == WALLCLOCK_PAIR[1]) & (rates["run_id"] == run)]
+    pick = dense.set_index(["kernels", "phase", "batch_size"])["value"]
+    cells = []
+    for phase, what in (("infer", "inference"), ("train", "training")):
+        for batch in sorted(dense[dense["phase"] == phase]["batch_size"].unique()):
+            if ("stock", phase, batch) in pick.index and ("suite", phase, batch) in pick.index:
+                ratio = pick[("suite", phase, batch)] / pick[("stock", phase, batch)]
+                cells.append(f"{what} b={batch} {ratio:.2f}×")
+    if not cells:
+        return ""
+    return (f"Control ({label}, run {run}): `{WALLCLOCK_PAIR[1]}` has no grouped convs, so the "
+            f"paired run timed the same model twice; its ratios, {', '.join(cells)}, are what "
+            "the machine alone did to a ratio in that run.\n")
 
 
 def user_section(m: Measured) -> list[str]:

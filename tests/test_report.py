@@ -139,19 +139,21 @@ def test_footnote_5_forecast_is_judged_from_mfnet_on_stock_and_on_the_suite_kern
 def test_footnote_5_forecast_prefers_a_paired_run_to_newer_separate_ones(tmp_path):
     store = ResultsStore(tmp_path / "results")
 
-    def rates(run_id, mfnet, timestamp, kernels=("stock", "suite")):
+    def rates(run_id, mfnet, timestamp, kernels=("stock", "suite"), res3d=()):
         rows = []
-        for kind, (b1, b4, train) in zip(kernels, mfnet):
-            rows += [Measurement("mfnet", "speed", "gmacs_per_s", b1, "GMAC/s", "infer", 1,
-                                 "16x224x224", kernels=kind),
-                     Measurement("mfnet", "speed", "gmacs_per_s", b4, "GMAC/s", "infer", 4,
-                                 "16x224x224", kernels=kind),
-                     Measurement("mfnet", "speed", "gmacs_per_s", train, "GMAC/s", "train", 4,
-                                 "16x224x224", kernels=kind)]
+        for name, clip, values in (("mfnet", "16x224x224", mfnet), ("res3d", "8x112x112", res3d)):
+            for kind, (b1, b4, train) in zip(kernels, values):
+                rows += [Measurement(name, "speed", "gmacs_per_s", b1, "GMAC/s", "infer", 1, clip,
+                                     kernels=kind),
+                         Measurement(name, "speed", "gmacs_per_s", b4, "GMAC/s", "infer", 4, clip,
+                                     kernels=kind),
+                         Measurement(name, "speed", "gmacs_per_s", train, "GMAC/s", "train", 4, clip,
+                                     kernels=kind)]
         store.append(rows, RunConditions(run_id, "cpu", "Test CPU", "fp32", True, False, 2, "suite"),
                      timestamp)
 
-    rates("run-paired", ((40, 40, 20), (44, 64, 32)), "2026-01-01T00:00:00+00:00")
+    rates("run-paired", ((40, 40, 20), (44, 64, 32)), "2026-01-01T00:00:00+00:00",
+          res3d=((100, 200, 100), (110, 190, 100)))
     rates("run-stock", ((60, 40, 20),), "2026-01-02T00:00:00+00:00", kernels=("stock",))
     rates("run-suite", ((30, 40, 20),), "2026-01-03T00:00:00+00:00", kernels=("suite",))
     frame = load_results(store.root)
@@ -161,6 +163,10 @@ def test_footnote_5_forecast_prefers_a_paired_run_to_newer_separate_ones(tmp_pat
     assert "run-paired (paired)" in forecast and "run-stock vs" not in forecast
     assert "40 → 44 = **1.10×** ✓" in forecast and "40 → 64 = **1.60×** ✓ (b=4)" in forecast
     assert "| holds |" in forecast
+    # Res3D has no grouped convs: its two conditions in the paired run are the machine's noise
+    control = next(line for line in lines if line.startswith("Control"))
+    assert "run run-paired" in control
+    assert "inference b=1 1.10×, inference b=4 0.95×, training b=4 1.00×" in control
 
 
 def test_motion_accuracy_is_reported_per_protocol_and_clip_for_the_current_generator(tmp_path):
