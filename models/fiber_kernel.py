@@ -243,6 +243,36 @@ class FiberConv3d(nn.Conv3d):
             self._pack_cache = cached  # a plain attribute, not a buffer: no checkpoint key
         return cached[1]
 
+    def forward_after(self, bn: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """``self(relu(bn(x)))``. In inference, with ``bn`` an eval-mode ``BatchNorm3d`` and a
+        channels-last input on the kernel, the BatchNorm and ReLU are folded into the kernel's
+        packing of its input (``scale``, ``shift`` per channel): no activated copy of ``x`` is
+        written or read. Everywhere else the three run as they are."""
+        if (not torch.is_grad_enabled() and isinstance(bn, nn.BatchNorm3d) and not bn.training
+                and bn.running_mean is not None and self._on_kernel(x)
+                and channels_last(x, self.stride)):
+            scale, shift = self._folded(bn)
+            return extension().forward_cl(x, self._packed(x), self.out_channels // self.groups,
+                                          list(self.stride), scale, shift)
+        return self(F.relu(bn(x), inplace=True))
+
+    def _folded(self, bn: nn.BatchNorm3d) -> tuple[torch.Tensor, torch.Tensor]:
+        """BatchNorm's eval-mode affine, (scale, shift) per channel, kept while its parameters
+        and statistics are unchanged."""
+        tensors = [t for t in (bn.weight, bn.bias, bn.running_mean, bn.running_var) if t is not None]
+        key = (id(bn), *((t.data_ptr(), t._version) for t in tensors))
+        cached = getattr(self, "_fold_cache", None)
+        if cached is None or cached[0] != key:
+            scale = torch.rsqrt(bn.running_var.float() + bn.eps)
+            if bn.weight is not None:
+                scale = scale * bn.weight.detach().float()
+            shift = -bn.running_mean.float() * scale
+            if bn.bias is not None:
+                shift = shift + bn.bias.detach().float()
+            cached = (key, (scale.contiguous(), shift.contiguous()))
+            self._fold_cache = cached  # a plain attribute, not a buffer: no checkpoint key
+        return cached[1]
+
     def _on_kernel(self, x: torch.Tensor) -> bool:
         if torch.compiler.is_compiling() or torch.jit.is_tracing():
             return False

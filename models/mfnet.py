@@ -21,6 +21,8 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
+from models.fiber_kernel import FiberConv3d, use_kernel
+
 
 @dataclass(frozen=True)
 class Geometry:
@@ -89,6 +91,11 @@ class BNReLUConv(nn.Sequential):
             conv=geometry.conv(num_in, num_out, geometry.shape(*kernel), geometry.shape(*stride),
                                geometry.shape(*padding), groups=groups),
         ))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.conv, FiberConv3d):  # BN + ReLU folded into the kernel, where it can
+            return self.conv.forward_after(self.bn, x)
+        return super().forward(x)
 
 
 class MultiFiberUnit(nn.Module):
@@ -169,8 +176,6 @@ class MFNet(nn.Module):
         self.classifier = nn.Linear(num_in, num_classes)
         init_weights(self)
         if fiber_kernel and geometry.ndim == 3:
-            from models.fiber_kernel import use_kernel
-
             use_kernel(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

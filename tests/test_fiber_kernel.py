@@ -1,6 +1,7 @@
 """The fiber-conv kernel (models/fiber_kernel.py) against PyTorch's conv: forward, both
 gradients, every MF-Net shape, random shapes, fp64 gradcheck, and the fallbacks."""
 
+import copy
 import itertools
 import random
 from pathlib import Path
@@ -152,12 +153,68 @@ def test_mfnet_on_the_kernel_equals_the_reference_path_with_the_same_keys():
     reference = MFNet(channels_last=False).eval()
     fast = MFNet(fiber_kernel=True).eval()
     assert list(fast.state_dict()) == list(reference.state_dict())
+    for bn in (m for m in reference.modules() if isinstance(m, nn.BatchNorm3d)):
+        randomise(bn)  # trained statistics, so the BatchNorm folded into the kernel does work
     fast.load_state_dict(reference.state_dict())
     kinds = {type(m).__name__ for m in fast.modules()}
     assert "FiberConv3d" in kinds
     x = torch.randn(1, 3, 8, 64, 64)
     with torch.no_grad():
         close(fast(x), reference(x))
+
+
+def randomise(bn: nn.BatchNorm3d) -> nn.BatchNorm3d:
+    with torch.no_grad():
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+        bn.weight.uniform_(-1, 1)
+        bn.bias.uniform_(-1, 1)
+    return bn.eval()
+
+
+@pytest.mark.parametrize("cin_g, cout_g, kt, stride", [
+    (6, 6, 3, (1, 1, 1)), (12, 12, 1, (1, 1, 1)), (20, 24, 3, (1, 1, 1)), (6, 12, 3, (1, 2, 2)),
+    (1, 6, 3, (2, 2, 2)), (48, 48, 1, (1, 1, 1))])
+def test_inference_folds_batchnorm_and_relu_into_the_kernel(cin_g, cout_g, kt, stride, monkeypatch):
+    """BN + ReLU applied while the kernel packs its input: the same numbers as the three ops,
+    planar and broadcast forms, strided, borders included; with gradients wanted, or a BN in
+    training mode, the three ops run as they are."""
+    torch.manual_seed(cin_g + cout_g)
+    bn = randomise(nn.BatchNorm3d(4 * cin_g))
+    conv = nn.Conv3d(4 * cin_g, 4 * cout_g, (kt, 3, 3), stride, (kt // 2, 1, 1), groups=4, bias=False)
+    assert fk.use_kernel(nn.Sequential(conv)) == 1
+    x = torch.randn(2, 4 * cin_g, 5, 13, 19).contiguous(memory_format=torch.channels_last_3d)
+    expected = fk.reference(torch.relu(bn(x)), conv.weight, 4, stride)
+    calls, real = [], fk.extension()
+
+    class Spy:  # the real kernel, counting what each forward_cl call is given
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def forward_cl(self, *args):
+            calls.append(len(args))
+            return real.forward_cl(*args)
+
+    monkeypatch.setattr(fk, "extension", Spy)
+    with torch.inference_mode():
+        close(conv.forward_after(bn, x), expected)
+    assert calls == [6]  # one kernel call, with the scale and shift
+    packed = real.pack_cl(conv.weight.detach(), 4)
+    with pytest.raises(RuntimeError, match="scale and shift must be C"):  # one channel short
+        real.forward_cl(x, packed, cout_g, list(stride), torch.ones(4 * cin_g - 1), torch.ones(4 * cin_g - 1))
+    calls.clear()
+    training = copy.deepcopy(bn).train()  # its forward moves its running statistics
+    with torch.no_grad():
+        out = conv.forward_after(training, x)
+    assert calls == [4]  # BN in training mode: the conv alone
+    close(out, fk.reference(torch.relu(nn.functional.batch_norm(x, None, None, bn.weight, bn.bias,
+                                                                True)), conv.weight, 4, stride))
+    calls.clear()
+    x.requires_grad_()
+    out = conv.forward_after(bn, x)
+    out.sum().backward()
+    close(out.detach(), expected)
+    assert calls[0] == 4 and x.grad is not None  # the forward, then the gradients
 
 
 def test_where_the_kernel_does_not_apply_the_module_is_a_plain_conv(monkeypatch):

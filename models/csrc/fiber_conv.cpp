@@ -17,6 +17,7 @@
 #include <sys/mman.h>
 #include <ATen/Parallel.h>
 #include <algorithm>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -484,12 +485,22 @@ inline int planar_width(int W) { return (W + 15) / 16 * 16 + 2; }
 //   excess), the row's last pixel's masked, so no other row or frame is touched.
 // - PLANAR = true: (KT, rows_in, cin_g, planar_width(W)), column c at c + 1; the columns either
 //   side are never written, so they stay zero in a zeroed buffer.
-template <bool PLANAR>
+// Inference's BatchNorm + ReLU before the conv, folded into the packing: x -> max(x * scale +
+// shift, 0) per input channel (scale, shift: C floats each), applied to every pixel inside the
+// input. The taps the kernel skips are the zero padding of the activated input, as in the
+// network, so nothing else changes.
+struct Affine {
+  const float* scale = nullptr;  // nullptr: a plain copy
+  const float* shift = nullptr;
+};
+
+template <bool PLANAR, bool AFFINE>
 void pack_band(const float* xp, float* buf, const ClGeo& g, int n, int ti0, int ti1, int grp0,
-               int ng, int hi_first, int rows_in, int64_t group_stride) {
+               int ng, int hi_first, int rows_in, int64_t group_stride, const Affine& affine) {
   const int cin = g.cin_g;
   const int64_t row_floats = (int64_t)cin * (PLANAR ? planar_width(g.W) : g.W);
   const __m256i tail = Avx2::mask(0, cin % 8 == 0 ? 8 : cin % 8);
+  const __m256 zero = _mm256_setzero_ps();
   for (int ti = ti0; ti < ti1; ++ti) {
     for (int r = 0; r < rows_in; ++r) {
       const int hi = hi_first + r;
@@ -499,14 +510,28 @@ void pack_band(const float* xp, float* buf, const ClGeo& g, int n, int ti0, int 
       for (int w = 0; w < g.W; ++w, from += g.C) {
         for (int j = 0; j < ng; ++j) {
           const float* src = from + j * cin;
+          const int64_t ch = (int64_t)(grp0 + j) * cin;  // the group's first channel
           if constexpr (PLANAR) {
             float* dst = row + j * group_stride + 1 + w;
-            for (int ci = 0; ci < cin; ++ci) dst[(int64_t)ci * planar_width(g.W)] = src[ci];
+            for (int ci = 0; ci < cin; ++ci) {
+              float v = src[ci];
+              if constexpr (AFFINE) v = std::max(v * affine.scale[ch + ci] + affine.shift[ch + ci], 0.f);
+              dst[(int64_t)ci * planar_width(g.W)] = v;
+            }
           } else {
             float* dst = row + j * group_stride + (int64_t)w * cin;
             int c = 0;
-            for (; c + 8 < cin; c += 8) _mm256_storeu_ps(dst + c, _mm256_loadu_ps(src + c));
-            const __m256 last = _mm256_maskload_ps(src + c, tail);
+            for (; c + 8 < cin; c += 8) {
+              __m256 v = _mm256_loadu_ps(src + c);
+              if constexpr (AFFINE)
+                v = _mm256_max_ps(_mm256_fmadd_ps(v, _mm256_loadu_ps(affine.scale + ch + c),
+                                                  _mm256_loadu_ps(affine.shift + ch + c)), zero);
+              _mm256_storeu_ps(dst + c, v);
+            }
+            __m256 last = _mm256_maskload_ps(src + c, tail);
+            if constexpr (AFFINE)  // masked lanes: 0 * 0 + 0
+              last = _mm256_max_ps(_mm256_fmadd_ps(last, _mm256_maskload_ps(affine.scale + ch + c, tail),
+                                                   _mm256_maskload_ps(affine.shift + ch + c, tail)), zero);
             if (w + 1 < g.W) _mm256_storeu_ps(dst + c, last);
             else _mm256_maskstore_ps(dst + c, tail, last);
           }
@@ -658,7 +683,7 @@ struct Tasks {
   // task -> (n, to, first group, groups in the block, band); packs what buf (holding `held`)
   // lacks of the block's input and returns group grp0's Band (group j's: buf + j * group_stride)
   Band unpack(int64_t task, const float* xp, float* buf, const ClGeo& g, int groups, Held& held,
-              int& n, int& to, int& grp0, int& ng, int& ho0, int& ho1) const {
+              int& n, int& to, int& grp0, int& ng, int& ho0, int& ho1, const Affine& affine = {}) const {
     int64_t key;  // (n, group block, band)
     if (g.KT > 1) {
       to = task % g.To;
@@ -682,10 +707,15 @@ struct Tasks {
     // frames [ti0, held.ti1) are still there when the window moved forward within the same key
     const bool keep = held.key == key && held.ti0 <= ti0 && ti0 <= held.ti1;
     const int from = keep ? std::max(ti0, held.ti1) : ti0;
-    if (planar)
-      pack_band<true>(xp, buf, g, n, from, ti1, grp0, ng, src.hi_first, src.rows_in, group_stride);
+    const bool fold = affine.scale != nullptr;
+    if (planar && fold)
+      pack_band<true, true>(xp, buf, g, n, from, ti1, grp0, ng, src.hi_first, src.rows_in, group_stride, affine);
+    else if (planar)
+      pack_band<true, false>(xp, buf, g, n, from, ti1, grp0, ng, src.hi_first, src.rows_in, group_stride, affine);
+    else if (fold)
+      pack_band<false, true>(xp, buf, g, n, from, ti1, grp0, ng, src.hi_first, src.rows_in, group_stride, affine);
     else
-      pack_band<false>(xp, buf, g, n, from, ti1, grp0, ng, src.hi_first, src.rows_in, group_stride);
+      pack_band<false, false>(xp, buf, g, n, from, ti1, grp0, ng, src.hi_first, src.rows_in, group_stride, affine);
     held = Held{key, ti0, ti1};
     return src;
   }
@@ -707,11 +737,20 @@ void prefer_huge_pages(const torch::Tensor& y) {
 // y = conv3d(x, w, stride, padding=(KT/2, 1, 1), groups) with x channels-last-3d (fp32, AVX2 CPU)
 // and w packed by pack_cl; y is channels-last-3d.
 torch::Tensor forward_cl(const torch::Tensor& x, const torch::Tensor& packed, int64_t cout_g,
-                         std::vector<int64_t> stride) {
+                         std::vector<int64_t> stride, const std::optional<torch::Tensor>& scale,
+                         const std::optional<torch::Tensor>& shift) {
   TORCH_CHECK(packed.dim() == 6 && packed.is_contiguous() && packed.scalar_type() == torch::kFloat &&
               packed.size(5) == (cout_g + 7) / 8 * 8, "fiber_conv: packed weight malformed");
   const int groups = packed.size(0);
   const ClGeo g = cl_geometry(x, groups, packed.size(1), packed.size(4), cout_g, stride);
+  Affine affine;
+  TORCH_CHECK(scale.has_value() == shift.has_value(), "fiber_conv: scale and shift go together");
+  if (scale.has_value()) {
+    for (const auto* t : {&*scale, &*shift})
+      TORCH_CHECK(t->dim() == 1 && t->size(0) == g.C && t->is_contiguous() && t->device().is_cpu() &&
+                  t->scalar_type() == torch::kFloat, "fiber_conv: scale and shift must be C contiguous fp32 CPU floats");
+    affine = Affine{scale->data_ptr<float>(), shift->data_ptr<float>()};
+  }
   const int N = x.size(0);
   auto y = torch::empty({N, g.CO, g.To, g.Ho, g.Wo}, x.options().memory_format(at::MemoryFormat::ChannelsLast3d));
   prefer_huge_pages(y);
@@ -728,7 +767,7 @@ torch::Tensor forward_cl(const torch::Tensor& x, const torch::Tensor& packed, in
     Held held;
     for (int64_t task = begin; task < end; ++task) {
       int n, to, grp0, ng, ho0, ho1;
-      const Band first = tasks.unpack(task, xp, buf.data(), g, groups, held, n, to, grp0, ng, ho0, ho1);
+      const Band first = tasks.unpack(task, xp, buf.data(), g, groups, held, n, to, grp0, ng, ho0, ho1, affine);
       for (int j = 0; j < ng; ++j) {
         const int grp = grp0 + j;
         const Band src{first.buf + j * tasks.group_stride, first.hi_first, first.rows_in};
@@ -908,7 +947,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("grad_weight", &grad_weight);
   m.def("path", &path);
   m.def("pack_cl", &pack_cl);
-  m.def("forward_cl", &forward_cl);
+  m.def("forward_cl", &forward_cl, py::arg("x"), py::arg("packed"), py::arg("cout_g"), py::arg("stride"),
+        py::arg("scale") = py::none(), py::arg("shift") = py::none());
   m.def("threads_used", &threads_used);
   m.def("grad_weight_cl", &grad_weight_cl);
 }
