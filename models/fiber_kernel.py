@@ -37,6 +37,7 @@ from torch import nn
 SOURCE = Path(__file__).resolve().parent / "csrc" / "fiber_conv.cpp"
 NAME = "mfnet_fiber_conv"
 SWITCH = "MFNET_FIBER_KERNEL"  # off | scalar | (unset: the fastest path this CPU has)
+PROFILED_AS = "suite::fiber_conv"  # the kernel's forward, as torch.profiler's tables name it
 _loaded: dict = {}
 
 
@@ -177,11 +178,12 @@ class FiberConvFunction(torch.autograd.Function):
         ctx.save_for_backward(x, weight)
         ctx.groups, ctx.stride = groups, stride
         ext = extension()
-        if channels_last(x, stride):
-            packed = ext.pack_cl(weight, groups) if packed is None else packed
-            return ext.forward_cl(x, packed, weight.shape[0] // groups, list(stride))
-        # a channels-last model's weights are channels last too
-        return ext.forward(x, weight.contiguous(), groups, force_scalar())
+        with torch.profiler.record_function(PROFILED_AS):
+            if channels_last(x, stride):
+                packed = ext.pack_cl(weight, groups) if packed is None else packed
+                return ext.forward_cl(x, packed, weight.shape[0] // groups, list(stride))
+            # a channels-last model's weights are channels last too
+            return ext.forward(x, weight.contiguous(), groups, force_scalar())
 
     @staticmethod
     def backward(ctx, grad):
@@ -249,12 +251,22 @@ class FiberConv3d(nn.Conv3d):
         packing of its input (``scale``, ``shift`` per channel): no activated copy of ``x`` is
         written or read. Everywhere else the three run as they are."""
         if (not torch.is_grad_enabled() and isinstance(bn, nn.BatchNorm3d) and not bn.training
-                and bn.running_mean is not None and self._on_kernel(x)
+                and bn.running_mean is not None and not self._hooked() and self._on_kernel(x)
                 and channels_last(x, self.stride)):
             scale, shift = self._folded(bn)
-            return extension().forward_cl(x, self._packed(x), self.out_channels // self.groups,
-                                          list(self.stride), scale, shift)
+            with torch.profiler.record_function(PROFILED_AS):
+                return extension().forward_cl(x, self._packed(x), self.out_channels // self.groups,
+                                              list(self.stride), scale, shift)
         return self(F.relu(bn(x), inplace=True))
+
+    def _hooked(self) -> bool:
+        """Whether a forward hook would see this conv's input (the activated one, which folding
+        never makes): then it is called as a module, so hooks (``op_profile.py``'s, a user's)
+        see what they always have."""
+        from torch.nn.modules import module
+
+        return bool(self._forward_hooks or self._forward_pre_hooks
+                    or module._global_forward_hooks or module._global_forward_pre_hooks)
 
     def _folded(self, bn: nn.BatchNorm3d) -> tuple[torch.Tensor, torch.Tensor]:
         """BatchNorm's eval-mode affine, (scale, shift) per channel, kept while its parameters

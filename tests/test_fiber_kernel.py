@@ -199,6 +199,12 @@ def test_inference_folds_batchnorm_and_relu_into_the_kernel(cin_g, cout_g, kt, s
     with torch.inference_mode():
         close(conv.forward_after(bn, x), expected)
     assert calls == [6]  # one kernel call, with the scale and shift
+    seen = []
+    hook = conv.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    with torch.inference_mode():  # a hook on the conv sees its input, the activated one
+        close(conv.forward_after(bn, x), expected)
+    hook.remove()
+    assert calls == [6, 4] and len(seen) == 1 and bool((seen[0] >= 0).all())
     packed = real.pack_cl(conv.weight.detach(), 4)
     with pytest.raises(RuntimeError, match="scale and shift must be C"):  # one channel short
         real.forward_cl(x, packed, cout_g, list(stride), torch.ones(4 * cin_g - 1), torch.ones(4 * cin_g - 1))
@@ -215,6 +221,19 @@ def test_inference_folds_batchnorm_and_relu_into_the_kernel(cin_g, cout_g, kt, s
     out.sum().backward()
     close(out.detach(), expected)
     assert calls[0] == 4 and x.grad is not None  # the forward, then the gradients
+
+
+def test_the_profiler_names_the_kernel_folded_or_not():
+    from torch.profiler import profile
+
+    model = MFNet(fiber_kernel=True).eval()
+    x = torch.randn(1, 3, 4, 32, 32)
+    for context in (torch.inference_mode, torch.enable_grad):  # folded, and as a module
+        with profile() as prof, context():
+            model(x)
+        names = {event.key: event.count for event in prof.key_averages()}
+        convs = sum(isinstance(m, fk.FiberConv3d) for m in model.modules())  # 28 in MF-Net
+        assert names.get(fk.PROFILED_AS) == convs
 
 
 def test_where_the_kernel_does_not_apply_the_module_is_a_plain_conv(monkeypatch):
