@@ -471,9 +471,10 @@ void cl_row(const Band& src, const float* wg, float* yrow, const ClGeo& g, int t
 // (MF-Net's conv2 and conv3): the broadcast block above uses 6 of its 8 lanes (12 of 16) there.
 // Here each group's rows are packed (KT, rows_in, cin_g, planar_width(W)) with zero columns
 // either side, vectorised along the row with the weights broadcast: per input channel and tap,
-// NV loads and CO broadcasts feed NV x CO FMAs, NV = 2 vectors (16 pixels) for CO <= 6 and 1
-// (8 pixels) for 12. The block is transposed into the channels-last output through a small tile.
-inline int planar_width(int W) { return (W + 15) / 16 * 16 + 2; }
+// NV loads and CO broadcasts feed NV x CO FMAs, NV = 4 vectors (32 pixels) for CO <= 3, 2 for
+// CO <= 6 and 1 (8 pixels) for 12. (CO = 1 is the input gradient of MF-Net's 1 -> 6 first
+// conv.) The block is transposed into the channels-last output through a small tile.
+inline int planar_width(int W) { return (W + 31) / 32 * 32 + 2; }  // whole blocks of up to 32 pixels
 
 // Copy the channels of groups grp0 .. grp0 + ng of the rows [hi_first, hi_first + rows_in) of
 // input frames [ti0, ti1) (inside the input) into buf, group j's at buf + j * group_stride and
@@ -542,7 +543,9 @@ void pack_band(const float* xp, float* buf, const ClGeo& g, int n, int ti0, int 
 }
 
 template <int CO>
-constexpr int planar_vectors() { return CO <= 6 ? 2 : 1; }  // CO x NV accumulators, at most 12
+constexpr int planar_vectors() {  // CO x NV accumulators: 8 to 12, enough FMAs in flight
+  return CO <= 3 ? 4 : CO <= 6 ? 2 : 1;
+}
 
 template <int CO>
 void planar_block(const Band& src, const float* wg, float* yrow, const ClGeo& g_, int to, int ho,
@@ -806,40 +809,54 @@ namespace {
 template <int V, int B>
 void wgrad_tap(const Band& src, const float* gyg, float* dw, const ClGeo& g, int n, int to,
                int ho0, int ho1, int slot, int kh, int kw, int ci0, int co_n) {
-  __m256 acc[B][V];
+  // U pixels at a time into U sets of accumulators, so that 8 to 12 FMA chains are in flight
+  // where a group has few channels (1 input channel x 1 vector: one chain, one FMA per latency)
+  constexpr int U = std::max(1, std::min((8 + B * V - 1) / (B * V), 12 / (B * V)));
+  __m256 acc[U][B][V];
 #pragma GCC unroll 16
-  for (int b = 0; b < B; ++b)
+  for (int u = 0; u < U; ++u)
 #pragma GCC unroll 16
-    for (int v = 0; v < V; ++v) acc[b][v] = _mm256_loadu_ps(dw + (int64_t)b * g.cop + v * 8);
+    for (int b = 0; b < B; ++b)
+#pragma GCC unroll 16
+      for (int v = 0; v < V; ++v)
+        acc[u][b][v] = u == 0 ? _mm256_loadu_ps(dw + (int64_t)b * g.cop + v * 8) : _mm256_setzero_ps();
   const __m256i last = Avx2::mask(0, co_n - 8 * (V - 1));  // the last vector's lanes in the group
   const int lo = kw == 0 ? 1 : 0;  // the first wo whose column wo * sw + kw - 1 is >= 0
   const int hi = g.W - kw < 0 ? 0 : std::min(g.Wo, (g.W - kw) / g.sw + 1);  // ... is <= W - 1
   const int64_t pix = (int64_t)g.sw * g.cin_g;
+  auto one = [&](__m256 (&into)[B][V], const float* xp, const float* gp) {
+    __m256 gv[V];
+#pragma GCC unroll 16
+    for (int v = 0; v < V; ++v)
+      gv[v] = v < V - 1 ? _mm256_loadu_ps(gp + v * 8) : _mm256_maskload_ps(gp + v * 8, last);
+#pragma GCC unroll 16
+    for (int b = 0; b < B; ++b) {
+      const __m256 xb = _mm256_broadcast_ss(xp + b);
+#pragma GCC unroll 16
+      for (int v = 0; v < V; ++v) into[b][v] = _mm256_fmadd_ps(xb, gv[v], into[b][v]);
+    }
+  };
   for (int ho = ho0; ho < ho1; ++ho) {
     const int hi_ = ho * g.sh + kh - 1;
     if (hi_ < 0 || hi_ >= g.H) continue;
     const float* xrow = src.buf + ((int64_t)slot * src.rows_in + hi_ - src.hi_first) * g.W * g.cin_g
                         + (int64_t)(kw - 1) * g.cin_g + ci0;
     const float* grow = gyg + (((int64_t)n * g.To + to) * g.Ho + ho) * g.Wo * g.CO;
-    for (int wo = lo; wo < hi; ++wo) {
-      const float* xp = xrow + wo * pix;
-      const float* gp = grow + (int64_t)wo * g.CO;
-      __m256 gv[V];
+    int wo = lo;
+    for (; wo + U <= hi; wo += U)
 #pragma GCC unroll 16
-      for (int v = 0; v < V; ++v)
-        gv[v] = v < V - 1 ? _mm256_loadu_ps(gp + v * 8) : _mm256_maskload_ps(gp + v * 8, last);
-#pragma GCC unroll 16
-      for (int b = 0; b < B; ++b) {
-        const __m256 xb = _mm256_broadcast_ss(xp + b);
-#pragma GCC unroll 16
-        for (int v = 0; v < V; ++v) acc[b][v] = _mm256_fmadd_ps(xb, gv[v], acc[b][v]);
-      }
-    }
+      for (int u = 0; u < U; ++u) one(acc[u], xrow + (wo + u) * pix, grow + (int64_t)(wo + u) * g.CO);
+    for (; wo < hi; ++wo) one(acc[0], xrow + wo * pix, grow + (int64_t)wo * g.CO);
   }
 #pragma GCC unroll 16
   for (int b = 0; b < B; ++b)
 #pragma GCC unroll 16
-    for (int v = 0; v < V; ++v) _mm256_storeu_ps(dw + (int64_t)b * g.cop + v * 8, acc[b][v]);
+    for (int v = 0; v < V; ++v) {
+      __m256 sum = acc[0][b][v];
+#pragma GCC unroll 16
+      for (int u = 1; u < U; ++u) sum = _mm256_add_ps(sum, acc[u][b][v]);
+      _mm256_storeu_ps(dw + (int64_t)b * g.cop + v * 8, sum);
+    }
 }
 
 // the last input channels of a tap, count < B of them
