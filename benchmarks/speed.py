@@ -31,17 +31,8 @@ TRAIN_MACS_FACTOR = 3
 
 def time_step(step: Callable[[], None], synchronize: Callable[[], None], min_run_time: float,
               warmup: int = 1) -> tbench.Measurement:
-    for _ in range(warmup):
-        step()
-    synchronize()
-
-    def timed():
-        step()
-        synchronize()
-
-    timer = tbench.Timer(stmt="timed()", globals={"timed": timed},
-                         num_threads=torch.get_num_threads())
-    return timer.blocked_autorange(min_run_time=min_run_time)
+    """One step: ``warmup`` calls, then ``blocked_autorange`` for ``min_run_time``."""
+    return time_alternating([step], synchronize, min_run_time, warmup, rounds=1)[0]
 
 
 def peak_problem(device: str) -> tuple[int, tuple[int, ...]]:
@@ -191,9 +182,7 @@ def measure_speed(workloads: list[Workload], clip_label: str, batch: int, macs_p
     rows: list[list[Measurement]] = [[] for _ in workloads]
 
     def timed(steps):
-        if len(steps) == 1:
-            return [time_step(steps[0], sync, min_run_time, warmup)]
-        return time_alternating(steps, sync, min_run_time, warmup)
+        return time_alternating(steps, sync, min_run_time, warmup, rounds=1 if len(steps) == 1 else 3)
 
     def add(phase, b, metric, unit, value_of, results):
         for mine, workload, result in zip(rows, workloads, results):
