@@ -240,26 +240,41 @@ class FiberConv3d(nn.Conv3d):
         is wanted (a training step packs afresh: its weight changes every step)."""
         if not channels_last(x, self.stride) or (torch.is_grad_enabled() and self.weight.requires_grad):
             return None
-        key = (self.weight.data_ptr(), self.weight._version)
-        cached = getattr(self, "_pack_cache", None)
+        return self._kept("_pack_cache", (self.weight.data_ptr(), self.weight._version),
+                          lambda: extension().pack_cl(self.weight.detach(), self.groups))
+
+    def _kept(self, name: str, key: tuple, make):
+        """``make()``, computed again only when ``key`` changes; kept in a plain attribute, not a
+        buffer, so no checkpoint key."""
+        cached = getattr(self, name, None)
         if cached is None or cached[0] != key:
-            cached = (key, extension().pack_cl(self.weight.detach(), self.groups))
-            self._pack_cache = cached  # a plain attribute, not a buffer: no checkpoint key
+            cached = (key, make())
+            setattr(self, name, cached)
         return cached[1]
 
     def forward_after(self, bn: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """``self(relu(bn(x)))``. In inference, with ``bn`` an eval-mode ``BatchNorm3d`` and a
-        channels-last input on the kernel, the BatchNorm and ReLU are folded into the kernel's
-        packing of its input (``scale``, ``shift`` per channel): no activated copy of ``x`` is
-        written or read. Everywhere else the three run as they are."""
-        if (not torch.is_grad_enabled() and isinstance(bn, nn.BatchNorm3d) and not bn.training
-                and bn.running_mean is not None and not self._hooked() and self._on_kernel(x)
-                and channels_last(x, self.stride)):
-            scale, shift = self._folded(bn)
-            with torch.profiler.record_function(PROFILED_AS):
-                return extension().forward_cl(x, self._packed(x), self.out_channels // self.groups,
-                                              list(self.stride), scale, shift)
+        """``self(relu(bn(x)))``: folded (``forward_folded``) where ``folds`` says so, else the
+        three as they are."""
+        if self.folds(bn, x):
+            return self.forward_folded(bn, x)
         return self(F.relu(bn(x), inplace=True))
+
+    def folds(self, bn: nn.Module, x: torch.Tensor) -> bool:
+        """Whether ``bn`` and a ReLU before this conv can be folded into the kernel: inference,
+        ``bn`` an eval-mode ``BatchNorm3d``, a channels-last input on the kernel, and no forward
+        hook on the conv."""
+        return (not torch.is_grad_enabled() and isinstance(bn, nn.BatchNorm3d) and not bn.training
+                and bn.running_mean is not None and not self._hooked() and self._on_kernel(x)
+                and channels_last(x, self.stride))
+
+    def forward_folded(self, bn: nn.BatchNorm3d, x: torch.Tensor) -> torch.Tensor:
+        """``self(relu(bn(x)))`` with the BatchNorm and ReLU applied in the kernel's packing of
+        its input (``scale``, ``shift`` per channel): no activated copy of ``x`` is written or
+        read. Only where ``folds(bn, x)``."""
+        scale, shift = self._folded(bn)
+        with torch.profiler.record_function(PROFILED_AS):
+            return extension().forward_cl(x, self._packed(x), self.out_channels // self.groups,
+                                          list(self.stride), scale, shift)
 
     def _hooked(self) -> bool:
         """Whether a forward hook would see this conv's input (the activated one, which folding
@@ -274,18 +289,17 @@ class FiberConv3d(nn.Conv3d):
         """BatchNorm's eval-mode affine, (scale, shift) per channel, kept while its parameters
         and statistics are unchanged."""
         tensors = [t for t in (bn.weight, bn.bias, bn.running_mean, bn.running_var) if t is not None]
-        key = (id(bn), *((t.data_ptr(), t._version) for t in tensors))
-        cached = getattr(self, "_fold_cache", None)
-        if cached is None or cached[0] != key:
+
+        def fold():
             scale = torch.rsqrt(bn.running_var.float() + bn.eps)
             if bn.weight is not None:
                 scale = scale * bn.weight.detach().float()
             shift = -bn.running_mean.float() * scale
             if bn.bias is not None:
                 shift = shift + bn.bias.detach().float()
-            cached = (key, (scale.contiguous(), shift.contiguous()))
-            self._fold_cache = cached  # a plain attribute, not a buffer: no checkpoint key
-        return cached[1]
+            return scale.contiguous(), shift.contiguous()
+
+        return self._kept("_fold_cache", (id(bn), *((t.data_ptr(), t._version) for t in tensors)), fold)
 
     def _on_kernel(self, x: torch.Tensor) -> bool:
         if torch.compiler.is_compiling() or torch.jit.is_tracing():

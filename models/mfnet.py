@@ -93,8 +93,9 @@ class BNReLUConv(nn.Sequential):
         ))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if isinstance(self.conv, FiberConv3d):  # BN + ReLU folded into the kernel, where it can
-            return self.conv.forward_after(self.bn, x)
+        # on the suite's kernel in inference, BN + ReLU fold into the conv; else the three modules
+        if isinstance(self.conv, FiberConv3d) and self.conv.folds(self.bn, x):
+            return self.conv.forward_folded(self.bn, x)
         return super().forward(x)
 
 
