@@ -21,7 +21,8 @@ measured rates and what the code relies on.
 - Where the kernel cannot be built (no compiler, a failed build), ``FiberConv3d`` falls back
   to ``nn.Conv3d`` and says so once, in one line; ``status()`` is recorded in a run's
   environment.
-- ``use_kernel(model)`` puts any model's grouped convs on it (``run.py --fiber-kernel``).
+- ``use_kernel(model)`` puts any model's grouped convs on it (``run.py --fiber-kernel``), and
+  in a model with such convs each BatchNorm + ReLU pair too (``models/bn_relu.py``).
 """
 
 import hashlib
@@ -37,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "fiber_conv.cpp"
+SOURCES = [SOURCE, SOURCE.with_name("bn_relu.cpp")]  # one extension: the fiber convs, BN + ReLU
 NAME = "mfnet_fiber_conv"
 SWITCH = "MFNET_FIBER_KERNEL"  # off | scalar | (unset: the fastest path this CPU has)
 PROFILED_AS = "suite::fiber_conv"  # the kernel's forward, as torch.profiler's tables name it
@@ -111,7 +113,7 @@ def extension():
                 # -fopenmp: at::parallel_for is a header template; built without it, the
                 # kernel runs on one thread whatever torch.get_num_threads() says. The
                 # extension links libgomp.so.1, the same soname torch already loaded.
-                module = cpp_extension.load(NAME, [str(SOURCE)],
+                module = cpp_extension.load(NAME, [str(s) for s in SOURCES],
                                             extra_cflags=["-O3", "-fopenmp"],
                                             extra_ldflags=["-fopenmp"], verbose=False)
             _mark_verified()
@@ -157,6 +159,47 @@ def channels_last(x: torch.Tensor, stride=(1, 1, 1)) -> bool:
     return not x.is_contiguous() or tuple(stride) != (1, 1, 1)
 
 
+def _phase_weight(weight: torch.Tensor, groups: int, st: int, phase: int):
+    """The stride-1 weight that gives the input gradient's frames ``phase``, ``phase + st``, ...
+    of a conv strided ``st`` in time (and 1 in space) from the output gradient, or None where no
+    tap reaches those frames. Input frame ``st * m + phase`` gets output frame ``m + d`` through
+    tap ``kt = phase + pad - st * d``; in the stride-1 conv that is tap ``d + 1`` (it reads frame
+    ``m + tap - 1``), so a (3, 3, 3) weight, or (1, 3, 3) where every ``d`` is 0. Per group, input
+    and output channels are swapped and the 3x3 plane turned by 180 degrees, as in ``flipped``."""
+    cout, cin_g, kt_n = weight.shape[:3]
+    pad = kt_n // 2
+    taps = {(phase + pad - kt) // st: kt for kt in range(kt_n) if (phase + pad - kt) % st == 0}
+    if not taps:
+        return None
+    turned = (weight.reshape(groups, cout // groups, cin_g, kt_n, 3, 3).transpose(1, 2)
+              .flip(4, 5).reshape(groups * cin_g, cout // groups, kt_n, 3, 3))
+    if set(taps) == {0}:
+        return turned[:, :, taps[0]:taps[0] + 1].contiguous()
+    assert set(taps) <= {-1, 0, 1}, taps  # KT <= 3 and st >= 2
+    out = turned.new_zeros(groups * cin_g, cout // groups, 3, 3, 3)
+    for d, kt in taps.items():
+        out[:, :, d + 1] = turned[:, :, kt]
+    return out
+
+
+def _time_strided_grad_input(grad, x, weight, stride, groups):
+    """The input gradient of a conv strided in time only (MF-Net's first fiber conv, (2, 1, 1))
+    on the kernel: per phase of the input frames, a stride-1 conv of the output gradient
+    (``_phase_weight``), written into every ``st``-th frame. PyTorch's own, a transposed conv
+    with 16 groups of one channel, took 10x the forward's time."""
+    st = stride[0]
+    ext = extension()
+    grad_x = torch.zeros_like(x, memory_format=torch.channels_last_3d)
+    for phase in range(min(st, x.shape[2])):
+        w = _phase_weight(weight, groups, st, phase)
+        frames = len(range(phase, x.shape[2], st))
+        if w is None or frames == 0:
+            continue
+        y = ext.forward_cl(grad, ext.pack_cl(w, groups), weight.shape[1], [1, 1, 1])
+        grad_x[:, :, phase::st] = y[:, :, :frames]
+    return grad_x
+
+
 def _stock_grad_input(grad, x, weight, stride, groups):
     """PyTorch's own input gradient of the same conv: a strided conv's is a transposed conv,
     which the kernel does not cover."""
@@ -199,6 +242,8 @@ class FiberConvFunction(torch.autograd.Function):
             if need_x and tuple(stride) == (1, 1, 1):
                 packed = ext.pack_cl(flipped(weight, groups), groups)
                 grad_x = ext.forward_cl(grad, packed, weight.shape[1], [1, 1, 1])
+            elif need_x and tuple(stride[1:]) == (1, 1):
+                grad_x = _time_strided_grad_input(grad, x, weight, stride, groups)
             elif need_x:
                 grad_x = _stock_grad_input(grad, x, weight, stride, groups)
             if need_w:
@@ -327,7 +372,11 @@ def use_kernel(model: nn.Module) -> int:
     the suite's kernel, in place; how many. The modules become ``FiberConv3d`` (a subclass with
     no state of its own): the parameters and checkpoint keys stay as they are, and a conv the
     kernel cannot run at a given call still runs as a plain ``Conv3d``. A model defined outside
-    the repository gets it the same way as MF-Net."""
+    the repository gets it the same way as MF-Net.
+
+    A model with fiber convs also gets BatchNorm + ReLU in one pass (``fuse_bn_relu``: every
+    ``BatchNorm3d`` followed by a ``ReLU`` in an ``nn.Sequential``). A model without them
+    (Res3D, I3D) is left wholly on PyTorch's kernels, so beside MF-Net it is a control."""
     count = 0
     for module in model.modules():
         if (type(module) is nn.Conv3d and module.groups > 1 and module.bias is None
@@ -335,4 +384,8 @@ def use_kernel(model: nn.Module) -> int:
                 and module.padding == (module.kernel_size[0] // 2, 1, 1)):
             module.__class__ = FiberConv3d
             count += 1
+    if count or any(isinstance(m, FiberConv3d) for m in model.modules()):
+        from models.bn_relu import fuse_bn_relu
+
+        fuse_bn_relu(model)
     return count

@@ -959,6 +959,14 @@ int64_t threads_used() {
   return std::count(seen.begin(), seen.end(), 1);
 }
 
+// BatchNorm + ReLU, channels last (bn_relu.cpp)
+std::vector<torch::Tensor> bn_stats(torch::Tensor x);
+torch::Tensor affine_relu(torch::Tensor x, torch::Tensor scale, torch::Tensor shift);
+std::vector<torch::Tensor> backward_sums(torch::Tensor gy, torch::Tensor x, torch::Tensor scale,
+                                         torch::Tensor shift, torch::Tensor mean);
+torch::Tensor backward_apply(torch::Tensor gy, torch::Tensor x, torch::Tensor scale,
+                             torch::Tensor shift, torch::Tensor a, torch::Tensor b, torch::Tensor c);
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &forward);
   m.def("grad_weight", &grad_weight);
@@ -968,4 +976,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("scale") = py::none(), py::arg("shift") = py::none());
   m.def("threads_used", &threads_used);
   m.def("grad_weight_cl", &grad_weight_cl);
+  m.def("bn_stats", &bn_stats);
+  m.def("affine_relu", &affine_relu);
+  m.def("bn_relu_backward_sums", &backward_sums);
+  m.def("bn_relu_backward_apply", &backward_apply);
 }

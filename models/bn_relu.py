@@ -1,0 +1,121 @@
+"""BatchNorm + ReLU as one op on the suite's kernel: ``relu(batch_norm(x))`` in one pass.
+
+Every fiber conv and every pointwise conv of MF-Net is preceded by BatchNorm and ReLU (the
+pre-activation units of its ``BNReLUConv``). PyTorch runs those as two ops; at the throughput
+batch and in training they are a fifth of MF-Net's step (``op_profile.py``): pure memory
+traffic, which one pass halves. The C++ is ``models/csrc/bn_relu.cpp``, built into the fiber
+kernel's extension; ``docs/fiber-kernel.md`` has the formulas and the measured effect.
+
+- Where: CPU, a channels-last-3d fp32 input, the AVX2 path; training mode (batch statistics,
+  running statistics updated as ``nn.BatchNorm3d`` does), and eval mode without gradients.
+  Elsewhere (an eval-mode BN that needs gradients, another layout, ``torch.compile``) it is
+  ``relu(bn(x))`` as PyTorch computes it.
+- ``use_kernel`` (``models/fiber_kernel.py``) turns every ``BatchNorm3d`` followed by a
+  ``ReLU`` inside an ``nn.Sequential`` into ``BatchNormReLU3d`` and that ReLU into an
+  ``Identity``: the parameters, buffers and checkpoint keys stay as they are.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models import fiber_kernel
+
+
+class BatchNormReLUFunction(torch.autograd.Function):
+    """``relu(x * scale + shift)`` with ``scale = weight / sqrt(var + eps)`` and ``shift = bias -
+    mean * scale``, for the batch's own ``mean`` and ``var``; the gradient is BatchNorm's
+    training-mode one, through the ReLU's mask (recomputed from ``x``, not saved)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, mean, invstd):
+        scale = invstd * weight
+        shift = bias - mean * scale
+        ctx.save_for_backward(x, weight, mean, invstd, scale, shift)
+        return fiber_kernel.extension().affine_relu(x, scale, shift)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        x, weight, mean, invstd, scale, shift = ctx.saved_tensors
+        ext = fiber_kernel.extension()
+        grad = grad.contiguous(memory_format=torch.channels_last_3d)
+        sum_g, sum_gx = ext.bn_relu_backward_sums(grad, x, scale, shift, mean)
+        # BatchNorm's input gradient (batch statistics): weight * invstd * (g - mean(g)
+        # - xhat * mean(g * xhat)), xhat = (x - mean) * invstd, as a * g + b * x + c
+        rows = x.numel() // x.shape[1]
+        a = scale
+        b = -a * invstd * invstd * sum_gx / rows
+        c = -a * sum_g / rows - b * mean
+        grad_x = ext.bn_relu_backward_apply(grad, x, scale, shift, a, b.contiguous(), c.contiguous())
+        return grad_x, sum_gx * invstd, sum_g, None, None
+
+
+class BatchNormReLU3d(nn.BatchNorm3d):
+    """``relu(BatchNorm3d(x))`` in one pass on the suite's kernel where it applies
+    (``applies``), else the two as PyTorch runs them. A subclass with no state of its own: the
+    same parameters, buffers and checkpoint keys."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.applies(x):
+            return F.relu(super().forward(x))
+        batch_stats = self.training or self.running_mean is None
+        if not batch_stats:  # eval mode, no gradient: the running statistics' affine
+            invstd = torch.rsqrt(self.running_var + self.eps)
+            scale = invstd * self.weight if self.weight is not None else invstd
+            shift = -self.running_mean * scale
+            if self.bias is not None:
+                shift = shift + self.bias
+            return fiber_kernel.extension().affine_relu(x, scale.detach(), shift.detach())
+        mean, var = fiber_kernel.extension().bn_stats(x)
+        self._update_running_stats(mean, var, x.numel() // x.shape[1])
+        invstd = torch.rsqrt(var + self.eps)
+        weight = self.weight if self.weight is not None else torch.ones_like(mean)
+        bias = self.bias if self.bias is not None else torch.zeros_like(mean)
+        return BatchNormReLUFunction.apply(x, weight, bias, mean, invstd)
+
+    def applies(self, x: torch.Tensor) -> bool:
+        """Whether this call runs on the kernel: see the module docstring."""
+        if torch.compiler.is_compiling() or torch.jit.is_tracing():
+            return False
+        if not (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 5
+                and x.is_contiguous(memory_format=torch.channels_last_3d) and x.numel() > 0
+                and not torch.is_autocast_enabled("cpu")):
+            return False
+        batch_stats = self.training or self.running_mean is None
+        if not batch_stats and torch.is_grad_enabled() and (
+                x.requires_grad or any(p.requires_grad for p in self.parameters())):
+            return False  # eval-mode BatchNorm with gradients: PyTorch's own
+        if batch_stats and x.numel() == x.shape[1]:
+            return False  # one value per channel: PyTorch's own says so
+        ext = fiber_kernel.extension()
+        return ext is not None and ext.path(fiber_kernel.force_scalar()) == "avx2"
+
+    def _update_running_stats(self, mean: torch.Tensor, var: torch.Tensor, rows: int) -> None:
+        """As ``nn.BatchNorm3d`` in training: momentum (or the cumulative average where it is
+        None), the unbiased variance."""
+        if not (self.training and self.track_running_stats):
+            return
+        with torch.no_grad():
+            self.num_batches_tracked.add_(1)
+            factor = (1.0 / float(self.num_batches_tracked) if self.momentum is None
+                      else self.momentum)
+            if self.running_mean is not None:
+                self.running_mean.lerp_(mean, factor)
+                self.running_var.lerp_(var * (rows / (rows - 1)), factor)
+
+
+def fuse_bn_relu(model: nn.Module) -> int:
+    """Turn every ``BatchNorm3d`` followed by a ``ReLU`` in an ``nn.Sequential`` of ``model``
+    into ``BatchNormReLU3d`` and that ReLU into an ``Identity``, in place; how many. Only a
+    Sequential's order is the order its children run in, so only there is the pair certain."""
+    count = 0
+    for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
+        names = list(seq._modules)
+        for first, second in zip(names, names[1:]):
+            bn, relu = seq._modules[first], seq._modules[second]
+            if type(bn) is nn.BatchNorm3d and type(relu) is nn.ReLU:
+                bn.__class__ = BatchNormReLU3d
+                seq._modules[second] = nn.Identity()
+                count += 1
+    return count
