@@ -215,8 +215,9 @@ class FiberConvFunction(torch.autograd.Function):
     - NCDHW (stride 1): forward, the input's gradient (the forward with ``flipped`` weights)
       and the weight's, all on the kernel;
     - channels last: forward and the weight's gradient on the kernel at any stride; the
-      input's gradient on the kernel at stride 1, on PyTorch's own (``convolution_backward``)
-      at a stride."""
+      input's gradient on the kernel at stride 1 and where only time is strided
+      (``_time_strided_grad_input``), on PyTorch's own (``convolution_backward``) where space
+      is."""
 
     @staticmethod
     def forward(ctx, x, weight, groups, stride, packed=None):
