@@ -501,7 +501,8 @@ def setup_label(device: str, name: str, dtype: str, cl: bool, compiled: bool) ->
 
 
 KERNELS_LABEL = {"stock": "stock kernels (as footnote 5 found it)",
-                 "suite": "fiber convs optimised (the suite's kernel for grouped convs; Res3D "
+                 "suite": "fiber convs optimised (the suite's kernels for MF-Net's grouped convs "
+                          "and, where the run's environment says so, its BatchNorm + ReLU; Res3D "
                           "and every dense conv on stock kernels)"}
 
 

@@ -138,7 +138,9 @@ def status(build: bool = True) -> str:
     module = extension()
     if module is None:
         return f"stock PyTorch kernels: {_loaded['why']}"
-    return f"suite kernel ({module.path(force_scalar())})"
+    path = module.path(force_scalar())
+    # models/bn_relu.py runs on the AVX2 path only
+    return f"suite kernel ({path})" + ("; BatchNorm + ReLU fused" if path == "avx2" else "")
 
 
 def flipped(weight: torch.Tensor, groups: int) -> torch.Tensor:
