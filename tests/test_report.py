@@ -121,7 +121,7 @@ def test_footnote_5_forecast_is_judged_from_mfnet_on_stock_and_on_the_suite_kern
     rates("run-stock", "stock", (80, 50, 40), "2026-01-01T00:00:00+00:00")
     rates("run-suite", "suite", (80, 100, 50), "2026-01-02T00:00:00+00:00")
     text = section()
-    assert "fiber convs optimised (the suite's kernel for grouped convs" in text
+    assert "fiber convs optimised (the suite's kernels for MF-Net's grouped convs" in text
     forecast = next(line for line in text.splitlines() if "run-stock vs run-suite" in line)
     assert "80 → 80 = **1.00×** ✓" in forecast and "50 → 100 = **2.00×** ✓ (b=4)" in forecast
     assert "40 → 50 = **1.25×** ✗ (b=4)" in forecast and "| does not hold here |" in forecast
