@@ -99,6 +99,22 @@ inline void masked_affine(const float* x, const float* gy, const float* s, const
     out[k] = std::fma(a[k], relu_grad(x[k], gy[k], s[k], sh[k]), std::fma(b[k], x[k], c[k]));
 }
 
+struct Rows {
+  int64_t C, rows;  // x seen as (rows, C)
+};
+
+Rows rows_of(const torch::Tensor& x) {
+  check(x, "x");
+  const int64_t C = x.size(1);
+  return {C, x.numel() / std::max<int64_t>(C, 1)};
+}
+
+Rows rows_of(const torch::Tensor& gy, const torch::Tensor& x) {
+  check(gy, "grad");
+  TORCH_CHECK(gy.sizes() == x.sizes(), "bn_relu: grad and x differ in shape");
+  return rows_of(x);
+}
+
 torch::Tensor like(const torch::Tensor& x) {
   return torch::empty_like(x, at::MemoryFormat::ChannelsLast3d);
 }
@@ -111,8 +127,7 @@ torch::Tensor channel_floats(const torch::Tensor& x, int64_t C) {
 
 // (mean, biased variance) per channel
 std::vector<torch::Tensor> bn_stats(torch::Tensor x) {
-  check(x, "x");
-  const int64_t C = x.size(1), rows = x.numel() / std::max<int64_t>(C, 1);
+  const auto [C, rows] = rows_of(x);
   TORCH_CHECK(rows > 0, "bn_relu: no values to normalise");
   const float* xp = x.data_ptr<float>();
   std::vector<float> shift(xp, xp + C);
@@ -140,8 +155,7 @@ std::vector<torch::Tensor> bn_stats(torch::Tensor x) {
 }
 
 torch::Tensor affine_relu(torch::Tensor x, torch::Tensor scale, torch::Tensor shift) {
-  check(x, "x");
-  const int64_t C = x.size(1), rows = x.numel() / std::max<int64_t>(C, 1);
+  const auto [C, rows] = rows_of(x);
   const float* s = per_channel(scale, C, "scale");
   const float* b = per_channel(shift, C, "shift");
   auto y = like(x);
@@ -163,10 +177,7 @@ torch::Tensor affine_relu(torch::Tensor x, torch::Tensor scale, torch::Tensor sh
 // (sum of g, sum of g * (x - mean)) per channel, g = gy where x * scale + shift > 0
 std::vector<torch::Tensor> backward_sums(torch::Tensor gy, torch::Tensor x, torch::Tensor scale,
                                          torch::Tensor shift, torch::Tensor mean) {
-  check(x, "x");
-  check(gy, "grad");
-  TORCH_CHECK(gy.sizes() == x.sizes(), "bn_relu: grad and x differ in shape");
-  const int64_t C = x.size(1), rows = x.numel() / std::max<int64_t>(C, 1);
+  const auto [C, rows] = rows_of(gy, x);
   const float* s = per_channel(scale, C, "scale");
   const float* b = per_channel(shift, C, "shift");
   const float* m = per_channel(mean, C, "mean");
@@ -185,10 +196,7 @@ std::vector<torch::Tensor> backward_sums(torch::Tensor gy, torch::Tensor x, torc
 torch::Tensor backward_apply(torch::Tensor gy, torch::Tensor x, torch::Tensor scale,
                              torch::Tensor shift, torch::Tensor a, torch::Tensor b,
                              torch::Tensor c) {
-  check(x, "x");
-  check(gy, "grad");
-  TORCH_CHECK(gy.sizes() == x.sizes(), "bn_relu: grad and x differ in shape");
-  const int64_t C = x.size(1), rows = x.numel() / std::max<int64_t>(C, 1);
+  const auto [C, rows] = rows_of(gy, x);
   const float* s = per_channel(scale, C, "scale");
   const float* sh = per_channel(shift, C, "shift");
   const float* ap = per_channel(a, C, "a");
