@@ -79,6 +79,7 @@ class BatchNormReLU3d(nn.BatchNorm3d):
         if torch.compiler.is_compiling() or torch.jit.is_tracing():
             return False
         if not (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 5
+                and x.shape[1] == self.num_features  # else PyTorch's own error says so
                 and x.is_contiguous(memory_format=torch.channels_last_3d) and x.numel() > 0
                 and not torch.is_autocast_enabled("cpu")):
             return False

@@ -120,6 +120,12 @@ def test_the_kernel_refuses_malformed_arguments_in_one_line():
         ext.bn_relu_backward_sums(channels_last(1, 8, 2, 3, 4), x, *([torch.ones(8)] * 3))
 
 
+def test_a_wrong_channel_count_gets_pytorch_s_own_error():
+    _, fused = pair(8)
+    with pytest.raises(RuntimeError, match="running_mean should contain 6 elements not 8"):
+        fused(channels_last(2, 6, 2, 3, 3))
+
+
 def test_fusing_pairs_only_a_sequential_s_batchnorm_then_relu_and_keeps_the_keys():
     model = nn.Sequential(nn.BatchNorm3d(4), nn.ReLU(), nn.Conv3d(4, 4, 1),
                           nn.BatchNorm3d(4), nn.Conv3d(4, 4, 1), nn.ReLU(),
