@@ -891,6 +891,74 @@ void wgrad_band(const Band& src, const float* gyg, float* dwg, const ClGeo& g, i
   }
 }
 
+// The weight gradient of one group with at most 8 output channels at spatial stride 1, all three
+// kw taps at once. Input column c meets output pixel c + 1 - kw through tap kw, so one broadcast
+// of x[c, ci] feeds three FMAs, with grad y at pixels c + 1, c and c - 1. Grad y's rows are first
+// copied into `gpad`, one vector per pixel (its co_n channels, zeros after) and a zero vector at
+// either end, so the border pixels need no branch. The wgrad_tap form spends one broadcast per
+// FMA here, with a quarter of each vector idle at 6 channels.
+template <int CB>
+void wgrad_kw(const Band& src, const float* gpad, float* dw, const ClGeo& g, int ho0, int ho1,
+              int slot, int kh, int ci0) {
+  const int64_t kw_stride = (int64_t)g.cin_g * g.cop;  // dw's step from one kw to the next
+  __m256 acc[CB][3];
+#pragma GCC unroll 16
+  for (int b = 0; b < CB; ++b)
+#pragma GCC unroll 3
+    for (int kw = 0; kw < 3; ++kw) acc[b][kw] = _mm256_loadu_ps(dw + kw * kw_stride + (int64_t)b * g.cop);
+  for (int ho = ho0; ho < ho1; ++ho) {
+    const int hi = ho + kh - 1;
+    if (hi < 0 || hi >= g.H) continue;
+    const float* xrow = src.buf + ((int64_t)slot * src.rows_in + hi - src.hi_first) * g.W * g.cin_g + ci0;
+    const float* grow = gpad + (int64_t)(ho - ho0) * (g.W + 2) * 8;
+    for (int c = 0; c < g.W; ++c) {
+      const __m256 right = _mm256_loadu_ps(grow + 8 * (c + 2));  // pixel c + 1: tap kw = 0
+      const __m256 here = _mm256_loadu_ps(grow + 8 * (c + 1));   // pixel c: kw = 1
+      const __m256 left = _mm256_loadu_ps(grow + 8 * c);         // pixel c - 1: kw = 2
+#pragma GCC unroll 16
+      for (int b = 0; b < CB; ++b) {
+        const __m256 xb = _mm256_broadcast_ss(xrow + (int64_t)c * g.cin_g + b);
+        acc[b][0] = _mm256_fmadd_ps(xb, right, acc[b][0]);
+        acc[b][1] = _mm256_fmadd_ps(xb, here, acc[b][1]);
+        acc[b][2] = _mm256_fmadd_ps(xb, left, acc[b][2]);
+      }
+    }
+  }
+#pragma GCC unroll 16
+  for (int b = 0; b < CB; ++b)
+#pragma GCC unroll 3
+    for (int kw = 0; kw < 3; ++kw) _mm256_storeu_ps(dw + kw * kw_stride + (int64_t)b * g.cop, acc[b][kw]);
+}
+
+// every tap and input channel of one group of at most 8 output channels (gyg, dwg at the group)
+void wgrad_band_kw(const Band& src, const float* gyg, float* dwg, const ClGeo& g, int n, int to,
+                   int ho0, int ho1, int co_n, std::vector<float>& gpad) {
+  const int64_t row = (int64_t)(g.W + 2) * 8;
+  gpad.assign((ho1 - ho0) * row, 0.f);
+  const __m256i lanes = Avx2::mask(0, co_n);
+  for (int ho = ho0; ho < ho1; ++ho) {
+    const float* grow = gyg + (((int64_t)n * g.To + to) * g.Ho + ho) * g.Wo * g.CO;
+    float* dst = gpad.data() + (ho - ho0) * row + 8;
+    for (int p = 0; p < g.Wo; ++p)
+      _mm256_storeu_ps(dst + 8 * p, _mm256_maskload_ps(grow + (int64_t)p * g.CO, lanes));
+  }
+  constexpr int CB = 3;  // 3 input channels x 3 taps: 9 chains
+  for (int kt = 0; kt < g.KT; ++kt) {
+    const int ti = to * g.st + kt - g.KT / 2;
+    if (ti < 0 || ti >= g.T) continue;
+    for (int kh = 0; kh < 3; ++kh) {
+      float* dw = dwg + (kt * 3 + kh) * 3 * (int64_t)g.cin_g * g.cop;
+      int ci = 0;
+      for (; ci + CB <= g.cin_g; ci += CB)
+        wgrad_kw<CB>(src, gpad.data(), dw + (int64_t)ci * g.cop, g, ho0, ho1, ti % g.KT, kh, ci);
+      if (g.cin_g - ci == 2)
+        wgrad_kw<2>(src, gpad.data(), dw + (int64_t)ci * g.cop, g, ho0, ho1, ti % g.KT, kh, ci);
+      else if (g.cin_g - ci == 1)
+        wgrad_kw<1>(src, gpad.data(), dw + (int64_t)ci * g.cop, g, ho0, ho1, ti % g.KT, kh, ci);
+    }
+  }
+}
+
 }  // namespace
 #pragma GCC pop_options
 
@@ -916,6 +984,7 @@ torch::Tensor grad_weight_cl(const torch::Tensor& x, const torch::Tensor& gy, in
     std::vector<float>& mine = partial.at(at::get_thread_num());
     if (mine.empty()) mine.assign(groups * group_w, 0.f);
     std::vector<float> buf(tasks.buffer_floats());
+    std::vector<float> gpad;
     Held held;
     for (int64_t task = begin; task < end; ++task) {
       int n, to, grp0, ng, ho0, ho1;
@@ -923,6 +992,11 @@ torch::Tensor grad_weight_cl(const torch::Tensor& x, const torch::Tensor& gy, in
       for (int j = 0; j < ng; ++j) {
         const int grp = grp0 + j;
         const Band src{first.buf + j * tasks.group_stride, first.hi_first, first.rows_in};
+        if (g.cout_g <= 8 && g.sh == 1 && g.sw == 1) {
+          wgrad_band_kw(src, gp + (int64_t)grp * g.cout_g, mine.data() + grp * group_w, g, n, to, ho0,
+                        ho1, g.cout_g, gpad);
+          continue;
+        }
         for (int chunk = 0; chunk < chunks; ++chunk) {
           const int c0 = chunk * 24, v = std::min(3, vecs - chunk * 3);
           const int co_n = std::min(24, g.cout_g - c0);
