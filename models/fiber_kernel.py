@@ -191,14 +191,14 @@ def _time_strided_grad_input(grad, x, weight, stride, groups):
     with 16 groups of one channel, took 10x the forward's time."""
     st = stride[0]
     ext = extension()
-    grad_x = torch.zeros_like(x, memory_format=torch.channels_last_3d)
+    grad_x = torch.empty_like(x, memory_format=torch.channels_last_3d)
     for phase in range(min(st, x.shape[2])):
         w = _phase_weight(weight, groups, st, phase)
-        frames = len(range(phase, x.shape[2], st))
-        if w is None or frames == 0:
+        if w is None:  # frames no tap reaches (a (1, 3, 3) conv strided in time)
+            grad_x[:, :, phase::st] = 0
             continue
         y = ext.forward_cl(grad, ext.pack_cl(w, groups), weight.shape[1], [1, 1, 1])
-        grad_x[:, :, phase::st] = y[:, :, :frames]
+        grad_x[:, :, phase::st] = y[:, :, :len(range(phase, x.shape[2], st))]
     return grad_x
 
 
