@@ -384,6 +384,29 @@ inline void store_first(float* p, __m256 v, int n) {
   if (n == 1) _mm_store_ss(p, lo);
 }
 
+// r[i][j] -> r[j][i]: eight vectors of eight floats transposed in registers (unpack, shuffle,
+// swap of 128-bit halves)
+inline void transpose8(__m256 (&r)[8]) {
+  __m256 t[8], u[8];
+#pragma GCC unroll 4
+  for (int i = 0; i < 4; ++i) {
+    t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);      // rows 2i, 2i+1: elements 0 1, 4 5
+    t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);  // elements 2 3, 6 7
+  }
+#pragma GCC unroll 2
+  for (int i = 0; i < 2; ++i) {  // rows 4i .. 4i + 3
+    u[4 * i] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(1, 0, 1, 0));      // columns 0, 4
+    u[4 * i + 1] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(3, 2, 3, 2));  // 1, 5
+    u[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(1, 0, 1, 0));  // 2, 6
+    u[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(3, 2, 3, 2));  // 3, 7
+  }
+#pragma GCC unroll 4
+  for (int j = 0; j < 4; ++j) {
+    r[j] = _mm256_permute2f128_ps(u[j], u[4 + j], 0x20);
+    r[4 + j] = _mm256_permute2f128_ps(u[j], u[4 + j], 0x31);
+  }
+}
+
 // One kernel column kw of one input row, for P output pixels: every input channel of the group
 // feeds P x V FMAs. SKIP_FIRST / SKIP_LAST: the first / last pixel's tap falls outside the row.
 template <int V, int P, bool SKIP_FIRST, bool SKIP_LAST>
@@ -473,7 +496,7 @@ void cl_row(const Band& src, const float* wg, float* yrow, const ClGeo& g, int t
 // either side, vectorised along the row with the weights broadcast: per input channel and tap,
 // NV loads and CO broadcasts feed NV x CO FMAs, NV = 4 vectors (32 pixels) for CO <= 3, 2 for
 // CO <= 6 and 1 (8 pixels) for 12. (CO = 1 is the input gradient of MF-Net's 1 -> 6 first
-// conv.) The block is transposed into the channels-last output through a small tile.
+// conv.) The block goes into the channels-last output by 8x8 transposes in registers.
 inline int planar_width(int W) { return (W + 31) / 32 * 32 + 2; }  // whole blocks of up to 32 pixels
 
 // Copy the channels of groups grp0 .. grp0 + ng of the rows [hi_first, hi_first + rows_in) of
@@ -495,6 +518,45 @@ struct Affine {
   const float* shift = nullptr;
 };
 
+// One input row of ng groups' channels (`from`: the row's first pixel at the first group's first
+// channel, ch0 that channel's index) into the planar layout: channel k of the ng * cin goes to
+// group k / cin's row k % cin, column w at w + 1. Blocks of 8 pixels x 8 channels are transposed
+// in registers; the rest goes a value at a time.
+template <bool AFFINE>
+void pack_planar_row(const float* from, float* row, const ClGeo& g, int ng, int64_t group_stride,
+                     const Affine& affine, int64_t ch0) {
+  const int cin = g.cin_g, K = ng * cin;
+  const int64_t wp = planar_width(g.W);
+  auto at = [&](int k) { return row + (int64_t)(k / cin) * group_stride + (int64_t)(k % cin) * wp + 1; };
+  auto one = [&](int w, int k) {
+    float v = from[(int64_t)w * g.C + k];
+    if constexpr (AFFINE) v = std::max(v * affine.scale[ch0 + k] + affine.shift[ch0 + k], 0.f);
+    at(k)[w] = v;
+  };
+  const __m256 zero = _mm256_setzero_ps();
+  int w = 0;
+  for (; w + 8 <= g.W; w += 8) {
+    int k = 0;
+    for (; k + 8 <= K; k += 8) {
+      __m256 v[8];
+#pragma GCC unroll 8
+      for (int p = 0; p < 8; ++p) {
+        v[p] = _mm256_loadu_ps(from + (int64_t)(w + p) * g.C + k);
+        if constexpr (AFFINE)
+          v[p] = _mm256_max_ps(_mm256_fmadd_ps(v[p], _mm256_loadu_ps(affine.scale + ch0 + k),
+                                               _mm256_loadu_ps(affine.shift + ch0 + k)), zero);
+      }
+      transpose8(v);  // v[i]: channel k + i at pixels w .. w + 7
+#pragma GCC unroll 8
+      for (int i = 0; i < 8; ++i) _mm256_storeu_ps(at(k + i) + w, v[i]);
+    }
+    for (; k < K; ++k)
+      for (int p = 0; p < 8; ++p) one(w + p, k);
+  }
+  for (; w < g.W; ++w)
+    for (int k = 0; k < K; ++k) one(w, k);
+}
+
 template <bool PLANAR, bool AFFINE>
 void pack_band(const float* xp, float* buf, const ClGeo& g, int n, int ti0, int ti1, int grp0,
                int ng, int hi_first, int rows_in, int64_t group_stride, const Affine& affine) {
@@ -508,18 +570,15 @@ void pack_band(const float* xp, float* buf, const ClGeo& g, int n, int ti0, int 
       if (hi < 0 || hi >= g.H) continue;
       const float* from = xp + (((int64_t)n * g.T + ti) * g.H + hi) * g.W * g.C + (int64_t)grp0 * cin;
       float* row = buf + ((int64_t)(ti % g.KT) * rows_in + r) * row_floats;
+      if constexpr (PLANAR) {
+        pack_planar_row<AFFINE>(from, row, g, ng, group_stride, affine, (int64_t)grp0 * cin);
+        continue;
+      }
       for (int w = 0; w < g.W; ++w, from += g.C) {
         for (int j = 0; j < ng; ++j) {
           const float* src = from + j * cin;
           const int64_t ch = (int64_t)(grp0 + j) * cin;  // the group's first channel
-          if constexpr (PLANAR) {
-            float* dst = row + j * group_stride + 1 + w;
-            for (int ci = 0; ci < cin; ++ci) {
-              float v = src[ci];
-              if constexpr (AFFINE) v = std::max(v * affine.scale[ch + ci] + affine.shift[ch + ci], 0.f);
-              dst[(int64_t)ci * planar_width(g.W)] = v;
-            }
-          } else {
+          if constexpr (!PLANAR) {
             float* dst = row + j * group_stride + (int64_t)w * cin;
             int c = 0;
             for (; c + 8 < cin; c += 8) {
@@ -584,16 +643,21 @@ void planar_block(const Band& src, const float* wg, float* yrow, const ClGeo& g_
       }
     }
   }
-  alignas(32) float tile[CO][8 * NV];
-#pragma GCC unroll 16
-  for (int c = 0; c < CO; ++c)
-#pragma GCC unroll 16
-    for (int j = 0; j < NV; ++j) _mm256_store_ps(tile[c] + 8 * j, acc[c][j]);
-  const int pixels = std::min(8 * NV, g_.Wo - wo0);
-  for (int p = 0; p < pixels; ++p) {
-    float* out = yrow + (int64_t)(wo0 + p) * g_.CO;
-#pragma GCC unroll 16
-    for (int c = 0; c < CO; ++c) out[c] = tile[c][p];
+  // into the channels-last output: per 8 pixels and 8 channels, a transpose in registers, then
+  // each pixel's channels stored at once
+#pragma GCC unroll 4
+  for (int j = 0; j < NV; ++j) {
+    const int pixels = std::min(8, g_.Wo - wo0 - 8 * j);
+    if (pixels <= 0) break;
+#pragma GCC unroll 2
+    for (int c0 = 0; c0 < CO; c0 += 8) {
+      __m256 r[8];
+#pragma GCC unroll 8
+      for (int c = 0; c < 8; ++c) r[c] = c0 + c < CO ? acc[c0 + c][j] : _mm256_setzero_ps();
+      transpose8(r);
+      float* out = yrow + (int64_t)(wo0 + 8 * j) * g_.CO + c0;
+      for (int p = 0; p < pixels; ++p) store_first(out + (int64_t)p * g_.CO, r[p], std::min(8, CO - c0));
+    }
   }
 }
 
