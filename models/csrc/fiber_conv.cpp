@@ -494,9 +494,10 @@ void cl_row(const Band& src, const float* wg, float* yrow, const ClGeo& g, int t
 // (MF-Net's conv2 and conv3): the broadcast block above uses 6 of its 8 lanes (12 of 16) there.
 // Here each group's rows are packed (KT, rows_in, cin_g, planar_width(W)) with zero columns
 // either side, vectorised along the row with the weights broadcast: per input channel and tap,
-// NV loads and CO broadcasts feed NV x CO FMAs, NV = 4 vectors (32 pixels) for CO <= 3, 2 for
-// CO <= 6 and 1 (8 pixels) for 12. (CO = 1 is the input gradient of MF-Net's 1 -> 6 first
-// conv.) The block goes into the channels-last output by 8x8 transposes in registers.
+// NV loads and CO broadcasts feed NV x CO FMAs, NV = 4 vectors (32 pixels) for CO <= 3 and 2
+// for CO <= 6; 12 run as two halves of 6 (planar_row_halves). (CO = 1 is the input gradient of
+// MF-Net's 1 -> 6 first conv.) The block goes into the channels-last output by 8x8 transposes
+// in registers.
 inline int planar_width(int W) { return (W + 31) / 32 * 32 + 2; }  // whole blocks of up to 32 pixels
 
 // Copy the channels of groups grp0 .. grp0 + ng of the rows [hi_first, hi_first + rows_in) of
@@ -603,7 +604,8 @@ void pack_band(const float* xp, float* buf, const ClGeo& g, int n, int ti0, int 
 
 template <int CO>
 constexpr int planar_vectors() {  // CO x NV accumulators: 8 to 12, enough FMAs in flight
-  return CO <= 3 ? 4 : CO <= 6 ? 2 : 1;
+  static_assert(CO <= 6, "12 channels run as two halves of 6");
+  return CO <= 3 ? 4 : 2;
 }
 
 template <int CO>
@@ -668,6 +670,13 @@ void planar_row(const Band& src, const float* wg, float* yrow, const ClGeo& g, i
 
 using PlanarRow = void (*)(const Band&, const float*, float*, const ClGeo&, int, int);
 
+// 12 output channels as two halves of 6: each input vector then feeds 6 x 2 FMAs for 8 loads,
+// where one block of 12 channels x 1 vector takes 13 loads for 12
+void planar_row_halves(const Band& src, const float* wg, float* yrow, const ClGeo& g, int to, int ho) {
+  planar_row<6>(src, wg, yrow, g, to, ho);
+  planar_row<6>(src, wg + 6, yrow + 6, g, to, ho);
+}
+
 PlanarRow planar_row_for(int cout_g) {
   switch (cout_g) {
     case 1: return planar_row<1>;
@@ -676,7 +685,7 @@ PlanarRow planar_row_for(int cout_g) {
     case 4: return planar_row<4>;
     case 5: return planar_row<5>;
     case 6: return planar_row<6>;
-    default: return planar_row<12>;
+    default: return planar_row_halves;
   }
 }
 
