@@ -10,7 +10,9 @@ import pytest
 import torch
 from torch import nn
 
+from models import bn_relu
 from models import fiber_kernel as fk
+from models.bn_relu import BatchNormReLU3d
 from models.mfnet import MFNet
 
 
@@ -271,6 +273,11 @@ def test_the_profiler_names_the_kernel_folded_or_not():
         names = {event.key: event.count for event in prof.key_averages()}
         convs = sum(isinstance(m, fk.FiberConv3d) for m in model.modules())  # 28 in MF-Net
         assert names.get(fk.PROFILED_AS) == convs
+    # in inference, each fiber conv's BatchNorm + ReLU is folded into it; every other one is fused
+    fused = sum(isinstance(m, BatchNormReLU3d) for m in model.modules())
+    with profile() as prof, torch.inference_mode():
+        model(x.contiguous(memory_format=torch.channels_last_3d))
+    assert {e.key: e.count for e in prof.key_averages()}.get(bn_relu.PROFILED_AS) == fused - convs > 0
 
 
 def test_where_the_kernel_does_not_apply_the_module_is_a_plain_conv(monkeypatch):
