@@ -67,12 +67,7 @@ class BatchNormReLU3d(nn.BatchNorm3d):
     def _fused(self, x: torch.Tensor) -> torch.Tensor:
         batch_stats = self.training or self.running_mean is None
         if not batch_stats:  # eval mode, no gradient: the running statistics' affine
-            invstd = torch.rsqrt(self.running_var + self.eps)
-            scale = invstd * self.weight if self.weight is not None else invstd
-            shift = -self.running_mean * scale
-            if self.bias is not None:
-                shift = shift + self.bias
-            return fiber_kernel.extension().affine_relu(x, scale.detach(), shift.detach())
+            return fiber_kernel.extension().affine_relu(x, *fiber_kernel.eval_affine(self))
         mean, var = fiber_kernel.extension().bn_stats(x)
         self._update_running_stats(mean, var, x.numel() // x.shape[1])
         invstd = torch.rsqrt(var + self.eps)

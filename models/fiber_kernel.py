@@ -143,6 +143,26 @@ def status(build: bool = True) -> str:
     return f"suite kernel ({path})" + ("; BatchNorm + ReLU fused" if path == "avx2" else "")
 
 
+def eval_affine(bn: nn.BatchNorm3d) -> tuple[torch.Tensor, torch.Tensor]:
+    """BatchNorm's eval-mode affine, (scale, shift) per channel (fp32, contiguous), for the
+    kernel's folded BatchNorm + ReLU: ``scale = weight / sqrt(running_var + eps)``, ``shift =
+    bias - running_mean * scale``. Kept on ``bn`` (a plain attribute, no checkpoint key) while
+    its parameters and statistics are unchanged."""
+    tensors = [t for t in (bn.weight, bn.bias, bn.running_mean, bn.running_var) if t is not None]
+    key = tuple((t.data_ptr(), t._version) for t in tensors)
+    cached = bn.__dict__.get("_suite_eval_affine")
+    if cached is None or cached[0] != key:
+        scale = torch.rsqrt(bn.running_var.float() + bn.eps)
+        if bn.weight is not None:
+            scale = scale * bn.weight.detach().float()
+        shift = -bn.running_mean.float() * scale
+        if bn.bias is not None:
+            shift = shift + bn.bias.detach().float()
+        cached = (key, (scale.contiguous(), shift.contiguous()))
+        bn.__dict__["_suite_eval_affine"] = cached
+    return cached[1]
+
+
 def flipped(weight: torch.Tensor, groups: int) -> torch.Tensor:
     """The weight of the convolution that maps grad y to grad x (stride 1, same padding):
     per group, input and output channels swapped and every kernel turned by 180 degrees."""
@@ -319,7 +339,7 @@ class FiberConv3d(nn.Conv3d):
         """``self(relu(bn(x)))`` with the BatchNorm and ReLU applied in the kernel's packing of
         its input (``scale``, ``shift`` per channel): no activated copy of ``x`` is written or
         read. Only where ``folds(bn, x)``."""
-        scale, shift = self._folded(bn)
+        scale, shift = eval_affine(bn)
         with torch.profiler.record_function(PROFILED_AS):
             return extension().forward_cl(x, self._packed(x), self.out_channels // self.groups,
                                           list(self.stride), scale, shift)
@@ -332,22 +352,6 @@ class FiberConv3d(nn.Conv3d):
 
         return bool(self._forward_hooks or self._forward_pre_hooks
                     or module._global_forward_hooks or module._global_forward_pre_hooks)
-
-    def _folded(self, bn: nn.BatchNorm3d) -> tuple[torch.Tensor, torch.Tensor]:
-        """BatchNorm's eval-mode affine, (scale, shift) per channel, kept while its parameters
-        and statistics are unchanged."""
-        tensors = [t for t in (bn.weight, bn.bias, bn.running_mean, bn.running_var) if t is not None]
-
-        def fold():
-            scale = torch.rsqrt(bn.running_var.float() + bn.eps)
-            if bn.weight is not None:
-                scale = scale * bn.weight.detach().float()
-            shift = -bn.running_mean.float() * scale
-            if bn.bias is not None:
-                shift = shift + bn.bias.detach().float()
-            return scale.contiguous(), shift.contiguous()
-
-        return self._kept("_fold_cache", (id(bn), *((t.data_ptr(), t._version) for t in tensors)), fold)
 
     def _on_kernel(self, x: torch.Tensor) -> bool:
         if torch.compiler.is_compiling() or torch.jit.is_tracing():

@@ -77,6 +77,10 @@ def test_eval_mode_without_gradients_uses_the_running_statistics():
     with torch.no_grad():
         assert fused.applies(x)
         close(fused(x), torch.relu(reference(x)))
+        for bn in (reference, fused):  # the kept affine follows the statistics it came from
+            bn.running_mean.add_(0.5)
+            bn.weight.mul_(-1)
+        close(fused(x), torch.relu(reference(x)))
 
 
 def test_relu_keeps_a_nan_as_pytorch_does():
