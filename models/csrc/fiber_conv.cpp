@@ -573,13 +573,11 @@ void pack_band(const float* xp, float* buf, const ClGeo& g, int n, int ti0, int 
       float* row = buf + ((int64_t)(ti % g.KT) * rows_in + r) * row_floats;
       if constexpr (PLANAR) {
         pack_planar_row<AFFINE>(from, row, g, ng, group_stride, affine, (int64_t)grp0 * cin);
-        continue;
-      }
-      for (int w = 0; w < g.W; ++w, from += g.C) {
-        for (int j = 0; j < ng; ++j) {
-          const float* src = from + j * cin;
-          const int64_t ch = (int64_t)(grp0 + j) * cin;  // the group's first channel
-          if constexpr (!PLANAR) {
+      } else {
+        for (int w = 0; w < g.W; ++w, from += g.C) {
+          for (int j = 0; j < ng; ++j) {
+            const float* src = from + j * cin;
+            const int64_t ch = (int64_t)(grp0 + j) * cin;  // the group's first channel
             float* dst = row + j * group_stride + (int64_t)w * cin;
             int c = 0;
             for (; c + 8 < cin; c += 8) {
