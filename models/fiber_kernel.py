@@ -149,17 +149,26 @@ def eval_affine(bn: nn.BatchNorm3d) -> tuple[torch.Tensor, torch.Tensor]:
     bias - running_mean * scale``. Kept on ``bn`` (a plain attribute, no checkpoint key) while
     its parameters and statistics are unchanged."""
     tensors = [t for t in (bn.weight, bn.bias, bn.running_mean, bn.running_var) if t is not None]
-    key = tuple((t.data_ptr(), t._version) for t in tensors)
-    cached = bn.__dict__.get("_suite_eval_affine")
-    if cached is None or cached[0] != key:
+
+    def fold():
         scale = torch.rsqrt(bn.running_var.float() + bn.eps)
         if bn.weight is not None:
             scale = scale * bn.weight.detach().float()
         shift = -bn.running_mean.float() * scale
         if bn.bias is not None:
             shift = shift + bn.bias.detach().float()
-        cached = (key, (scale.contiguous(), shift.contiguous()))
-        bn.__dict__["_suite_eval_affine"] = cached
+        return scale.contiguous(), shift.contiguous()
+
+    return kept(bn, "_suite_eval_affine", tuple((t.data_ptr(), t._version) for t in tensors), fold)
+
+
+def kept(module: nn.Module, name: str, key: tuple, make):
+    """``make()``, kept on ``module`` and computed again only when ``key`` changes; in a plain
+    attribute, not a buffer, so no checkpoint key."""
+    cached = module.__dict__.get(name)
+    if cached is None or cached[0] != key:
+        cached = (key, make())
+        module.__dict__[name] = cached
     return cached[1]
 
 
@@ -308,17 +317,8 @@ class FiberConv3d(nn.Conv3d):
         is wanted (a training step packs afresh: its weight changes every step)."""
         if not channels_last(x, self.stride) or (torch.is_grad_enabled() and self.weight.requires_grad):
             return None
-        return self._kept("_pack_cache", (self.weight.data_ptr(), self.weight._version),
-                          lambda: extension().pack_cl(self.weight.detach(), self.groups))
-
-    def _kept(self, name: str, key: tuple, make):
-        """``make()``, computed again only when ``key`` changes; kept in a plain attribute, not a
-        buffer, so no checkpoint key."""
-        cached = getattr(self, name, None)
-        if cached is None or cached[0] != key:
-            cached = (key, make())
-            setattr(self, name, cached)
-        return cached[1]
+        return kept(self, "_pack_cache", (self.weight.data_ptr(), self.weight._version),
+                    lambda: extension().pack_cl(self.weight.detach(), self.groups))
 
     def forward_after(self, bn: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """``self(relu(bn(x)))``: folded (``forward_folded``) where ``folds`` says so, else the
