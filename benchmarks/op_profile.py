@@ -41,7 +41,7 @@ from benchmarks import runtime, speed
 from benchmarks.cost import count_macs, layer_type
 from benchmarks.run import parse_clip
 from benchmarks.workload import DTYPES, Setup, Workload
-from models import ledger
+from models import fiber_kernel, ledger
 
 CONVS = (nn.Conv2d, nn.Conv3d)
 
@@ -143,8 +143,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--dtype", default="fp32", choices=tuple(DTYPES))
     p.add_argument("--channels-last", action="store_true")
-    p.add_argument("--fiber-kernel", action="store_true",
-                   help="grouped (1|3)x3x3 convs on the suite's kernel (models/fiber_kernel.py)")
+    p.add_argument("--stock-kernels", action="store_true",
+                   help="MF-Net's fiber convs and BatchNorm + ReLU on PyTorch's kernels, as "
+                        "footnote 5 found them (default: on the suite's, models/fiber_kernel.py, "
+                        "wherever it runs)")
     p.add_argument("--rows", type=int, default=15, help="rows of the per-op table")
     p.add_argument("--against", metavar="NAME",
                    help="also time this model's same step (at its spec input) and compare its "
@@ -159,9 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         p.exit(2, f"op_profile.py: error: {exc}\n")
     runtime.keep_freed_memory()
-    if args.fiber_kernel and args.device != "cpu":
-        p.exit(2, "op_profile.py: error: --fiber-kernel is a CPU kernel\n")
-    setup = Setup(args.device, args.dtype, args.channels_last, fiber_kernel=args.fiber_kernel)
+    setup = Setup(args.device, args.dtype, args.channels_last,
+                  fiber_kernel=not args.stock_kernels and not fiber_kernel.why_not(args.device, args.dtype))
+    print(f"fiber convs: {'suite kernel' if setup.fiber_kernel else 'stock kernels'}")
     workload = Workload(args.model, setup, args.clip)
     x, y = workload.inputs(args.batch)
     train_step = workload.make_train_step() if args.train else None

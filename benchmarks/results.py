@@ -93,11 +93,12 @@ class RunConditions:
         return {column: getattr(self, column) for column in CONDITION_COLUMNS}
 
 
-def under(frame: pd.DataFrame, run: RunConditions) -> pd.Series:
-    """The rows measured under ``run``'s conditions."""
+def under(frame: pd.DataFrame, run: RunConditions, ignore: tuple[str, ...] = ()) -> pd.Series:
+    """The rows measured under ``run``'s conditions, but for the columns in ``ignore``."""
     mask = pd.Series(True, index=frame.index)
     for column, value in run.key().items():
-        mask &= frame[column] == value
+        if column not in ignore:
+            mask &= frame[column] == value
     return mask
 
 
@@ -175,7 +176,9 @@ class ResultsStore:
         key = {"model": model, "measurement": measurement, "clip": clip}
         if dataset is not None:
             key["dataset"] = dataset
-        mask = (frame["status"] == "ok") & under(frame, run)
+        # counted costs are the model's, whatever kernels ran it
+        ignore = ("kernels",) if measurement == "cost" else ()
+        mask = (frame["status"] == "ok") & under(frame, run, ignore)
         for column, value in key.items():
             mask &= frame[column] == value
         held = frame[mask]

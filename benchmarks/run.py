@@ -67,20 +67,20 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def check_fiber_kernel(args: argparse.Namespace) -> None:
-    """``--fiber-kernel``: rows marked kernels=suite must have run on the kernel, so what it does
-    not cover is refused; and it is built now (a minute, once per machine), never in a timing."""
-    if args.device != "cpu":
-        raise ValueError("--fiber-kernel is a CPU kernel; on a GPU the fiber convs run on cuDNN")
-    if args.compile or args.dtype != "fp32":  # compiled graphs and autocast run stock convs
-        raise ValueError("--fiber-kernel is an eager fp32 kernel: drop --compile, use --dtype fp32")
-    if {"accuracy", "data"} & set(args.measure):
-        raise ValueError("--fiber-kernel times the kernel: use --measure cost,memory,speed "
-                         "(accuracy and data loading run on stock kernels)")
+def resolve_fiber_kernel(args: argparse.Namespace) -> None:
+    """``args.fiber_kernel``: suite, stock or paired. Unset, the suite's kernel wherever it runs,
+    as MF-Net's own default; else stock. Rows marked kernels=suite must have run on it, so an
+    explicit suite or paired that cannot run is refused. The kernel is built here (a minute,
+    once per machine), never inside a timing."""
+    asked = args.fiber_kernel
+    if asked == "stock":
+        return
     from models import fiber_kernel
 
-    if fiber_kernel.extension() is None:
-        raise ValueError(f"--fiber-kernel: {fiber_kernel.status()}")
+    why = fiber_kernel.why_not(args.device, args.dtype, args.compile)
+    if why and asked:
+        raise ValueError(f"--fiber-kernel {asked}: {why}")
+    args.fiber_kernel = "stock" if why else asked or "suite"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -110,12 +110,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dtype", default="fp32", choices=tuple(DTYPES))
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (inductor)")
-    p.add_argument("--fiber-kernel", nargs="?", const="alone", choices=("alone", "paired"),
-                   help="grouped (1|3)x3x3 convs (MF-Net's fiber convs) on the suite's kernel "
-                        "(models/fiber_kernel.py); dense convs stay on PyTorch's. Rows: "
-                        "kernels=suite. 'paired': speed also times the same model on stock "
-                        "kernels in the same process, in alternating rounds (rows of both, one "
-                        "run id), the comparison footnote 5's forecast is judged on")
+    p.add_argument("--fiber-kernel", nargs="?", const="suite", choices=("suite", "stock", "paired"),
+                   help="MF-Net's fiber convs (grouped (1|3)x3x3) and its BatchNorm + ReLU on the "
+                        "suite's kernel (models/fiber_kernel.py; rows: kernels=suite) or on "
+                        "PyTorch's (stock, as footnote 5 found it); dense convs stay on PyTorch's. "
+                        "Default: suite wherever it runs (CPU, fp32, eager), else stock. 'paired': "
+                        "speed also times each model on stock kernels in the same process, in "
+                        "alternating rounds (rows of both, one run id), the comparison footnote "
+                        "5's forecast is judged on")
     p.add_argument("--results", default=None,
                    help="results directory (default: results/; with --quick, results-quick/, so "
                         "smoke-test timings never stand in for the measured ones in results/)")
@@ -142,8 +144,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.device = resolve_device(args.device)
         if args.dtype == "tf32" and args.device != "cuda":
             raise ValueError("--dtype tf32 is a CUDA math mode; on a CPU use fp32")
-        if args.fiber_kernel:
-            check_fiber_kernel(args)
+        resolve_fiber_kernel(args)
         check_accuracy_inputs(args, explicit)
     except ValueError as exc:
         p.error(str(exc))
@@ -333,7 +334,7 @@ class RunWriter:
             env["gpu_policy"] = runtime.gpu_policy(args.dtype)
         self.conditions = RunConditions(self.run_id, args.device, env["device_name"], args.dtype,
                                         args.channels_last, args.compile, env["threads"],
-                                        "suite" if args.fiber_kernel else "stock")
+                                        "stock" if args.fiber_kernel == "stock" else "suite")
         self.sidecar = env | {"quick": args.quick, "batch_size": args.batch_size, "argv": sys.argv[1:]}
         if args.fiber_kernel == "paired":
             self.sidecar["speed_kernels"] = ("stock and suite, timed in alternating rounds in this "
@@ -374,7 +375,8 @@ def measure_isolated(name: str, measurement: str, args, setup: Setup, label: str
 def run(args: argparse.Namespace, console: Console) -> int:
     store = ResultsStore(args.results)
     check_inputs(args, store)
-    setup = Setup(args.device, args.dtype, args.channels_last, args.compile, bool(args.fiber_kernel))
+    setup = Setup(args.device, args.dtype, args.channels_last, args.compile,
+                  args.fiber_kernel != "stock")
     writer = RunWriter(args, store)
     args.conditions = writer.conditions
     # --fiber-kernel paired: speed rows also stand under stock kernels (Measurement.kernels)
@@ -568,7 +570,7 @@ def accuracy_config(name: str, args, clip_budget: int | None = None, note: str =
     return train.Config(
         model=name, dataset="motion", clip=args.clip or MOTION_CLIP, seed=args.seed,
         results=args.results, out=str(Path(args.results) / "checkpoints"),
-        epochs=args.epochs or 1000, **budget, **preset)
+        epochs=args.epochs or 1000, stock_kernels=args.fiber_kernel == "stock", **budget, **preset)
 
 
 def probe_phase(names: list[str], args) -> dict[str, tuple[float, float]]:
@@ -594,8 +596,9 @@ def clip_budget(name: str, args) -> tuple[int, str]:
     rate, peak = args.probes[name]
     best_now = max(p for _, p in args.probes.values())
     frame = ResultsStore(args.results).frame()
+    # the machine's peak is a dense conv's: the fiber kernel (kernels) plays no part in it
     recorded = frame[(frame["model"] == "_machine") & (frame["metric"] == "peak_gmacs_per_s")
-                     & (frame["status"] == "ok") & under(frame, args.conditions)]["value"]
+                     & (frame["status"] == "ok") & under(frame, args.conditions, ("kernels",))]["value"]
     best_recorded = max([best_now, *recorded.tolist()])
     cfg = accuracy_config(name, args)
     clips = max(cfg.batch_size, round(rate * args.train_budget * best_now / peak))

@@ -50,6 +50,7 @@ from benchmarks import datasets, environment, motion, runtime
 from benchmarks.motion import MotionDataset
 from benchmarks.results import Measurement, ResultsStore, RunConditions, new_run_id
 from benchmarks.workload import AUTOCAST, parse_clip
+from models import fiber_kernel
 from models.checkpoint import FORMAT, CheckpointError, classifier_name, file_digest
 from models.errors import first_line
 
@@ -111,6 +112,9 @@ class Config:
     amp: str | None = None  # bf16 | fp16: autocast (fp16 with a GradScaler)
     channels_last: bool = False
     compile: bool = False
+    # MF-Net's fiber convs and BatchNorm + ReLU on PyTorch's kernels, not the suite's
+    # (models/fiber_kernel.py), which run wherever they can by default; rows say which ran
+    stock_kernels: bool = False
     model_args: dict = field(default_factory=dict)
     run_id: str = ""
 
@@ -147,6 +151,9 @@ def parse_args(argv=None) -> list[Config]:
     p.add_argument("--amp", choices=tuple(AMP_DTYPES), help="mixed precision (fp16: CUDA only)")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--stock-kernels", action="store_true",
+                   help="MF-Net's fiber convs on PyTorch's kernels, not the suite's (the default "
+                        "on a CPU, fp32, eager)")
     p.add_argument("--eval-only", action="store_true", help="evaluate --checkpoint as it is")
     p.add_argument("--checkpoint", help="weights to start from (or to evaluate)")
     p.add_argument("--resume", action="store_true", help="continue from <out>/<run>/last.pt")
@@ -199,7 +206,8 @@ def expand(a: argparse.Namespace) -> list[Config]:
     if not seeds:
         raise SettingsError("--seeds is empty")
     common = dict(eval_only=a.eval_only, checkpoint=a.checkpoint, resume=a.resume, results=a.results,
-                  out=a.out, channels_last=a.channels_last, compile=a.compile)
+                  out=a.out, channels_last=a.channels_last, compile=a.compile,
+                  stock_kernels=a.stock_kernels)
     configs = [Config(**values, **common, split=split, seed=seed) for split in splits for seed in seeds]
     check_fits(configs[0], spec)
     return configs
@@ -587,6 +595,14 @@ def weights_of(cfg: Config) -> str:
     return f"{kind}:{path.name}@{file_digest(path)}"
 
 
+def kernels_of(cfg: Config, device) -> str:
+    """The rows' kernels condition: suite where the model was put on the suite's kernel and it
+    runs under the run's conditions, else stock (as ``run.py`` labels its rows)."""
+    if cfg.stock_kernels or fiber_kernel.why_not(device.type, cfg.amp or "fp32", cfg.compile):
+        return "stock"
+    return "suite"
+
+
 def settings_of(cfg: Config, weights: str) -> dict:
     """What defines a run's numbers: a resume with anything else is refused."""
     values = {k: v for k, v in _jsonable(cfg).items() if k not in RESUMABLE}
@@ -636,6 +652,7 @@ def place_model(cfg: Config, spec, num_classes: int, rank: int, world: int, devi
         if message and rank == 0:
             print(message, flush=True)
     model = model.to(device)
+    fiber_kernel.use_kernels(model, suite=not cfg.stock_kernels)
     if cfg.channels_last:
         model = model.to(memory_format=memory_format(len(spec.input_shape) + 1))
     module = model
@@ -698,7 +715,7 @@ class Session:
         self.store = ResultsStore(self.cfg.results)
         self.conditions = RunConditions(self.run_id, device.type, environment.device_name(device.type),
                                         self.cfg.amp or "fp32", self.cfg.channels_last, self.cfg.compile,
-                                        torch.get_num_threads())
+                                        torch.get_num_threads(), kernels_of(self.cfg, device))
         self.dataset, self.clip = dataset, clip
         self.store.check_writable()
         self.store.write_environment(self.run_id, environment.collect(device.type) | extra
@@ -870,6 +887,7 @@ def probe_rate(cfg: Config, seconds: float) -> float:
     train_set, _, _, num_classes, _ = build_data(cfg, spec)
     torch.manual_seed(cfg.seed)
     model = models.create_model(cfg.model, num_classes=num_classes, **cfg.model_args).train()
+    fiber_kernel.use_kernels(model, suite=not cfg.stock_kernels)
     optimizer = make_optimizer(model, cfg)
     loss_fn = nn.CrossEntropyLoss()
     data = DataLoader(train_set, batch_size=cfg.batch_size, num_workers=0, drop_last=True,

@@ -11,8 +11,9 @@ kernel's extension; ``docs/fiber-kernel.md`` has the formulas and the measured e
   Elsewhere (an eval-mode BN that needs gradients, another layout, ``torch.compile``) it is
   ``relu(bn(x))`` as PyTorch computes it.
 - ``use_kernel`` (``models/fiber_kernel.py``) turns every ``BatchNorm3d`` followed by a
-  ``ReLU`` inside an ``nn.Sequential`` into ``BatchNormReLU3d`` and that ReLU into an
-  ``Identity``: the parameters, buffers and checkpoint keys stay as they are.
+  ``ReLU`` inside an ``nn.Sequential`` into ``BatchNormReLU3d`` and that ReLU into a
+  ``FusedReLU`` (an identity); ``use_stock`` turns them back. The parameters, buffers and
+  checkpoint keys stay as they are.
 """
 
 import torch
@@ -77,7 +78,7 @@ class BatchNormReLU3d(nn.BatchNorm3d):
 
     def applies(self, x: torch.Tensor) -> bool:
         """Whether this call runs on the kernel: see the module docstring."""
-        if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        if fiber_kernel.traced():
             return False
         if not (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 5
                 and x.shape[1] == self.num_features  # else PyTorch's own error says so
@@ -107,17 +108,48 @@ class BatchNormReLU3d(nn.BatchNorm3d):
                 self.running_var.lerp_(var * (rows / (rows - 1)), factor)
 
 
+class FusedReLU(nn.Identity):
+    """Where a ``ReLU`` stood after a ``BatchNormReLU3d``, which applies it: an identity that
+    remembers the ReLU's ``inplace``, so ``unfuse_bn_relu`` can put it back."""
+
+    def __init__(self, inplace: bool = False):
+        super().__init__()
+        self.inplace = inplace
+
+    def extra_repr(self) -> str:
+        return "applied by the BatchNormReLU3d before it"
+
+
 def fuse_bn_relu(model: nn.Module) -> int:
     """Turn every ``BatchNorm3d`` followed by a ``ReLU`` in an ``nn.Sequential`` of ``model``
-    into ``BatchNormReLU3d`` and that ReLU into an ``Identity``, in place; how many. Only a
+    into ``BatchNormReLU3d`` and that ReLU into a ``FusedReLU``, in place; how many. Only a
     Sequential's order is the order its children run in, so only there is the pair certain."""
     count = 0
+    for seq, first, second in _pairs(model):
+        bn, relu = seq._modules[first], seq._modules[second]
+        if type(bn) is nn.BatchNorm3d and type(relu) is nn.ReLU:
+            bn.__class__ = BatchNormReLU3d
+            seq._modules[second] = FusedReLU(relu.inplace)
+            count += 1
+    return count
+
+
+def unfuse_bn_relu(model: nn.Module) -> int:
+    """Undo ``fuse_bn_relu``, in place: each ``BatchNormReLU3d`` a plain ``BatchNorm3d`` again and
+    the ``FusedReLU`` after it a ``ReLU``; how many."""
+    count = 0
+    for seq, first, second in _pairs(model):
+        bn, relu = seq._modules[first], seq._modules[second]
+        if type(bn) is BatchNormReLU3d and type(relu) is FusedReLU:
+            bn.__class__ = nn.BatchNorm3d
+            bn.__dict__.pop(fiber_kernel.EVAL_AFFINE, None)
+            seq._modules[second] = nn.ReLU(relu.inplace)
+            count += 1
+    return count
+
+
+def _pairs(model: nn.Module):
+    """(Sequential, name, next name) for every two neighbours in ``model``'s Sequentials."""
     for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
         names = list(seq._modules)
-        for first, second in zip(names, names[1:]):
-            bn, relu = seq._modules[first], seq._modules[second]
-            if type(bn) is nn.BatchNorm3d and type(relu) is nn.ReLU:
-                bn.__class__ = BatchNormReLU3d
-                seq._modules[second] = nn.Identity()
-                count += 1
-    return count
+        yield from ((seq, first, second) for first, second in zip(names, names[1:]))

@@ -42,6 +42,7 @@ SOURCES = [SOURCE, SOURCE.with_name("bn_relu.cpp")]  # one extension: the fiber 
 NAME = "mfnet_fiber_conv"
 SWITCH = "MFNET_FIBER_KERNEL"  # off | scalar | (unset: the fastest path this CPU has)
 PROFILED_AS = "suite::fiber_conv"  # the kernel's forward, as torch.profiler's tables name it
+PACKED, EVAL_AFFINE = "_pack_cache", "_suite_eval_affine"  # what ``kept`` holds on a module
 _loaded: dict = {}
 
 
@@ -108,6 +109,9 @@ def extension():
             from torch.utils import cpp_extension
 
             check_cache()
+            if not (_build_dir() / f"{NAME}.so").is_file():
+                print("building the suite's fiber-conv kernel, once per machine (about a minute)",
+                      file=sys.stderr, flush=True)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # "no CUDA runtime": this is a CPU kernel
                 # -fopenmp: at::parallel_for is a header template; built without it, the
@@ -134,13 +138,29 @@ def status(build: bool = True) -> str:
     reports without building: a run whose models never asked for the kernel does not pay the
     first build (about a minute) to say so."""
     if not build and "module" not in _loaded:
-        return "not loaded: stock PyTorch kernels (run.py --fiber-kernel opts in)"
+        return "not loaded: no fiber conv or fused BatchNorm + ReLU has run in this process"
     module = extension()
     if module is None:
         return f"stock PyTorch kernels: {_loaded['why']}"
     path = module.path(force_scalar())
     # models/bn_relu.py runs on the AVX2 path only
     return f"suite kernel ({path})" + ("; BatchNorm + ReLU fused" if path == "avx2" else "")
+
+
+def why_not(device: str, dtype: str = "fp32", compiled: bool = False) -> str:
+    """Why MF-Net's fiber convs cannot run on the kernel under a run's conditions, or "" where
+    they do (then the kernel is built now, never inside a timing). MF-Net is channels-last
+    inside, and its channels-last convs and fused BatchNorm + ReLU need the AVX2 path."""
+    if device != "cpu":
+        return "it is a CPU kernel (on a GPU the fiber convs run on cuDNN)"
+    if compiled or dtype != "fp32":  # compiled graphs and autocast run PyTorch's convs
+        return "it is an eager fp32 kernel (compiled graphs and autocast run PyTorch's convs)"
+    module = extension()
+    if module is None:
+        return _loaded["why"]
+    if module.path(force_scalar()) != "avx2":
+        return f"this CPU has no AVX2 + FMA, or {SWITCH}=scalar: channels-last convs run on PyTorch's"
+    return ""
 
 
 def eval_affine(bn: nn.BatchNorm3d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -159,7 +179,16 @@ def eval_affine(bn: nn.BatchNorm3d) -> tuple[torch.Tensor, torch.Tensor]:
             shift = shift + bn.bias.detach().float()
         return scale.contiguous(), shift.contiguous()
 
-    return kept(bn, "_suite_eval_affine", tuple((t.data_ptr(), t._version) for t in tensors), fold)
+    return kept(bn, EVAL_AFFINE, tuple((t.data_ptr(), t._version) for t in tensors), fold)
+
+
+def traced() -> bool:
+    """Whether this call is compiled, traced or run under a dispatch mode (FLOP counters such as
+    ``torch.utils.flop_counter.FlopCounterMode``, fake tensors, ``torch.export``). The kernel is
+    one opaque call to all of these, so there they get PyTorch's own ops: a FLOP count must see
+    the fiber convs."""
+    return (torch.compiler.is_compiling() or torch.jit.is_tracing()
+            or torch._C._len_torch_dispatch_stack() > 0)
 
 
 def kept(module: nn.Module, name: str, key: tuple, make):
@@ -317,7 +346,7 @@ class FiberConv3d(nn.Conv3d):
         is wanted (a training step packs afresh: its weight changes every step)."""
         if not channels_last(x, self.stride) or (torch.is_grad_enabled() and self.weight.requires_grad):
             return None
-        return kept(self, "_pack_cache", (self.weight.data_ptr(), self.weight._version),
+        return kept(self, PACKED, (self.weight.data_ptr(), self.weight._version),
                     lambda: extension().pack_cl(self.weight.detach(), self.groups))
 
     def forward_after(self, bn: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -354,7 +383,7 @@ class FiberConv3d(nn.Conv3d):
                     or module._global_forward_hooks or module._global_forward_pre_hooks)
 
     def _on_kernel(self, x: torch.Tensor) -> bool:
-        if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        if traced():
             return False
         kt = self.kernel_size[0]
         common = (x.device.type == "cpu" and x.dtype == self.weight.dtype and self.bias is None
@@ -396,3 +425,24 @@ def use_kernel(model: nn.Module) -> int:
 
         fuse_bn_relu(model)
     return count
+
+
+def use_stock(model: nn.Module) -> int:
+    """Undo ``use_kernel``, in place: every ``FiberConv3d`` a plain ``Conv3d`` and every fused
+    BatchNorm + ReLU the two modules again; how many convs. MF-Net as footnote 5 found it, the
+    harness's stock condition (``run.py --fiber-kernel stock``)."""
+    count = 0
+    for module in model.modules():
+        if type(module) is FiberConv3d:
+            module.__class__ = nn.Conv3d
+            module.__dict__.pop(PACKED, None)
+            count += 1
+    from models.bn_relu import unfuse_bn_relu
+
+    unfuse_bn_relu(model)
+    return count
+
+
+def use_kernels(model: nn.Module, suite: bool) -> int:
+    """``use_kernel(model)`` where ``suite``, else ``use_stock(model)``: a run's kernels condition."""
+    return use_kernel(model) if suite else use_stock(model)

@@ -126,9 +126,12 @@ class MultiFiberUnit(nn.Module):
         self.first = first
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = x + self.conv_i2(self.conv_i1(x)) if self.multiplexer else x
+        # the residual adds go into the conv outputs, which are fresh tensors that no backward
+        # needs: no new block per add, which at the throughput batch glibc would map and
+        # page-fault in afresh every step (docs/fiber-kernel.md)
+        h = self.conv_i2(self.conv_i1(x)).add_(x) if self.multiplexer else x
         h = self.conv_m2(self.conv_m1(h))
-        return h + (self.conv_w1(x) if self.first else x)
+        return h.add_(self.conv_w1(x) if self.first else x)
 
 
 class MFNet(nn.Module):
@@ -138,14 +141,17 @@ class MFNet(nn.Module):
                  stem_channels: int = 16, stem_kernel=(3, 5, 5),
                  widths=(96, 192, 384, 768), depths=(3, 4, 6, 3), groups: int = 16,
                  multiplexer: bool = True, temporal_strides=(2, 1, 1, 1), dropout: float = 0.0,
-                 channels_last: bool = True, fiber_kernel: bool = False):
+                 channels_last: bool = True, fiber_kernel: bool | None = None):
         super().__init__()
         # Channels-last is the fast path for fiber (grouped) convs on oneDNN and cuDNN: on this
         # suite's CPU it cut 16x224x224 inference at batch 1 from 225 ms to 124 ms; its 1x1x1
         # convs are also kept on oneDNN at batch 1 (``OneDNNPointwiseConv3d``). The math,
         # the parameters and the checkpoint keys are the same; channels_last=False is the plain
         # reference path (plain ``Conv3d``, contiguous) the fast one is tested against.
-        # fiber_kernel: the 3D net's fiber convs on the suite's kernel (``models/fiber_kernel.py``)
+        # fiber_kernel: the 3D net's fiber convs (and the BatchNorm + ReLU before its convs) on
+        # the suite's kernel (``models/fiber_kernel.py``) wherever it runs (CPU, fp32, eager);
+        # PyTorch's own everywhere else. None: with the fast path, so the reference path stays
+        # plain. fiber_kernel.use_stock(model) puts a built model on stock kernels.
         geometry = replace(geometry, onednn_pointwise=channels_last and geometry.ndim == 3)
         self.memory_format = ((torch.channels_last_3d if geometry.ndim == 3 else torch.channels_last)
                               if channels_last else torch.contiguous_format)
@@ -176,7 +182,7 @@ class MFNet(nn.Module):
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.classifier = nn.Linear(num_in, num_classes)
         init_weights(self)
-        if fiber_kernel and geometry.ndim == 3:
+        if (channels_last if fiber_kernel is None else fiber_kernel) and geometry.ndim == 3:
             use_kernel(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

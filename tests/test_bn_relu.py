@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from models import bn_relu
 from models import fiber_kernel as fk
 from models.bn_relu import BatchNormReLU3d, fuse_bn_relu
 
@@ -138,8 +139,12 @@ def test_fusing_pairs_only_a_sequential_s_batchnorm_then_relu_and_keeps_the_keys
     x = channels_last(2, 4, 2, 3, 3)
     expected = model(x)
     assert fuse_bn_relu(model) == 2
-    assert [type(m).__name__ for m in model] == ["BatchNormReLU3d", "Identity", "Conv3d",
+    assert [type(m).__name__ for m in model] == ["BatchNormReLU3d", "FusedReLU", "Conv3d",
                                                  "BatchNorm3d", "Conv3d", "ReLU", "Sequential"]
-    assert [type(m).__name__ for m in model[6]] == ["ReLU", "BatchNormReLU3d", "Identity"]
+    assert [type(m).__name__ for m in model[6]] == ["ReLU", "BatchNormReLU3d", "FusedReLU"]
     assert list(model.state_dict()) == keys
     close(model(x), expected)
+    assert bn_relu.unfuse_bn_relu(model) == 2
+    assert [type(m).__name__ for m in model.modules()] == [
+        "Sequential", "BatchNorm3d", "ReLU", "Conv3d", "BatchNorm3d", "Conv3d", "ReLU", "Sequential",
+        "ReLU", "BatchNorm3d", "ReLU"]

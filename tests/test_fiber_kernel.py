@@ -13,6 +13,7 @@ from torch import nn
 from models import bn_relu
 from models import fiber_kernel as fk
 from models.bn_relu import BatchNormReLU3d
+from models.fiber_kernel import FiberConv3d
 from models.mfnet import MFNet
 
 
@@ -172,7 +173,7 @@ def test_a_training_step_of_mfnet_on_the_kernel_equals_the_reference_path():
     training-mode BatchNorm on few values (batch 2, a 2x2 last stage) fp32's rounding grows to
     about 1% of a gradient's norm on either path; a wrong gradient is off by its whole size."""
     torch.manual_seed(0)
-    models = {"reference": MFNet(channels_last=False), "stock": MFNet(), "fast": MFNet(fiber_kernel=True)}
+    models = {"reference": MFNet(channels_last=False), "stock": MFNet(fiber_kernel=False), "fast": MFNet()}
     kinds = [type(m).__name__ for m in models["fast"].modules()]
     assert kinds.count("BatchNormReLU3d") > 40 and "BatchNorm3d" not in kinds  # each is before a ReLU
     x = torch.randn(2, 3, 8, 48, 48)
@@ -317,7 +318,7 @@ def test_any_model_s_grouped_convs_go_on_the_kernel_with_its_keys_unchanged():
 
     workload = Workload("resnext3d", Setup(channels_last=True, fiber_kernel=True), (4, 32, 32))
     swapped = [m for m in workload.model.modules() if isinstance(m, fk.FiberConv3d)]
-    reference = Workload("resnext3d", Setup(channels_last=True), (4, 32, 32))
+    reference = Workload("resnext3d", Setup(channels_last=True, fiber_kernel=False), (4, 32, 32))
     assert swapped and not any(isinstance(m, fk.FiberConv3d) for m in reference.model.modules())
     assert list(workload.model.state_dict()) == list(reference.model.state_dict())
     x, _ = reference.inputs(1)
@@ -351,7 +352,7 @@ def test_recording_the_status_never_builds_the_kernel(monkeypatch):
 
     monkeypatch.setattr(fk, "_loaded", {})
     monkeypatch.setattr(fk, "extension", lambda: pytest.fail("built the kernel"))
-    assert environment.collect("cpu")["fiber_kernel"].startswith("not loaded: stock PyTorch kernels")
+    assert environment.collect("cpu")["fiber_kernel"].startswith("not loaded")
 
 
 def test_a_run_asking_for_the_kernel_where_it_cannot_be_built_stops_before_measuring(monkeypatch, capsys):
@@ -362,21 +363,61 @@ def test_a_run_asking_for_the_kernel_where_it_cannot_be_built_stops_before_measu
         run.parse_args(["--models", "mfnet", "--measure", "speed", "--fiber-kernel"])
     assert exit_.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err.endswith("--fiber-kernel: stock PyTorch kernels: the kernel could not be built (simulated)")
+    assert err.endswith("--fiber-kernel suite: the kernel could not be built (simulated)")
 
 
 @pytest.mark.parametrize("extra, why", [
-    (["--measure", "speed", "--compile"], "is an eager fp32 kernel"),
-    (["--measure", "speed", "--dtype", "bf16"], "is an eager fp32 kernel"),
-    (["--measure", "speed,accuracy"], "times the kernel: use --measure cost,memory,speed"),
-    ([], "times the kernel"),  # every measurement, accuracy among them
+    (["--compile"], "is an eager fp32 kernel"),
+    (["--dtype", "bf16"], "is an eager fp32 kernel"),
 ])
 def test_a_run_where_the_kernel_would_not_run_is_refused_rather_than_mislabelled(extra, why, capsys):
     from benchmarks import run
 
-    with pytest.raises(SystemExit):
-        run.parse_args(["--models", "mfnet", "--fiber-kernel", *extra])
-    assert f"--fiber-kernel {why}" in capsys.readouterr().err
+    for asked in ("suite", "paired"):
+        with pytest.raises(SystemExit):
+            run.parse_args(["--models", "mfnet", "--measure", "speed", "--fiber-kernel", asked, *extra])
+        assert f"--fiber-kernel {asked}: it {why}" in capsys.readouterr().err
+    # unasked, the run is on stock kernels and its rows say so
+    assert run.parse_args(["--models", "mfnet", "--measure", "speed", *extra]).fiber_kernel == "stock"
+
+
+def test_a_run_is_on_the_kernel_by_default_where_it_runs_and_on_stock_where_it_cannot_be_built(monkeypatch):
+    from benchmarks import run
+
+    argv = ["--models", "mfnet", "--measure", "speed"]
+    assert run.parse_args(argv).fiber_kernel == "suite"
+    assert run.parse_args(argv + ["--fiber-kernel", "stock"]).fiber_kernel == "stock"
+    assert run.parse_args(argv + ["--device", "cpu", "--fiber-kernel"]).fiber_kernel == "suite"
+    monkeypatch.setattr(fk, "_loaded", {"module": None, "why": "the kernel could not be built (simulated)"})
+    assert run.parse_args(argv).fiber_kernel == "stock"
+
+
+def test_mfnet_is_on_the_kernel_by_default_and_use_stock_gives_back_plain_modules():
+    """The fast path is the default as channels-last is (and the reference path stays plain);
+    ``use_stock`` turns a built model into the stock one, module for module, the same keys."""
+    kinds = lambda model: [type(m) for m in model.modules()]  # noqa: E731
+    default, stock = MFNet(), MFNet(fiber_kernel=False)
+    assert FiberConv3d in kinds(default) and BatchNormReLU3d in kinds(default)
+    assert FiberConv3d not in kinds(MFNet(channels_last=False)) and FiberConv3d not in kinds(stock)
+    assert fk.use_stock(default) == 28  # 16 units: 16 conv_m1 and 12 grouped conv_m2
+    assert kinds(default) == kinds(stock) and list(default.state_dict()) == list(stock.state_dict())
+    assert all(m.inplace for m in default.modules() if isinstance(m, nn.ReLU))
+    fk.use_kernels(default, suite=True)
+    assert kinds(default) == kinds(MFNet())
+
+
+def test_flop_counters_see_the_fiber_convs_the_kernel_runs():
+    """FlopCounterMode is a dispatch mode: under it the fiber convs run as PyTorch's convs, so
+    the count is the stock model's, not one without its grouped convs."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def flops(model):
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            model.eval()(torch.randn(1, 3, 4, 32, 32))
+        return counter.get_total_flops()
+
+    torch.manual_seed(0)
+    assert flops(MFNet()) == flops(MFNet(fiber_kernel=False)) > 0
 
 
 THP = Path("/sys/kernel/mm/transparent_hugepage/enabled")

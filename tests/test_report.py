@@ -121,7 +121,7 @@ def test_footnote_5_forecast_is_judged_from_mfnet_on_stock_and_on_the_suite_kern
     rates("run-stock", "stock", (80, 50, 40), "2026-01-01T00:00:00+00:00")
     rates("run-suite", "suite", (80, 100, 50), "2026-01-02T00:00:00+00:00")
     text = section()
-    assert "fiber convs optimised (the suite's kernels for MF-Net's grouped convs" in text
+    assert "fiber convs optimised (the suite's kernels, MF-Net's default, for its grouped convs" in text
     forecast = next(line for line in text.splitlines() if "run-stock vs run-suite" in line)
     assert "80 → 80 = **1.00×** ✓" in forecast and "50 → 100 = **2.00×** ✓ (b=4)" in forecast
     assert "40 → 50 = **1.25×** ✗ (b=4)" in forecast and "| does not hold here |" in forecast
@@ -167,6 +167,21 @@ def test_footnote_5_forecast_prefers_a_paired_run_to_newer_separate_ones(tmp_pat
     control = next(line for line in lines if line.startswith("Control"))
     assert "run run-paired" in control
     assert "inference b=1 1.10×, inference b=4 0.95×, training b=4 1.00×" in control
+
+
+def test_the_tables_show_a_paired_run_s_suite_rows_as_mfnet_s_default_path(tmp_path):
+    """Where a run timed MF-Net on both kernels, the tables take the suite's row (its default);
+    a newer run on stock kernels alone is newer, so it is the one shown."""
+    store = ResultsStore(tmp_path / "results")
+    run = RunConditions("run-paired", "cpu", "Test CPU", "fp32", False, False, 2, "suite")
+    store.append([Measurement("mfnet", "speed", "latency_ms", 80.0, "ms", "infer", 1, "16x224x224"),
+                  Measurement("mfnet", "speed", "latency_ms", 100.0, "ms", "infer", 1, "16x224x224",
+                              kernels="stock")], run, "2026-01-01T00:00:00+00:00")
+    assert report.Measured(load_results(store.root), "cpu", "Test CPU").get("mfnet", "latency_ms", 1) == 80
+    run = RunConditions("run-stock", "cpu", "Test CPU", "fp32", False, False, 2, "stock")
+    store.append([Measurement("mfnet", "speed", "latency_ms", 120.0, "ms", "infer", 1, "16x224x224")],
+                 run, "2026-01-02T00:00:00+00:00")
+    assert report.Measured(load_results(store.root), "cpu", "Test CPU").get("mfnet", "latency_ms", 1) == 120
 
 
 def test_motion_accuracy_is_reported_per_protocol_and_clip_for_the_current_generator(tmp_path):

@@ -117,16 +117,18 @@ def test_thread_count_is_a_condition_of_resume(tmp_path):
 
 def test_kernels_are_a_condition_and_rows_from_before_the_column_read_as_stock(tmp_path):
     store = ResultsStore(tmp_path)
-    store.append([row()], RUN, "2026-01-01T00:00:00+00:00")
-    required = [("params", None)]
+    latency = Measurement("mfnet", "speed", "latency_ms", 9.0, "ms", "infer", 1, "16x224x224")
+    store.append([row(), latency], RUN, "2026-01-01T00:00:00+00:00")
+    required, timed = [("params", None)], [("latency_ms", 1)]
     suite = RunConditions("run-b", "cpu", "Test CPU", "fp32", False, False, 2, "suite")
-    assert not store.done("mfnet", "cost", suite, "16x224x224", required)
+    assert not store.done("mfnet", "speed", suite, "16x224x224", timed)
+    assert store.done("mfnet", "cost", suite, "16x224x224", required)  # counted: any kernels
     old = store.csv.read_text().splitlines()
     column = old[0].split(",").index("kernels")
     cut = [",".join(c for i, c in enumerate(line.split(",")) if i != column) for line in old]
     store.csv.write_text("\n".join(cut) + "\n")  # a store written before the column existed
-    assert read_csv(store.csv)["kernels"].tolist() == ["stock"]
-    assert store.done("mfnet", "cost", RUN, "16x224x224", required)
+    assert read_csv(store.csv)["kernels"].tolist() == ["stock", "stock"]
+    assert store.done("mfnet", "speed", RUN, "16x224x224", timed)
 
 
 def test_report_on_error_rows_only_or_a_file_as_out_is_one_line(tmp_path):

@@ -18,6 +18,8 @@
 
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
+void prefer_huge_pages(const torch::Tensor& y);  // fiber_conv.cpp
+
 namespace {
 
 constexpr int64_t kBlock = 64;  // rows summed in fp32 before the fp64 total
@@ -116,7 +118,9 @@ Rows rows_of(const torch::Tensor& gy, const torch::Tensor& x) {
 }
 
 torch::Tensor like(const torch::Tensor& x) {
-  return torch::empty_like(x, at::MemoryFormat::ChannelsLast3d);
+  auto y = torch::empty_like(x, at::MemoryFormat::ChannelsLast3d);
+  prefer_huge_pages(y);  // fiber_conv.cpp: a large block is faulted in 2 MiB at a time
+  return y;
 }
 
 torch::Tensor channel_floats(const torch::Tensor& x, int64_t C) {
