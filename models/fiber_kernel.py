@@ -38,9 +38,12 @@ import torch.nn.functional as F
 from torch import nn
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "fiber_conv.cpp"
-SOURCES = [SOURCE, SOURCE.with_name("bn_relu.cpp")]  # one extension: the fiber convs, BN + ReLU
+# one extension: the fiber convs, BatchNorm + ReLU, the large-block pool
+SOURCES = [SOURCE, SOURCE.with_name("bn_relu.cpp"), SOURCE.with_name("pool.cpp")]
 NAME = "mfnet_fiber_conv"
 SWITCH = "MFNET_FIBER_KERNEL"  # off | scalar | (unset: the fastest path this CPU has)
+# off | MiB kept at most | (unset: a quarter of memory): freed CPU blocks of 32 MiB and up kept
+POOL_SWITCH = "MFNET_LARGE_BLOCK_POOL"
 PROFILED_AS = "suite::fiber_conv"  # the kernel's forward, as torch.profiler's tables name it
 PACKED, EVAL_AFFINE = "_pack_cache", "_suite_eval_affine"  # what ``kept`` holds on a module
 _loaded: dict = {}
@@ -125,8 +128,21 @@ def extension():
             last = (str(exc).strip().splitlines() or [""])[-1]  # a build log ends with its cause
             why = f"the kernel could not be built ({type(exc).__name__}: {last})"
             warnings.warn(f"fiber convs run on PyTorch's own kernels: {why}", stacklevel=2)
-    _loaded.update(module=module, why=why)
+    _loaded.update(module=module, why=why, pool=module is not None and _install_pool(module))
     return module
+
+
+def _install_pool(module) -> bool:
+    """The large-block pool (``csrc/pool.cpp``) in front of PyTorch's CPU allocator, keeping at
+    most ``POOL_SWITCH`` MiB of freed blocks (default: a quarter of this machine's memory);
+    not where it is ``off``. An unreadable value is a one-line error, not a silent default."""
+    value = os.environ.get(POOL_SWITCH, "").strip().lower()
+    if value == "off":
+        return False
+    if value and not (value.isdigit() and int(value) > 0):
+        raise ValueError(f"{POOL_SWITCH}={value!r}: use off or a size in MiB (e.g. 2048)")
+    cap = int(value) << 20 if value else os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
+    return module.pool_install(cap)
 
 
 def force_scalar() -> bool:
@@ -144,7 +160,8 @@ def status(build: bool = True) -> str:
         return f"stock PyTorch kernels: {_loaded['why']}"
     path = module.path(force_scalar())
     # models/bn_relu.py runs on the AVX2 path only
-    return f"suite kernel ({path})" + ("; BatchNorm + ReLU fused" if path == "avx2" else "")
+    return (f"suite kernel ({path})" + ("; BatchNorm + ReLU fused" if path == "avx2" else "")
+            + ("; large blocks pooled" if _loaded.get("pool") else ""))
 
 
 def why_not(device: str, dtype: str = "fp32", compiled: bool = False) -> str:

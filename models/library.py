@@ -1,38 +1,49 @@
 """Baselines built from well-kept libraries: torchvision's video models, timm's 2D models and
 PyTorchVideo's X3D. Each builder is a thin call; the library and function are the provenance
 recorded in the model's spec.
+
+The libraries are imported inside the builders, when a model is built: importing timm,
+torchvision's models and pytorchvideo took 2.5 s here, which every start of ``run.py`` and
+``train.py`` paid, ``--help`` and one-line errors included.
 """
 
 import warnings
 
-import timm
 import torch
-from timm.models.resnet import Bottleneck, ResNet
 from torch import nn
-from torchvision.models import video as tv_video
 
-with warnings.catch_warnings():  # pytorchvideo 0.1.5 decorates with the deprecated torch.jit.script
-    warnings.simplefilter("ignore", FutureWarning)
-    from pytorchvideo.models.x3d import create_x3d
+
+def tv_video():
+    from torchvision.models import video
+
+    return video
+
+
+def create_x3d(**kwargs) -> nn.Module:
+    with warnings.catch_warnings():  # pytorchvideo 0.1.5 decorates with the deprecated torch.jit.script
+        warnings.simplefilter("ignore", FutureWarning)
+        from pytorchvideo.models.x3d import create_x3d
+
+    return create_x3d(**kwargs)
 
 
 def r2plus1d_34(*, num_classes: int = 400, **kwargs) -> nn.Module:
     """R(2+1)D-34 (Tran et al. 2018) as torchvision's VideoResNet with (2+1)D convs and
     ResNet-34 depths [3, 4, 6, 3]; torchvision only ships the 18-layer builder."""
-    return tv_video.resnet.VideoResNet(
-        tv_video.resnet.BasicBlock, [tv_video.resnet.Conv2Plus1D] * 4, [3, 4, 6, 3],
-        tv_video.resnet.R2Plus1dStem, num_classes=num_classes, **kwargs)
+    resnet = tv_video().resnet
+    return resnet.VideoResNet(resnet.BasicBlock, [resnet.Conv2Plus1D] * 4, [3, 4, 6, 3],
+                              resnet.R2Plus1dStem, num_classes=num_classes, **kwargs)
 
 
 def res3d(*, num_classes: int = 400, **kwargs) -> nn.Module:
     """Res3D / 3D ResNet-18 (Tran et al. 2017) as torchvision's r3d_18."""
-    return tv_video.r3d_18(num_classes=num_classes, **kwargs)
+    return tv_video().r3d_18(num_classes=num_classes, **kwargs)
 
 
 def s3d(*, num_classes: int = 400, **kwargs) -> nn.Module:
     """S3D (Xie et al. 2018) as torchvision's s3d, its head pool clamped to the feature map so
     clips smaller than 16x224x224 run (the motion benchmark's 16x48x48 ends in a 2x1x1 map)."""
-    model = tv_video.s3d(num_classes=num_classes, **kwargs)
+    model = tv_video().s3d(num_classes=num_classes, **kwargs)
     model.avgpool = ClampedAvgPool3d(model.avgpool.kernel_size)
     return model
 
@@ -54,6 +65,8 @@ class ClampedAvgPool3d(nn.Module):
 def timm_model(timm_name: str):
     """A builder for the timm model ``timm_name`` (no pretrained weights: none can be fetched)."""
     def build(*, num_classes: int = 1000, **kwargs) -> nn.Module:
+        import timm
+
         return timm.create_model(timm_name, pretrained=False, num_classes=num_classes, **kwargs)
     build.__name__ = timm_name
     return build
@@ -67,6 +80,8 @@ def resnext26_8x16d(*, num_classes: int = 1000, **kwargs) -> nn.Module:
     width scales as the closest to both figures (6.17 M, 1.11 G). Depth (2 bottlenecks per stage:
     26 layers), cardinality 8 and base width 16 are the name's.
     """
+    from timm.models.resnet import Bottleneck, ResNet
+
     return ResNet(Bottleneck, [2, 2, 2, 2], num_classes=num_classes, cardinality=8,
                   base_width=16, channels=(40, 80, 152, 280), **kwargs)
 

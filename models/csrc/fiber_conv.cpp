@@ -1112,6 +1112,11 @@ std::vector<torch::Tensor> backward_sums(torch::Tensor gy, torch::Tensor x, torc
 torch::Tensor backward_apply(torch::Tensor gy, torch::Tensor x, torch::Tensor scale,
                              torch::Tensor shift, torch::Tensor a, torch::Tensor b, torch::Tensor c);
 
+// Large CPU blocks kept for reuse (pool.cpp)
+bool pool_install(int64_t cap_bytes);
+int64_t pool_kept();
+int64_t pool_empty();
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &forward);
   m.def("grad_weight", &grad_weight);
@@ -1125,4 +1130,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("affine_relu", &affine_relu);
   m.def("bn_relu_backward_sums", &backward_sums);
   m.def("bn_relu_backward_apply", &backward_apply);
+  m.def("pool_install", &pool_install);
+  m.def("pool_kept", &pool_kept);
+  m.def("pool_empty", &pool_empty);
 }
