@@ -44,3 +44,13 @@ def quiet_machine(monkeypatch):
     monkeypatch.setattr(run, "CpuMeter", QuietMeter)
     monkeypatch.setattr(disturbance, "CpuMeter", QuietMeter)
     monkeypatch.setattr(disturbance.MachineWatch, "brief_peak", lambda self: None)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def fiber_kernel_built():
+    """MF-Net runs on the suite's kernel by default, built on first use (about a minute, once
+    per machine). Built here, before any test, so that no test's subprocess prints the first
+    build's notice among the lines it checks or spends its timeout on it."""
+    from models import fiber_kernel
+
+    fiber_kernel.extension()
