@@ -133,16 +133,22 @@ def extension():
 
 
 def _install_pool(module) -> bool:
-    """The large-block pool (``csrc/pool.cpp``) in front of PyTorch's CPU allocator, keeping at
-    most ``POOL_SWITCH`` MiB of freed blocks (default: a quarter of this machine's memory);
-    not where it is ``off``. An unreadable value is a one-line error, not a silent default."""
+    """The large-block pool (``csrc/pool.cpp``) in front of PyTorch's CPU allocator, unless
+    ``POOL_SWITCH`` is off."""
+    cap = pool_cap()
+    return cap is not None and module.pool_install(cap)
+
+
+def pool_cap() -> int | None:
+    """The most bytes of freed blocks the pool keeps: ``POOL_SWITCH`` MiB, by default a quarter
+    of this machine's memory; None where it is off. A value that means nothing is a one-line
+    ValueError, not a silent default."""
     value = os.environ.get(POOL_SWITCH, "").strip().lower()
     if value == "off":
-        return False
+        return None
     if value and not (value.isdigit() and int(value) > 0):
         raise ValueError(f"{POOL_SWITCH}={value!r}: use off or a size in MiB (e.g. 2048)")
-    cap = int(value) << 20 if value else os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
-    return module.pool_install(cap)
+    return int(value) << 20 if value else os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
 
 
 def force_scalar() -> bool:

@@ -78,3 +78,10 @@ def test_a_pool_size_that_means_nothing_is_refused_in_one_line(monkeypatch):
         monkeypatch.setenv(fk.POOL_SWITCH, value)
         with pytest.raises(ValueError, match=f"{fk.POOL_SWITCH}=.*: use off or a size in MiB"):
             fk._install_pool(Module())
+    monkeypatch.setenv(fk.POOL_SWITCH, "lots")
+    for cli in ("benchmarks/run.py --models mfnet --measure speed --quick",
+                "benchmarks/train.py --model mfnet"):
+        out = subprocess.run([sys.executable, *cli.split()], capture_output=True, text=True,
+                             cwd=REPO, timeout=300)
+        assert out.returncode == 2 and out.stderr.strip().count("\n") == 0, out.stderr[-2000:]
+        assert "MFNET_LARGE_BLOCK_POOL='lots': use off or a size in MiB" in out.stderr
