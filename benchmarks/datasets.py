@@ -41,9 +41,6 @@ import av
 import torch
 from av.video.reformatter import VideoReformatter
 from torch.utils.data import Dataset
-from torchvision import datasets as tv_datasets
-from torchvision import tv_tensors
-from torchvision.transforms import v2
 
 from models.errors import first_line
 
@@ -297,6 +294,14 @@ def decode_clip_pytorchvideo(path: Path, frames: int, interval: int, start: floa
     return looped(clip, frames).clamp(0, 255).to(torch.uint8)
 
 
+def transforms():
+    """``torchvision.transforms.v2``, imported where a dataset is built or read: importing
+    torchvision took 2 s here, which every start of ``run.py`` and ``train.py`` paid."""
+    from torchvision.transforms import v2
+
+    return v2
+
+
 class VideoClipDataset(Dataset):
     """Clips from decoded videos. Training: one random clip per video and index. Testing:
     ``clips`` uniformly spaced clips per video, each an item holding its ``crops`` spatial
@@ -315,6 +320,7 @@ class VideoClipDataset(Dataset):
         # the earlier pipeline, for the loader benchmark: PyTorchVideo decoding, and training
         # clips resized whole before the crop
         self.baseline = baseline
+        v2 = transforms()
         scale = [v2.RandomResize(*config.short_side)] if train else [v2.Resize(config.test_short_side)]
         self.resize = v2.Compose(scale)
         self.flip = v2.RandomHorizontalFlip() if train and config.flip else v2.Identity()
@@ -343,6 +349,9 @@ class VideoClipDataset(Dataset):
         except Exception as exc:  # corrupt, truncated, empty or too large: skip and count
             log.warning("skipping %s: %s", item.path, first_line(exc))
             return None
+        from torchvision import tv_tensors
+
+        v2 = transforms()
         clip = tv_tensors.Video(clip)  # uint8: every resize runs before the float conversion
         if self.train and not self.baseline:
             clip = self.normalize(self.flip(self._resized_crop(clip, rng)))
@@ -371,7 +380,7 @@ class VideoClipDataset(Dataset):
         sy, sx = h / rh, w / rw  # source pixels per resized pixel
         y0, x0 = min(round(top * sy), h - 1), min(round(left * sx), w - 1)
         ch, cw = max(1, min(round(size * sy), h - y0)), max(1, min(round(size * sx), w - x0))
-        return v2.functional.resized_crop(clip, y0, x0, ch, cw, [size, size], antialias=True)
+        return transforms().functional.resized_crop(clip, y0, x0, ch, cw, [size, size], antialias=True)
 
     def _crop(self, clip: torch.Tensor, crop_index: int, rng: random.Random) -> torch.Tensor:
         size = self.config.crop
@@ -394,16 +403,19 @@ class ImageFolderDataset(Dataset):
 
     def __init__(self, base: Path, classes: list[str], *, train: bool, crop: int,
                  mean, std):
+        from torchvision.datasets import folder
+
+        v2 = transforms()
         resize = round(crop * 256 / 224)  # Table 1: resize to 256, one 224 centre crop
         transform = v2.Compose(
             ([v2.RandomResizedCrop(crop), v2.RandomHorizontalFlip()] if train
              else [v2.Resize(resize), v2.CenterCrop(crop)])
             + [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
         index = {name: i for i, name in enumerate(classes)}
-        samples = tv_datasets.folder.make_dataset(
-            str(base), index, extensions=tv_datasets.folder.IMG_EXTENSIONS, allow_empty=True)
+        samples = folder.make_dataset(str(base), index, extensions=folder.IMG_EXTENSIONS,
+                                      allow_empty=True)
         self.samples, self.transform = samples, transform
-        self.loader = tv_datasets.folder.default_loader
+        self.loader = folder.default_loader
 
     def set_epoch(self, epoch: int) -> None:
         del epoch  # augmentation draws from torch's generator, seeded per epoch by the trainer
