@@ -570,7 +570,7 @@ def forecast_lines(rates: pd.DataFrame) -> list[str]:
             "kernels → with its fiber convs on the suite's kernel (`models/fiber_kernel.py`): "
             "from the newest paired run (`--fiber-kernel paired`: both timed in one process, in "
             "alternating rounds, so a drift of the machine moves both alike), else from the "
-            "newest run of each (`--fiber-kernel` and a stock run); it holds at ≥ "
+            "newest run of each (a suite run and a `--fiber-kernel stock` one); it holds at ≥ "
             f"{claim.threshold:g}× at the throughput batch and in training and ≥ 1× at batch 1 "
             "(the suite's reading: the paper gives no figure). The stock runs' spread on the same "
             "machine is shown where there are several: a ratio inside it is noise as much as "

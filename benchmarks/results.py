@@ -34,8 +34,8 @@ COLUMNS = ("run_id", "timestamp", "model", "measurement", "metric", "value", "un
 # where and how it ran. Resume (``ResultsStore.done``), the summaries and the report use it.
 CONDITION_COLUMNS = ("device", "device_name", "threads", "dtype", "channels_last", "compiled",
                      "kernels")
-# kernels: "stock" (PyTorch's own) or "suite": grouped (1|3)x3x3 convs on the suite's fiber-conv
-# kernel (models/fiber_kernel.py) where it applies, run.py --fiber-kernel
+# kernels: "stock" (PyTorch's own, run.py --fiber-kernel stock) or "suite": grouped (1|3)x3x3
+# convs on the suite's fiber-conv kernel (models/fiber_kernel.py) where it applies, the default
 CSV_NAME = "measurements.csv"
 
 

@@ -21,8 +21,11 @@ measured rates and what the code relies on.
 - Where the kernel cannot be built (no compiler, a failed build), ``FiberConv3d`` falls back
   to ``nn.Conv3d`` and says so once, in one line; ``status()`` is recorded in a run's
   environment.
-- ``use_kernel(model)`` puts any model's grouped convs on it (``run.py --fiber-kernel``), and
-  in a model with such convs each BatchNorm + ReLU pair too (``models/bn_relu.py``).
+- MF-Net's default path (``MFNet(fiber_kernel=None)``). ``use_kernel(model)`` puts any model's
+  grouped convs on it (the harness's default, ``run.py --fiber-kernel suite``), and in a model
+  with such convs each BatchNorm + ReLU pair too (``models/bn_relu.py``); ``use_stock`` undoes it.
+- Loading it also puts a pool for large CPU blocks in front of PyTorch's allocator
+  (``csrc/pool.cpp``, ``MFNET_LARGE_BLOCK_POOL``).
 """
 
 import hashlib
