@@ -70,10 +70,12 @@ def tiny_3d(width: int = 16) -> nn.Module:
 
 
 def test_a_frame_based_model_stays_at_chance_where_a_3d_model_learns():
-    train = MotionDataset(360, frames=8, size=24, seed=1)
-    test = MotionDataset(180, frames=8, size=24, seed=2)
-    frame_accuracy = fit(PerFrame(), train, test, epochs=15)
-    clip_accuracy = fit(tiny_3d(), train, test, epochs=15)  # measured here: 0.82 vs 0.19
+    train = MotionDataset(240, frames=8, size=24, seed=1)
+    test = MotionDataset(120, frames=8, size=24, seed=2)
+    torch.manual_seed(0)  # the models' initial weights
+    frame_accuracy = fit(PerFrame(), train, test, epochs=10)
+    # measured here: 0.82 vs 0.19 (initial weights from seeds 1-3: 0.81-0.85 vs 0.15-0.19)
+    clip_accuracy = fit(tiny_3d(), train, test, epochs=10)
     chance = 1 / len(CLASSES)
     assert frame_accuracy < chance + 0.1, frame_accuracy
     assert clip_accuracy > 0.5, clip_accuracy

@@ -9,7 +9,7 @@
 //   rather than saved), per channel the sums of g and of g * (x - mean).
 // - backward_apply: grad x = a * g + b * x + c per channel.
 // Plain loops over the channels, which GCC vectorises for AVX2 + FMA (the target below).
-#include <torch/extension.h>
+#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
 #include <algorithm>
@@ -18,20 +18,20 @@
 
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
-void prefer_huge_pages(const torch::Tensor& y);  // fiber_conv.cpp
+void prefer_huge_pages(const at::Tensor& y);  // fiber_conv.cpp
 
 namespace {
 
 constexpr int64_t kBlock = 64;  // rows summed in fp32 before the fp64 total
 
-void check(const torch::Tensor& t, const char* what) {
-  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == torch::kFloat && t.dim() == 5 &&
+void check(const at::Tensor& t, const char* what) {
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat && t.dim() == 5 &&
                   t.is_contiguous(at::MemoryFormat::ChannelsLast3d),
               "bn_relu: ", what, " must be a channels-last-3d fp32 CPU tensor");
 }
 
-const float* per_channel(const torch::Tensor& t, int64_t C, const char* what) {
-  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == torch::kFloat && t.is_contiguous() &&
+const float* per_channel(const at::Tensor& t, int64_t C, const char* what) {
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat && t.is_contiguous() &&
                   t.numel() == C,
               "bn_relu: ", what, " must be ", C, " contiguous fp32 CPU floats");
   return t.data_ptr<float>();
@@ -105,32 +105,32 @@ struct Rows {
   int64_t C, rows;  // x seen as (rows, C)
 };
 
-Rows rows_of(const torch::Tensor& x) {
+Rows rows_of(const at::Tensor& x) {
   check(x, "x");
   const int64_t C = x.size(1);
   return {C, x.numel() / std::max<int64_t>(C, 1)};
 }
 
-Rows rows_of(const torch::Tensor& gy, const torch::Tensor& x) {
+Rows rows_of(const at::Tensor& gy, const at::Tensor& x) {
   check(gy, "grad");
   TORCH_CHECK(gy.sizes() == x.sizes(), "bn_relu: grad and x differ in shape");
   return rows_of(x);
 }
 
-torch::Tensor like(const torch::Tensor& x) {
-  auto y = torch::empty_like(x, at::MemoryFormat::ChannelsLast3d);
+at::Tensor like(const at::Tensor& x) {
+  auto y = at::empty_like(x, at::MemoryFormat::ChannelsLast3d);
   prefer_huge_pages(y);  // fiber_conv.cpp: a large block is faulted in 2 MiB at a time
   return y;
 }
 
-torch::Tensor channel_floats(const torch::Tensor& x, int64_t C) {
-  return torch::empty({C}, x.options().memory_format(at::MemoryFormat::Contiguous));
+at::Tensor channel_floats(const at::Tensor& x, int64_t C) {
+  return at::empty({C}, x.options().memory_format(at::MemoryFormat::Contiguous));
 }
 
 }  // namespace
 
 // (mean, biased variance) per channel
-std::vector<torch::Tensor> bn_stats(torch::Tensor x) {
+std::vector<at::Tensor> bn_stats(at::Tensor x) {
   const auto [C, rows] = rows_of(x);
   TORCH_CHECK(rows > 0, "bn_relu: no values to normalise");
   const float* xp = x.data_ptr<float>();
@@ -158,7 +158,7 @@ std::vector<torch::Tensor> bn_stats(torch::Tensor x) {
   return {mean, var};
 }
 
-torch::Tensor affine_relu(torch::Tensor x, torch::Tensor scale, torch::Tensor shift) {
+at::Tensor affine_relu(at::Tensor x, at::Tensor scale, at::Tensor shift) {
   const auto [C, rows] = rows_of(x);
   const float* s = per_channel(scale, C, "scale");
   const float* b = per_channel(shift, C, "shift");
@@ -179,8 +179,8 @@ torch::Tensor affine_relu(torch::Tensor x, torch::Tensor scale, torch::Tensor sh
 }
 
 // (sum of g, sum of g * (x - mean)) per channel, g = gy where x * scale + shift > 0
-std::vector<torch::Tensor> backward_sums(torch::Tensor gy, torch::Tensor x, torch::Tensor scale,
-                                         torch::Tensor shift, torch::Tensor mean) {
+std::vector<at::Tensor> backward_sums(at::Tensor gy, at::Tensor x, at::Tensor scale,
+                                         at::Tensor shift, at::Tensor mean) {
   const auto [C, rows] = rows_of(gy, x);
   const float* s = per_channel(scale, C, "scale");
   const float* b = per_channel(shift, C, "shift");
@@ -197,9 +197,9 @@ std::vector<torch::Tensor> backward_sums(torch::Tensor gy, torch::Tensor x, torc
 }
 
 // grad x = a * g + b * x + c per channel, g = gy where x * scale + shift > 0
-torch::Tensor backward_apply(torch::Tensor gy, torch::Tensor x, torch::Tensor scale,
-                             torch::Tensor shift, torch::Tensor a, torch::Tensor b,
-                             torch::Tensor c) {
+at::Tensor backward_apply(at::Tensor gy, at::Tensor x, at::Tensor scale,
+                             at::Tensor shift, at::Tensor a, at::Tensor b,
+                             at::Tensor c) {
   const auto [C, rows] = rows_of(gy, x);
   const float* s = per_channel(scale, C, "scale");
   const float* sh = per_channel(shift, C, "shift");

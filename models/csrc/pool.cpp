@@ -8,8 +8,6 @@
 // them out again, up to a cap; new ones are mapped with transparent huge pages asked for.
 // Everything smaller goes to the allocator it replaced.
 
-#include <torch/extension.h>
-
 #include <c10/core/CPUAllocator.h>
 #include <sys/mman.h>
 #include <unistd.h>
