@@ -149,7 +149,7 @@ def test_the_estimate_covers_every_measured_peak_rss_in_the_committed_store():
 def test_a_step_that_would_not_fit_is_an_error_row_naming_both_figures(tmp_path, monkeypatch):
     monkeypatch.setattr(memory, "available_bytes", lambda: (int(0.6 * 2**30), "a test's cgroup"))
     code = run.main(["--models", "mfnet", "--measure", "speed", "--results", str(tmp_path),
-                     "--clip", "16,112,112", "--batch-size", "4"])
+                     "--clip", "16,112,112", "--batch-size", "4", "--quick"])
     frame = read_csv(tmp_path / "measurements.csv")
     assert code == 1
     short = frame[frame["status"] == "error"]
