@@ -643,17 +643,23 @@ def settings_difference(saved: dict, now: dict) -> str:
 
 # ---- one run ----
 
+def build_model(cfg: Config, num_classes: int) -> nn.Module:
+    """``cfg``'s model, seeded, on the kernels ``cfg`` asks for (the suite's, or stock)."""
+    torch.manual_seed(cfg.seed)
+    model = models.create_model(cfg.model, num_classes=num_classes, **cfg.model_args)
+    fiber_kernel.use_kernels(model, suite=not cfg.stock_kernels)
+    return model
+
+
 def place_model(cfg: Config, spec, num_classes: int, rank: int, world: int, device, last: Path):
     """(the model to step, the plain module to save): built, its starting weights loaded,
     moved to the device and memory format, wrapped for DDP and compiled as asked."""
-    torch.manual_seed(cfg.seed)
-    model = models.create_model(cfg.model, num_classes=num_classes, **cfg.model_args)
+    model = build_model(cfg, num_classes)
     if cfg.checkpoint and not (cfg.resume and last.exists()):
         message = models.load_checkpoint(model, cfg.checkpoint, new_classifier=not cfg.eval_only)
         if message and rank == 0:
             print(message, flush=True)
     model = model.to(device)
-    fiber_kernel.use_kernels(model, suite=not cfg.stock_kernels)
     if cfg.channels_last:
         model = model.to(memory_format=memory_format(len(spec.input_shape) + 1))
     module = model
@@ -886,9 +892,7 @@ def probe_rate(cfg: Config, seconds: float) -> float:
     median of the faster half is kept, so a passing load hardly moves it."""
     spec = models.get_spec(cfg.model)
     train_set, _, _, num_classes, _ = build_data(cfg, spec)
-    torch.manual_seed(cfg.seed)
-    model = models.create_model(cfg.model, num_classes=num_classes, **cfg.model_args).train()
-    fiber_kernel.use_kernels(model, suite=not cfg.stock_kernels)
+    model = build_model(cfg, num_classes).train()
     optimizer = make_optimizer(model, cfg)
     loss_fn = nn.CrossEntropyLoss()
     data = DataLoader(train_set, batch_size=cfg.batch_size, num_workers=0, drop_last=True,
