@@ -59,7 +59,7 @@ def main(argv=None) -> int:
     ext = fiber_kernel.extension()
     names = ["onednn", "onednn-ncdhw", "fibers-bmm"]
     names += ["suite-ncdhw"] if ext is not None else []
-    names += ["suite-cl"] if ext is not None and ext.path(fiber_kernel.force_scalar()) == "avx2" else []
+    names += ["suite-cl"] if ext is not None and fiber_kernel.path() in fiber_kernel.CL_PATHS else []
     print(f"{'stage':6} {'shape':>16} {'Cg':>3} " + " ".join(f"{v:>20}" for v in names))
     with torch.inference_mode():
         for stage, (c, t, h, w) in STAGES.items():
@@ -72,8 +72,8 @@ def main(argv=None) -> int:
             if "suite-ncdhw" in names:
                 variants["suite-ncdhw"] = partial(fiber_kernel.fiber_conv3d, x, weight, GROUPS)
             if "suite-cl" in names:
-                packed = ext.pack_cl(weight, GROUPS)
-                variants["suite-cl"] = partial(ext.forward_cl, x_cl, packed, c // GROUPS, [1, 1, 1])
+                packed = fiber_kernel.pack(weight, GROUPS)
+                variants["suite-cl"] = partial(fiber_kernel.forward_cl, x_cl, packed, c // GROUPS, (1, 1, 1))
             reference = variants["onednn"]()
             macs = reference.numel() * (c // GROUPS) * 27
             cells = []

@@ -169,7 +169,8 @@ def parse_args(argv=None) -> list[Config]:
 
 
 def expand(a: argparse.Namespace) -> list[Config]:
-    fiber_kernel.pool_cap()  # an unreadable MFNET_LARGE_BLOCK_POOL stops here, in one line
+    fiber_kernel.pool_cap()  # an unreadable MFNET_LARGE_BLOCK_POOL stops here, in one line,
+    fiber_kernel.wish()  # as does MFNET_FIBER_KERNEL
     for target in a.imports:
         models.import_models(target)
     spec = models.get_spec(a.model)  # ValueError naming the closest names

@@ -92,7 +92,7 @@ class BatchNormReLU3d(nn.BatchNorm3d):
         if batch_stats and x.numel() == x.shape[1]:
             return False  # one value per channel: PyTorch's own says so
         ext = fiber_kernel.extension()
-        return ext is not None and ext.path(fiber_kernel.force_scalar()) == "avx2"
+        return ext is not None and fiber_kernel.path() in fiber_kernel.CL_PATHS
 
     def _update_running_stats(self, mean: torch.Tensor, var: torch.Tensor, rows: int) -> None:
         """As ``nn.BatchNorm3d`` in training: momentum (or the cumulative average where it is

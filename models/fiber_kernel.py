@@ -15,9 +15,13 @@ measured rates and what the code relies on.
 
 - Built on first use with ``torch.utils.cpp_extension.load`` (ninja, the system C++ compiler,
   OpenMP) and cached per machine in torch's extensions folder.
-- Paths: AVX2 + FMA where the CPU has them; otherwise a scalar NCDHW path (also used for fp64,
-  which ``gradcheck`` uses) and PyTorch's conv for channels last. ``MFNET_FIBER_KERNEL=off``
-  forces PyTorch's own conv; ``MFNET_FIBER_KERNEL=scalar`` forces what a CPU without AVX2 gets.
+- Paths (``path()``): AVX-512 where the CPU has it (channels last; its NCDHW and weight-gradient
+  code is AVX2's), else AVX2 + FMA; otherwise a scalar NCDHW path (also used for fp64, which
+  ``gradcheck`` uses) and PyTorch's conv for channels last. ``MFNET_FIBER_KERNEL`` picks one:
+  ``off`` PyTorch's own conv, ``scalar`` what a CPU without AVX2 gets, ``avx2`` what a CPU
+  without AVX-512 gets, ``avx512-emulated`` the AVX-512 path's code on pairs of AVX2 registers
+  (slow; how tests check it on CPUs without AVX-512). The AVX-512 build is checked against the
+  AVX2 path once per process before it is used (``_agrees``).
 - Where the kernel cannot be built (no compiler, a failed build), ``FiberConv3d`` falls back
   to ``nn.Conv3d`` and says so once, in one line; ``status()`` is recorded in a run's
   environment.
@@ -41,10 +45,14 @@ import torch.nn.functional as F
 from torch import nn
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "fiber_conv.cpp"
-# one extension: the fiber convs, BatchNorm + ReLU, the large-block pool
-SOURCES = [SOURCE, SOURCE.with_name("bn_relu.cpp"), SOURCE.with_name("pool.cpp")]
+# one extension: the fiber convs (NCDHW; channels last, with its AVX-512 build), BatchNorm +
+# ReLU, the large-block pool
+SOURCES = [SOURCE] + [SOURCE.with_name(f"{name}.cpp") for name in (
+    "fiber_cl", "fiber_cl_avx512", "fiber_cl_emulated", "bn_relu", "pool")]
 NAME = "mfnet_fiber_conv"
-SWITCH = "MFNET_FIBER_KERNEL"  # off | scalar | (unset: the fastest path this CPU has)
+SWITCH = "MFNET_FIBER_KERNEL"  # off | one of PATHS | (unset: the fastest path this CPU has)
+PATHS = ("scalar", "avx2", "avx512", "avx512-emulated")
+CL_PATHS = PATHS[1:]  # the paths with a channels-last kernel
 # off | MiB kept at most | (unset: a quarter of memory): freed CPU blocks of 32 MiB and up kept
 POOL_SWITCH = "MFNET_LARGE_BLOCK_POOL"
 PROFILED_AS = "suite::fiber_conv"  # the kernel's forward, as torch.profiler's tables name it
@@ -154,8 +162,78 @@ def pool_cap() -> int | None:
     return int(value) << 20 if value else os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
 
 
+def wish() -> str:
+    """``SWITCH``'s value: "" (the fastest path this CPU has), off, or one of ``PATHS``; a value
+    that means nothing is a one-line ValueError."""
+    value = os.environ.get(SWITCH, "").strip().lower()
+    if value and value != "off" and value not in PATHS:
+        raise ValueError(f"{SWITCH}={value!r}: use off, {', '.join(PATHS)} "
+                         "(unset: the fastest this CPU has)")
+    return value
+
+
+def path() -> str:
+    """The path fp32 fiber convs take in this process: one of ``PATHS``, or "" where the kernel
+    is not built. The CPU's best unless ``SWITCH`` asks for another; one it cannot grant gets the
+    best below it, said once. The AVX-512 build runs only after it agreed with the AVX2 path
+    here (``_agrees``)."""
+    module = extension()
+    if module is None:
+        return ""
+    want = wish()
+    got = module.path(want)
+    if got == "avx512":
+        if "avx512" not in _loaded:
+            _loaded["avx512"] = _agrees(module, "avx512")
+        got = "avx512" if _loaded["avx512"] else "avx2"
+    if want in PATHS and got != want and not _loaded.get(("told", want)):
+        _loaded[("told", want)] = True
+        warnings.warn(f"{SWITCH}={want}: this CPU cannot run it; fiber convs take the {got} path",
+                      stacklevel=2)
+    return got
+
+
 def force_scalar() -> bool:
-    return os.environ.get(SWITCH, "").lower() == "scalar"
+    return path() == "scalar"
+
+
+# (cin_g, cout_g, KT, stride): each register-block form of the channels-last forward, with rows
+# and channel counts that leave tails (``_agrees``)
+SELF_CHECK = [(6, 6, 3, (1, 1, 1)), (12, 12, 1, (1, 1, 1)), (3, 2, 3, (1, 1, 1)),
+              (1, 6, 3, (2, 1, 1)), (6, 12, 3, (1, 2, 2)), (24, 24, 3, (1, 1, 1)),
+              (40, 48, 1, (1, 2, 2)), (5, 17, 3, (2, 1, 1))]
+
+
+def _agrees(module, candidate: str, reference: str = "avx2") -> bool:
+    """Whether ``candidate``'s channels-last forward equals ``reference``'s (within fp32 rounding)
+    on every form in ``SELF_CHECK``, BatchNorm + ReLU folding included. A path that disagrees is
+    not used, with one line saying so: a build this machine's tests never ran (the AVX-512 one,
+    on a CPU the suite's CI lacks) cannot give silently wrong numbers."""
+    gen = torch.Generator().manual_seed(0)
+    for cin_g, cout_g, kt, stride in SELF_CHECK:
+        groups = 2
+        x = torch.randn(2, groups * cin_g, 5, 6, 19, generator=gen).contiguous(
+            memory_format=torch.channels_last_3d)
+        weight = torch.randn(groups * cout_g, cin_g, kt, 3, 3, generator=gen)
+        scale, shift = torch.rand(groups * cin_g, generator=gen), torch.randn(groups * cin_g, generator=gen)
+        outs = [module.forward_cl(x, module.pack_cl(weight, groups, p), cout_g, list(stride), p,
+                                  scale, shift) for p in (candidate, reference)]
+        if not torch.allclose(outs[0], outs[1], rtol=1e-4, atol=1e-4 * outs[1].abs().max().item()):
+            warnings.warn(f"the fiber kernel's {candidate} path disagrees with its {reference} path "
+                          f"on this CPU (a {cin_g}->{cout_g} per group conv); using {reference}",
+                          stacklevel=3)
+            return False
+    return True
+
+
+def pack(weight: torch.Tensor, groups: int) -> torch.Tensor:
+    """``weight`` in the channels-last forward's layout for this process's path."""
+    return extension().pack_cl(weight, groups, path())
+
+
+def forward_cl(x: torch.Tensor, packed: torch.Tensor, cout_g: int, stride, scale=None, shift=None):
+    """The channels-last forward on this process's path (``packed`` by ``pack``)."""
+    return extension().forward_cl(x, packed, cout_g, list(stride), path(), scale, shift)
 
 
 def status(build: bool = True) -> str:
@@ -167,9 +245,9 @@ def status(build: bool = True) -> str:
     module = extension()
     if module is None:
         return f"stock PyTorch kernels: {_loaded['why']}"
-    path = module.path(force_scalar())
-    # models/bn_relu.py runs on the AVX2 path only
-    return (f"suite kernel ({path})" + ("; BatchNorm + ReLU fused" if path == "avx2" else "")
+    taken = path()
+    # models/bn_relu.py runs on AVX2 code, which every channels-last path's CPU has
+    return (f"suite kernel ({taken})" + ("; BatchNorm + ReLU fused" if taken in CL_PATHS else "")
             + ("; large blocks pooled" if _loaded.get("pool") else ""))
 
 
@@ -184,7 +262,7 @@ def why_not(device: str, dtype: str = "fp32", compiled: bool = False) -> str:
     module = extension()
     if module is None:
         return _loaded["why"]
-    if module.path(force_scalar()) != "avx2":
+    if path() not in CL_PATHS:
         return f"this CPU has no AVX2 + FMA, or {SWITCH}=scalar: channels-last convs run on PyTorch's"
     return ""
 
@@ -274,14 +352,13 @@ def _time_strided_grad_input(grad, x, weight, stride, groups):
     (``_phase_weight``), written into every ``st``-th frame. PyTorch's own, a transposed conv
     with 16 groups of one channel, took 10x the forward's time."""
     st = stride[0]
-    ext = extension()
     grad_x = torch.empty_like(x, memory_format=torch.channels_last_3d)
     for phase in range(min(st, x.shape[2])):
         w = _phase_weight(weight, groups, st, phase)
         if w is None:  # frames no tap reaches (a (1, 3, 3) conv strided in time)
             grad_x[:, :, phase::st] = 0
             continue
-        y = ext.forward_cl(grad, ext.pack_cl(w, groups), weight.shape[1], [1, 1, 1])
+        y = forward_cl(grad, pack(w, groups), weight.shape[1], (1, 1, 1))
         grad_x[:, :, phase::st] = y[:, :, :len(range(phase, x.shape[2], st))]
     return grad_x
 
@@ -312,8 +389,8 @@ class FiberConvFunction(torch.autograd.Function):
         ext = extension()
         with torch.profiler.record_function(PROFILED_AS):
             if channels_last(x, stride):
-                packed = ext.pack_cl(weight, groups) if packed is None else packed
-                return ext.forward_cl(x, packed, weight.shape[0] // groups, list(stride))
+                packed = pack(weight, groups) if packed is None else packed
+                return forward_cl(x, packed, weight.shape[0] // groups, stride)
             # a channels-last model's weights are channels last too
             return ext.forward(x, weight.contiguous(), groups, force_scalar())
 
@@ -327,8 +404,7 @@ class FiberConvFunction(torch.autograd.Function):
         if channels_last(x, stride):
             grad = grad.contiguous(memory_format=torch.channels_last_3d)
             if need_x and tuple(stride) == (1, 1, 1):
-                packed = ext.pack_cl(flipped(weight, groups), groups)
-                grad_x = ext.forward_cl(grad, packed, weight.shape[1], [1, 1, 1])
+                grad_x = forward_cl(grad, pack(flipped(weight, groups), groups), weight.shape[1], (1, 1, 1))
             elif need_x and tuple(stride[1:]) == (1, 1):
                 grad_x = _time_strided_grad_input(grad, x, weight, stride, groups)
             elif need_x:
@@ -372,8 +448,8 @@ class FiberConv3d(nn.Conv3d):
         is wanted (a training step packs afresh: its weight changes every step)."""
         if not channels_last(x, self.stride) or (torch.is_grad_enabled() and self.weight.requires_grad):
             return None
-        return kept(self, PACKED, (self.weight.data_ptr(), self.weight._version),
-                    lambda: extension().pack_cl(self.weight.detach(), self.groups))
+        return kept(self, PACKED, (self.weight.data_ptr(), self.weight._version, path()),
+                    lambda: pack(self.weight.detach(), self.groups))
 
     def forward_after(self, bn: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """``self(relu(bn(x)))``: folded (``forward_folded``) where ``folds`` says so, else the
@@ -396,8 +472,8 @@ class FiberConv3d(nn.Conv3d):
         read. Only where ``folds(bn, x)``."""
         scale, shift = eval_affine(bn)
         with torch.profiler.record_function(PROFILED_AS):
-            return extension().forward_cl(x, self._packed(x), self.out_channels // self.groups,
-                                          list(self.stride), scale, shift)
+            return forward_cl(x, self._packed(x), self.out_channels // self.groups, self.stride,
+                              scale, shift)
 
     def _hooked(self) -> bool:
         """Whether a forward hook would see this conv's input (the activated one, which folding
@@ -419,7 +495,7 @@ class FiberConv3d(nn.Conv3d):
         if not common or extension() is None:
             return False
         if channels_last(x, self.stride):
-            return x.dtype == torch.float32 and extension().path(force_scalar()) == "avx2"
+            return x.dtype == torch.float32 and path() in CL_PATHS
         return (x.is_contiguous() and x.dtype in (torch.float32, torch.float64)
                 and self.stride == (1, 1, 1))
 

@@ -83,6 +83,18 @@ def test_channels_last_frames_shared_by_consecutive_output_frames(cin_g, cout_g)
         torch.set_num_threads(threads)
 
 
+@pytest.mark.parametrize("cin_g", [1, 2, 3])
+def test_channels_last_groups_of_few_channels_keep_the_frames_they_share(cin_g):
+    """A pixel's channels are packed with one 8-float store; with 1 to 3 channels a group's
+    store at a row's end reached past it, into a frame kept for the next output frame (rows of
+    1500 pixels make bands of 5 rows, so a band's first row is a real one), and in a 5-pixel
+    row into the next row's too. 7 output channels: the broadcast form, which reads the packing."""
+    torch.manual_seed(cin_g)
+    for shape, stride in (((1, 2 * cin_g, 4, 12, 1500), (1, 1, 1)), ((2, 2 * cin_g, 4, 2, 5), (2, 2, 2))):
+        x = torch.randn(shape).contiguous(memory_format=torch.channels_last_3d)
+        check_against_reference(x, torch.randn(14, cin_g, 3, 3, 3), 2, stride)
+
+
 def test_the_kernel_runs_on_every_thread_torch_is_given():
     # built without OpenMP, at::parallel_for in an extension runs one thread whatever is asked
     before = torch.get_num_threads()
@@ -231,28 +243,29 @@ def test_inference_folds_batchnorm_and_relu_into_the_kernel(cin_g, cout_g, kt, s
         def __getattr__(self, name):
             return getattr(real, name)
 
-        def forward_cl(self, *args):
-            calls.append(len(args))
-            return real.forward_cl(*args)
+        def forward_cl(self, x, packed, cout_g, stride, path, scale=None, shift=None):
+            calls.append("folded" if scale is not None else "plain")
+            return real.forward_cl(x, packed, cout_g, stride, path, scale, shift)
 
     monkeypatch.setattr(fk, "extension", Spy)
     with torch.inference_mode():
         close(conv.forward_after(bn, x), expected)
-    assert calls == [6]  # one kernel call, with the scale and shift
+    assert calls == ["folded"]  # one kernel call, with the scale and shift
     seen = []
     hook = conv.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
     with torch.inference_mode():  # a hook on the conv sees its input, the activated one
         close(conv.forward_after(bn, x), expected)
     hook.remove()
-    assert calls == [6, 4] and len(seen) == 1 and bool((seen[0] >= 0).all())
-    packed = real.pack_cl(conv.weight.detach(), 4)
+    assert calls == ["folded", "plain"] and len(seen) == 1 and bool((seen[0] >= 0).all())
+    packed = fk.pack(conv.weight.detach(), 4)
     with pytest.raises(RuntimeError, match="scale and shift must be C"):  # one channel short
-        real.forward_cl(x, packed, cout_g, list(stride), torch.ones(4 * cin_g - 1), torch.ones(4 * cin_g - 1))
+        real.forward_cl(x, packed, cout_g, list(stride), fk.path(), torch.ones(4 * cin_g - 1),
+                        torch.ones(4 * cin_g - 1))
     calls.clear()
     training = copy.deepcopy(bn).train()  # its forward moves its running statistics
     with torch.no_grad():
         out = conv.forward_after(training, x)
-    assert calls == [4]  # BN in training mode: the conv alone
+    assert calls == ["plain"]  # BN in training mode: the conv alone
     close(out, fk.reference(torch.relu(nn.functional.batch_norm(x, None, None, bn.weight, bn.bias,
                                                                 True)), conv.weight, 4, stride))
     calls.clear()
@@ -260,7 +273,7 @@ def test_inference_folds_batchnorm_and_relu_into_the_kernel(cin_g, cout_g, kt, s
     out = conv.forward_after(bn, x)
     out.sum().backward()
     close(out.detach(), expected)
-    assert calls[0] == 4 and x.grad is not None  # the forward, then the gradients
+    assert calls[0] == "plain" and x.grad is not None  # the forward, then the gradients
 
 
 def test_the_profiler_names_the_kernel_folded_or_not():
@@ -437,9 +450,8 @@ def eligible(address):  # whether the mapping holding address may get transparen
         elif inside and line.startswith("THPeligible:"):
             return line.split()[1] == "1"
 
-ext = fk.extension()
 x = torch.randn(1, 96, 8, 56, 56).contiguous(memory_format=torch.channels_last_3d)
-y = ext.forward_cl(x, ext.pack_cl(torch.randn(96, 6, 3, 3, 3), 16), 6, [1, 1, 1])
+y = fk.forward_cl(x, fk.pack(torch.randn(96, 6, 3, 3, 3), 16), 6, (1, 1, 1))
 print(eligible(y.data_ptr() + y.nbytes // 2), eligible(x.data_ptr() + x.nbytes // 2))
 """
 

@@ -1,0 +1,519 @@
+// The channels-last fiber conv (NDHWC, MF-Net's default layout) at any stride: packing, task
+// layout, the forward on AVX2, the weight gradient; the entry points fiber_conv.cpp binds. The
+// forward's register blocks are in fiber_cl_kernels.h; its AVX-512 build is in
+// fiber_cl_avx512.cpp, and that build's code on pairs of AVX2 registers (for tests on CPUs
+// without AVX-512) in fiber_cl_emulated.cpp.
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <immintrin.h>
+#include <sys/mman.h>
+
+#include <optional>
+
+#include "fiber_cl.h"
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#include "fiber_cl_kernels.h"
+
+namespace fiber {
+namespace {
+
+inline __m256i mask8(int n) {  // lanes 0 .. n - 1 on
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+// 8 floats a vector, 16 registers
+struct Avx2 {
+  static constexpr int L = 8, ACC = 12, PMAX = 12;
+  using V = __m256;
+  static V zero() { return _mm256_setzero_ps(); }
+  static V load(const float* p) { return _mm256_loadu_ps(p); }
+  static V bcast(const float* p) { return _mm256_broadcast_ss(p); }
+  static V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+  static void store_first(float* p, V v, int n) { store8_first(p, v, n); }
+  static __m256 eighth(V v, int) { return v; }
+};
+
+// Copy the channels of groups grp0 .. grp0 + ng of the rows [hi_first, hi_first + rows_in) of
+// input frames [ti0, ti1) (inside the input) into buf, group j's at buf + j * group_stride and
+// frame ti at slot ti % KT, so the KT consecutive frames an output frame reads have a slot
+// each, and the next output frame finds those it shares already there (``Tasks::unpack``).
+// Rows outside the input are left as they are (the kernel skips them).
+// - PLANAR = false: (KT, rows_in, W, cin_g). Reads run along each pixel's channels; a pixel's
+//   last vector is loaded masked and stored whole where the store ends inside the row (later
+//   pixels' stores overwrite the excess), masked where it would not, so no other row or frame
+//   is touched. (A group of 1 to 3 channels spills past more than the next pixel: stored whole
+//   at the row's last pixels, it overwrote the next frame's kept rows.)
+// - PLANAR = true: (KT, rows_in, cin_g, planar_width), column c at c + 1; the columns either
+//   side are never written, so they stay zero in a zeroed buffer.
+// With an Affine, inference's BatchNorm + ReLU is applied on the way.
+
+// One input row of ng groups' channels (`from`: the row's first pixel at the first group's first
+// channel, ch0 that channel's index) into the planar layout: channel k of the ng * cin goes to
+// group k / cin's row k % cin, column w at w + 1. Blocks of 8 pixels x 8 channels are transposed
+// in registers; the rest goes a value at a time.
+template <bool AFFINE>
+void pack_planar_row(const float* from, float* row, const ClGeo& g, int ng, int64_t group_stride,
+                     const Affine& affine, int64_t ch0) {
+  const int cin = g.cin_g, K = ng * cin;
+  const int64_t wp = planar_width(g.W, g.lanes);
+  auto at = [&](int k) { return row + (int64_t)(k / cin) * group_stride + (int64_t)(k % cin) * wp + 1; };
+  auto one = [&](int w, int k) {
+    float v = from[(int64_t)w * g.C + k];
+    if constexpr (AFFINE) v = std::max(v * affine.scale[ch0 + k] + affine.shift[ch0 + k], 0.f);
+    at(k)[w] = v;
+  };
+  const __m256 zero = _mm256_setzero_ps();
+  int w = 0;
+  for (; w + 8 <= g.W; w += 8) {
+    int k = 0;
+    for (; k + 8 <= K; k += 8) {
+      __m256 v[8];
+#pragma GCC unroll 8
+      for (int p = 0; p < 8; ++p) {
+        v[p] = _mm256_loadu_ps(from + (int64_t)(w + p) * g.C + k);
+        if constexpr (AFFINE)
+          v[p] = _mm256_max_ps(_mm256_fmadd_ps(v[p], _mm256_loadu_ps(affine.scale + ch0 + k),
+                                               _mm256_loadu_ps(affine.shift + ch0 + k)), zero);
+      }
+      transpose8(v);  // v[i]: channel k + i at pixels w .. w + 7
+#pragma GCC unroll 8
+      for (int i = 0; i < 8; ++i) _mm256_storeu_ps(at(k + i) + w, v[i]);
+    }
+    for (; k < K; ++k)
+      for (int p = 0; p < 8; ++p) one(w + p, k);
+  }
+  for (; w < g.W; ++w)
+    for (int k = 0; k < K; ++k) one(w, k);
+}
+
+template <bool PLANAR, bool AFFINE>
+void pack_band(const float* xp, float* buf, const ClGeo& g, int n, int ti0, int ti1, int grp0,
+               int ng, int hi_first, int rows_in, int64_t group_stride, const Affine& affine) {
+  const int cin = g.cin_g;
+  const int64_t row_floats = (int64_t)cin * (PLANAR ? planar_width(g.W, g.lanes) : g.W);
+  const __m256i tail = mask8(cin % 8 == 0 ? 8 : cin % 8);
+  const __m256 zero = _mm256_setzero_ps();
+  for (int ti = ti0; ti < ti1; ++ti) {
+    for (int r = 0; r < rows_in; ++r) {
+      const int hi = hi_first + r;
+      if (hi < 0 || hi >= g.H) continue;
+      const float* from = xp + (((int64_t)n * g.T + ti) * g.H + hi) * g.W * g.C + (int64_t)grp0 * cin;
+      float* row = buf + ((int64_t)(ti % g.KT) * rows_in + r) * row_floats;
+      if constexpr (PLANAR) {
+        pack_planar_row<AFFINE>(from, row, g, ng, group_stride, affine, (int64_t)grp0 * cin);
+      } else {
+        for (int w = 0; w < g.W; ++w, from += g.C) {
+          for (int j = 0; j < ng; ++j) {
+            const float* src = from + j * cin;
+            const int64_t ch = (int64_t)(grp0 + j) * cin;  // the group's first channel
+            float* dst = row + j * group_stride + (int64_t)w * cin;
+            int c = 0;
+            for (; c + 8 < cin; c += 8) {
+              __m256 v = _mm256_loadu_ps(src + c);
+              if constexpr (AFFINE)
+                v = _mm256_max_ps(_mm256_fmadd_ps(v, _mm256_loadu_ps(affine.scale + ch + c),
+                                                  _mm256_loadu_ps(affine.shift + ch + c)), zero);
+              _mm256_storeu_ps(dst + c, v);
+            }
+            __m256 last = _mm256_maskload_ps(src + c, tail);
+            if constexpr (AFFINE)  // masked lanes: 0 * 0 + 0
+              last = _mm256_max_ps(_mm256_fmadd_ps(last, _mm256_maskload_ps(affine.scale + ch + c, tail),
+                                                   _mm256_maskload_ps(affine.shift + ch + c, tail)), zero);
+            if ((int64_t)(w + 1) * cin + 8 - (cin - c) <= (int64_t)g.W * cin) _mm256_storeu_ps(dst + c, last);
+            else _mm256_maskstore_ps(dst + c, tail, last);
+          }
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+Band Tasks::unpack(int64_t task, const float* xp, float* buf, const ClGeo& g, int groups, Held& held,
+                 int& n, int& to, int& grp0, int& ng, int& ho0, int& ho1, const Affine& affine) const {
+  int64_t key;  // (n, group block, band)
+  if (g.KT > 1) {
+    to = task % g.To;
+    key = task / g.To;
+  } else {  // no frame to share: neighbouring tasks read neighbouring rows of one frame
+    key = task % ((int64_t)gblocks * bands);
+    task /= (int64_t)gblocks * bands;
+    to = task % g.To;
+    key += task / g.To * gblocks * bands;
+  }
+  const int b = key % bands;
+  const int gb = (key / bands) % gblocks;
+  n = key / bands / gblocks;
+  grp0 = gb * gblock;
+  ng = std::min(gblock, groups - grp0);
+  ho0 = b * band;
+  ho1 = std::min(g.Ho, ho0 + band);
+  const Band src{buf, ho0 * g.sh - 1, (ho1 - 1 - ho0) * g.sh + 3};
+  const int first = to * g.st - g.KT / 2;
+  const int ti0 = std::max(0, first), ti1 = std::min(g.T, first + g.KT);
+  // frames [ti0, held.ti1) are still there when the window moved forward within the same key
+  const bool keep = held.key == key && held.ti0 <= ti0 && ti0 <= held.ti1;
+  const int from = keep ? std::max(ti0, held.ti1) : ti0;
+  const bool fold = affine.scale != nullptr;
+  if (planar && fold)
+    pack_band<true, true>(xp, buf, g, n, from, ti1, grp0, ng, src.hi_first, src.rows_in, group_stride, affine);
+  else if (planar)
+    pack_band<true, false>(xp, buf, g, n, from, ti1, grp0, ng, src.hi_first, src.rows_in, group_stride, affine);
+  else if (fold)
+    pack_band<false, true>(xp, buf, g, n, from, ti1, grp0, ng, src.hi_first, src.rows_in, group_stride, affine);
+  else
+    pack_band<false, false>(xp, buf, g, n, from, ti1, grp0, ng, src.hi_first, src.rows_in, group_stride, affine);
+  held = Held{key, ti0, ti1};
+  return src;
+}
+
+void forward_avx2(const ClRun& run) { run_forward<Avx2>(run); }
+
+}  // namespace fiber
+#pragma GCC pop_options
+
+namespace fiber {
+
+Tasks::Tasks(const ClGeo& g, int N, int groups, bool allow_planar) {
+  planar = allow_planar && (g.cout_g <= 6 || g.cout_g == 12) && g.sw == 1;
+  const int64_t row_bytes = (int64_t)g.KT * g.W * g.cin_g * sizeof(float);
+  const int fit_rows = std::max<int64_t>(3, (128 << 10) / std::max<int64_t>(1, row_bytes));
+  band = std::max(1, std::min(g.Ho, (fit_rows - 3) / g.sh + 1));
+  bands = (g.Ho + band - 1) / band;
+  max_rows_in = (band - 1) * g.sh + 3;
+  const int64_t outer = (int64_t)N * g.To * bands;
+  const int64_t want = 4 * (int64_t)at::get_num_threads();
+  const int split = (int)std::min<int64_t>(groups, std::max<int64_t>(1, (want + outer - 1) / outer));
+  gblock = (groups + split - 1) / split;
+  gblocks = (groups + gblock - 1) / gblock;
+  group_stride = (int64_t)g.KT * max_rows_in * g.cin_g * (planar ? planar_width(g.W, g.lanes) : g.W) + 8;
+  count = outer * gblocks;
+}
+
+
+int lanes_of(const std::string& path) {
+  TORCH_CHECK(path == "avx2" || path == "avx512" || path == "avx512-emulated",
+              "fiber_conv: no channels-last path ", path);
+  return path == "avx2" ? 8 : 16;
+}
+
+bool cpu_has(const std::string& isa) {
+  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if (isa == "avx2") return avx2;
+  return isa == "avx512" && avx2 && __builtin_cpu_supports("avx512f");
+}
+
+// The geometry of a channels-last conv of x (N, C, T, H, W) with KT x 3 x 3 kernels, checked.
+ClGeo cl_geometry(const at::Tensor& x, int groups, int KT, int cin_g, int cout_g,
+                  const std::vector<int64_t>& stride, int lanes) {
+  TORCH_CHECK(x.dim() == 5 && x.device().is_cpu() && x.scalar_type() == at::kFloat &&
+              x.is_contiguous(at::MemoryFormat::ChannelsLast3d), "fiber_conv: x must be a channels-last-3d fp32 CPU tensor");
+  TORCH_CHECK(cpu_has("avx2"), "fiber_conv: the channels-last kernel needs AVX2 and FMA");
+  TORCH_CHECK(stride.size() == 3 && stride[0] > 0 && stride[1] > 0 && stride[2] > 0,
+              "fiber_conv: strides must be three positive numbers");
+  ClGeo g;
+  g.KT = KT; g.cin_g = cin_g; g.cout_g = cout_g; g.lanes = lanes; g.cop = (cout_g + lanes - 1) / lanes * lanes;
+  g.C = x.size(1); g.T = x.size(2); g.H = x.size(3); g.W = x.size(4);
+  TORCH_CHECK(groups > 0 && g.C == g.cin_g * groups, "fiber_conv: channels do not match groups");
+  g.st = stride[0]; g.sh = stride[1]; g.sw = stride[2];
+  g.CO = groups * cout_g;
+  g.To = (g.T + 2 * (g.KT / 2) - g.KT) / g.st + 1;
+  g.Ho = (g.H + 2 - 3) / g.sh + 1;
+  g.Wo = (g.W + 2 - 3) / g.sw + 1;
+  return g;
+}
+
+}  // namespace fiber
+
+using fiber::Band;
+using fiber::ClGeo;
+using fiber::Held;
+using fiber::Tasks;
+
+// A large output is written once, page by page. glibc serves a block above its mmap threshold
+// (32 MiB at most) with fresh pages, each faulted in and zeroed on first touch: 4 KiB at a time,
+// unless the range asks for transparent huge pages (2 MiB), which Linux's default "madvise"
+// mode grants only where asked. Harmless where the block is reused heap memory.
+void prefer_huge_pages(const at::Tensor& y) {
+#ifdef MADV_HUGEPAGE
+  constexpr uintptr_t huge = 2 << 20;
+  const uintptr_t begin = ((uintptr_t)y.data_ptr() + huge - 1) & ~(huge - 1);
+  const uintptr_t end = ((uintptr_t)y.data_ptr() + y.nbytes()) & ~(huge - 1);
+  if (end > begin) madvise((void*)begin, end - begin, MADV_HUGEPAGE);
+#endif
+}
+
+// (CO, cin_g, KT, 3, 3) -> (groups, KT, 3, 3, cin_g, cop): cop = cout_g rounded up to the
+// path's lanes, zeros padded
+at::Tensor pack_cl(const at::Tensor& weight, int64_t groups, const std::string& path) {
+  TORCH_CHECK(weight.dim() == 5 && weight.size(3) == 3 && weight.size(4) == 3 && groups > 0 &&
+              weight.size(0) % groups == 0, "fiber_conv: weight must be (CO, C/groups, KT, 3, 3)");
+  const int64_t lanes = fiber::lanes_of(path);
+  const int64_t cout_g = weight.size(0) / groups, cop = (cout_g + lanes - 1) / lanes * lanes;
+  auto w = weight.reshape({groups, cout_g, weight.size(1), weight.size(2), 3, 3}).permute({0, 3, 4, 5, 2, 1});
+  auto packed = at::zeros({groups, weight.size(2), 3, 3, weight.size(1), cop}, weight.options());
+  packed.narrow(5, 0, cout_g).copy_(w);
+  return packed;
+}
+
+// y = conv3d(x, w, stride, padding=(KT/2, 1, 1), groups) with x channels-last-3d (fp32) and w
+// packed by pack_cl for `path` (avx2, avx512 or avx512-emulated); y is channels-last-3d.
+at::Tensor forward_cl(const at::Tensor& x, const at::Tensor& packed, int64_t cout_g,
+                      std::vector<int64_t> stride, const std::string& path,
+                      const std::optional<at::Tensor>& scale, const std::optional<at::Tensor>& shift) {
+  TORCH_CHECK(path == "avx2" || path == "avx512-emulated" || (path == "avx512" && fiber::cpu_has("avx512")),
+              "fiber_conv: no channels-last path ", path, " on this CPU");
+  const int lanes = fiber::lanes_of(path);
+  TORCH_CHECK(packed.dim() == 6 && packed.is_contiguous() && packed.scalar_type() == at::kFloat &&
+              cout_g > 0 && packed.size(5) == (cout_g + lanes - 1) / lanes * lanes,
+              "fiber_conv: packed weight malformed (packed for another path?)");
+  const int groups = packed.size(0);
+  const ClGeo g = fiber::cl_geometry(x, groups, packed.size(1), packed.size(4), cout_g, stride, lanes);
+  fiber::Affine affine;
+  TORCH_CHECK(scale.has_value() == shift.has_value(), "fiber_conv: scale and shift go together");
+  if (scale.has_value()) {
+    for (const auto* t : {&*scale, &*shift})
+      TORCH_CHECK(t->dim() == 1 && t->size(0) == g.C && t->is_contiguous() && t->device().is_cpu() &&
+                  t->scalar_type() == at::kFloat, "fiber_conv: scale and shift must be C contiguous fp32 CPU floats");
+    affine = fiber::Affine{scale->data_ptr<float>(), shift->data_ptr<float>()};
+  }
+  const int N = x.size(0);
+  auto y = at::empty({N, g.CO, g.To, g.Ho, g.Wo}, x.options().memory_format(at::MemoryFormat::ChannelsLast3d));
+  prefer_huge_pages(y);
+  const fiber::Tasks tasks(g, N, groups, /*allow_planar=*/true);
+  const fiber::ClRun run{g, tasks, x.data_ptr<float>(), packed.data_ptr<float>(), y.data_ptr<float>(), N, groups, affine};
+  if (path == "avx2") fiber::forward_avx2(run);
+  else if (path == "avx512") fiber::forward_avx512(run);
+  else fiber::forward_avx512_on_avx2(run);
+  return y;
+}
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+namespace fiber {
+namespace {
+
+// The weight gradient for one tap (kt, kh, kw), input channels ci0 .. ci0 + B and output
+// channels c0 .. c0 + 8V of one group, over a band's output pixels: B x V accumulators (read
+// from and written back to dw, the group's (KT, 3, 3, cin_g, cop) slice at this tap and ci0)
+// gain x[tap pixel, ci] * gy[pixel, co] for every pixel whose tap is inside the input. The tap's
+// input frame is in the band's `slot` (see pack_band).
+template <int V, int B>
+void wgrad_tap(const Band& src, const float* gyg, float* dw, const ClGeo& g, int n, int to,
+               int ho0, int ho1, int slot, int kh, int kw, int ci0, int co_n) {
+  // U pixels at a time into U sets of accumulators, so that 8 to 12 FMA chains are in flight
+  // where a group has few channels (1 input channel x 1 vector: one chain, one FMA per latency)
+  constexpr int U = std::max(1, std::min((8 + B * V - 1) / (B * V), 12 / (B * V)));
+  __m256 acc[U][B][V];
+#pragma GCC unroll 16
+  for (int u = 0; u < U; ++u)
+#pragma GCC unroll 16
+    for (int b = 0; b < B; ++b)
+#pragma GCC unroll 16
+      for (int v = 0; v < V; ++v)
+        acc[u][b][v] = u == 0 ? _mm256_loadu_ps(dw + (int64_t)b * g.cop + v * 8) : _mm256_setzero_ps();
+  const __m256i last = mask8(co_n - 8 * (V - 1));  // the last vector's lanes in the group
+  const int lo = kw == 0 ? 1 : 0;  // the first wo whose column wo * sw + kw - 1 is >= 0
+  const int hi = g.W - kw < 0 ? 0 : std::min(g.Wo, (g.W - kw) / g.sw + 1);  // ... is <= W - 1
+  const int64_t pix = (int64_t)g.sw * g.cin_g;
+  auto one = [&](__m256 (&into)[B][V], const float* xp, const float* gp) {
+    __m256 gv[V];
+#pragma GCC unroll 16
+    for (int v = 0; v < V; ++v)
+      gv[v] = v < V - 1 ? _mm256_loadu_ps(gp + v * 8) : _mm256_maskload_ps(gp + v * 8, last);
+#pragma GCC unroll 16
+    for (int b = 0; b < B; ++b) {
+      const __m256 xb = _mm256_broadcast_ss(xp + b);
+#pragma GCC unroll 16
+      for (int v = 0; v < V; ++v) into[b][v] = _mm256_fmadd_ps(xb, gv[v], into[b][v]);
+    }
+  };
+  for (int ho = ho0; ho < ho1; ++ho) {
+    const int hi_ = ho * g.sh + kh - 1;
+    if (hi_ < 0 || hi_ >= g.H) continue;
+    const float* xrow = src.buf + ((int64_t)slot * src.rows_in + hi_ - src.hi_first) * g.W * g.cin_g
+                        + (int64_t)(kw - 1) * g.cin_g + ci0;
+    const float* grow = gyg + (((int64_t)n * g.To + to) * g.Ho + ho) * g.Wo * g.CO;
+    int wo = lo;
+    for (; wo + U <= hi; wo += U)
+#pragma GCC unroll 16
+      for (int u = 0; u < U; ++u) one(acc[u], xrow + (wo + u) * pix, grow + (int64_t)(wo + u) * g.CO);
+    for (; wo < hi; ++wo) one(acc[0], xrow + wo * pix, grow + (int64_t)wo * g.CO);
+  }
+#pragma GCC unroll 16
+  for (int b = 0; b < B; ++b)
+#pragma GCC unroll 16
+    for (int v = 0; v < V; ++v) {
+      __m256 sum = acc[0][b][v];
+#pragma GCC unroll 16
+      for (int u = 1; u < U; ++u) sum = _mm256_add_ps(sum, acc[u][b][v]);
+      _mm256_storeu_ps(dw + (int64_t)b * g.cop + v * 8, sum);
+    }
+}
+
+// the last input channels of a tap, count < B of them
+template <int V, int B>
+void wgrad_tail(const Band& src, const float* gyg, float* dw, const ClGeo& g, int n, int to,
+                int ho0, int ho1, int slot, int kh, int kw, int ci0, int co_n, int count) {
+  if constexpr (B > 1) {
+    if (count == B - 1)
+      return wgrad_tap<V, B - 1>(src, gyg, dw, g, n, to, ho0, ho1, slot, kh, kw, ci0, co_n);
+    return wgrad_tail<V, B - 1>(src, gyg, dw, g, n, to, ho0, ho1, slot, kh, kw, ci0, co_n, count);
+  }
+}
+
+// every tap and input channel of one group, output channels c0 .. c0 + 8V (gyg and dwg offset to c0)
+template <int V>
+void wgrad_band(const Band& src, const float* gyg, float* dwg, const ClGeo& g, int n, int to,
+                int ho0, int ho1, int co_n) {
+  constexpr int B = 12 / V;
+  for (int kt = 0; kt < g.KT; ++kt) {
+    const int ti = to * g.st + kt - g.KT / 2;
+    if (ti < 0 || ti >= g.T) continue;
+    for (int kh = 0; kh < 3; ++kh)
+      for (int kw = 0; kw < 3; ++kw) {
+        float* dw = dwg + ((kt * 3 + kh) * 3 + kw) * (int64_t)g.cin_g * g.cop;
+        int ci = 0;
+        for (; ci + B <= g.cin_g; ci += B)
+          wgrad_tap<V, B>(src, gyg, dw + (int64_t)ci * g.cop, g, n, to, ho0, ho1, ti % g.KT, kh, kw, ci, co_n);
+        if (ci < g.cin_g)
+          wgrad_tail<V, B>(src, gyg, dw + (int64_t)ci * g.cop, g, n, to, ho0, ho1, ti % g.KT, kh, kw, ci,
+                           co_n, g.cin_g - ci);
+      }
+  }
+}
+
+// The weight gradient of one group with at most 8 output channels at spatial stride 1, all three
+// kw taps at once. Input column c meets output pixel c + 1 - kw through tap kw, so one broadcast
+// of x[c, ci] feeds three FMAs, with grad y at pixels c + 1, c and c - 1. Grad y's rows are first
+// copied into `gpad`, one vector per pixel (its co_n channels, zeros after) and a zero vector at
+// either end, so the border pixels need no branch. The wgrad_tap form spends one broadcast per
+// FMA here, with a quarter of each vector idle at 6 channels.
+template <int CB>
+void wgrad_kw(const Band& src, const float* gpad, float* dw, const ClGeo& g, int ho0, int ho1,
+              int slot, int kh, int ci0) {
+  const int64_t kw_stride = (int64_t)g.cin_g * g.cop;  // dw's step from one kw to the next
+  __m256 acc[CB][3];
+#pragma GCC unroll 16
+  for (int b = 0; b < CB; ++b)
+#pragma GCC unroll 3
+    for (int kw = 0; kw < 3; ++kw) acc[b][kw] = _mm256_loadu_ps(dw + kw * kw_stride + (int64_t)b * g.cop);
+  for (int ho = ho0; ho < ho1; ++ho) {
+    const int hi = ho + kh - 1;
+    if (hi < 0 || hi >= g.H) continue;
+    const float* xrow = src.buf + ((int64_t)slot * src.rows_in + hi - src.hi_first) * g.W * g.cin_g + ci0;
+    const float* grow = gpad + (int64_t)(ho - ho0) * (g.W + 2) * 8;
+    for (int c = 0; c < g.W; ++c) {
+      const __m256 right = _mm256_loadu_ps(grow + 8 * (c + 2));  // pixel c + 1: tap kw = 0
+      const __m256 here = _mm256_loadu_ps(grow + 8 * (c + 1));   // pixel c: kw = 1
+      const __m256 left = _mm256_loadu_ps(grow + 8 * c);         // pixel c - 1: kw = 2
+#pragma GCC unroll 16
+      for (int b = 0; b < CB; ++b) {
+        const __m256 xb = _mm256_broadcast_ss(xrow + (int64_t)c * g.cin_g + b);
+        acc[b][0] = _mm256_fmadd_ps(xb, right, acc[b][0]);
+        acc[b][1] = _mm256_fmadd_ps(xb, here, acc[b][1]);
+        acc[b][2] = _mm256_fmadd_ps(xb, left, acc[b][2]);
+      }
+    }
+  }
+#pragma GCC unroll 16
+  for (int b = 0; b < CB; ++b)
+#pragma GCC unroll 3
+    for (int kw = 0; kw < 3; ++kw) _mm256_storeu_ps(dw + kw * kw_stride + (int64_t)b * g.cop, acc[b][kw]);
+}
+
+// every tap and input channel of one group of at most 8 output channels (gyg, dwg at the group)
+void wgrad_band_kw(const Band& src, const float* gyg, float* dwg, const ClGeo& g, int n, int to,
+                   int ho0, int ho1, int co_n, std::vector<float>& gpad) {
+  const int64_t row = (int64_t)(g.W + 2) * 8;
+  gpad.assign((ho1 - ho0) * row, 0.f);
+  const __m256i lanes = mask8(co_n);
+  for (int ho = ho0; ho < ho1; ++ho) {
+    const float* grow = gyg + (((int64_t)n * g.To + to) * g.Ho + ho) * g.Wo * g.CO;
+    float* dst = gpad.data() + (ho - ho0) * row + 8;
+    for (int p = 0; p < g.Wo; ++p)
+      _mm256_storeu_ps(dst + 8 * p, _mm256_maskload_ps(grow + (int64_t)p * g.CO, lanes));
+  }
+  constexpr int CB = 3;  // 3 input channels x 3 taps: 9 chains
+  for (int kt = 0; kt < g.KT; ++kt) {
+    const int ti = to * g.st + kt - g.KT / 2;
+    if (ti < 0 || ti >= g.T) continue;
+    for (int kh = 0; kh < 3; ++kh) {
+      float* dw = dwg + (kt * 3 + kh) * 3 * (int64_t)g.cin_g * g.cop;
+      int ci = 0;
+      for (; ci + CB <= g.cin_g; ci += CB)
+        wgrad_kw<CB>(src, gpad.data(), dw + (int64_t)ci * g.cop, g, ho0, ho1, ti % g.KT, kh, ci);
+      if (g.cin_g - ci == 2)
+        wgrad_kw<2>(src, gpad.data(), dw + (int64_t)ci * g.cop, g, ho0, ho1, ti % g.KT, kh, ci);
+      else if (g.cin_g - ci == 1)
+        wgrad_kw<1>(src, gpad.data(), dw + (int64_t)ci * g.cop, g, ho0, ho1, ti % g.KT, kh, ci);
+    }
+  }
+}
+
+}  // namespace
+}  // namespace fiber
+#pragma GCC pop_options
+
+// grad of the weight of y = conv3d(x, w, stride, padding=(KT/2, 1, 1), groups), x and gy
+// channels-last-3d fp32: (CO, cin_g, KT, 3, 3). Each thread sums its tasks into a buffer of its
+// own, in the packed layout; the buffers are added at the end.
+at::Tensor grad_weight_cl(const at::Tensor& x, const at::Tensor& gy, int64_t groups,
+                             int64_t KT, std::vector<int64_t> stride) {
+  TORCH_CHECK(gy.dim() == 5 && gy.scalar_type() == at::kFloat && gy.size(1) % groups == 0 &&
+              gy.is_contiguous(at::MemoryFormat::ChannelsLast3d), "fiber_conv: grad must be channels-last-3d fp32");
+  const int cout_g = gy.size(1) / groups;
+  const ClGeo g = fiber::cl_geometry(x, groups, KT, x.size(1) / groups, cout_g, stride, /*lanes=*/8);
+  TORCH_CHECK(gy.size(0) == x.size(0) && gy.size(2) == g.To && gy.size(3) == g.Ho && gy.size(4) == g.Wo,
+              "fiber_conv: grad's shape does not match the conv's output");
+  const int N = x.size(0);
+  const float* xp = x.data_ptr<float>();
+  const float* gp = gy.data_ptr<float>();
+  const int vecs = g.cop / 8, chunks = (vecs + 2) / 3;
+  const Tasks tasks(g, N, groups, /*allow_planar=*/false);
+  const int64_t group_w = (int64_t)g.KT * 9 * g.cin_g * g.cop;
+  std::vector<std::vector<float>> partial(at::get_num_threads());
+  at::parallel_for(0, tasks.count, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float>& mine = partial.at(at::get_thread_num());
+    if (mine.empty()) mine.assign(groups * group_w, 0.f);
+    std::vector<float> buf(tasks.buffer_floats());
+    std::vector<float> gpad;
+    Held held;
+    for (int64_t task = begin; task < end; ++task) {
+      int n, to, grp0, ng, ho0, ho1;
+      const Band first = tasks.unpack(task, xp, buf.data(), g, groups, held, n, to, grp0, ng, ho0, ho1);
+      for (int j = 0; j < ng; ++j) {
+        const int grp = grp0 + j;
+        const Band src{first.buf + j * tasks.group_stride, first.hi_first, first.rows_in};
+        if (g.cout_g <= 8 && g.sh == 1 && g.sw == 1) {
+          fiber::wgrad_band_kw(src, gp + (int64_t)grp * g.cout_g, mine.data() + grp * group_w, g, n, to, ho0,
+                        ho1, g.cout_g, gpad);
+          continue;
+        }
+        for (int chunk = 0; chunk < chunks; ++chunk) {
+          const int c0 = chunk * 24, v = std::min(3, vecs - chunk * 3);
+          const int co_n = std::min(24, g.cout_g - c0);
+          const float* gyg = gp + (int64_t)grp * g.cout_g + c0;
+          float* dwg = mine.data() + grp * group_w + c0;
+          if (v == 1) fiber::wgrad_band<1>(src, gyg, dwg, g, n, to, ho0, ho1, co_n);
+          else if (v == 2) fiber::wgrad_band<2>(src, gyg, dwg, g, n, to, ho0, ho1, co_n);
+          else fiber::wgrad_band<3>(src, gyg, dwg, g, n, to, ho0, ho1, co_n);
+        }
+      }
+    }
+  });
+  auto packed = at::zeros({groups, KT, 3, 3, g.cin_g, g.cop}, x.options());
+  float* out = packed.data_ptr<float>();
+  for (const auto& mine : partial)
+    if (!mine.empty())
+      at::parallel_for(0, (int64_t)mine.size(), 4096, [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) out[i] += mine[i];
+      });
+  // (groups, KT, 3, 3, cin_g, cop) -> (CO, cin_g, KT, 3, 3)
+  return packed.narrow(5, 0, cout_g).permute({0, 5, 4, 1, 2, 3}).reshape({g.CO, g.cin_g, KT, 3, 3}).contiguous();
+}

@@ -1,0 +1,36 @@
+// The channels-last forward on AVX-512: 16 floats a vector and 32 registers, so register blocks
+// of up to 24 accumulators (fiber_cl_kernels.h). Compiled for AVX-512F in this file only and
+// run only where the CPU has it (forward_cl checks). The same blocking runs on pairs of AVX2
+// registers in fiber_cl.cpp (Avx512OnAvx2), which is how its logic is tested on CPUs without
+// AVX-512; Python checks this build against the AVX2 path once per process before using it
+// (models/fiber_kernel.py).
+#include <immintrin.h>
+
+#include "fiber_cl.h"
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx2,fma")
+#include "fiber_cl_kernels.h"
+
+namespace fiber {
+namespace {
+
+struct Avx512 {
+  static constexpr int L = 16, ACC = 24, PMAX = 8;
+  using V = __m512;
+  static V zero() { return _mm512_setzero_ps(); }
+  static V load(const float* p) { return _mm512_loadu_ps(p); }
+  static V bcast(const float* p) { return _mm512_set1_ps(*p); }
+  static V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+  static void store_first(float* p, V v, int n) { _mm512_mask_storeu_ps(p, (__mmask16)((1u << n) - 1), v); }
+  static __m256 eighth(V v, int i) {
+    return i == 0 ? _mm512_castps512_ps256(v) : _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
+  }
+};
+
+}  // namespace
+
+void forward_avx512(const ClRun& run) { run_forward<Avx512>(run); }
+
+}  // namespace fiber
+#pragma GCC pop_options

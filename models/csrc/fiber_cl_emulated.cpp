@@ -1,0 +1,39 @@
+// The AVX-512 path's forward (fiber_cl_avx512.cpp) on pairs of AVX2 registers, for CPUs
+// without AVX-512: the same register blocks from fiber_cl_kernels.h, instantiated with the same
+// lanes and accumulator counts, so tests here run the logic the AVX-512 build runs.
+#include <immintrin.h>
+
+#include "fiber_cl.h"
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#include "fiber_cl_kernels.h"
+
+namespace fiber {
+namespace {
+
+// The AVX-512 path's blocking (16 floats a vector, 32 registers' worth of accumulators) on
+// pairs of AVX2 registers: the same code as fiber_cl_avx512.cpp instantiates, run where the CPU
+// has no AVX-512 so that tests check its logic (lanes, tails, packing) here. Slow (its blocks
+// spill); MFNET_FIBER_KERNEL=avx512-emulated. Its own file, so that its compile (the
+// slowest of the kernels') runs beside the others'.
+struct Avx512OnAvx2 {
+  static constexpr int L = 16, ACC = 24, PMAX = 8;
+  struct V { __m256 lo, hi; };
+  static V zero() { return {_mm256_setzero_ps(), _mm256_setzero_ps()}; }
+  static V load(const float* p) { return {_mm256_loadu_ps(p), _mm256_loadu_ps(p + 8)}; }
+  static V bcast(const float* p) { const __m256 b = _mm256_broadcast_ss(p); return {b, b}; }
+  static V fma(V a, V b, V c) { return {_mm256_fmadd_ps(a.lo, b.lo, c.lo), _mm256_fmadd_ps(a.hi, b.hi, c.hi)}; }
+  static void store_first(float* p, V v, int n) {
+    store8_first(p, v.lo, std::min(n, 8));
+    if (n > 8) store8_first(p + 8, v.hi, n - 8);
+  }
+  static __m256 eighth(V v, int i) { return i == 0 ? v.lo : v.hi; }
+};
+
+}  // namespace
+
+void forward_avx512_on_avx2(const ClRun& run) { run_forward<Avx512OnAvx2>(run); }
+
+}  // namespace fiber
+#pragma GCC pop_options

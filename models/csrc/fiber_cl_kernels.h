@@ -1,0 +1,294 @@
+// The channels-last forward's register blocks, written once for any vector width. Each path's
+// file includes this after `#pragma GCC target(...)`, so every function here is compiled for
+// that path's instruction set, in that file's own unnamed namespace; then it defines the path's
+// vector traits A and calls run_forward<A>. A provides:
+//   L                       floats per vector
+//   ACC                     accumulators a register block may hold (16 or 32 registers)
+//   PMAX                    output pixels per block at most (the broadcast form)
+//   V                       the vector type
+//   zero(), load(p), bcast(p), fma(a, b, c) = a * b + c
+//   store_first(p, v, n)    lanes 0 .. n - 1 of v to p, 1 <= n <= L
+//   eighth(v, i)            lanes 8i .. 8i + 7 of v, as an __m256
+#pragma once
+
+#include <ATen/Parallel.h>
+#include <immintrin.h>
+
+#include "fiber_cl.h"
+
+namespace fiber {
+namespace {
+
+// the first n lanes of v to p (n in 1..8), with whole stores where they fit
+inline void store8_first(float* p, __m256 v, int n) {
+  if (n == 8) { _mm256_storeu_ps(p, v); return; }
+  __m128 lo = _mm256_castps256_ps128(v);
+  if (n >= 4) { _mm_storeu_ps(p, lo); lo = _mm256_extractf128_ps(v, 1); p += 4; n -= 4; }
+  if (n >= 2) { _mm_storel_pi(reinterpret_cast<__m64*>(p), lo); lo = _mm_movehl_ps(lo, lo); p += 2; n -= 2; }
+  if (n == 1) _mm_store_ss(p, lo);
+}
+
+// r[i][j] -> r[j][i]: eight vectors of eight floats transposed in registers (unpack, shuffle,
+// swap of 128-bit halves)
+inline void transpose8(__m256 (&r)[8]) {
+  __m256 t[8], u[8];
+#pragma GCC unroll 4
+  for (int i = 0; i < 4; ++i) {
+    t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);      // rows 2i, 2i+1: elements 0 1, 4 5
+    t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);  // elements 2 3, 6 7
+  }
+#pragma GCC unroll 2
+  for (int i = 0; i < 2; ++i) {  // rows 4i .. 4i + 3
+    u[4 * i] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(1, 0, 1, 0));      // columns 0, 4
+    u[4 * i + 1] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(3, 2, 3, 2));  // 1, 5
+    u[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(1, 0, 1, 0));  // 2, 6
+    u[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(3, 2, 3, 2));  // 3, 7
+  }
+#pragma GCC unroll 4
+  for (int j = 0; j < 4; ++j) {
+    r[j] = _mm256_permute2f128_ps(u[j], u[4 + j], 0x20);
+    r[4 + j] = _mm256_permute2f128_ps(u[j], u[4 + j], 0x31);
+  }
+}
+
+// ---- the broadcast form: vectorised along a group's output channels ----
+//
+// y[n, to, ho, wo, g * cout_g + co] = sum over kt, kh, kw, ci of
+//     w[g, kt, kh, kw, ci, co] * x[n, to * st + kt - KT / 2, ho * sh + kh - 1, wo * sw + kw - 1, g * cin_g + ci]
+// V vectors of output channels x P output pixels of one row per register block: per input
+// channel and tap, V weight loads and P broadcasts feed P x V FMAs. The weights are packed once
+// (pack_cl), (g, kt, kh, kw, ci, co) with co padded to whole vectors, so every weight load is
+// whole. A tap left or right of the row is skipped at compile time (the first and last pixel of
+// a row have their own variants); rows and frames outside the input are skipped whole, so
+// nothing is padded.
+
+template <class A, int V>
+constexpr int block_pixels() { return std::min(A::PMAX, A::ACC / V); }
+
+// One kernel column kw of one input row, for P output pixels: every input channel of the group
+// feeds P x V FMAs. SKIP_FIRST / SKIP_LAST: the first / last pixel's tap falls outside the row.
+template <class A, int V, int P, bool SKIP_FIRST, bool SKIP_LAST>
+inline void cl_taps(typename A::V (&acc)[P][V], const float* base, int64_t pix_stride, const float* wk,
+                    int cin_g, int cop) {
+  for (int ci = 0; ci < cin_g; ++ci) {
+    typename A::V wv[V];
+#pragma GCC unroll 16
+    for (int v = 0; v < V; ++v) wv[v] = A::load(wk + (int64_t)ci * cop + v * A::L);
+#pragma GCC unroll 16
+    for (int p = 0; p < P; ++p) {
+      if ((SKIP_FIRST && p == 0) || (SKIP_LAST && p == P - 1)) continue;
+      const typename A::V b = A::bcast(base + p * pix_stride + ci);
+#pragma GCC unroll 16
+      for (int v = 0; v < V; ++v) acc[p][v] = A::fma(wv[v], b, acc[p][v]);
+    }
+  }
+}
+
+// P output pixels (wo0 .. wo0 + P - 1) of one row, output channels c0 .. c0 + V * L of one group.
+// Only the row's first pixel (kw = 0) and last pixel (kw = 2) can have a tap outside the row.
+template <class A, int V, int P>
+void cl_block(const Band& src, const float* wg, float* yrow, const ClGeo& g_, int to,
+              int ho, int wo0, int c0, int co_n) {
+  typename A::V acc[P][V];
+#pragma GCC unroll 16
+  for (int p = 0; p < P; ++p)
+#pragma GCC unroll 16
+    for (int v = 0; v < V; ++v) acc[p][v] = A::zero();
+  const int64_t pix_stride = (int64_t)g_.sw * g_.cin_g;
+  const int pt = g_.KT / 2;
+  const int last_col = (wo0 + P - 1) * g_.sw + 1;  // the last pixel's kw = 2 column
+  const bool first_out = wo0 == 0, last_out = last_col >= g_.W;
+  for (int kt = 0; kt < g_.KT; ++kt) {
+    const int ti = to * g_.st + kt - pt;
+    if (ti < 0 || ti >= g_.T) continue;
+    for (int kh = 0; kh < 3; ++kh) {
+      const int hi = ho * g_.sh + kh - 1;
+      if (hi < 0 || hi >= g_.H) continue;
+      const float* row = src.buf + ((int64_t)(ti % g_.KT) * src.rows_in + hi - src.hi_first) * g_.W * g_.cin_g;
+      for (int kw = 0; kw < 3; ++kw) {
+        const float* wk = wg + ((kt * 3 + kh) * 3 + kw) * (int64_t)g_.cin_g * g_.cop + c0;
+        const float* base = row + (int64_t)(wo0 * g_.sw + kw - 1) * g_.cin_g;
+        if (kw == 0 && first_out)
+          cl_taps<A, V, P, true, false>(acc, base, pix_stride, wk, g_.cin_g, g_.cop);
+        else if (kw == 2 && last_out)
+          cl_taps<A, V, P, false, true>(acc, base, pix_stride, wk, g_.cin_g, g_.cop);
+        else
+          cl_taps<A, V, P, false, false>(acc, base, pix_stride, wk, g_.cin_g, g_.cop);
+      }
+    }
+  }
+#pragma GCC unroll 16
+  for (int p = 0; p < P; ++p) {
+    float* out = yrow + (int64_t)(wo0 + p) * g_.CO + c0;
+#pragma GCC unroll 16
+    for (int v = 0; v < V; ++v) {
+      const int lanes = std::min(A::L, co_n - v * A::L);
+      if (lanes > 0) A::store_first(out + v * A::L, acc[p][v], lanes);
+    }
+  }
+}
+
+// the last block of a row, count < P pixels
+template <class A, int V, int P>
+void cl_tail(const Band& src, const float* wg, float* yrow, const ClGeo& g, int to, int ho,
+             int wo0, int count, int c0, int co_n) {
+  if constexpr (P > 1) {
+    if (count == P - 1) return cl_block<A, V, P - 1>(src, wg, yrow, g, to, ho, wo0, c0, co_n);
+    return cl_tail<A, V, P - 1>(src, wg, yrow, g, to, ho, wo0, count, c0, co_n);
+  }
+}
+
+// one output row, output channels c0 .. c0 + V * L of one group
+template <class A, int V>
+void cl_row(const Band& src, const float* wg, float* yrow, const ClGeo& g, int to, int ho,
+            int c0, int co_n) {
+  constexpr int P = block_pixels<A, V>();
+  int wo = 0;
+  for (; wo + P <= g.Wo; wo += P) cl_block<A, V, P>(src, wg, yrow, g, to, ho, wo, c0, co_n);
+  if (wo < g.Wo) cl_tail<A, V, P>(src, wg, yrow, g, to, ho, wo, g.Wo - wo, c0, co_n);
+}
+
+// ---- the planar form: vectorised along the output row ----
+//
+// For groups of at most 6 or of 12 output channels at column stride 1 (MF-Net's conv2 and
+// conv3), where the broadcast form leaves lanes idle (6 of 8 on AVX2). Each group's rows are
+// packed (KT, rows_in, cin_g, planar_width) with zero columns either side, the weights are
+// broadcast: per input channel and tap, NV loads and CO broadcasts feed NV x CO FMAs, NV = 4
+// vectors for CO <= 3 and 2 otherwise. With 16 registers, 12 channels run as two halves of 6
+// (planar_row_halves); with 32, at once. (CO = 1 is the input gradient of MF-Net's 1 -> 6 first
+// conv.) The block goes into the channels-last output by 8x8 transposes in registers.
+
+template <int CO>
+constexpr int planar_vectors() { return CO <= 3 ? 4 : 2; }
+
+template <class A, int CO>
+void planar_block(const Band& src, const float* wg, float* yrow, const ClGeo& g_, int to, int ho,
+                  int wo0) {
+  constexpr int NV = planar_vectors<CO>();
+  static_assert(CO * NV <= A::ACC, "more accumulators than registers");
+  const int wp = planar_width(g_.W, A::L);
+  typename A::V acc[CO][NV];
+#pragma GCC unroll 16
+  for (int c = 0; c < CO; ++c)
+#pragma GCC unroll 16
+    for (int j = 0; j < NV; ++j) acc[c][j] = A::zero();
+  const int pt = g_.KT / 2;
+  for (int kt = 0; kt < g_.KT; ++kt) {
+    const int ti = to * g_.st + kt - pt;
+    if (ti < 0 || ti >= g_.T) continue;
+    for (int kh = 0; kh < 3; ++kh) {
+      const int hi = ho * g_.sh + kh - 1;
+      if (hi < 0 || hi >= g_.H) continue;
+      const float* rows = src.buf + ((int64_t)(ti % g_.KT) * src.rows_in + hi - src.hi_first) * g_.cin_g * wp + wo0;
+      const float* wt = wg + (kt * 3 + kh) * 3 * (int64_t)g_.cin_g * g_.cop;
+      for (int ci = 0; ci < g_.cin_g; ++ci) {
+        const float* xr = rows + (int64_t)ci * wp;
+#pragma GCC unroll 3
+        for (int kw = 0; kw < 3; ++kw) {
+          typename A::V in[NV];
+#pragma GCC unroll 16
+          for (int j = 0; j < NV; ++j) in[j] = A::load(xr + kw + A::L * j);
+          const float* wk = wt + ((int64_t)kw * g_.cin_g + ci) * g_.cop;
+#pragma GCC unroll 16
+          for (int c = 0; c < CO; ++c) {
+            const typename A::V wv = A::bcast(wk + c);
+#pragma GCC unroll 16
+            for (int j = 0; j < NV; ++j) acc[c][j] = A::fma(wv, in[j], acc[c][j]);
+          }
+        }
+      }
+    }
+  }
+  // into the channels-last output: per 8 pixels and 8 channels, a transpose in registers, then
+  // each pixel's channels stored at once
+#pragma GCC unroll 4
+  for (int j = 0; j < NV; ++j)
+#pragma GCC unroll 2
+    for (int e = 0; e < A::L / 8; ++e) {
+      const int first = wo0 + A::L * j + 8 * e, pixels = std::min(8, g_.Wo - first);
+      if (pixels <= 0) return;
+#pragma GCC unroll 2
+      for (int c0 = 0; c0 < CO; c0 += 8) {
+        __m256 r[8];
+#pragma GCC unroll 8
+        for (int c = 0; c < 8; ++c) r[c] = c0 + c < CO ? A::eighth(acc[c0 + c][j], e) : _mm256_setzero_ps();
+        transpose8(r);
+        float* out = yrow + (int64_t)first * g_.CO + c0;
+        for (int p = 0; p < pixels; ++p) store8_first(out + (int64_t)p * g_.CO, r[p], std::min(8, CO - c0));
+      }
+    }
+}
+
+template <class A, int CO>
+void planar_row(const Band& src, const float* wg, float* yrow, const ClGeo& g, int to, int ho) {
+  for (int wo = 0; wo < g.Wo; wo += A::L * planar_vectors<CO>()) planar_block<A, CO>(src, wg, yrow, g, to, ho, wo);
+}
+
+using PlanarRow = void (*)(const Band&, const float*, float*, const ClGeo&, int, int);
+
+// 12 output channels as two halves of 6 where 24 accumulators do not fit: each input vector then
+// feeds 6 x 2 FMAs for 8 loads, where one block of 12 channels x 1 vector takes 13 loads for 12
+template <class A>
+void planar_row_halves(const Band& src, const float* wg, float* yrow, const ClGeo& g, int to, int ho) {
+  planar_row<A, 6>(src, wg, yrow, g, to, ho);
+  planar_row<A, 6>(src, wg + 6, yrow + 6, g, to, ho);
+}
+
+template <class A>
+PlanarRow planar_row_for(int cout_g) {
+  switch (cout_g) {
+    case 1: return planar_row<A, 1>;
+    case 2: return planar_row<A, 2>;
+    case 3: return planar_row<A, 3>;
+    case 4: return planar_row<A, 4>;
+    case 5: return planar_row<A, 5>;
+    case 6: return planar_row<A, 6>;
+    default:
+      if constexpr (A::ACC >= 24) return planar_row<A, 12>;
+      else return planar_row_halves<A>;
+  }
+}
+
+// The whole forward on path A: each thread packs its tasks' input (Tasks::unpack) and runs the
+// register blocks over it, a band of output rows of each group at a time.
+template <class A>
+void run_forward(const ClRun& r) {
+  const ClGeo& g = r.g;
+  const Tasks& tasks = r.tasks;
+  // chunks of at most 3 vectors of output channels per register block
+  const int vecs = g.cop / A::L, chunks = (vecs + 2) / 3;
+  const PlanarRow planar_row = planar_row_for<A>(g.cout_g);
+  const int64_t group_w = (int64_t)g.KT * 9 * g.cin_g * g.cop;
+  at::parallel_for(0, tasks.count, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> buf(tasks.buffer_floats());  // zeros: the planar pad columns stay so
+    Held held;
+    for (int64_t task = begin; task < end; ++task) {
+      int n, to, grp0, ng, ho0, ho1;
+      const Band first = tasks.unpack(task, r.x, buf.data(), g, r.groups, held, n, to, grp0, ng, ho0, ho1, r.affine);
+      for (int j = 0; j < ng; ++j) {
+        const int grp = grp0 + j;
+        const Band src{first.buf + j * tasks.group_stride, first.hi_first, first.rows_in};
+        const float* wg = r.w + grp * group_w;
+        if (tasks.planar) {
+          for (int ho = ho0; ho < ho1; ++ho)
+            planar_row(src, wg, r.y + (((int64_t)n * g.To + to) * g.Ho + ho) * g.Wo * g.CO +
+                                    (int64_t)grp * g.cout_g, g, to, ho);
+          continue;
+        }
+        for (int chunk = 0; chunk < chunks; ++chunk) {
+          const int c0 = chunk * 3 * A::L, v = std::min(3, vecs - chunk * 3);
+          const int co_n = std::min(3 * A::L, g.cout_g - c0);
+          for (int ho = ho0; ho < ho1; ++ho) {
+            float* yrow = r.y + (((int64_t)n * g.To + to) * g.Ho + ho) * g.Wo * g.CO + (int64_t)grp * g.cout_g;
+            if (v == 1) cl_row<A, 1>(src, wg, yrow, g, to, ho, c0, co_n);
+            else if (v == 2) cl_row<A, 2>(src, wg, yrow, g, to, ho, c0, co_n);
+            else cl_row<A, 3>(src, wg, yrow, g, to, ho, c0, co_n);
+          }
+        }
+      }
+    }
+  });
+}
+
+}  // namespace
+}  // namespace fiber

@@ -1,0 +1,181 @@
+"""The fiber kernel's instruction-set paths (models/fiber_kernel.py): which one runs, the switch
+that picks one, the AVX-512 path's code checked here on pairs of AVX2 registers, and the check
+that keeps a disagreeing AVX-512 build from being used."""
+
+import os
+import random
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from models import fiber_kernel as fk
+from models.mfnet import MFNet
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module", autouse=True)
+def built():
+    if fk.extension() is None or fk.extension().path("") == "scalar":
+        pytest.skip(f"no channels-last kernel here: {fk.status()}")
+
+
+def cpu_flags() -> set[str]:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def close(a, b, rtol=1e-4):
+    scale = b.abs().max().clamp_min(1e-6)
+    assert ((a - b).abs().max() / scale).item() < rtol
+
+
+def test_the_cpu_s_best_path_runs_unless_the_switch_picks_another(monkeypatch):
+    monkeypatch.delenv(fk.SWITCH, raising=False)
+    best = "avx512" if "avx512f" in cpu_flags() else "avx2"
+    assert fk.path() == best and fk.status().startswith(f"suite kernel ({best})")
+    monkeypatch.setenv(fk.SWITCH, "avx2")  # what a CPU without AVX-512 gets
+    assert fk.path() == "avx2" and fk.status().startswith("suite kernel (avx2); BatchNorm + ReLU fused")
+    monkeypatch.setenv(fk.SWITCH, "avx512-emulated")
+    assert fk.path() == "avx512-emulated"
+    monkeypatch.setenv(fk.SWITCH, "scalar")
+    assert fk.path() == "scalar" and fk.why_not("cpu")
+
+
+@pytest.mark.skipif("avx512f" in cpu_flags(), reason="this CPU has AVX-512")
+def test_asking_for_avx512_on_a_cpu_without_it_gets_avx2_and_says_so_once(monkeypatch):
+    monkeypatch.setenv(fk.SWITCH, "avx512")
+    monkeypatch.setattr(fk, "_loaded", {**fk._loaded})  # the "said once" record starts empty
+    with pytest.warns(UserWarning, match="avx512: this CPU cannot run it; fiber convs take the avx2 path"):
+        assert fk.path() == "avx2"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # said once
+        assert fk.path() == "avx2"
+    with pytest.raises(RuntimeError, match="no channels-last path avx512 on this CPU"):
+        x = torch.randn(1, 4, 2, 3, 5).contiguous(memory_format=torch.channels_last_3d)
+        fk.extension().forward_cl(x, fk.extension().pack_cl(torch.randn(4, 2, 3, 3, 3), 2, "avx512"),
+                                  2, [1, 1, 1], "avx512")
+
+
+def test_a_switch_value_that_means_nothing_is_one_line_everywhere(monkeypatch):
+    monkeypatch.setenv(fk.SWITCH, "avx1024")
+    with pytest.raises(ValueError, match="MFNET_FIBER_KERNEL='avx1024': use off, scalar, avx2, avx512, "
+                                         "avx512-emulated"):
+        fk.path()
+    env = {**os.environ, fk.SWITCH: "fast"}
+    for cmd in (["benchmarks/run.py", "--quick", "--models", "mfnet", "--measure", "cost"],
+                ["benchmarks/train.py", "--model", "mfnet", "--dataset", "motion"]):
+        out = subprocess.run([sys.executable, *cmd], cwd=ROOT, env=env, capture_output=True,
+                             text=True, timeout=300)
+        assert out.returncode == 2, out.stderr[-2000:]
+        assert "MFNET_FIBER_KERNEL='fast'" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_the_avx512_path_s_code_equals_pytorch_forward_and_backward(monkeypatch):
+    """The AVX-512 build's register blocks (16 lanes, up to 24 accumulators, 12 channels at
+    once in the planar form) on pairs of AVX2 registers: random shapes and strides, forward and
+    both gradients (the input's runs the forward's code too)."""
+    monkeypatch.setenv(fk.SWITCH, "avx512-emulated")
+    rng = random.Random(2)
+    for _ in range(20):
+        groups = rng.choice([1, 2, 4])
+        cin_g, kt = rng.randint(1, 20), rng.choice([1, 3])
+        cout_g = rng.choice([1, 3, 5, 6, 7, 12, 16, 17, 24, 33, 48, 50])
+        stride = rng.choice([(1, 1, 1), (2, 1, 1), (1, 2, 2), (2, 2, 2)])
+        shape = (rng.randint(1, 2), groups * cin_g, rng.randint(1, 5), rng.randint(1, 9), rng.randint(1, 70))
+        x1 = torch.randn(shape).contiguous(memory_format=torch.channels_last_3d).requires_grad_()
+        w1 = torch.randn(groups * cout_g, cin_g, kt, 3, 3, requires_grad=True)
+        x2, w2 = x1.detach().clone().requires_grad_(), w1.detach().clone().requires_grad_()
+        y1, y2 = fk.fiber_conv3d(x1, w1, groups, stride), fk.reference(x2, w2, groups, stride)
+        close(y1, y2)
+        grad = torch.randn_like(y2)
+        y1.backward(grad)
+        y2.backward(grad)
+        close(x1.grad, x2.grad)
+        close(w1.grad, w2.grad)
+
+
+def test_mfnet_on_the_avx512_path_s_code_equals_the_reference_path(monkeypatch):
+    """Every MF-Net fiber conv, with BatchNorm + ReLU folded in, on the AVX-512 blocking."""
+    torch.manual_seed(0)
+    reference = MFNet(channels_last=False).eval()
+    for bn in (m for m in reference.modules() if isinstance(m, nn.BatchNorm3d)):
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.5, 2.0)
+    fast = MFNet(fiber_kernel=True).eval()
+    fast.load_state_dict(reference.state_dict())
+    x = torch.randn(1, 3, 8, 112, 112)
+    monkeypatch.setenv(fk.SWITCH, "avx512-emulated")
+    with torch.inference_mode():
+        close(fast(x), reference(x))
+
+
+def test_the_avx512_build_is_used_only_where_it_agrees_with_the_avx2_path(monkeypatch):
+    """A CPU with AVX-512, simulated: the extension says its best path is avx512, and its
+    avx512 forward is either the real AVX-512 blocking (here on AVX2 registers) or one that
+    is off by a little. The first is used; the second is not, in one line, and convs take the
+    AVX2 path."""
+    real = fk.extension()
+
+    class Simulated:
+        def __init__(self, wrong: bool):
+            self.wrong = wrong
+
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def path(self, want):
+            return "avx2" if want == "avx2" else "avx512"
+
+        def pack_cl(self, weight, groups, path):
+            return real.pack_cl(weight, groups, "avx512-emulated" if path == "avx512" else path)
+
+        def forward_cl(self, x, packed, cout_g, stride, path, scale=None, shift=None):
+            if path != "avx512":
+                return real.forward_cl(x, packed, cout_g, stride, path, scale, shift)
+            checked.append(cout_g)
+            y = real.forward_cl(x, packed, cout_g, stride, "avx512-emulated", scale, shift)
+            return y * 1.001 if self.wrong else y
+
+    monkeypatch.delenv(fk.SWITCH, raising=False)
+    checked = []
+    for wrong, taken in ((False, "avx512"), (True, "avx2")):
+        checked.clear()
+        monkeypatch.setattr(fk, "_loaded", {"module": Simulated(wrong), "why": "", "pool": False})
+        if wrong:
+            with pytest.warns(UserWarning, match="avx512 path disagrees with its avx2 path"):
+                assert fk.path() == taken
+        else:
+            assert fk.path() == taken
+        assert 1 <= len(checked) <= len(fk.SELF_CHECK)  # up to the first disagreement
+        conv = fk.FiberConv3d(12, 24, 3, padding=1, groups=2, bias=False)
+        x = torch.randn(1, 12, 3, 5, 9).contiguous(memory_format=torch.channels_last_3d)
+        with torch.no_grad():
+            close(conv(x), fk.reference(x, conv.weight, 2))
+        assert fk.path() == taken
+        # checked once per process; the conv ran on the path taken
+        assert len(checked) == (len(fk.SELF_CHECK) + 1 if taken == "avx512" else 1)
+
+
+def test_a_path_s_packed_weights_are_not_used_by_another(monkeypatch):
+    """The packing pads output channels to the path's lanes (8 or 16): a module keeps its packed
+    weights per path, and a packing made for another path is refused in one line."""
+    conv = fk.FiberConv3d(12, 12, 3, padding=1, groups=2, bias=False).eval()
+    x = torch.randn(1, 12, 3, 5, 9).contiguous(memory_format=torch.channels_last_3d)
+    outs = []
+    for path in ("avx2", "avx512-emulated", "avx2"):
+        monkeypatch.setenv(fk.SWITCH, path)
+        with torch.no_grad():
+            outs.append(conv(x))
+    for y in outs:
+        close(y, fk.reference(x, conv.weight, 2))
+    ext = fk.extension()
+    with pytest.raises(RuntimeError, match="packed for another path"):
+        ext.forward_cl(x, ext.pack_cl(conv.weight.detach(), 2, "avx2"), 6, [1, 1, 1], "avx512-emulated")
