@@ -4,6 +4,8 @@ that keeps a disagreeing AVX-512 build from being used."""
 
 import os
 import random
+import re
+import shutil
 import subprocess
 import sys
 import warnings
@@ -179,3 +181,27 @@ def test_a_path_s_packed_weights_are_not_used_by_another(monkeypatch):
     ext = fk.extension()
     with pytest.raises(RuntimeError, match="packed for another path"):
         ext.forward_cl(x, ext.pack_cl(conv.weight.detach(), 2, "avx2"), 6, [1, 1, 1], "avx512-emulated")
+
+
+AVX512_OPERANDS = re.compile(r"%zmm|%k[0-7]\b|%[xy]mm(1[6-9]|2\d|3[01])\b")  # only AVX-512 has them
+
+
+@pytest.mark.skipif(shutil.which("objdump") is None, reason="no objdump to read the library with")
+def test_avx512_instructions_are_only_in_the_avx512_build():
+    """A CPU without AVX-512 must never execute one of its instructions: every function of the
+    built library that uses AVX-512 registers is one of the AVX-512 build's own (an inline
+    function from a header, compiled inside its target region, could otherwise be the copy the
+    linker keeps for every path). Checked on the machine code, so a compiler or include-order
+    change that leaks one shows here."""
+    library = fk._build_dir() / f"{fk.NAME}.so"
+    listing = subprocess.run(["objdump", "-d", "--no-show-raw-insn", "-C", str(library)],
+                             capture_output=True, text=True, timeout=120, check=True).stdout
+    using, function = set(), ""
+    for line in listing.splitlines():
+        if line.endswith(">:"):
+            function = line
+        elif AVX512_OPERANDS.search(line):
+            using.add(function)
+    assert using, "the AVX-512 build is missing from the library"
+    assert all("Avx512>" in f or "Avx512," in f or "forward_avx512(" in f for f in using), \
+        sorted(f for f in using if "Avx512" not in f)[:5]

@@ -4,9 +4,14 @@
 // registers in fiber_cl.cpp (Avx512OnAvx2), which is how its logic is tested on CPUs without
 // AVX-512; Python checks this build against the AVX2 path once per process before using it
 // (models/fiber_kernel.py).
+#include <ATen/Parallel.h>
 #include <immintrin.h>
 
 #include "fiber_cl.h"
+
+// Every header is included above the target pragma: an inline function a header defines inside
+// it would be compiled for this file's instruction set, and the linker keeps one copy of such a
+// function for the whole library, so every path could end up calling this file's.
 
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx2,fma")

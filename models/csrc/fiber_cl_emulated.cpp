@@ -1,9 +1,14 @@
 // The AVX-512 path's forward (fiber_cl_avx512.cpp) on pairs of AVX2 registers, for CPUs
 // without AVX-512: the same register blocks from fiber_cl_kernels.h, instantiated with the same
 // lanes and accumulator counts, so tests here run the logic the AVX-512 build runs.
+#include <ATen/Parallel.h>
 #include <immintrin.h>
 
 #include "fiber_cl.h"
+
+// Every header is included above the target pragma: an inline function a header defines inside
+// it would be compiled for this file's instruction set, and the linker keeps one copy of such a
+// function for the whole library, so every path could end up calling this file's.
 
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
