@@ -47,28 +47,31 @@ struct Avx2 {
 //   pixels' stores overwrite the excess), masked where it would not, so no other row or frame
 //   is touched. (A group of 1 to 3 channels spills past more than the next pixel: stored whole
 //   at the row's last pixels, it overwrote the next frame's kept rows.)
-// - PLANAR = true: (KT, rows_in, cin_g, planar_width), column c at c + 1; the columns either
-//   side are never written, so they stay zero in a zeroed buffer.
+// - PLANAR = true: (KT, rows_in, cin_g, planar_row_floats), column c at c + 1, or at column
+//   stride 2 the even columns then the odd ones (see planar_tap); the columns either side are
+//   never written, so they stay zero in a zeroed buffer.
 // With an Affine, inference's BatchNorm + ReLU is applied on the way.
 
 // One input row of ng groups' channels (`from`: the row's first pixel at the first group's first
 // channel, ch0 that channel's index) into the planar layout: channel k of the ng * cin goes to
 // group k / cin's row k % cin, column w at w + 1. Blocks of 8 pixels x 8 channels are transposed
 // in registers; the rest goes a value at a time.
-template <bool AFFINE>
-void pack_planar_row(const float* from, float* row, const ClGeo& g, int ng, int64_t group_stride,
+template <bool AFFINE, bool SPLIT>
+void pack_planar_row(const float* from, float* row, const ClGeo& g, int ng, const int64_t* offset,
                      const Affine& affine, int64_t ch0) {
-  const int cin = g.cin_g, K = ng * cin;
-  const int64_t wp = planar_width(g.W, g.lanes);
-  auto at = [&](int k) { return row + (int64_t)(k / cin) * group_stride + (int64_t)(k % cin) * wp + 1; };
+  const int K = ng * g.cin_g;
+  const int64_t odd = planar_tap(g, 2) - 1;  // SPLIT: column 2j + 1 at odd + j + 1
   auto one = [&](int w, int k) {
     float v = from[(int64_t)w * g.C + k];
     if constexpr (AFFINE) v = std::max(v * affine.scale[ch0 + k] + affine.shift[ch0 + k], 0.f);
-    at(k)[w] = v;
+    if constexpr (SPLIT) row[offset[k] + (w % 2 ? odd + w / 2 + 1 : w / 2)] = v;
+    else row[offset[k] + w] = v;
   };
+  // SPLIT: a transposed vector's even pixels to its low half, odd to its high half
+  const __m256i evens_odds = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
   const __m256 zero = _mm256_setzero_ps();
   int w = 0;
-  for (; w + 8 <= g.W; w += 8) {
+  for (; w + 8 <= g.W; w += 8) {  // pixel by pixel, so the reads run along memory
     int k = 0;
     for (; k + 8 <= K; k += 8) {
       __m256 v[8];
@@ -81,7 +84,15 @@ void pack_planar_row(const float* from, float* row, const ClGeo& g, int ng, int6
       }
       transpose8(v);  // v[i]: channel k + i at pixels w .. w + 7
 #pragma GCC unroll 8
-      for (int i = 0; i < 8; ++i) _mm256_storeu_ps(at(k + i) + w, v[i]);
+      for (int i = 0; i < 8; ++i) {
+        if constexpr (SPLIT) {
+          const __m256 split = _mm256_permutevar8x32_ps(v[i], evens_odds);
+          _mm_storeu_ps(row + offset[k + i] + w / 2, _mm256_castps256_ps128(split));
+          _mm_storeu_ps(row + offset[k + i] + odd + w / 2 + 1, _mm256_extractf128_ps(split, 1));
+        } else {
+          _mm256_storeu_ps(row + offset[k + i] + w, v[i]);
+        }
+      }
     }
     for (; k < K; ++k)
       for (int p = 0; p < 8; ++p) one(w + p, k);
@@ -94,9 +105,15 @@ template <bool PLANAR, bool AFFINE>
 void pack_band(const float* xp, float* buf, const ClGeo& g, int n, int ti0, int ti1, int grp0,
                int ng, int hi_first, int rows_in, int64_t group_stride, const Affine& affine) {
   const int cin = g.cin_g;
-  const int64_t row_floats = (int64_t)cin * (PLANAR ? planar_width(g.W, g.lanes) : g.W);
+  const int64_t row_floats = (int64_t)cin * (PLANAR ? planar_row_floats(g) : g.W);
   const __m256i tail = mask8(cin % 8 == 0 ? 8 : cin % 8);
   const __m256 zero = _mm256_setzero_ps();
+  // planar: where channel k of the block goes in a row's slot, group k / cin's row k % cin
+  // (column 0 at + 1 at column stride 1); found once per call, not per store
+  std::vector<int64_t> offset;
+  if constexpr (PLANAR)
+    for (int k = 0; k < ng * cin; ++k)
+      offset.push_back((int64_t)(k / cin) * group_stride + (int64_t)(k % cin) * planar_row_floats(g) + (g.sw == 1));
   for (int ti = ti0; ti < ti1; ++ti) {
     for (int r = 0; r < rows_in; ++r) {
       const int hi = hi_first + r;
@@ -104,7 +121,8 @@ void pack_band(const float* xp, float* buf, const ClGeo& g, int n, int ti0, int 
       const float* from = xp + (((int64_t)n * g.T + ti) * g.H + hi) * g.W * g.C + (int64_t)grp0 * cin;
       float* row = buf + ((int64_t)(ti % g.KT) * rows_in + r) * row_floats;
       if constexpr (PLANAR) {
-        pack_planar_row<AFFINE>(from, row, g, ng, group_stride, affine, (int64_t)grp0 * cin);
+        if (g.sw == 1) pack_planar_row<AFFINE, false>(from, row, g, ng, offset.data(), affine, (int64_t)grp0 * cin);
+        else pack_planar_row<AFFINE, true>(from, row, g, ng, offset.data(), affine, (int64_t)grp0 * cin);
       } else {
         for (int w = 0; w < g.W; ++w, from += g.C) {
           for (int j = 0; j < ng; ++j) {
@@ -180,7 +198,7 @@ void forward_avx2(const ClRun& run) { run_forward<Avx2>(run); }
 namespace fiber {
 
 Tasks::Tasks(const ClGeo& g, int N, int groups, bool allow_planar) {
-  planar = allow_planar && (g.cout_g <= 6 || g.cout_g == 12) && g.sw == 1;
+  planar = allow_planar && (g.cout_g <= 6 || g.cout_g == 12) && (g.sw == 1 || g.sw == 2);
   const int64_t row_bytes = (int64_t)g.KT * g.W * g.cin_g * sizeof(float);
   const int fit_rows = std::max<int64_t>(3, (128 << 10) / std::max<int64_t>(1, row_bytes));
   band = std::max(1, std::min(g.Ho, (fit_rows - 3) / g.sh + 1));
@@ -191,7 +209,7 @@ Tasks::Tasks(const ClGeo& g, int N, int groups, bool allow_planar) {
   const int split = (int)std::min<int64_t>(groups, std::max<int64_t>(1, (want + outer - 1) / outer));
   gblock = (groups + split - 1) / split;
   gblocks = (groups + gblock - 1) / gblock;
-  group_stride = (int64_t)g.KT * max_rows_in * g.cin_g * (planar ? planar_width(g.W, g.lanes) : g.W) + 8;
+  group_stride = (int64_t)g.KT * max_rows_in * g.cin_g * (planar ? planar_row_floats(g) : g.W) + 8;
   count = outer * gblocks;
 }
 

@@ -17,7 +17,7 @@
 namespace fiber {
 
 // One task's input: the group's channels of the frames and rows a band of output rows reads,
-// copied compactly, (KT, rows_in, W, cin_g) or planar (KT, rows_in, cin_g, planar_width). In the
+// copied compactly, (KT, rows_in, W, cin_g) or planar (KT, rows_in, cin_g, planar_row_floats). In the
 // network's layout a pixel's cin_g channels sit C floats apart from the next pixel's, so every
 // broadcast would touch its own cache line; packed, a row of the group fits a few lines and
 // stays in L1 across the band's output rows.
@@ -51,6 +51,22 @@ struct Held {
 // The planar layout's row: whole blocks of up to 4 vectors of pixels, and a zero column either
 // side (column c at c + 1)
 inline int planar_width(int W, int lanes) { return (W + 4 * lanes - 1) / (4 * lanes) * (4 * lanes) + 2; }
+
+// Floats per input channel's row in the planar layout. At column stride 1, one plane, input
+// column c at c + 1, so output pixel wo's tap kw is at wo + kw. At column stride 2, the even
+// columns then the odd ones, each a plane as wide as the output row needs: column 2j at j,
+// column 2j + 1 at plane + j + 1, so tap kw = 1 (column 2wo) is at wo, kw = 0 (2wo - 1) at
+// plane + wo and kw = 2 (2wo + 1) at plane + wo + 1: every tap a run of consecutive floats.
+inline int planar_row_floats(const ClGeo& g) {
+  return g.sw == 1 ? planar_width(g.W, g.lanes) : 2 * planar_width(g.Wo, g.lanes);
+}
+
+// Where output pixel wo's tap kw sits in a planar row, less wo
+inline int planar_tap(const ClGeo& g, int kw) {
+  if (g.sw == 1) return kw;
+  const int plane = planar_width(g.Wo, g.lanes);
+  return kw == 1 ? 0 : plane + kw / 2;
+}
 
 // How a channels-last conv is cut into tasks: (n, block of groups, band of output rows, output
 // frame), the frame innermost where the kernel spans frames (KT > 1). A band's packed input

@@ -150,9 +150,10 @@ void cl_row(const Band& src, const float* wg, float* yrow, const ClGeo& g, int t
 
 // ---- the planar form: vectorised along the output row ----
 //
-// For groups of at most 6 or of 12 output channels at column stride 1 (MF-Net's conv2 and
-// conv3), where the broadcast form leaves lanes idle (6 of 8 on AVX2). Each group's rows are
-// packed (KT, rows_in, cin_g, planar_width) with zero columns either side, the weights are
+// For groups of at most 6 or of 12 output channels at column stride 1 or 2 (MF-Net's conv2 and
+// conv3, and conv3's strided first unit), where the broadcast form leaves lanes idle (6 of 8,
+// 12 of 16 on AVX2). Each group's rows are packed (KT, rows_in, cin_g, planar_row_floats) with
+// zero columns either side, at stride 2 as even and odd columns (planar_tap), the weights are
 // broadcast: per input channel and tap, NV loads and CO broadcasts feed NV x CO FMAs, NV = 4
 // vectors for CO <= 3 and 2 otherwise. With 16 registers, 12 channels run as two halves of 6
 // (planar_row_halves); with 32, at once. (CO = 1 is the input gradient of MF-Net's 1 -> 6 first
@@ -166,7 +167,8 @@ void planar_block(const Band& src, const float* wg, float* yrow, const ClGeo& g_
                   int wo0) {
   constexpr int NV = planar_vectors<CO>();
   static_assert(CO * NV <= A::ACC, "more accumulators than registers");
-  const int wp = planar_width(g_.W, A::L);
+  const int wp = planar_row_floats(g_);
+  const int tap[3] = {planar_tap(g_, 0), planar_tap(g_, 1), planar_tap(g_, 2)};
   typename A::V acc[CO][NV];
 #pragma GCC unroll 16
   for (int c = 0; c < CO; ++c)
@@ -187,7 +189,7 @@ void planar_block(const Band& src, const float* wg, float* yrow, const ClGeo& g_
         for (int kw = 0; kw < 3; ++kw) {
           typename A::V in[NV];
 #pragma GCC unroll 16
-          for (int j = 0; j < NV; ++j) in[j] = A::load(xr + kw + A::L * j);
+          for (int j = 0; j < NV; ++j) in[j] = A::load(xr + tap[kw] + A::L * j);
           const float* wk = wt + ((int64_t)kw * g_.cin_g + ci) * g_.cop;
 #pragma GCC unroll 16
           for (int c = 0; c < CO; ++c) {
