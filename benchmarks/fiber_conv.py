@@ -9,7 +9,9 @@ One of MF-Net's 3x3x3 fiber convs (16 groups) is timed three ways on the same in
   ``(16, Cg_out, Cg_in * 27) @ (16, Cg_in * 27, T*H*W)``. The unfold writes 27x the input.
 - ``suite-ncdhw`` and ``suite-cl``: the suite's direct kernel (``models/fiber_kernel.py``) on
   the NCDHW and the channels-last input, where it could be built (the channels-last one on an
-  AVX2 CPU), with its weights packed once, as a model in inference keeps them.
+  AVX2 CPU), with its weights packed once, as a model in inference keeps them. The path it
+  takes (AVX-512 or AVX2) is in the first line; ``MFNET_FIBER_KERNEL=avx2`` times the AVX2 path
+  on a CPU with AVX-512.
 
 Every variant is checked against ``onednn`` before it is timed. Rates are useful multiply-adds
 per second (the padding oneDNN adds for small channel blocks is not counted as work).
@@ -55,8 +57,9 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     runtime.keep_freed_memory()
     torch.manual_seed(0)
-    print(f"{torch.get_num_threads()} threads, batch {a.batch}; useful GMAC/s (ms per call)")
     ext = fiber_kernel.extension()
+    print(f"{torch.get_num_threads()} threads, batch {a.batch}, {fiber_kernel.status()}; "
+          "useful GMAC/s (ms per call)")
     names = ["onednn", "onednn-ncdhw", "fibers-bmm"]
     names += ["suite-ncdhw"] if ext is not None else []
     names += ["suite-cl"] if ext is not None and fiber_kernel.path() in fiber_kernel.CL_PATHS else []

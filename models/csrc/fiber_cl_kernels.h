@@ -51,6 +51,22 @@ inline void transpose8(__m256 (&r)[8]) {
   }
 }
 
+// f(kt, kh, row) for each kernel frame and row whose input frame and row are inside the input,
+// row: that input row in the band (rows of row_floats floats). Taps outside are skipped whole:
+// they read the zero padding.
+template <class F>
+inline void for_each_input_row(const Band& src, const ClGeo& g, int to, int ho, int64_t row_floats, F&& f) {
+  for (int kt = 0; kt < g.KT; ++kt) {
+    const int ti = to * g.st + kt - g.KT / 2;
+    if (ti < 0 || ti >= g.T) continue;
+    for (int kh = 0; kh < 3; ++kh) {
+      const int hi = ho * g.sh + kh - 1;
+      if (hi < 0 || hi >= g.H) continue;
+      f(kt, kh, src.buf + ((int64_t)(ti % g.KT) * src.rows_in + hi - src.hi_first) * row_floats);
+    }
+  }
+}
+
 // ---- the broadcast form: vectorised along a group's output channels ----
 //
 // y[n, to, ho, wo, g * cout_g + co] = sum over kt, kh, kw, ci of
@@ -95,28 +111,20 @@ void cl_block(const Band& src, const float* wg, float* yrow, const ClGeo& g_, in
 #pragma GCC unroll 16
     for (int v = 0; v < V; ++v) acc[p][v] = A::zero();
   const int64_t pix_stride = (int64_t)g_.sw * g_.cin_g;
-  const int pt = g_.KT / 2;
   const int last_col = (wo0 + P - 1) * g_.sw + 1;  // the last pixel's kw = 2 column
   const bool first_out = wo0 == 0, last_out = last_col >= g_.W;
-  for (int kt = 0; kt < g_.KT; ++kt) {
-    const int ti = to * g_.st + kt - pt;
-    if (ti < 0 || ti >= g_.T) continue;
-    for (int kh = 0; kh < 3; ++kh) {
-      const int hi = ho * g_.sh + kh - 1;
-      if (hi < 0 || hi >= g_.H) continue;
-      const float* row = src.buf + ((int64_t)(ti % g_.KT) * src.rows_in + hi - src.hi_first) * g_.W * g_.cin_g;
-      for (int kw = 0; kw < 3; ++kw) {
-        const float* wk = wg + ((kt * 3 + kh) * 3 + kw) * (int64_t)g_.cin_g * g_.cop + c0;
-        const float* base = row + (int64_t)(wo0 * g_.sw + kw - 1) * g_.cin_g;
-        if (kw == 0 && first_out)
-          cl_taps<A, V, P, true, false>(acc, base, pix_stride, wk, g_.cin_g, g_.cop);
-        else if (kw == 2 && last_out)
-          cl_taps<A, V, P, false, true>(acc, base, pix_stride, wk, g_.cin_g, g_.cop);
-        else
-          cl_taps<A, V, P, false, false>(acc, base, pix_stride, wk, g_.cin_g, g_.cop);
-      }
+  for_each_input_row(src, g_, to, ho, (int64_t)g_.W * g_.cin_g, [&](int kt, int kh, const float* row) {
+    for (int kw = 0; kw < 3; ++kw) {
+      const float* wk = wg + ((kt * 3 + kh) * 3 + kw) * (int64_t)g_.cin_g * g_.cop + c0;
+      const float* base = row + (int64_t)(wo0 * g_.sw + kw - 1) * g_.cin_g;
+      if (kw == 0 && first_out)
+        cl_taps<A, V, P, true, false>(acc, base, pix_stride, wk, g_.cin_g, g_.cop);
+      else if (kw == 2 && last_out)
+        cl_taps<A, V, P, false, true>(acc, base, pix_stride, wk, g_.cin_g, g_.cop);
+      else
+        cl_taps<A, V, P, false, false>(acc, base, pix_stride, wk, g_.cin_g, g_.cop);
     }
-  }
+  });
 #pragma GCC unroll 16
   for (int p = 0; p < P; ++p) {
     float* out = yrow + (int64_t)(wo0 + p) * g_.CO + c0;
@@ -174,33 +182,25 @@ void planar_block(const Band& src, const float* wg, float* yrow, const ClGeo& g_
   for (int c = 0; c < CO; ++c)
 #pragma GCC unroll 16
     for (int j = 0; j < NV; ++j) acc[c][j] = A::zero();
-  const int pt = g_.KT / 2;
-  for (int kt = 0; kt < g_.KT; ++kt) {
-    const int ti = to * g_.st + kt - pt;
-    if (ti < 0 || ti >= g_.T) continue;
-    for (int kh = 0; kh < 3; ++kh) {
-      const int hi = ho * g_.sh + kh - 1;
-      if (hi < 0 || hi >= g_.H) continue;
-      const float* rows = src.buf + ((int64_t)(ti % g_.KT) * src.rows_in + hi - src.hi_first) * g_.cin_g * wp + wo0;
-      const float* wt = wg + (kt * 3 + kh) * 3 * (int64_t)g_.cin_g * g_.cop;
-      for (int ci = 0; ci < g_.cin_g; ++ci) {
-        const float* xr = rows + (int64_t)ci * wp;
+  for_each_input_row(src, g_, to, ho, (int64_t)g_.cin_g * wp, [&](int kt, int kh, const float* rows) {
+    const float* wt = wg + (kt * 3 + kh) * 3 * (int64_t)g_.cin_g * g_.cop;
+    for (int ci = 0; ci < g_.cin_g; ++ci) {
+      const float* xr = rows + wo0 + (int64_t)ci * wp;
 #pragma GCC unroll 3
-        for (int kw = 0; kw < 3; ++kw) {
-          typename A::V in[NV];
+      for (int kw = 0; kw < 3; ++kw) {
+        typename A::V in[NV];
 #pragma GCC unroll 16
-          for (int j = 0; j < NV; ++j) in[j] = A::load(xr + tap[kw] + A::L * j);
-          const float* wk = wt + ((int64_t)kw * g_.cin_g + ci) * g_.cop;
+        for (int j = 0; j < NV; ++j) in[j] = A::load(xr + tap[kw] + A::L * j);
+        const float* wk = wt + ((int64_t)kw * g_.cin_g + ci) * g_.cop;
 #pragma GCC unroll 16
-          for (int c = 0; c < CO; ++c) {
-            const typename A::V wv = A::bcast(wk + c);
+        for (int c = 0; c < CO; ++c) {
+          const typename A::V wv = A::bcast(wk + c);
 #pragma GCC unroll 16
-            for (int j = 0; j < NV; ++j) acc[c][j] = A::fma(wv, in[j], acc[c][j]);
-          }
+          for (int j = 0; j < NV; ++j) acc[c][j] = A::fma(wv, in[j], acc[c][j]);
         }
       }
     }
-  }
+  });
   // into the channels-last output: per 8 pixels and 8 channels, a transpose in registers, then
   // each pixel's channels stored at once
 #pragma GCC unroll 4
