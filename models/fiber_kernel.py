@@ -231,9 +231,11 @@ def pack(weight: torch.Tensor, groups: int) -> torch.Tensor:
     return extension().pack_cl(weight, groups, path())
 
 
-def forward_cl(x: torch.Tensor, packed: torch.Tensor, cout_g: int, stride, scale=None, shift=None):
-    """The channels-last forward on this process's path (``packed`` by ``pack``)."""
-    return extension().forward_cl(x, packed, cout_g, list(stride), path(), scale, shift)
+def forward_cl(x: torch.Tensor, packed: torch.Tensor, cout_g: int, stride, scale=None, shift=None,
+               residual=None):
+    """The channels-last forward on this process's path (``packed`` by ``pack``), plus
+    ``residual`` (the output's shape, channels last) where given."""
+    return extension().forward_cl(x, packed, cout_g, list(stride), path(), scale, shift, residual)
 
 
 def status(build: bool = True) -> str:
@@ -466,14 +468,16 @@ class FiberConv3d(nn.Conv3d):
                 and bn.running_mean is not None and not self._hooked() and self._on_kernel(x)
                 and channels_last(x, self.stride))
 
-    def forward_folded(self, bn: nn.BatchNorm3d, x: torch.Tensor) -> torch.Tensor:
+    def forward_folded(self, bn: nn.BatchNorm3d, x: torch.Tensor,
+                       residual: torch.Tensor | None = None) -> torch.Tensor:
         """``self(relu(bn(x)))`` with the BatchNorm and ReLU applied in the kernel's packing of
         its input (``scale``, ``shift`` per channel): no activated copy of ``x`` is written or
-        read. Only where ``folds(bn, x)``."""
+        read. Plus ``residual`` where given, added as each output row is written, not in a pass
+        of its own. Only where ``folds(bn, x)``."""
         scale, shift = eval_affine(bn)
         with torch.profiler.record_function(PROFILED_AS):
             return forward_cl(x, self._packed(x), self.out_channels // self.groups, self.stride,
-                              scale, shift)
+                              scale, shift, residual)
 
     def _hooked(self) -> bool:
         """Whether a forward hook would see this conv's input (the activated one, which folding

@@ -243,9 +243,9 @@ def test_inference_folds_batchnorm_and_relu_into_the_kernel(cin_g, cout_g, kt, s
         def __getattr__(self, name):
             return getattr(real, name)
 
-        def forward_cl(self, x, packed, cout_g, stride, path, scale=None, shift=None):
+        def forward_cl(self, x, packed, cout_g, stride, path, scale=None, shift=None, residual=None):
             calls.append("folded" if scale is not None else "plain")
-            return real.forward_cl(x, packed, cout_g, stride, path, scale, shift)
+            return real.forward_cl(x, packed, cout_g, stride, path, scale, shift, residual)
 
     monkeypatch.setattr(fk, "extension", Spy)
     with torch.inference_mode():
@@ -274,6 +274,37 @@ def test_inference_folds_batchnorm_and_relu_into_the_kernel(cin_g, cout_g, kt, s
     out.sum().backward()
     close(out.detach(), expected)
     assert calls[0] == "plain" and x.grad is not None  # the forward, then the gradients
+
+
+@pytest.mark.parametrize("cin_g, cout_g, kt, stride", [
+    (6, 6, 1, (1, 1, 1)), (12, 12, 3, (1, 1, 1)), (20, 24, 1, (1, 1, 1)), (6, 12, 3, (1, 2, 2)),
+    (48, 48, 1, (1, 1, 1))])
+def test_inference_adds_a_residual_as_the_output_is_written(cin_g, cout_g, kt, stride):
+    """MF-Net's ``conv_m2(...) + x``: the residual added to each output row as the kernel writes
+    it, planar and broadcast forms, strided; a residual of another shape is refused in one line;
+    ``BNReLUConv.plus`` gives the same as the module and the add, and a hook on the module still
+    sees it called."""
+    from models.mfnet import VIDEO, BNReLUConv
+
+    torch.manual_seed(cout_g + kt)
+    unit = BNReLUConv(VIDEO, 4 * cin_g, 4 * cout_g, (kt, 3, 3), stride, (kt // 2, 1, 1), groups=4)
+    assert fk.use_kernel(unit) == 1
+    randomise(unit.bn)
+    unit.eval()
+    x = torch.randn(2, 4 * cin_g, 5, 13, 19).contiguous(memory_format=torch.channels_last_3d)
+    with torch.inference_mode():
+        plain = fk.reference(torch.relu(unit.bn(x)), unit.conv.weight, 4, stride)
+        residual = torch.randn_like(plain).contiguous(memory_format=torch.channels_last_3d)
+        close(unit.conv.forward_folded(unit.bn, x, residual), plain + residual)
+        close(unit.plus(x, residual), plain + residual)
+        short = residual[:, :, :-1].contiguous(memory_format=torch.channels_last_3d)  # a frame short
+        with pytest.raises(RuntimeError, match="residual must be a channels-last-3d fp32 CPU tensor"):
+            unit.conv.forward_folded(unit.bn, x, short)
+        seen = []
+        hook = unit.register_forward_hook(lambda m, args, out: seen.append(out))
+        close(unit.plus(x, residual), plain + residual)
+        hook.remove()
+    assert len(seen) == 1
 
 
 def test_the_profiler_names_the_kernel_folded_or_not():

@@ -127,11 +127,11 @@ def test_the_avx512_build_is_used_only_where_it_agrees_with_the_avx2_path(monkey
         def pack_cl(self, weight, groups, path):
             return real.pack_cl(weight, groups, "avx512-emulated" if path == "avx512" else path)
 
-        def forward_cl(self, x, packed, cout_g, stride, path, scale=None, shift=None):
+        def forward_cl(self, x, packed, cout_g, stride, path, scale=None, shift=None, residual=None):
             if path != "avx512":
-                return real.forward_cl(x, packed, cout_g, stride, path, scale, shift)
+                return real.forward_cl(x, packed, cout_g, stride, path, scale, shift, residual)
             checked.append(cout_g)
-            y = real.forward_cl(x, packed, cout_g, stride, "avx512-emulated", scale, shift)
+            y = real.forward_cl(x, packed, cout_g, stride, "avx512-emulated", scale, shift, residual)
             return y * 1.001 if self.wrong else y
 
     monkeypatch.delenv(fk.SWITCH, raising=False)

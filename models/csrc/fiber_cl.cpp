@@ -21,10 +21,6 @@
 namespace fiber {
 namespace {
 
-inline __m256i mask8(int n) {  // lanes 0 .. n - 1 on
-  return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-}
-
 // 8 floats a vector, 16 registers
 struct Avx2 {
   static constexpr int L = 8, ACC = 12, PMAX = 12;
@@ -279,11 +275,13 @@ at::Tensor pack_cl(const at::Tensor& weight, int64_t groups, const std::string& 
   return packed;
 }
 
-// y = conv3d(x, w, stride, padding=(KT/2, 1, 1), groups) with x channels-last-3d (fp32) and w
-// packed by pack_cl for `path` (avx2, avx512 or avx512-emulated); y is channels-last-3d.
+// y = conv3d(x, w, stride, padding=(KT/2, 1, 1), groups) (+ residual) with x channels-last-3d
+// (fp32) and w packed by pack_cl for `path` (avx2, avx512 or avx512-emulated); y is
+// channels-last-3d. scale and shift: inference's BatchNorm + ReLU before the conv (Affine).
 at::Tensor forward_cl(const at::Tensor& x, const at::Tensor& packed, int64_t cout_g,
                       std::vector<int64_t> stride, const std::string& path,
-                      const std::optional<at::Tensor>& scale, const std::optional<at::Tensor>& shift) {
+                      const std::optional<at::Tensor>& scale, const std::optional<at::Tensor>& shift,
+                      const std::optional<at::Tensor>& residual) {
   TORCH_CHECK(path == "avx2" || path == "avx512-emulated" || (path == "avx512" && fiber::cpu_has("avx512")),
               "fiber_conv: no channels-last path ", path, " on this CPU");
   const int lanes = fiber::lanes_of(path);
@@ -304,7 +302,15 @@ at::Tensor forward_cl(const at::Tensor& x, const at::Tensor& packed, int64_t cou
   auto y = at::empty({N, g.CO, g.To, g.Ho, g.Wo}, x.options().memory_format(at::MemoryFormat::ChannelsLast3d));
   prefer_huge_pages(y);
   const fiber::Tasks tasks(g, N, groups, /*allow_planar=*/true);
-  const fiber::ClRun run{g, tasks, x.data_ptr<float>(), packed.data_ptr<float>(), y.data_ptr<float>(), N, groups, affine};
+  const float* res = nullptr;
+  if (residual.has_value()) {
+    TORCH_CHECK(residual->sizes() == y.sizes() && residual->scalar_type() == at::kFloat &&
+                residual->device().is_cpu() && residual->is_contiguous(at::MemoryFormat::ChannelsLast3d),
+                "fiber_conv: residual must be a channels-last-3d fp32 CPU tensor of the output's shape");
+    res = residual->data_ptr<float>();
+  }
+  const fiber::ClRun run{g, tasks, x.data_ptr<float>(), packed.data_ptr<float>(), y.data_ptr<float>(), N, groups,
+                         affine, res};
   if (path == "avx2") fiber::forward_avx2(run);
   else if (path == "avx512") fiber::forward_avx512(run);
   else fiber::forward_avx512_on_avx2(run);

@@ -96,6 +96,7 @@ struct ClRun {
   float* y;
   int N, groups;
   Affine affine;
+  const float* residual = nullptr;  // y's layout: added to y as it is written (nullptr: none)
 };
 
 // The forward's compute on each path (fiber_cl.cpp, fiber_cl_avx512.cpp)

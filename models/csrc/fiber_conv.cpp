@@ -369,7 +369,8 @@ int64_t threads_used() {
 torch::Tensor pack_cl(const torch::Tensor& weight, int64_t groups, const std::string& path);
 torch::Tensor forward_cl(const torch::Tensor& x, const torch::Tensor& packed, int64_t cout_g,
                          std::vector<int64_t> stride, const std::string& path,
-                         const std::optional<torch::Tensor>& scale, const std::optional<torch::Tensor>& shift);
+                         const std::optional<torch::Tensor>& scale, const std::optional<torch::Tensor>& shift,
+                         const std::optional<torch::Tensor>& residual);
 torch::Tensor grad_weight_cl(const torch::Tensor& x, const torch::Tensor& gy, int64_t groups, int64_t KT,
                              std::vector<int64_t> stride);
 
@@ -392,7 +393,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("path", &path);
   m.def("pack_cl", &pack_cl, py::arg("weight"), py::arg("groups"), py::arg("path"));
   m.def("forward_cl", &forward_cl, py::arg("x"), py::arg("packed"), py::arg("cout_g"), py::arg("stride"),
-        py::arg("path"), py::arg("scale") = py::none(), py::arg("shift") = py::none());
+        py::arg("path"), py::arg("scale") = py::none(), py::arg("shift") = py::none(),
+        py::arg("residual") = py::none());
   m.def("threads_used", &threads_used);
   m.def("grad_weight_cl", &grad_weight_cl);
   m.def("bn_stats", &bn_stats);
