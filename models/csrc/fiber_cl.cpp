@@ -67,7 +67,11 @@ void pack_planar_row(const float* from, float* row, const ClGeo& g, int ng, cons
   const __m256i evens_odds = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
   const __m256 zero = _mm256_setzero_ps();
   int w = 0;
+  const int64_t block_lines = ((int64_t)8 * g.C * sizeof(float) + 63) / 64;
   for (; w + 8 <= g.W; w += 8) {  // pixel by pixel, so the reads run along memory
+    // the next 8 pixels' lines, fetched while these are packed (the reads wait on memory)
+    const char* next = reinterpret_cast<const char*>(from + (int64_t)(w + 8) * g.C);
+    for (int64_t line = 0; line < block_lines; ++line) _mm_prefetch(next + 64 * line, _MM_HINT_T0);
     int k = 0;
     for (; k + 8 <= K; k += 8) {
       __m256 v[8];
