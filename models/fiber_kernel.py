@@ -1,11 +1,14 @@
 """The suite's fiber-conv kernel: grouped (KT, 3, 3) convs, MF-Net's fiber convs, as direct C++.
 
 The paper's footnote 5 blames MF-Net's slow wall-clock on unoptimised grouped convolutions;
-this kernel (``models/csrc/fiber_conv.cpp``) is the suite's test of that forecast. Two layouts:
+this kernel (``models/csrc/``: ``fiber_conv.cpp`` NCDHW and the bindings, ``fiber_cl*.cpp`` and
+``fiber_cl_kernels.h`` channels last) is the suite's test of that forecast. Two layouts:
 
 - channels last (MF-Net's default), any stride: vectorised over a group's output channels or
   along the row, each task packing its groups' input rows compactly first (each frame once per
   run of output frames); forward and the weight gradient, and the input gradient at stride 1.
+  In inference, a residual added to the conv's output can go in as it is written
+  (``forward_folded(..., residual)``, MF-Net's ``BNReLUConv.plus``).
   In inference, a BatchNorm + ReLU before the conv is folded into that packing
   (``FiberConv3d.forward_after``, which MF-Net's ``BNReLUConv`` calls);
 - NCDHW, stride 1: vectorised along the output row; forward and both gradients.

@@ -18,7 +18,7 @@
 
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
-void prefer_huge_pages(const at::Tensor& y);  // fiber_conv.cpp
+void prefer_huge_pages(const at::Tensor& y);  // fiber_cl.cpp
 
 namespace {
 
@@ -119,7 +119,7 @@ Rows rows_of(const at::Tensor& gy, const at::Tensor& x) {
 
 at::Tensor like(const at::Tensor& x) {
   auto y = at::empty_like(x, at::MemoryFormat::ChannelsLast3d);
-  prefer_huge_pages(y);  // fiber_conv.cpp: a large block is faulted in 2 MiB at a time
+  prefer_huge_pages(y);  // fiber_cl.cpp: a large block is faulted in 2 MiB at a time
   return y;
 }
 
