@@ -48,10 +48,10 @@ import torch.nn.functional as F
 from torch import nn
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "fiber_conv.cpp"
-# one extension: the fiber convs (NCDHW; channels last, with its AVX-512 build), BatchNorm +
-# ReLU, the large-block pool
+# one extension: the fiber convs (NCDHW; channels last, with its AVX-512 build), the
+# pre-activation pointwise convs (models/pointwise.py), BatchNorm + ReLU, the large-block pool
 SOURCES = [SOURCE] + [SOURCE.with_name(f"{name}.cpp") for name in (
-    "fiber_cl", "fiber_cl_avx512", "fiber_cl_emulated", "bn_relu", "pool")]
+    "fiber_cl", "fiber_cl_avx512", "fiber_cl_emulated", "pointwise_cl", "bn_relu", "pool")]
 NAME = "mfnet_fiber_conv"
 SWITCH = "MFNET_FIBER_KERNEL"  # off | one of PATHS | (unset: the fastest path this CPU has)
 PATHS = ("scalar", "avx2", "avx512", "avx512-emulated")
@@ -251,8 +251,10 @@ def status(build: bool = True) -> str:
     if module is None:
         return f"stock PyTorch kernels: {_loaded['why']}"
     taken = path()
-    # models/bn_relu.py runs on AVX2 code, which every channels-last path's CPU has
-    return (f"suite kernel ({taken})" + ("; BatchNorm + ReLU fused" if taken in CL_PATHS else "")
+    # models/bn_relu.py and models/pointwise.py run on AVX2 code, which every channels-last
+    # path's CPU has
+    return (f"suite kernel ({taken})"
+            + ("; BatchNorm + ReLU fused; pointwise convs fused" if taken in CL_PATHS else "")
             + ("; large blocks pooled" if _loaded.get("pool") else ""))
 
 

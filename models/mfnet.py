@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
+from models import pointwise
 from models.fiber_kernel import FiberConv3d, use_kernel
 
 
@@ -93,20 +94,24 @@ class BNReLUConv(nn.Sequential):
         ))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # on the suite's kernel in inference, BN + ReLU fold into the conv; else the three modules
+        # on the suite's kernels in inference, BN + ReLU fold into the conv; else the three modules
         if isinstance(self.conv, FiberConv3d) and self.conv.folds(self.bn, x):
             return self.conv.forward_folded(self.bn, x)
+        if pointwise.folds(self.bn, self.relu, self.conv, x):
+            return pointwise.forward_folded(self.bn, self.conv, x)
         return super().forward(x)
 
     def plus(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        """``self(x) + residual``. Folded on the suite's kernel, the add goes into the conv's
-        output as each row is written (one pass over the output fewer); a hook on this module
-        sees it called as ever, so it is then called as a module."""
-        hooked = bool(self._forward_hooks or self._forward_pre_hooks)
-        if (isinstance(self.conv, FiberConv3d) and not hooked and self.conv.folds(self.bn, x)
-                and residual.is_contiguous(memory_format=torch.channels_last_3d)
-                and residual.dtype == torch.float32):
-            return self.conv.forward_folded(self.bn, x, residual)
+        """``self(x) + residual``. Folded on the suite's kernels, the add goes into the conv's
+        output as each row or pixel is written (one pass over the output fewer); a hook on this
+        module sees it called as ever, so it is then called as a module."""
+        if not (self._forward_hooks or self._forward_pre_hooks):
+            if (isinstance(self.conv, FiberConv3d) and self.conv.folds(self.bn, x)
+                    and pointwise.residual_fits(self.conv, x, residual)):
+                return self.conv.forward_folded(self.bn, x, residual)
+            if (pointwise.folds(self.bn, self.relu, self.conv, x)
+                    and pointwise.residual_fits(self.conv, x, residual)):
+                return pointwise.forward_folded(self.bn, self.conv, x, residual)
         return self(x).add_(residual)
 
 
@@ -140,9 +145,9 @@ class MultiFiberUnit(nn.Module):
         # the residual adds go into the conv outputs, which are fresh tensors that no backward
         # needs: no new block per add, which at the throughput batch glibc would map and
         # page-fault in afresh every step (docs/fiber-kernel.md)
-        h = self.conv_i2(self.conv_i1(x)).add_(x) if self.multiplexer else x
+        h = self.conv_i2.plus(self.conv_i1(x), x) if self.multiplexer else x
         if self.first:
-            return self.conv_m2(self.conv_m1(h)).add_(self.conv_w1(x))
+            return self.conv_m2.plus(self.conv_m1(h), self.conv_w1(x))
         return self.conv_m2.plus(self.conv_m1(h), x)
 
 

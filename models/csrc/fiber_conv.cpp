@@ -374,6 +374,12 @@ torch::Tensor forward_cl(const torch::Tensor& x, const torch::Tensor& packed, in
 torch::Tensor grad_weight_cl(const torch::Tensor& x, const torch::Tensor& gy, int64_t groups, int64_t KT,
                              std::vector<int64_t> stride);
 
+// The pre-activation pointwise conv, channels last (pointwise_cl.cpp)
+torch::Tensor pack_pointwise(const torch::Tensor& weight);
+torch::Tensor pointwise_cl(const torch::Tensor& x, const torch::Tensor& packed, int64_t cout,
+                           const std::optional<torch::Tensor>& scale, const std::optional<torch::Tensor>& shift,
+                           const std::optional<torch::Tensor>& residual);
+
 // BatchNorm + ReLU, channels last (bn_relu.cpp)
 std::vector<torch::Tensor> bn_stats(torch::Tensor x);
 torch::Tensor affine_relu(torch::Tensor x, torch::Tensor scale, torch::Tensor shift);
@@ -395,6 +401,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward_cl", &forward_cl, py::arg("x"), py::arg("packed"), py::arg("cout_g"), py::arg("stride"),
         py::arg("path"), py::arg("scale") = py::none(), py::arg("shift") = py::none(),
         py::arg("residual") = py::none());
+  m.def("pack_pointwise", &pack_pointwise);
+  m.def("pointwise_cl", &pointwise_cl, py::arg("x"), py::arg("packed"), py::arg("cout"),
+        py::arg("scale") = py::none(), py::arg("shift") = py::none(), py::arg("residual") = py::none());
   m.def("threads_used", &threads_used);
   m.def("grad_weight_cl", &grad_weight_cl);
   m.def("bn_stats", &bn_stats);

@@ -1,0 +1,73 @@
+"""MF-Net's pre-activation pointwise convs in inference, in one pass on the suite's kernel.
+
+Every 1x1x1 conv of MF-Net follows a BatchNorm and a ReLU (``BNReLUConv``), and the
+multiplexer's second conv, like a stage's first unit's last, is followed by a residual add. Run
+as PyTorch runs them, that is three passes over memory; at MF-Net's first two stages these convs
+move more bytes than they do multiply-adds, so the passes, not the FMAs, set their time. Here
+``relu(x * scale + shift)`` is applied as each block of pixels is read, and the residual added as
+each output pixel is written (``models/csrc/pointwise_cl.cpp``). ``docs/fiber-kernel.md`` has
+the measured effect.
+
+Where: inference (no gradient) on the CPU, an fp32 channels-last input, an eval-mode BatchNorm
+that the suite's kernels run (``BatchNormReLU3d``, which ``fiber_kernel.use_kernel`` puts in:
+the harness's "suite" condition), a 1x1x1 conv at stride 1 without bias or groups, no hook that
+would miss a call, and the AVX2 path. Elsewhere ``BNReLUConv`` runs its three modules.
+"""
+
+import torch
+from torch import nn
+
+from models import fiber_kernel
+from models.bn_relu import BatchNormReLU3d
+
+PROFILED_AS = "suite::pointwise"  # as torch.profiler's tables name the fused op
+PACKED = "_suite_pointwise_pack"  # the packed weight, kept on the conv (no checkpoint key)
+
+
+def _hooked(*modules: nn.Module) -> bool:
+    """Whether a forward hook would see a call the fused op makes without calling the module."""
+    from torch.nn.modules import module
+
+    return (bool(module._global_forward_hooks or module._global_forward_pre_hooks)
+            or any(m._forward_hooks or m._forward_pre_hooks for m in modules))
+
+
+def folds(bn: nn.Module, relu: nn.Module, conv: nn.Module, x: torch.Tensor) -> bool:
+    """Whether ``conv(relu(bn(x)))`` runs as one fused op here (see the module docstring)."""
+    if not (isinstance(bn, BatchNormReLU3d) and not bn.training and bn.running_mean is not None
+            and isinstance(conv, nn.Conv3d) and conv.kernel_size == (1, 1, 1)
+            and conv.stride == (1, 1, 1) and conv.padding == (0, 0, 0) and conv.groups == 1
+            and conv.bias is None and conv.weight.dtype == torch.float32):
+        return False
+    if (torch.is_grad_enabled() or fiber_kernel.traced() or torch.is_autocast_enabled("cpu")
+            or _hooked(bn, relu, conv)):
+        return False
+    if not (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 5
+            and x.shape[1] == conv.in_channels and x.numel() > 0
+            and x.is_contiguous(memory_format=torch.channels_last_3d)):
+        return False
+    return fiber_kernel.extension() is not None and fiber_kernel.path() in fiber_kernel.CL_PATHS
+
+
+def residual_fits(conv: nn.Conv3d, x: torch.Tensor, residual: torch.Tensor) -> bool:
+    """Whether ``residual`` can be added inside ``conv``'s fused op (this module's, or a fiber
+    conv's): fp32, channels last, the shape of ``conv(x)``. Else the caller adds it after, and
+    PyTorch's add says what does not fit."""
+    out = [(d + 2 * p - k) // s + 1 for d, p, k, s in
+           zip(x.shape[2:], conv.padding, conv.kernel_size, conv.stride)]
+    return (residual.dtype == torch.float32 and residual.device == x.device
+            and tuple(residual.shape) == (x.shape[0], conv.out_channels, *out)
+            and residual.is_contiguous(memory_format=torch.channels_last_3d))
+
+
+def forward_folded(bn: nn.BatchNorm3d, conv: nn.Conv3d, x: torch.Tensor,
+                   residual: torch.Tensor | None = None) -> torch.Tensor:
+    """``conv(relu(bn(x))) (+ residual)`` in one pass; only where ``folds`` (and, with a
+    residual, ``residual_fits``) says so."""
+    ext = fiber_kernel.extension()
+    scale, shift = fiber_kernel.eval_affine(bn)
+    weight = conv.weight
+    packed = fiber_kernel.kept(conv, PACKED, (weight.data_ptr(), weight._version),
+                               lambda: ext.pack_pointwise(weight.detach()))
+    with torch.profiler.record_function(PROFILED_AS):
+        return ext.pointwise_cl(x, packed, conv.out_channels, scale, shift, residual)

@@ -1,0 +1,166 @@
+"""MF-Net's pre-activation pointwise convs in one pass (models/pointwise.py) against BatchNorm,
+ReLU, ``F.conv3d`` and the add, and where the fused op steps aside."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from models import fiber_kernel as fk
+from models import pointwise
+from models.bn_relu import fuse_bn_relu
+from models.mfnet import VIDEO, BNReLUConv, MFNet
+
+
+@pytest.fixture(scope="module", autouse=True)
+def built():
+    if fk.extension() is None or fk.path() not in fk.CL_PATHS:
+        pytest.skip(f"kernel not built here, or no AVX2: {fk.status()}")
+
+
+def cl(t: torch.Tensor) -> torch.Tensor:
+    return t.contiguous(memory_format=torch.channels_last_3d)
+
+
+def close(a, b, tol=1e-5):
+    torch.testing.assert_close(a, b, rtol=tol, atol=tol * max(1.0, b.abs().max().item()))
+
+
+def randomise(bn):
+    with torch.no_grad():
+        bn.weight.uniform_(-1.5, 1.5)  # negative scales flip the ReLU's mask
+        bn.bias.uniform_(-0.5, 0.5)
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.5, 2.0)
+
+
+def unit(k: int, co: int) -> BNReLUConv:
+    """A pre-activation 1x1x1 conv on the suite's kernels, in eval mode, trained statistics."""
+    module = BNReLUConv(VIDEO, k, co)
+    torch.nn.init.normal_(module.conv.weight, std=k ** -0.5)
+    fuse_bn_relu(module)  # what use_kernel does to MF-Net's pairs (here without a fiber conv)
+    randomise(module.bn)
+    return module.eval()
+
+
+def expected(module: BNReLUConv, x, residual=None):
+    y = F.conv3d(torch.relu(F.batch_norm(x, module.bn.running_mean, module.bn.running_var,
+                                         module.bn.weight, module.bn.bias, eps=module.bn.eps)),
+                 module.conv.weight)
+    return y if residual is None else y + residual
+
+
+@pytest.mark.parametrize("k, co, shape", [
+    (96, 24, (2, 3, 5, 7)),    # MF-Net's narrowing multiplexer conv: whole chunks of 24
+    (24, 96, (1, 4, 6, 6)),    # its widening one: 4 chunks per pixel
+    (16, 16, (1, 2, 3, 3)),    # 2 vectors a chunk: 6-pixel blocks
+    (13, 7, (2, 1, 5, 11)),    # channels off the vector width: tails in, partial vector out
+    (5, 40, (1, 1, 7, 7)),     # a 16-channel last chunk
+    (8, 3, (3, 2, 4, 9)),      # fewer output channels than a vector
+    (40, 50, (1, 3, 9, 11)),   # pixels past one 48-pixel task, a 2-channel last chunk
+])
+def test_the_fused_op_equals_batchnorm_relu_conv_and_the_add(k, co, shape):
+    torch.manual_seed(k * 100 + co)
+    module = unit(k, co)
+    x = cl(torch.randn(shape[0], k, *shape[1:]) * 2)
+    residual = cl(torch.randn(shape[0], co, *shape[1:]))
+    with torch.inference_mode():
+        assert pointwise.folds(module.bn, module.relu, module.conv, x)
+        y = module(x)
+        assert y.is_contiguous(memory_format=torch.channels_last_3d)
+        close(y, expected(module, x))
+        close(module.plus(x, residual), expected(module, x, residual))
+
+
+def test_mfnet_runs_its_stride_1_pointwise_convs_fused_and_equals_the_reference_path():
+    from torch.profiler import profile
+
+    torch.manual_seed(0)
+    reference = MFNet(channels_last=False).eval()
+    for bn in (m for m in reference.modules() if isinstance(m, torch.nn.BatchNorm3d)):
+        randomise(bn)
+    fast = MFNet().eval()
+    fast.load_state_dict(reference.state_dict())
+    x = torch.randn(2, 3, 8, 64, 64)
+    with torch.inference_mode(), profile() as prof:
+        out = fast(x)
+    close(out, reference(x), 1e-4)
+    counts = {e.key: e.count for e in prof.key_averages()}
+    # every 1x1x1 conv at stride 1 (two per unit, and each stage's first unit's conv_m2): the
+    # strided shortcut projections stay BatchNorm + ReLU, then PyTorch's conv
+    stride_1 = sum(isinstance(m, BNReLUConv) and m.conv.kernel_size == (1, 1, 1)
+                   and m.conv.stride == (1, 1, 1) for m in fast.modules())
+    assert counts.get(pointwise.PROFILED_AS) == stride_1 == 36
+    assert "aten::add_" not in counts  # every residual went into a conv's output
+
+
+def test_the_fused_op_steps_aside_where_it_cannot_see_the_call_or_the_math_differs():
+    torch.manual_seed(1)
+    module = unit(16, 24)
+    x = cl(torch.randn(1, 16, 2, 5, 5))
+    args = (module.bn, module.relu, module.conv)
+    with torch.inference_mode():
+        assert pointwise.folds(*args, x)
+        assert not pointwise.folds(*args, x.contiguous())  # NCDHW
+        assert not pointwise.folds(*args, x.double())
+        assert not pointwise.folds(*args, cl(torch.randn(1, 8, 2, 5, 5)))  # PyTorch's error says so
+        seen = []
+        hook = module.conv.register_forward_hook(lambda m, a, out: seen.append(out))
+        assert not pointwise.folds(*args, x)  # a hook on the conv sees it called as a module
+        close(module(x), expected(module, x))
+        hook.remove()
+        assert len(seen) == 1
+    with torch.enable_grad():  # training needs the activations: the three modules
+        assert not pointwise.folds(*args, x)
+    module.bn.train()
+    with torch.inference_mode():
+        assert not pointwise.folds(*args, x)  # batch statistics
+    module.bn.eval()
+    fk.use_stock(module)  # the stock condition: plain BatchNorm3d, never fused
+    with torch.inference_mode():
+        assert not pointwise.folds(module.bn, module.relu, module.conv, x)
+        close(module(x), expected(module, x))
+
+
+def test_a_residual_that_cannot_go_in_is_added_after_or_refused_by_pytorch():
+    torch.manual_seed(2)
+    module = unit(8, 16)
+    x = cl(torch.randn(1, 8, 2, 4, 4))
+    with torch.inference_mode():
+        want = expected(module, x)
+        ncdhw = torch.randn(1, 16, 2, 4, 4)  # another layout: the fused op, then the add
+        assert not pointwise.residual_fits(module.conv, x, ncdhw)
+        close(module.plus(x, ncdhw), want + ncdhw)
+        with pytest.raises(RuntimeError, match="size of tensor"):  # PyTorch's own one line
+            module.plus(x, cl(torch.randn(1, 16, 3, 4, 4)))
+
+
+def test_the_kernel_refuses_inputs_that_do_not_match_in_one_line():
+    ext = fk.extension()
+    x = cl(torch.randn(1, 8, 1, 2, 2))
+    packed = ext.pack_pointwise(torch.randn(16, 8, 1, 1, 1))
+    with pytest.raises(RuntimeError, match="packed weight does not match"):
+        ext.pointwise_cl(x, packed, 40)
+    with pytest.raises(RuntimeError, match="x must be a channels-last-3d fp32 CPU tensor"):
+        ext.pointwise_cl(x.contiguous(), packed, 16)
+    with pytest.raises(RuntimeError, match="one value per input channel"):
+        ext.pointwise_cl(x, packed, 16, torch.ones(4), torch.zeros(4))
+    with pytest.raises(RuntimeError, match="residual must be channels-last-3d fp32"):
+        ext.pointwise_cl(x, packed, 16, None, None, cl(torch.randn(1, 16, 1, 2, 3)))
+    with pytest.raises(RuntimeError, match="weight must be a CPU fp32"):
+        ext.pack_pointwise(torch.randn(16, 8, 3, 1, 1))
+
+
+def test_inference_keeps_the_packed_weight_until_the_weight_changes():
+    torch.manual_seed(3)
+    module = unit(8, 8)
+    x = cl(torch.randn(1, 8, 1, 3, 3))
+    with torch.inference_mode():
+        first = module(x)
+        packed = module.conv.__dict__[pointwise.PACKED][1]
+        module(x)
+        assert module.conv.__dict__[pointwise.PACKED][1] is packed
+    with torch.no_grad():
+        module.conv.weight.mul_(2)
+    with torch.inference_mode():
+        close(module(x), 2 * first)
+        assert module.conv.__dict__[pointwise.PACKED][1] is not packed
