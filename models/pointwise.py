@@ -10,7 +10,8 @@ the measured effect.
 
 Where: inference (no gradient) on the CPU, an fp32 channels-last input, an eval-mode BatchNorm
 that the suite's kernels run (``BatchNormReLU3d``, which ``fiber_kernel.use_kernel`` puts in:
-the harness's "suite" condition), a 1x1x1 conv at stride 1 without bias or groups, no hook that
+the harness's "suite" condition), a 1x1x1 conv without bias or groups at any stride (a strided
+one, MF-Net's shortcut projections ``conv_w1``, reads only the pixels it keeps), no hook that
 would miss a call, and the AVX2 path. Elsewhere ``BNReLUConv`` runs its three modules.
 """
 
@@ -36,7 +37,7 @@ def folds(bn: nn.Module, relu: nn.Module, conv: nn.Module, x: torch.Tensor) -> b
     """Whether ``conv(relu(bn(x)))`` runs as one fused op here (see the module docstring)."""
     if not (isinstance(bn, BatchNormReLU3d) and not bn.training and bn.running_mean is not None
             and isinstance(conv, nn.Conv3d) and conv.kernel_size == (1, 1, 1)
-            and conv.stride == (1, 1, 1) and conv.padding == (0, 0, 0) and conv.groups == 1
+            and conv.padding == (0, 0, 0) and conv.groups == 1
             and conv.bias is None and conv.weight.dtype == torch.float32):
         return False
     if (torch.is_grad_enabled() or fiber_kernel.traced() or torch.is_autocast_enabled("cpu")
@@ -70,4 +71,5 @@ def forward_folded(bn: nn.BatchNorm3d, conv: nn.Conv3d, x: torch.Tensor,
     packed = fiber_kernel.kept(conv, PACKED, (weight.data_ptr(), weight._version),
                                lambda: ext.pack_pointwise(weight.detach()))
     with torch.profiler.record_function(PROFILED_AS):
-        return ext.pointwise_cl(x, packed, conv.out_channels, scale, shift, residual)
+        return ext.pointwise_cl(x, packed, conv.out_channels, list(conv.stride), scale, shift,
+                                residual)

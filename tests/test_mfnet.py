@@ -148,6 +148,10 @@ def test_at_batch_one_the_fast_path_keeps_pointwise_convs_on_onednn():
     x = torch.randn(1, 3, 4, 64, 64)
     with torch.inference_mode():
         torch.testing.assert_close(fast(x), reference(x), rtol=1e-4, atol=1e-5)
+        # on stock kernels: on the suite's, inference runs these convs fused (models/pointwise.py)
+        from models.fiber_kernel import use_stock
+
+        use_stock(fast)
         assert "aten::slow_conv3d_forward" in _conv_kernels(reference, x)
         assert "aten::slow_conv3d_forward" not in _conv_kernels(fast, x)
         assert "aten::mkldnn_convolution" in _conv_kernels(fast, x)

@@ -33,9 +33,9 @@ def randomise(bn):
         bn.running_var.uniform_(0.5, 2.0)
 
 
-def unit(k: int, co: int) -> BNReLUConv:
+def unit(k: int, co: int, stride=(1, 1, 1)) -> BNReLUConv:
     """A pre-activation 1x1x1 conv on the suite's kernels, in eval mode, trained statistics."""
-    module = BNReLUConv(VIDEO, k, co)
+    module = BNReLUConv(VIDEO, k, co, stride=stride)
     torch.nn.init.normal_(module.conv.weight, std=k ** -0.5)
     fuse_bn_relu(module)  # what use_kernel does to MF-Net's pairs (here without a fiber conv)
     randomise(module.bn)
@@ -45,24 +45,27 @@ def unit(k: int, co: int) -> BNReLUConv:
 def expected(module: BNReLUConv, x, residual=None):
     y = F.conv3d(torch.relu(F.batch_norm(x, module.bn.running_mean, module.bn.running_var,
                                          module.bn.weight, module.bn.bias, eps=module.bn.eps)),
-                 module.conv.weight)
+                 module.conv.weight, stride=module.conv.stride)
     return y if residual is None else y + residual
 
 
-@pytest.mark.parametrize("k, co, shape", [
-    (96, 24, (2, 3, 5, 7)),    # MF-Net's narrowing multiplexer conv: whole chunks of 24
-    (24, 96, (1, 4, 6, 6)),    # its widening one: 4 chunks per pixel
-    (16, 16, (1, 2, 3, 3)),    # 2 vectors a chunk: 6-pixel blocks
-    (13, 7, (2, 1, 5, 11)),    # channels off the vector width: tails in, partial vector out
-    (5, 40, (1, 1, 7, 7)),     # a 16-channel last chunk
-    (8, 3, (3, 2, 4, 9)),      # fewer output channels than a vector
-    (40, 50, (1, 3, 9, 11)),   # pixels past one 48-pixel task, a 2-channel last chunk
+@pytest.mark.parametrize("k, co, shape, stride", [
+    (96, 24, (2, 3, 5, 7), (1, 1, 1)),    # MF-Net's narrowing multiplexer conv: whole chunks of 24
+    (24, 96, (1, 4, 6, 6), (1, 1, 1)),    # its widening one: 4 chunks per pixel
+    (16, 16, (1, 2, 3, 3), (1, 1, 1)),    # 2 vectors a chunk: 6-pixel blocks
+    (13, 7, (2, 1, 5, 11), (1, 1, 1)),    # channels off the vector width: tails in, partial vector out
+    (5, 40, (1, 1, 7, 7), (1, 1, 1)),     # a 16-channel last chunk
+    (8, 3, (3, 2, 4, 9), (1, 1, 1)),      # fewer output channels than a vector
+    (40, 50, (1, 3, 9, 11), (1, 1, 1)),   # pixels past one 48-pixel task, a 2-channel last chunk
+    (16, 96, (2, 5, 7, 7), (2, 1, 1)),   # conv2's shortcut: every other frame
+    (96, 192, (1, 2, 9, 11), (1, 2, 2)),  # conv3's: every other row and column, odd sizes
 ])
-def test_the_fused_op_equals_batchnorm_relu_conv_and_the_add(k, co, shape):
+def test_the_fused_op_equals_batchnorm_relu_conv_and_the_add(k, co, shape, stride):
     torch.manual_seed(k * 100 + co)
-    module = unit(k, co)
+    module = unit(k, co, stride)
     x = cl(torch.randn(shape[0], k, *shape[1:]) * 2)
-    residual = cl(torch.randn(shape[0], co, *shape[1:]))
+    out = [(d - 1) // s + 1 for d, s in zip(shape[1:], stride)]
+    residual = cl(torch.randn(shape[0], co, *out))
     with torch.inference_mode():
         assert pointwise.folds(module.bn, module.relu, module.conv, x)
         y = module(x)
@@ -71,7 +74,7 @@ def test_the_fused_op_equals_batchnorm_relu_conv_and_the_add(k, co, shape):
         close(module.plus(x, residual), expected(module, x, residual))
 
 
-def test_mfnet_runs_its_stride_1_pointwise_convs_fused_and_equals_the_reference_path():
+def test_mfnet_runs_its_pointwise_convs_fused_and_equals_the_reference_path():
     from torch.profiler import profile
 
     torch.manual_seed(0)
@@ -85,11 +88,11 @@ def test_mfnet_runs_its_stride_1_pointwise_convs_fused_and_equals_the_reference_
         out = fast(x)
     close(out, reference(x), 1e-4)
     counts = {e.key: e.count for e in prof.key_averages()}
-    # every 1x1x1 conv at stride 1 (two per unit, and each stage's first unit's conv_m2): the
-    # strided shortcut projections stay BatchNorm + ReLU, then PyTorch's conv
-    stride_1 = sum(isinstance(m, BNReLUConv) and m.conv.kernel_size == (1, 1, 1)
-                   and m.conv.stride == (1, 1, 1) for m in fast.modules())
-    assert counts.get(pointwise.PROFILED_AS) == stride_1 == 36
+    # every 1x1x1 conv: two per unit, and each stage's first unit's conv_m2 and its strided
+    # shortcut; only the stem is left to PyTorch's conv, and the last BatchNorm + ReLU fused
+    assert counts.get(pointwise.PROFILED_AS) == sum(
+        isinstance(m, BNReLUConv) and m.conv.kernel_size == (1, 1, 1) for m in fast.modules()) == 40
+    assert counts.get("aten::mkldnn_convolution") == 1
     assert "aten::add_" not in counts  # every residual went into a conv's output
 
 
@@ -140,12 +143,14 @@ def test_the_kernel_refuses_inputs_that_do_not_match_in_one_line():
     packed = ext.pack_pointwise(torch.randn(16, 8, 1, 1, 1))
     with pytest.raises(RuntimeError, match="packed weight does not match"):
         ext.pointwise_cl(x, packed, 40)
+    with pytest.raises(RuntimeError, match="stride must be three positive integers"):
+        ext.pointwise_cl(x, packed, 16, [1, 0, 1])
     with pytest.raises(RuntimeError, match="x must be a channels-last-3d fp32 CPU tensor"):
         ext.pointwise_cl(x.contiguous(), packed, 16)
     with pytest.raises(RuntimeError, match="one value per input channel"):
-        ext.pointwise_cl(x, packed, 16, torch.ones(4), torch.zeros(4))
+        ext.pointwise_cl(x, packed, 16, scale=torch.ones(4), shift=torch.zeros(4))
     with pytest.raises(RuntimeError, match="residual must be channels-last-3d fp32"):
-        ext.pointwise_cl(x, packed, 16, None, None, cl(torch.randn(1, 16, 1, 2, 3)))
+        ext.pointwise_cl(x, packed, 16, residual=cl(torch.randn(1, 16, 1, 2, 3)))
     with pytest.raises(RuntimeError, match="weight must be a CPU fp32"):
         ext.pack_pointwise(torch.randn(16, 8, 3, 1, 1))
 

@@ -301,8 +301,27 @@ void run_forward(const ClRun& r) {
         const float* wg = r.w + grp * group_w;
         // the group's channels of output row ho, in y and in the residual
         auto at = [&](int ho) { return (((int64_t)n * g.To + to) * g.Ho + ho) * g.Wo * g.CO + (int64_t)grp * g.cout_g; };
+        // Row ho's lines of y (to be written) and of the residual (to be read), asked for while
+        // the row before is computed: a group's few channels sit C floats apart from pixel to
+        // pixel, a stride the hardware prefetchers do not follow, so without this each pixel's
+        // store and residual load waited on memory.
+        auto fetch = [&](int ho, int c0, int co_n) {
+          if (ho >= ho1) return;
+          const int64_t row = at(ho) + c0;
+          for (int p = 0; p < g.Wo; ++p) {
+            const int64_t o = row + (int64_t)p * g.CO;
+            __builtin_prefetch(r.y + o, 1, 3);
+            __builtin_prefetch(r.y + o + co_n - 1, 1, 3);
+            if (r.residual) {
+              __builtin_prefetch(r.residual + o, 0, 3);
+              __builtin_prefetch(r.residual + o + co_n - 1, 0, 3);
+            }
+          }
+        };
         if (tasks.planar) {
+          fetch(ho0, 0, g.cout_g);
           for (int ho = ho0; ho < ho1; ++ho) {
+            fetch(ho + 1, 0, g.cout_g);
             planar_row(src, wg, r.y + at(ho), g, to, ho);
             if (r.residual) add_residual(r.y + at(ho), r.residual + at(ho), g.Wo, g.CO, g.cout_g);
           }
@@ -311,7 +330,9 @@ void run_forward(const ClRun& r) {
         for (int chunk = 0; chunk < chunks; ++chunk) {
           const int c0 = chunk * 3 * A::L, v = std::min(3, vecs - chunk * 3);
           const int co_n = std::min(3 * A::L, g.cout_g - c0);
+          fetch(ho0, c0, co_n);
           for (int ho = ho0; ho < ho1; ++ho) {
+            fetch(ho + 1, c0, co_n);
             float* yrow = r.y + at(ho);
             if (v == 1) cl_row<A, 1>(src, wg, yrow, g, to, ho, c0, co_n);
             else if (v == 2) cl_row<A, 2>(src, wg, yrow, g, to, ho, c0, co_n);

@@ -377,7 +377,7 @@ torch::Tensor grad_weight_cl(const torch::Tensor& x, const torch::Tensor& gy, in
 // The pre-activation pointwise conv, channels last (pointwise_cl.cpp)
 torch::Tensor pack_pointwise(const torch::Tensor& weight);
 torch::Tensor pointwise_cl(const torch::Tensor& x, const torch::Tensor& packed, int64_t cout,
-                           const std::optional<torch::Tensor>& scale, const std::optional<torch::Tensor>& shift,
+                           std::vector<int64_t> stride, const std::optional<torch::Tensor>& scale, const std::optional<torch::Tensor>& shift,
                            const std::optional<torch::Tensor>& residual);
 
 // BatchNorm + ReLU, channels last (bn_relu.cpp)
@@ -403,7 +403,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("residual") = py::none());
   m.def("pack_pointwise", &pack_pointwise);
   m.def("pointwise_cl", &pointwise_cl, py::arg("x"), py::arg("packed"), py::arg("cout"),
-        py::arg("scale") = py::none(), py::arg("shift") = py::none(), py::arg("residual") = py::none());
+        py::arg("stride") = std::vector<int64_t>{1, 1, 1}, py::arg("scale") = py::none(), py::arg("shift") = py::none(), py::arg("residual") = py::none());
   m.def("threads_used", &threads_used);
   m.def("grad_weight_cl", &grad_weight_cl);
   m.def("bn_stats", &bn_stats);

@@ -36,8 +36,11 @@ struct Run {
   const float* residual;  // y's layout, or nullptr
   const float* scale;     // per input channel, or nullptr: x as it is
   const float* shift;
-  int64_t pixels;
+  int64_t pixels;  // of the output
   int K, CO;
+  // strides: output pixel (n, to, ho, wo) reads input pixel (n, to * st, ho * sh, wo * sw)
+  int T, H, W, To, Ho, Wo, st, sh, sw;
+  bool strided() const { return st != 1 || sh != 1 || sw != 1; }
 };
 
 // P pixels (rows of `in`, ldx floats apart) x V vectors of one chunk's output channels: every
@@ -130,28 +133,45 @@ void pixels(const float* in, int64_t ldx, const float* w, int K, float* out, con
                count - p);
 }
 
-// relu(x * scale + shift) of `count` pixels' K channels into buf (K floats a pixel)
-void activate(const float* x, float* buf, int64_t count, int K, const float* scale, const float* shift) {
-  const __m256 zero = _mm256_setzero_ps();
-  for (int64_t p = 0; p < count; ++p, x += K, buf += K) {
-    int k = 0;
-    for (; k + 8 <= K; k += 8)
-      _mm256_storeu_ps(buf + k, _mm256_max_ps(_mm256_fmadd_ps(_mm256_loadu_ps(x + k), _mm256_loadu_ps(scale + k),
-                                                              _mm256_loadu_ps(shift + k)), zero));
-    for (; k < K; ++k) buf[k] = std::max(x[k] * scale[k] + shift[k], 0.f);
+// relu(x * scale + shift) of one pixel's K channels into buf, or (no scale) a copy
+void activate(const float* x, float* buf, int K, const float* scale, const float* shift) {
+  if (!scale) {
+    std::copy(x, x + K, buf);
+    return;
   }
+  const __m256 zero = _mm256_setzero_ps();
+  int k = 0;
+  for (; k + 8 <= K; k += 8)
+    _mm256_storeu_ps(buf + k, _mm256_max_ps(_mm256_fmadd_ps(_mm256_loadu_ps(x + k), _mm256_loadu_ps(scale + k),
+                                                            _mm256_loadu_ps(shift + k)), zero));
+  for (; k < K; ++k) buf[k] = std::max(x[k] * scale[k] + shift[k], 0.f);
+}
+
+// the input pixel output pixel q reads
+int64_t source(const Run& r, int64_t q) {
+  const int wo = q % r.Wo;
+  q /= r.Wo;
+  const int ho = q % r.Ho;
+  q /= r.Ho;
+  const int to = q % r.To;
+  const int64_t n = q / r.To;
+  return ((n * r.T + (int64_t)to * r.st) * r.H + (int64_t)ho * r.sh) * r.W + (int64_t)wo * r.sw;
 }
 
 void run(const Run& r) {
   const int64_t blocks = (r.pixels + BLOCK - 1) / BLOCK;
   at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> buf(r.scale ? (size_t)BLOCK * r.K : 0);
+    // the block's input, activated or gathered; a stride-1 conv without scale reads x itself
+    std::vector<float> buf(r.scale || r.strided() ? (size_t)BLOCK * r.K : 0);
     for (int64_t b = begin; b < end; ++b) {
       const int64_t p0 = b * BLOCK;
       const int count = (int)std::min<int64_t>(BLOCK, r.pixels - p0);
       const float* in = r.x + p0 * r.K;
-      if (r.scale) {
-        activate(in, buf.data(), count, r.K, r.scale, r.shift);
+      if (!buf.empty()) {
+        for (int p = 0; p < count; ++p) {
+          const int64_t from = r.strided() ? source(r, p0 + p) : p0 + p;
+          activate(r.x + from * r.K, buf.data() + (int64_t)p * r.K, r.K, r.scale, r.shift);
+        }
         in = buf.data();
       }
       float* out = r.y + p0 * r.CO;
@@ -190,9 +210,9 @@ at::Tensor pack_pointwise(const at::Tensor& weight) {
   return padded.reshape({chunks, pointwise::CHUNK, K}).transpose(1, 2).contiguous();
 }
 
-// y = conv1x1x1(relu(x * scale + shift)) + residual, every tensor channels-last-3d fp32 on the
-// CPU; scale/shift (per input channel) and residual (y's shape) optional
-at::Tensor pointwise_cl(const at::Tensor& x, const at::Tensor& packed, int64_t cout,
+// y = conv1x1x1(relu(x * scale + shift), stride) + residual, every tensor channels-last-3d fp32
+// on the CPU; scale/shift (per input channel) and residual (y's shape) optional
+at::Tensor pointwise_cl(const at::Tensor& x, const at::Tensor& packed, int64_t cout, std::vector<int64_t> stride,
                         const std::optional<at::Tensor>& scale, const std::optional<at::Tensor>& shift,
                         const std::optional<at::Tensor>& residual) {
   TORCH_CHECK(cl_float(x), "pointwise: x must be a channels-last-3d fp32 CPU tensor");
@@ -207,7 +227,12 @@ at::Tensor pointwise_cl(const at::Tensor& x, const at::Tensor& packed, int64_t c
     TORCH_CHECK(scale->is_contiguous() && shift->is_contiguous() && scale->scalar_type() == at::kFloat &&
                 shift->scalar_type() == at::kFloat && scale->numel() == K && shift->numel() == K,
                 "pointwise: scale and shift must be fp32 with one value per input channel");
-  auto y = at::empty({x.size(0), cout, x.size(2), x.size(3), x.size(4)},
+  TORCH_CHECK(stride.size() == 3 && stride[0] >= 1 && stride[1] >= 1 && stride[2] >= 1,
+              "pointwise: stride must be three positive integers");
+  const int64_t T = x.size(2), H = x.size(3), W = x.size(4);
+  const int64_t To = T ? (T - 1) / stride[0] + 1 : 0, Ho = H ? (H - 1) / stride[1] + 1 : 0,
+                Wo = W ? (W - 1) / stride[2] + 1 : 0;
+  auto y = at::empty({x.size(0), cout, To, Ho, Wo},
                      x.options().memory_format(at::MemoryFormat::ChannelsLast3d));
   if (residual)
     TORCH_CHECK(cl_float(*residual) && residual->sizes() == y.sizes(),
@@ -215,7 +240,8 @@ at::Tensor pointwise_cl(const at::Tensor& x, const at::Tensor& packed, int64_t c
   const pointwise::Run r{x.data_ptr<float>(), packed.data_ptr<float>(), y.data_ptr<float>(),
                          residual ? residual->data_ptr<float>() : nullptr,
                          scale ? scale->data_ptr<float>() : nullptr, shift ? shift->data_ptr<float>() : nullptr,
-                         x.numel() / K, (int)K, (int)cout};
+                         y.numel() / cout, (int)K, (int)cout, (int)T, (int)H, (int)W, (int)To, (int)Ho, (int)Wo,
+                         (int)stride[0], (int)stride[1], (int)stride[2]};
   if (r.pixels > 0) pointwise::run(r);
   return y;
 }
