@@ -319,7 +319,8 @@ def test_the_profiler_names_the_kernel_folded_or_not():
         convs = sum(isinstance(m, fk.FiberConv3d) for m in model.modules())  # 28 in MF-Net
         assert names.get(fk.PROFILED_AS) == convs
     # in inference, each fiber conv's BatchNorm + ReLU is folded into it, and each pointwise
-    # conv's into that (models/pointwise.py); the one before the classifier is fused
+    # conv's into that (models/pointwise.py); the stem's and the one before the classifier are
+    # fused
     from models import pointwise
     from models.mfnet import BNReLUConv
 
@@ -330,7 +331,7 @@ def test_the_profiler_names_the_kernel_folded_or_not():
         model(x.contiguous(memory_format=torch.channels_last_3d))
     counts = {e.key: e.count for e in prof.key_averages()}
     assert counts.get(pointwise.PROFILED_AS) == pointwise_convs
-    assert counts.get(bn_relu.PROFILED_AS) == fused - convs - pointwise_convs == 1
+    assert counts.get(bn_relu.PROFILED_AS) == fused - convs - pointwise_convs == 2
 
 
 def test_where_the_kernel_does_not_apply_the_module_is_a_plain_conv(monkeypatch):
