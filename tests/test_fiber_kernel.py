@@ -297,6 +297,12 @@ def test_inference_adds_a_residual_as_the_output_is_written(cin_g, cout_g, kt, s
         residual = torch.randn_like(plain).contiguous(memory_format=torch.channels_last_3d)
         close(unit.conv.forward_folded(unit.bn, x, residual), plain + residual)
         close(unit.plus(x, residual), plain + residual)
+        # one frame of one clip: too few tasks for whole blocks of groups, so each block's rows
+        # start at its own first group's channels (the planar form's rows-outer order)
+        one = x[:1, :, :1].contiguous(memory_format=torch.channels_last_3d)
+        want = fk.reference(torch.relu(unit.bn(one)), unit.conv.weight, 4, stride)
+        extra = torch.randn_like(want).contiguous(memory_format=torch.channels_last_3d)
+        close(unit.conv.forward_folded(unit.bn, one, extra), want + extra)
         short = residual[:, :, :-1].contiguous(memory_format=torch.channels_last_3d)  # a frame short
         with pytest.raises(RuntimeError, match="residual must be a channels-last-3d fp32 CPU tensor"):
             unit.conv.forward_folded(unit.bn, x, short)
