@@ -449,6 +449,9 @@ def job_memory_text(m: Measured) -> list[str]:
 # Does MF-Net's wall-clock follow its FLOPs (footnote 5)? The dense model it is held against.
 WALLCLOCK_PAIR = ("mfnet", "res3d")
 WALLCLOCK_TARGET = 0.8  # MF-Net's achieved GMAC/s at least 0.8x the dense model's
+# A paired run whose control (the dense model timed twice in the same rounds) moved further
+# from 1x than this judges nothing: its machine moved a ratio by more than the verdict's margin
+CONTROL_TOLERANCE = 0.10
 
 
 def wallclock_section(rows: pd.DataFrame) -> list[str]:
@@ -516,7 +519,9 @@ KERNELS_LABEL = {"stock": "stock kernels (as footnote 5 found it)",
 def forecast_lines(rates: pd.DataFrame) -> list[str]:
     """Footnote 5's forecast judged: MF-Net's achieved GMAC/s with its fiber convs on the suite's
     kernel over its GMAC/s on stock kernels, per setup: from the newest paired run (both timed
-    in one process, in alternating rounds) where there is one, else the newest run of each."""
+    in one process, in alternating rounds) whose control held within ``CONTROL_TOLERANCE``
+    (newer ones that did not are named), or the newest paired run, not judged, where none held;
+    else the newest run of each."""
     claim = ledger.FOOTNOTE5_FORECAST
     mine = rates[rates["model"] == WALLCLOCK_PAIR[0]]
     lines, controls = [], []
@@ -524,6 +529,16 @@ def forecast_lines(rates: pd.DataFrame) -> list[str]:
             ["device", "device_name", "dtype", "channels_last", "compiled"], sort=True):
         kinds = setup.groupby("run_id")["kernels"].agg(set)
         paired = kinds[kinds.map(lambda k: {"stock", "suite"} <= k)].index
+        # the newest paired run whose control held still judges; where none did, the newest
+        # paired run is shown, not judged
+        moved = {run: control_moved(rates, run) for run in paired}
+        steady = paired[[moved[run] <= CONTROL_TOLERANCE + 1e-9 for run in paired]]
+        passed_over = [] if steady.empty else [
+            run for run in paired if moved[run] > CONTROL_TOLERANCE + 1e-9
+            and setup[setup["run_id"] == run]["timestamp"].max()
+            > setup[setup["run_id"].isin(steady)]["timestamp"].max()]
+        if not steady.empty:
+            paired = steady
         newest = {}
         for kernels in ("stock", "suite"):
             part = setup[setup["kernels"] == kernels]
@@ -556,7 +571,14 @@ def forecast_lines(rates: pd.DataFrame) -> list[str]:
                       f"{stock_runs.min():.0f}–{stock_runs.max():.0f}" if len(stock_runs) > 1 else "")
             cells.append(f"{stock['value']:.0f} → {suite['value']:.0f} = **{r:.2f}×** {mark}"
                          + ("" if at_one else f" (b={batch})") + spread)
-        verdict = ("not judged: timed while the machine was shared" if "⚠" in marks
+        unsteady = (not paired.empty
+                    and moved[newest["suite"]["run_id"].iloc[0]] > CONTROL_TOLERANCE + 1e-9)
+        if unsteady:
+            marks = ["⚠" for _ in marks]
+            cells = [c.replace(" ✓", " ⚠").replace(" ✗", " ⚠") for c in cells]
+        verdict = ("not judged: timed while the machine was shared" if "⚠" in marks and not unsteady
+                   else f"not judged: the run's control moved {moved[newest['suite']['run_id'].iloc[0]]:.0%}"
+                   if unsteady
                    else "holds" if marks and all(m == "✓" for m in marks)
                    else "does not hold here" if marks else "not measured")
         runs = (f"{newest['suite']['run_id'].iloc[0]} (paired)" if not paired.empty
@@ -566,12 +588,21 @@ def forecast_lines(rates: pd.DataFrame) -> list[str]:
         if not paired.empty:
             controls.append(control_line(rates, newest["suite"]["run_id"].iloc[0],
                                          setup_label(device, name, dtype, cl, compiled)))
+        if passed_over:
+            controls.append(
+                f"Passed over ({setup_label(device, name, dtype, cl, compiled)}): the newer paired "
+                f"run{'s' if len(passed_over) > 1 else ''} "
+                + ", ".join(f"{run} (control moved {moved[run]:.0%})" for run in sorted(passed_over))
+                + f", beyond ±{CONTROL_TOLERANCE:.0%}: the machine moved a ratio by more than "
+                "the verdict's margin.\n")
     if not lines:
         return []
     return [f"The paper's forecast: \"{claim.quote}\" ({claim.where}). MF-Net's GMAC/s on stock "
             "kernels → with its fiber convs on the suite's kernel (`models/fiber_kernel.py`): "
             "from the newest paired run (`--fiber-kernel paired`: both timed in one process, in "
-            "alternating rounds, so a drift of the machine moves both alike), else from the "
+            "alternating rounds, so a drift of the machine moves both alike) whose control, "
+            f"`{WALLCLOCK_PAIR[1]}` timed twice in the same rounds, stayed within "
+            f"±{CONTROL_TOLERANCE:.0%} of 1×, else from the "
             "newest run of each (a suite run and a `--fiber-kernel stock` one); it holds at ≥ "
             f"{claim.threshold:g}× at the throughput batch and in training and ≥ 1× at batch 1 "
             "(the suite's reading: the paper gives no figure). The stock runs' spread on the same "
@@ -581,18 +612,30 @@ def forecast_lines(rates: pd.DataFrame) -> list[str]:
             "runs |", "|---|---|---|---|---|---|", *lines, "", *[c for c in controls if c]]
 
 
-def control_line(rates: pd.DataFrame, run: str, label: str) -> str:
+def control_ratios(rates: pd.DataFrame, run: str) -> dict[tuple[str, int], float]:
     """The paired run's own noise: the dense model has no grouped convs, so its two conditions
-    run the same model twice, in the same alternating rounds; its "suite / stock" ratios are
-    what the machine alone does to a ratio. "" where the run did not time it."""
+    run the same model twice, in the same alternating rounds; its "suite / stock" ratio per
+    (phase, batch) is what the machine alone did to a ratio. Empty where the run did not time it."""
     dense = rates[(rates["model"] == WALLCLOCK_PAIR[1]) & (rates["run_id"] == run)]
     pick = dense.set_index(["kernels", "phase", "batch_size"])["value"]
-    cells = []
-    for phase, what in (("infer", "inference"), ("train", "training")):
+    ratios = {}
+    for phase in ("infer", "train"):
         for batch in sorted(dense[dense["phase"] == phase]["batch_size"].unique()):
             if ("stock", phase, batch) in pick.index and ("suite", phase, batch) in pick.index:
-                ratio = pick[("suite", phase, batch)] / pick[("stock", phase, batch)]
-                cells.append(f"{what} b={batch} {ratio:.2f}×")
+                ratios[(phase, int(batch))] = pick[("suite", phase, batch)] / pick[("stock", phase, batch)]
+    return ratios
+
+
+def control_moved(rates: pd.DataFrame, run: str) -> float:
+    """How far the run's control strayed from 1x at most (0 where it has none)."""
+    return max((abs(r - 1) for r in control_ratios(rates, run).values()), default=0.0)
+
+
+def control_line(rates: pd.DataFrame, run: str, label: str) -> str:
+    """The paired run's control ratios in a sentence; "" where the run did not time it."""
+    what = {"infer": "inference", "train": "training"}
+    cells = [f"{what[phase]} b={batch} {ratio:.2f}×"
+             for (phase, batch), ratio in control_ratios(rates, run).items()]
     if not cells:
         return ""
     return (f"Control ({label}, run {run}): `{WALLCLOCK_PAIR[1]}` has no grouped convs, so the "

@@ -168,6 +168,33 @@ def test_footnote_5_forecast_prefers_a_paired_run_to_newer_separate_ones(tmp_pat
     assert "run run-paired" in control
     assert "inference b=1 1.10×, inference b=4 0.95×, training b=4 1.00×" in control
 
+    # a newer paired run whose control moved 25%: passed over, said so; the verdict stays
+    rates("run-noisy", ((40, 40, 20), (80, 80, 40)), "2026-01-04T00:00:00+00:00",
+          res3d=((100, 200, 100), (100, 250, 100)))
+    lines = report.forecast_lines(load_results(store.root).query("metric == 'gmacs_per_s'"))
+    forecast = next(line for line in lines if line.startswith("| cpu Test CPU"))
+    assert "run-paired (paired)" in forecast and "| holds |" in forecast
+    passed = next(line for line in lines if line.startswith("Passed over"))
+    assert "run-noisy (control moved 25%)" in passed
+
+
+def test_footnote_5_forecast_is_not_judged_from_a_paired_run_whose_control_moved(tmp_path):
+    store = ResultsStore(tmp_path / "results")
+    rows = []
+    for name, clip, values in (("mfnet", "16x224x224", ((40, 40, 20), (80, 80, 40))),
+                               ("res3d", "8x112x112", ((100, 200, 100), (100, 250, 100)))):
+        for kind, (b1, b4, train) in zip(("stock", "suite"), values):
+            rows += [Measurement(name, "speed", "gmacs_per_s", v, "GMAC/s", phase, batch, clip,
+                                 kernels=kind)
+                     for v, phase, batch in ((b1, "infer", 1), (b4, "infer", 4), (train, "train", 4))]
+    store.append(rows, RunConditions("run-noisy", "cpu", "Test CPU", "fp32", True, False, 2, "suite"),
+                 "2026-01-01T00:00:00+00:00")
+    lines = report.forecast_lines(load_results(store.root).query("metric == 'gmacs_per_s'"))
+    forecast = next(line for line in lines if line.startswith("| cpu Test CPU"))
+    assert "40 → 80 = **2.00×** ⚠ (b=4)" in forecast and "✓" not in forecast
+    assert "| not judged: the run's control moved 25% | run-noisy (paired) |" in forecast
+    assert not any(line.startswith("Passed over") for line in lines)  # nothing steadier to use
+
 
 def test_the_tables_show_a_paired_run_s_suite_rows_as_mfnet_s_default_path(tmp_path):
     """Where a run timed MF-Net on both kernels, the tables take the suite's row (its default);
