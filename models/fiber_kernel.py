@@ -438,6 +438,16 @@ def fiber_conv3d(x: torch.Tensor, weight: torch.Tensor, groups: int,
     return FiberConvFunction.apply(x, weight.contiguous(), groups, stride)
 
 
+def hooked(*modules: nn.Module) -> bool:
+    """Whether a forward hook (on one of ``modules``, or global) would see a call that a folded
+    op makes without calling the module: then the modules run as modules, so hooks
+    (``op_profile.py``'s, a user's) see what they always have."""
+    from torch.nn.modules import module
+
+    return (bool(module._global_forward_hooks or module._global_forward_pre_hooks)
+            or any(m._forward_hooks or m._forward_pre_hooks for m in modules))
+
+
 class FiberConv3d(nn.Conv3d):
     """A grouped ``Conv3d`` that runs on the suite's kernel where it applies: CPU, a (1 or 3, 3,
     3) kernel with same padding, no bias, outside autocast, ``torch.compile`` and tracing; a
@@ -470,7 +480,7 @@ class FiberConv3d(nn.Conv3d):
         ``bn`` an eval-mode ``BatchNorm3d``, a channels-last input on the kernel, and no forward
         hook on the conv."""
         return (not torch.is_grad_enabled() and isinstance(bn, nn.BatchNorm3d) and not bn.training
-                and bn.running_mean is not None and not self._hooked() and self._on_kernel(x)
+                and bn.running_mean is not None and not hooked(self) and self._on_kernel(x)
                 and channels_last(x, self.stride))
 
     def forward_folded(self, bn: nn.BatchNorm3d, x: torch.Tensor,
@@ -483,15 +493,6 @@ class FiberConv3d(nn.Conv3d):
         with torch.profiler.record_function(PROFILED_AS):
             return forward_cl(x, self._packed(x), self.out_channels // self.groups, self.stride,
                               scale, shift, residual)
-
-    def _hooked(self) -> bool:
-        """Whether a forward hook would see this conv's input (the activated one, which folding
-        never makes): then it is called as a module, so hooks (``op_profile.py``'s, a user's)
-        see what they always have."""
-        from torch.nn.modules import module
-
-        return bool(self._forward_hooks or self._forward_pre_hooks
-                    or module._global_forward_hooks or module._global_forward_pre_hooks)
 
     def _on_kernel(self, x: torch.Tensor) -> bool:
         if traced():

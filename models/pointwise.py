@@ -25,14 +25,6 @@ PROFILED_AS = "suite::pointwise"  # as torch.profiler's tables name the fused op
 PACKED = "_suite_pointwise_pack"  # the packed weight, kept on the conv (no checkpoint key)
 
 
-def _hooked(*modules: nn.Module) -> bool:
-    """Whether a forward hook would see a call the fused op makes without calling the module."""
-    from torch.nn.modules import module
-
-    return (bool(module._global_forward_hooks or module._global_forward_pre_hooks)
-            or any(m._forward_hooks or m._forward_pre_hooks for m in modules))
-
-
 def folds(bn: nn.Module, relu: nn.Module, conv: nn.Module, x: torch.Tensor) -> bool:
     """Whether ``conv(relu(bn(x)))`` runs as one fused op here (see the module docstring)."""
     if not (isinstance(bn, BatchNormReLU3d) and not bn.training and bn.running_mean is not None
@@ -41,7 +33,7 @@ def folds(bn: nn.Module, relu: nn.Module, conv: nn.Module, x: torch.Tensor) -> b
             and conv.bias is None and conv.weight.dtype == torch.float32):
         return False
     if (torch.is_grad_enabled() or fiber_kernel.traced() or torch.is_autocast_enabled("cpu")
-            or _hooked(bn, relu, conv)):
+            or fiber_kernel.hooked(bn, relu, conv)):
         return False
     if not (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 5
             and x.shape[1] == conv.in_channels and x.numel() > 0
