@@ -326,7 +326,7 @@ void run_forward(const ClRun& r) {
             const Band src{first.buf + j * tasks.group_stride, first.hi_first, first.rows_in};
             planar_row(src, r.w + (grp0 + j) * group_w, r.y + at(ho) + (int64_t)j * g.cout_g, g, to, ho);
           }
-          if (r.residual) add_residual(r.y + at(ho), r.residual + at(ho), g.Wo, g.CO, block_cn);
+          add_residual(r.y + at(ho), r.residual + at(ho), g.Wo, g.CO, block_cn);
         }
         continue;
       }
