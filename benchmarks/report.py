@@ -549,6 +549,8 @@ def forecast_lines(rates: pd.DataFrame) -> list[str]:
                 newest[kernels] = part[part["run_id"] == run].set_index(["phase", "batch_size"])
         if len(newest) < 2:
             continue
+        run = newest["suite"]["run_id"].iloc[0]
+        unsteady = not paired.empty and moved[run] > CONTROL_TOLERANCE + 1e-9  # none held
         cells, marks = [], []
         for phase, at_one in (("infer", True), ("infer", False), ("train", False)):
             common = sorted(set(newest["stock"].index) & set(newest["suite"].index))
@@ -564,21 +566,16 @@ def forecast_lines(rates: pd.DataFrame) -> list[str]:
                                & (setup["batch_size"] == batch)].groupby("run_id")["value"].last()
             need = 1.0 if at_one else claim.threshold
             mark = "✓" if r >= need else "✗"
-            if disturbance.is_disturbed(stock["note"]) or disturbance.is_disturbed(suite["note"]):
+            if (unsteady or disturbance.is_disturbed(stock["note"])
+                    or disturbance.is_disturbed(suite["note"])):
                 mark = "⚠"
             marks.append(mark)
             spread = (f"; stock over {len(stock_runs)} runs: "
                       f"{stock_runs.min():.0f}–{stock_runs.max():.0f}" if len(stock_runs) > 1 else "")
             cells.append(f"{stock['value']:.0f} → {suite['value']:.0f} = **{r:.2f}×** {mark}"
                          + ("" if at_one else f" (b={batch})") + spread)
-        unsteady = (not paired.empty
-                    and moved[newest["suite"]["run_id"].iloc[0]] > CONTROL_TOLERANCE + 1e-9)
-        if unsteady:
-            marks = ["⚠" for _ in marks]
-            cells = [c.replace(" ✓", " ⚠").replace(" ✗", " ⚠") for c in cells]
-        verdict = ("not judged: timed while the machine was shared" if "⚠" in marks and not unsteady
-                   else f"not judged: the run's control moved {moved[newest['suite']['run_id'].iloc[0]]:.0%}"
-                   if unsteady
+        verdict = (f"not judged: the run's control moved {moved[run]:.0%}" if unsteady
+                   else "not judged: timed while the machine was shared" if "⚠" in marks
                    else "holds" if marks and all(m == "✓" for m in marks)
                    else "does not hold here" if marks else "not measured")
         runs = (f"{newest['suite']['run_id'].iloc[0]} (paired)" if not paired.empty

@@ -85,16 +85,6 @@ void block(const float* in, int64_t ldx, const float* wc, int K, float* out, con
   }
 }
 
-// `count` pixels (count < P) at the end of a task's block
-template <int V, int P>
-void tail(const float* in, int64_t ldx, const float* wc, int K, float* out, const float* res, int CO,
-          int co_n, int count) {
-  if constexpr (P > 1) {
-    if (count == P - 1) return block<V, P - 1>(in, ldx, wc, K, out, res, CO, co_n);
-    return tail<V, P - 1>(in, ldx, wc, K, out, res, CO, co_n, count);
-  }
-}
-
 // P pixels (rows of `in`), every chunk of output channels: a pixel's whole output row is
 // written at once, while its lines are in cache; the input rows stay in L1 across the chunks.
 // V: the first chunk's vectors (3 where CO >= 24), so P x V accumulators fill 12 of 16 registers.
