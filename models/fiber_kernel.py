@@ -254,7 +254,8 @@ def status(build: bool = True) -> str:
     # models/bn_relu.py and models/pointwise.py run on AVX2 code, which every channels-last
     # path's CPU has
     return (f"suite kernel ({taken})"
-            + ("; BatchNorm + ReLU fused; pointwise convs fused" if taken in CL_PATHS else "")
+            + ("; BatchNorm + ReLU fused; pointwise convs fused, and on the kernel in training"
+               if taken in CL_PATHS else "")
             + ("; large blocks pooled" if _loaded.get("pool") else ""))
 
 

@@ -99,6 +99,8 @@ class BNReLUConv(nn.Sequential):
             return self.conv.forward_folded(self.bn, x)
         if pointwise.folds(self.bn, self.relu, self.conv, x):
             return pointwise.forward_folded(self.bn, self.conv, x)
+        if pointwise.trains(self.bn, self.conv, x):  # training: the 1x1x1 conv on the kernel
+            return pointwise.conv_trained(self.conv, self.relu(self.bn(x)))
         return super().forward(x)
 
     def plus(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
@@ -112,6 +114,9 @@ class BNReLUConv(nn.Sequential):
             if (pointwise.folds(self.bn, self.relu, self.conv, x)
                     and pointwise.residual_fits(self.conv, x, residual)):
                 return pointwise.forward_folded(self.bn, self.conv, x, residual)
+            if (pointwise.trains(self.bn, self.conv, x)
+                    and pointwise.residual_fits(self.conv, x, residual)):
+                return pointwise.conv_trained(self.conv, self.relu(self.bn(x)), residual)
         return self(x).add_(residual)
 
 

@@ -1,4 +1,5 @@
-"""MF-Net's pre-activation pointwise convs in inference, in one pass on the suite's kernel.
+"""MF-Net's pre-activation pointwise convs on the suite's kernel: in one pass in inference, and
+as a conv with its own backward in training.
 
 Every 1x1x1 conv of MF-Net follows a BatchNorm and a ReLU (``BNReLUConv``), and the
 multiplexer's second conv, like a stage's first unit's last, is followed by a residual add. Run
@@ -13,6 +14,14 @@ that the suite's kernels run (``BatchNormReLU3d``, which ``fiber_kernel.use_kern
 the harness's "suite" condition), a 1x1x1 conv without bias or groups at any stride (a strided
 one, MF-Net's shortcut projections ``conv_w1``, reads only the pixels it keeps), no hook that
 would miss a call, and the AVX2 path. Elsewhere ``BNReLUConv`` runs its three modules.
+
+In training (gradients wanted) the BatchNorm uses the batch's statistics, which are not known
+until the input has been read, so BatchNorm + ReLU stay one op of their own (``bn_relu.py``) and
+only the conv (and the residual add) runs here (``trains``, ``conv_trained``): forward and the
+input's gradient on the same kernel (the input's gradient is the conv with the transposed
+weight), the weight's gradient as one GEMM over the pixels. Run as PyTorch runs it, oneDNN's
+backward of a spatially strided 1x1x1 conv (the shortcut projections) took 2-3x the
+forward's time here; this reads only the pixels the conv keeps.
 """
 
 import torch
@@ -28,13 +37,30 @@ PACKED = "_suite_pointwise_pack"  # the packed weight, kept on the conv (no chec
 def folds(bn: nn.Module, relu: nn.Module, conv: nn.Module, x: torch.Tensor) -> bool:
     """Whether ``conv(relu(bn(x)))`` runs as one fused op here (see the module docstring)."""
     if not (isinstance(bn, BatchNormReLU3d) and not bn.training and bn.running_mean is not None
-            and isinstance(conv, nn.Conv3d) and conv.kernel_size == (1, 1, 1)
-            and conv.padding == (0, 0, 0) and conv.groups == 1
-            and conv.bias is None and conv.weight.dtype == torch.float32):
+            and _kernel_conv(conv)):
         return False
     if (torch.is_grad_enabled() or fiber_kernel.traced() or torch.is_autocast_enabled("cpu")
             or fiber_kernel.hooked(bn, relu, conv)):
         return False
+    return _kernel_input(conv, x)
+
+
+def trains(bn: nn.Module, conv: nn.Module, x: torch.Tensor) -> bool:
+    """Whether ``conv(relu(bn(x)))`` runs its conv on ``conv_trained`` here: gradients wanted, the
+    suite's kernels (``bn`` a ``BatchNormReLU3d``), and the conv and input ``folds`` asks for."""
+    return (torch.is_grad_enabled() and isinstance(bn, BatchNormReLU3d) and _kernel_conv(conv)
+            and not (fiber_kernel.traced() or torch.is_autocast_enabled("cpu")
+                     or fiber_kernel.hooked(conv))
+            and _kernel_input(conv, x))
+
+
+def _kernel_conv(conv: nn.Module) -> bool:
+    return (isinstance(conv, nn.Conv3d) and conv.kernel_size == (1, 1, 1)
+            and conv.padding == (0, 0, 0) and conv.groups == 1
+            and conv.bias is None and conv.weight.dtype == torch.float32)
+
+
+def _kernel_input(conv: nn.Conv3d, x: torch.Tensor) -> bool:
     if not (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 5
             and x.shape[1] == conv.in_channels and x.numel() > 0
             and x.is_contiguous(memory_format=torch.channels_last_3d)):
@@ -65,3 +91,52 @@ def forward_folded(bn: nn.BatchNorm3d, conv: nn.Conv3d, x: torch.Tensor,
     with torch.profiler.record_function(PROFILED_AS):
         return ext.pointwise_cl(x, packed, conv.out_channels, list(conv.stride), scale, shift,
                                 residual)
+
+
+class PointwiseFunction(torch.autograd.Function):
+    """``conv3d(a, weight, stride) (+ residual)`` for a 1x1x1 conv, channels last, on the kernel:
+    forward and the input's gradient (``grad · weight``, the kernel with the transposed weight,
+    scattered back to the kept pixels where strided), and the weight's gradient as
+    ``gradᵀ · a`` over the kept pixels (one GEMM)."""
+
+    @staticmethod
+    def forward(ctx, a, weight, stride, residual=None):
+        ctx.save_for_backward(a, weight)
+        ctx.stride = stride
+        ext = fiber_kernel.extension()
+        with torch.profiler.record_function(PROFILED_AS):
+            return ext.pointwise_cl(a, ext.pack_pointwise(weight.detach()), weight.shape[0],
+                                    list(stride), None, None, residual)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        a, weight = ctx.saved_tensors
+        ext, stride = fiber_kernel.extension(), ctx.stride
+        co, k = weight.shape[:2]
+        grad = grad.contiguous(memory_format=torch.channels_last_3d)
+        strided = tuple(stride) != (1, 1, 1)
+        kept = a[:, :, ::stride[0], ::stride[1], ::stride[2]] if strided else a
+        grad_a = grad_w = None
+        if ctx.needs_input_grad[0]:
+            packed_t = ext.pack_pointwise(weight.detach().reshape(co, k).t().reshape(k, co, 1, 1, 1))
+            grad_kept = ext.pointwise_cl(grad, packed_t, k, [1, 1, 1], None, None, None)
+            if strided:
+                grad_a = torch.zeros_like(a, memory_format=torch.channels_last_3d)
+                grad_a[:, :, ::stride[0], ::stride[1], ::stride[2]] = grad_kept
+            else:
+                grad_a = grad_kept
+        if ctx.needs_input_grad[1]:
+            rows = lambda t: t.permute(0, 2, 3, 4, 1).reshape(-1, t.shape[1])  # noqa: E731
+            grad_w = (rows(grad).t() @ rows(kept)).reshape(weight.shape)
+        grad_residual = grad if ctx.needs_input_grad[3] else None
+        return grad_a, grad_w, None, grad_residual
+
+
+def conv_trained(conv: nn.Conv3d, a: torch.Tensor,
+                 residual: torch.Tensor | None = None) -> torch.Tensor:
+    """``conv(a) (+ residual)`` on ``PointwiseFunction``; only where ``trains`` (and, with a
+    residual, ``residual_fits``) says so."""
+    if not _kernel_input(conv, a):  # not what the BatchNorm before it returns on this path
+        return conv(a) if residual is None else conv(a).add_(residual)
+    return PointwiseFunction.apply(a, conv.weight, tuple(conv.stride), residual)

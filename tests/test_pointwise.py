@@ -169,3 +169,72 @@ def test_inference_keeps_the_packed_weight_until_the_weight_changes():
     with torch.inference_mode():
         close(module(x), 2 * first)
         assert module.conv.__dict__[pointwise.PACKED][1] is not packed
+
+
+def _trained_pair(k: int, co: int, stride):
+    """A training-mode unit on the suite's kernels and a copy of it on PyTorch's own."""
+    import copy
+
+    module = unit(k, co, stride).train()
+    stock = copy.deepcopy(module)
+    fk.use_stock(stock)
+    return module, stock
+
+
+@pytest.mark.parametrize("k, co, shape, stride", [
+    (96, 24, (2, 3, 5, 7), (1, 1, 1)),    # MF-Net's narrowing multiplexer conv
+    (13, 7, (2, 1, 5, 11), (1, 1, 1)),    # channels off the vector width, partial chunks
+    (40, 50, (1, 3, 9, 11), (1, 1, 1)),   # more pixels than one task
+    (16, 96, (2, 5, 7, 7), (2, 1, 1)),    # conv2's shortcut: every other frame
+    (24, 48, (1, 2, 9, 11), (1, 2, 2)),   # conv3's: every other row and column, odd sizes
+])
+def test_training_runs_the_conv_on_the_kernel_with_pytorchs_gradients(k, co, shape, stride):
+    from torch.profiler import profile
+
+    torch.manual_seed(k * 10 + co)
+    module, stock = _trained_pair(k, co, stride)
+    x = cl(torch.randn(shape[0], k, *shape[1:]) * 2)
+    out = [(d - 1) // s + 1 for d, s in zip(shape[1:], stride)]
+    residual = cl(torch.randn(shape[0], co, *out))
+    grad = cl(torch.randn(shape[0], co, *out))
+    assert pointwise.trains(module.bn, module.conv, x)
+    assert not pointwise.trains(stock.bn, stock.conv, x)  # the stock condition: PyTorch's conv
+    for with_residual in (False, True):
+        results = []
+        for net in (module, stock):
+            net.zero_grad()
+            xs, rs = x.clone().requires_grad_(), residual.clone().requires_grad_()
+            with profile() as prof:
+                y = net.plus(xs, rs) if with_residual else net(xs)
+            y.backward(grad)
+            ran = {e.key for e in prof.key_averages()}
+            results.append((ran, y, xs.grad, rs.grad, net.conv.weight.grad, net.bn.weight.grad,
+                            net.bn.bias.grad))
+        (ran, *mine), (ran_stock, *theirs) = results
+        assert pointwise.PROFILED_AS in ran and pointwise.PROFILED_AS not in ran_stock
+        assert "aten::convolution" not in ran
+        for got, want in zip(mine, theirs):
+            if want is None:  # the residual's, without one
+                assert got is None
+            else:
+                close(got, want, 1e-4)
+
+
+def test_training_steps_aside_where_the_kernel_does_not_apply_and_needs_no_weight_grad():
+    torch.manual_seed(4)
+    module, stock = _trained_pair(16, 24, (1, 1, 1))
+    x = cl(torch.randn(2, 16, 2, 5, 5))
+    assert not pointwise.trains(module.bn, module.conv, x.contiguous())  # NCDHW
+    assert not pointwise.trains(module.bn, module.conv, x.double())
+    with torch.no_grad():  # no gradient: the folded op's business, or the modules'
+        assert not pointwise.trains(module.bn, module.conv, x)
+    hook = module.conv.register_forward_hook(lambda m, a, out: None)
+    assert not pointwise.trains(module.bn, module.conv, x)  # a hook on the conv sees it called
+    hook.remove()
+    for net in (module, stock):  # a frozen conv: only the input's gradient
+        net.conv.weight.requires_grad_(False)
+    xs = [x.clone().requires_grad_() for _ in range(2)]
+    for net, xi in zip((module, stock), xs):
+        net(xi).square().sum().backward()
+    assert module.conv.weight.grad is None
+    close(xs[0].grad, xs[1].grad, 1e-4)
