@@ -329,10 +329,11 @@ namespace {
 // channels c0 .. c0 + 8V of one group, over a band's output pixels: B x V accumulators (read
 // from and written back to dw, the group's (KT, 3, 3, cin_g, cop) slice at this tap and ci0)
 // gain x[tap pixel, ci] * gy[pixel, co] for every pixel whose tap is inside the input. The tap's
-// input frame is in the band's `slot` (see pack_band).
+// input frame is in the band's `slot` (see pack_band); gyg is the group's grad y over the band
+// from row ho0, ldg floats per pixel, zeros past the group's channels (see grad_weight_cl).
 template <int V, int B>
-void wgrad_tap(const Band& src, const float* gyg, float* dw, const ClGeo& g, int n, int to,
-               int ho0, int ho1, int slot, int kh, int kw, int ci0, int co_n) {
+void wgrad_tap(const Band& src, const float* gyg, float* dw, const ClGeo& g, int ldg,
+               int ho0, int ho1, int slot, int kh, int kw, int ci0) {
   // U pixels at a time into U sets of accumulators, so that 8 to 12 FMA chains are in flight
   // where a group has few channels (1 input channel x 1 vector: one chain, one FMA per latency)
   constexpr int U = std::max(1, std::min((8 + B * V - 1) / (B * V), 12 / (B * V)));
@@ -344,7 +345,6 @@ void wgrad_tap(const Band& src, const float* gyg, float* dw, const ClGeo& g, int
 #pragma GCC unroll 16
       for (int v = 0; v < V; ++v)
         acc[u][b][v] = u == 0 ? _mm256_loadu_ps(dw + (int64_t)b * g.cop + v * 8) : _mm256_setzero_ps();
-  const __m256i last = mask8(co_n - 8 * (V - 1));  // the last vector's lanes in the group
   const int lo = kw == 0 ? 1 : 0;  // the first wo whose column wo * sw + kw - 1 is >= 0
   const int hi = g.W - kw < 0 ? 0 : std::min(g.Wo, (g.W - kw) / g.sw + 1);  // ... is <= W - 1
   const int64_t pix = (int64_t)g.sw * g.cin_g;
@@ -352,7 +352,7 @@ void wgrad_tap(const Band& src, const float* gyg, float* dw, const ClGeo& g, int
     __m256 gv[V];
 #pragma GCC unroll 16
     for (int v = 0; v < V; ++v)
-      gv[v] = v < V - 1 ? _mm256_loadu_ps(gp + v * 8) : _mm256_maskload_ps(gp + v * 8, last);
+      gv[v] = _mm256_loadu_ps(gp + v * 8);
 #pragma GCC unroll 16
     for (int b = 0; b < B; ++b) {
       const __m256 xb = _mm256_broadcast_ss(xp + b);
@@ -365,12 +365,12 @@ void wgrad_tap(const Band& src, const float* gyg, float* dw, const ClGeo& g, int
     if (hi_ < 0 || hi_ >= g.H) continue;
     const float* xrow = src.buf + ((int64_t)slot * src.rows_in + hi_ - src.hi_first) * g.W * g.cin_g
                         + (int64_t)(kw - 1) * g.cin_g + ci0;
-    const float* grow = gyg + (((int64_t)n * g.To + to) * g.Ho + ho) * g.Wo * g.CO;
+    const float* grow = gyg + (int64_t)(ho - ho0) * g.Wo * ldg;
     int wo = lo;
     for (; wo + U <= hi; wo += U)
 #pragma GCC unroll 16
-      for (int u = 0; u < U; ++u) one(acc[u], xrow + (wo + u) * pix, grow + (int64_t)(wo + u) * g.CO);
-    for (; wo < hi; ++wo) one(acc[0], xrow + wo * pix, grow + (int64_t)wo * g.CO);
+      for (int u = 0; u < U; ++u) one(acc[u], xrow + (wo + u) * pix, grow + (int64_t)(wo + u) * ldg);
+    for (; wo < hi; ++wo) one(acc[0], xrow + wo * pix, grow + (int64_t)wo * ldg);
   }
 #pragma GCC unroll 16
   for (int b = 0; b < B; ++b)
@@ -385,19 +385,19 @@ void wgrad_tap(const Band& src, const float* gyg, float* dw, const ClGeo& g, int
 
 // the last input channels of a tap, count < B of them
 template <int V, int B>
-void wgrad_tail(const Band& src, const float* gyg, float* dw, const ClGeo& g, int n, int to,
-                int ho0, int ho1, int slot, int kh, int kw, int ci0, int co_n, int count) {
+void wgrad_tail(const Band& src, const float* gyg, float* dw, const ClGeo& g, int ldg,
+                int ho0, int ho1, int slot, int kh, int kw, int ci0, int count) {
   if constexpr (B > 1) {
     if (count == B - 1)
-      return wgrad_tap<V, B - 1>(src, gyg, dw, g, n, to, ho0, ho1, slot, kh, kw, ci0, co_n);
-    return wgrad_tail<V, B - 1>(src, gyg, dw, g, n, to, ho0, ho1, slot, kh, kw, ci0, co_n, count);
+      return wgrad_tap<V, B - 1>(src, gyg, dw, g, ldg, ho0, ho1, slot, kh, kw, ci0);
+    return wgrad_tail<V, B - 1>(src, gyg, dw, g, ldg, ho0, ho1, slot, kh, kw, ci0, count);
   }
 }
 
 // every tap and input channel of one group, output channels c0 .. c0 + 8V (gyg and dwg offset to c0)
 template <int V>
-void wgrad_band(const Band& src, const float* gyg, float* dwg, const ClGeo& g, int n, int to,
-                int ho0, int ho1, int co_n) {
+void wgrad_band(const Band& src, const float* gyg, float* dwg, const ClGeo& g, int ldg, int to,
+                int ho0, int ho1) {
   constexpr int B = 12 / V;
   for (int kt = 0; kt < g.KT; ++kt) {
     const int ti = to * g.st + kt - g.KT / 2;
@@ -407,10 +407,10 @@ void wgrad_band(const Band& src, const float* gyg, float* dwg, const ClGeo& g, i
         float* dw = dwg + ((kt * 3 + kh) * 3 + kw) * (int64_t)g.cin_g * g.cop;
         int ci = 0;
         for (; ci + B <= g.cin_g; ci += B)
-          wgrad_tap<V, B>(src, gyg, dw + (int64_t)ci * g.cop, g, n, to, ho0, ho1, ti % g.KT, kh, kw, ci, co_n);
+          wgrad_tap<V, B>(src, gyg, dw + (int64_t)ci * g.cop, g, ldg, ho0, ho1, ti % g.KT, kh, kw, ci);
         if (ci < g.cin_g)
-          wgrad_tail<V, B>(src, gyg, dw + (int64_t)ci * g.cop, g, n, to, ho0, ho1, ti % g.KT, kh, kw, ci,
-                           co_n, g.cin_g - ci);
+          wgrad_tail<V, B>(src, gyg, dw + (int64_t)ci * g.cop, g, ldg, ho0, ho1, ti % g.KT, kh, kw, ci,
+                           g.cin_g - ci);
       }
   }
 }
@@ -509,7 +509,7 @@ at::Tensor grad_weight_cl(const at::Tensor& x, const at::Tensor& gy, int64_t gro
     std::vector<float>& mine = partial.at(at::get_thread_num());
     if (mine.empty()) mine.assign(groups * group_w, 0.f);
     std::vector<float> buf(tasks.buffer_floats());
-    std::vector<float> gpad;
+    std::vector<float> gpad, gband;
     Held held;
     for (int64_t task = begin; task < end; ++task) {
       int n, to, grp0, ng, ho0, ho1;
@@ -522,14 +522,23 @@ at::Tensor grad_weight_cl(const at::Tensor& x, const at::Tensor& gy, int64_t gro
                         ho1, g.cout_g, gpad);
           continue;
         }
+        // the group's grad y over the band, copied to one run of cop floats per pixel (zeros
+        // past cout_g): the taps read it 27 x cin_g / B times, and read in place its pixels lie
+        // CO floats apart. 1.4-1.7x on MF-Net's 12- to 48-channel groups (docs/fiber-kernel.md)
+        gband.assign((size_t)(ho1 - ho0) * g.Wo * g.cop, 0.f);
+        for (int ho = ho0; ho < ho1; ++ho) {
+          const float* grow = gp + (((int64_t)n * g.To + to) * g.Ho + ho) * g.Wo * g.CO + (int64_t)grp * g.cout_g;
+          float* dst = gband.data() + (int64_t)(ho - ho0) * g.Wo * g.cop;
+          for (int p = 0; p < g.Wo; ++p)
+            std::copy(grow + (int64_t)p * g.CO, grow + (int64_t)p * g.CO + g.cout_g, dst + (int64_t)p * g.cop);
+        }
         for (int chunk = 0; chunk < chunks; ++chunk) {
           const int c0 = chunk * 24, v = std::min(3, vecs - chunk * 3);
-          const int co_n = std::min(24, g.cout_g - c0);
-          const float* gyg = gp + (int64_t)grp * g.cout_g + c0;
+          const float* gyg = gband.data() + c0;
           float* dwg = mine.data() + grp * group_w + c0;
-          if (v == 1) fiber::wgrad_band<1>(src, gyg, dwg, g, n, to, ho0, ho1, co_n);
-          else if (v == 2) fiber::wgrad_band<2>(src, gyg, dwg, g, n, to, ho0, ho1, co_n);
-          else fiber::wgrad_band<3>(src, gyg, dwg, g, n, to, ho0, ho1, co_n);
+          if (v == 1) fiber::wgrad_band<1>(src, gyg, dwg, g, g.cop, to, ho0, ho1);
+          else if (v == 2) fiber::wgrad_band<2>(src, gyg, dwg, g, g.cop, to, ho0, ho1);
+          else fiber::wgrad_band<3>(src, gyg, dwg, g, g.cop, to, ho0, ho1);
         }
       }
     }
