@@ -150,7 +150,12 @@ class MultiFiberUnit(nn.Module):
         # the residual adds go into the conv outputs, which are fresh tensors that no backward
         # needs: no new block per add, which at the throughput batch glibc would map and
         # page-fault in afresh every step (docs/fiber-kernel.md)
-        h = self.conv_i2.plus(self.conv_i1(x), x) if self.multiplexer else x
+        if not self.multiplexer:
+            h = x
+        elif pointwise.multiplexes(self.conv_i1, self.conv_i2, x):  # inference, suite's kernels
+            h = pointwise.forward_multiplexed(self.conv_i1, self.conv_i2, x)
+        else:
+            h = self.conv_i2.plus(self.conv_i1(x), x)
         if self.first:
             return self.conv_m2.plus(self.conv_m1(h), self.conv_w1(x))
         return self.conv_m2.plus(self.conv_m1(h), x)

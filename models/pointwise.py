@@ -15,6 +15,12 @@ the harness's "suite" condition), a 1x1x1 conv without bias or groups at any str
 one, MF-Net's shortcut projections ``conv_w1``, reads only the pixels it keeps), no hook that
 would miss a call, and the AVX2 path. Elsewhere ``BNReLUConv`` runs its three modules.
 
+A unit's multiplexer, ``x + conv_i2(conv_i1(x))`` (x's channels to a quarter of the unit's
+middle width and back), goes one step further in inference (``multiplexes``,
+``forward_multiplexed``): each block of pixels runs through both convs with the middle left in the
+task's buffer, and x's block, read for the first conv, is added back from cache. That is one pass
+over x and one over the output, where the two ops read x twice and write and read the middle.
+
 In training (gradients wanted) the BatchNorm uses the batch's statistics, which are not known
 until the input has been read, so BatchNorm + ReLU stay one op of their own (``bn_relu.py``) and
 only the conv (and the residual add) runs here (``trains``, ``conv_trained``): forward and the
@@ -31,18 +37,35 @@ from models import fiber_kernel
 from models.bn_relu import BatchNormReLU3d
 
 PROFILED_AS = "suite::pointwise"  # as torch.profiler's tables name the fused op
+MULTIPLEXER_PROFILED_AS = "suite::multiplexer"  # the multiplexer's two convs in one op
 PACKED = "_suite_pointwise_pack"  # the packed weight, kept on the conv (no checkpoint key)
 
 
 def folds(bn: nn.Module, relu: nn.Module, conv: nn.Module, x: torch.Tensor) -> bool:
     """Whether ``conv(relu(bn(x)))`` runs as one fused op here (see the module docstring)."""
+    return _folds_modules(bn, relu, conv) and _kernel_input(conv, x)
+
+
+def _folds_modules(bn: nn.Module, relu: nn.Module, conv: nn.Module) -> bool:
     if not (isinstance(bn, BatchNormReLU3d) and not bn.training and bn.running_mean is not None
             and _kernel_conv(conv)):
         return False
-    if (torch.is_grad_enabled() or fiber_kernel.traced() or torch.is_autocast_enabled("cpu")
-            or fiber_kernel.hooked(bn, relu, conv)):
-        return False
-    return _kernel_input(conv, x)
+    return not (torch.is_grad_enabled() or fiber_kernel.traced()
+                or torch.is_autocast_enabled("cpu") or fiber_kernel.hooked(bn, relu, conv))
+
+
+def multiplexes(first: nn.Module, second: nn.Module, x: torch.Tensor) -> bool:
+    """Whether MF-Net's multiplexer, ``x + second(first(x))`` (two ``BNReLUConv`` 1x1x1 convs,
+    ``x``'s channels to a few and back), runs as one op here (``forward_multiplexed``): where each
+    conv would fold on its own, both at stride 1, and no hook is on either ``BNReLUConv`` (the op
+    calls neither)."""
+    return (not fiber_kernel.hooked(first, second)
+            and _folds_modules(first.bn, first.relu, first.conv)
+            and _folds_modules(second.bn, second.relu, second.conv)
+            and first.conv.stride == second.conv.stride == (1, 1, 1)
+            and second.conv.in_channels == first.conv.out_channels
+            and second.conv.out_channels == first.conv.in_channels
+            and _kernel_input(first.conv, x))
 
 
 def trains(bn: nn.Module, conv: nn.Module, x: torch.Tensor) -> bool:
@@ -79,18 +102,31 @@ def residual_fits(conv: nn.Conv3d, x: torch.Tensor, residual: torch.Tensor) -> b
             and residual.is_contiguous(memory_format=torch.channels_last_3d))
 
 
+def _packed(conv: nn.Conv3d) -> torch.Tensor:
+    """``conv``'s weight packed for the kernel, kept on the conv until the weight changes."""
+    weight = conv.weight
+    return fiber_kernel.kept(conv, PACKED, (weight.data_ptr(), weight._version),
+                             lambda: fiber_kernel.extension().pack_pointwise(weight.detach()))
+
+
+def forward_multiplexed(first: nn.Module, second: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``x + second(first(x))`` in one pass over ``x`` and one over the output: each block of
+    pixels goes through both convs (the middle, 24-192 channels, stays in the task's buffer),
+    and ``x``'s block is added back from cache. Only where ``multiplexes`` says so."""
+    with torch.profiler.record_function(MULTIPLEXER_PROFILED_AS):
+        return fiber_kernel.extension().multiplexer_cl(
+            x, _packed(first.conv), first.conv.out_channels, *fiber_kernel.eval_affine(first.bn),
+            _packed(second.conv), *fiber_kernel.eval_affine(second.bn))
+
+
 def forward_folded(bn: nn.BatchNorm3d, conv: nn.Conv3d, x: torch.Tensor,
                    residual: torch.Tensor | None = None) -> torch.Tensor:
     """``conv(relu(bn(x))) (+ residual)`` in one pass; only where ``folds`` (and, with a
     residual, ``residual_fits``) says so."""
-    ext = fiber_kernel.extension()
     scale, shift = fiber_kernel.eval_affine(bn)
-    weight = conv.weight
-    packed = fiber_kernel.kept(conv, PACKED, (weight.data_ptr(), weight._version),
-                               lambda: ext.pack_pointwise(weight.detach()))
     with torch.profiler.record_function(PROFILED_AS):
-        return ext.pointwise_cl(x, packed, conv.out_channels, list(conv.stride), scale, shift,
-                                residual)
+        return fiber_kernel.extension().pointwise_cl(x, _packed(conv), conv.out_channels,
+                                                     list(conv.stride), scale, shift, residual)
 
 
 class PointwiseFunction(torch.autograd.Function):

@@ -325,18 +325,20 @@ def test_the_profiler_names_the_kernel_folded_or_not():
         convs = sum(isinstance(m, fk.FiberConv3d) for m in model.modules())  # 28 in MF-Net
         assert names.get(fk.PROFILED_AS) == convs
     # in inference, each fiber conv's BatchNorm + ReLU is folded into it, and each pointwise
-    # conv's into that (models/pointwise.py); the stem's and the one before the classifier are
-    # fused
+    # conv's into that (models/pointwise.py; a unit's multiplexer, two of them, is one op); the
+    # stem's and the one before the classifier are fused
     from models import pointwise
-    from models.mfnet import BNReLUConv
+    from models.mfnet import BNReLUConv, MultiFiberUnit
 
     fused = sum(isinstance(m, BatchNormReLU3d) for m in model.modules())
     pointwise_convs = sum(isinstance(m, BNReLUConv) and m.conv.kernel_size == (1, 1, 1)
                           for m in model.modules())
+    units = sum(isinstance(m, MultiFiberUnit) for m in model.modules())
     with profile() as prof, torch.inference_mode():
         model(x.contiguous(memory_format=torch.channels_last_3d))
     counts = {e.key: e.count for e in prof.key_averages()}
-    assert counts.get(pointwise.PROFILED_AS) == pointwise_convs
+    assert counts.get(pointwise.PROFILED_AS) == pointwise_convs - 2 * units
+    assert counts.get(pointwise.MULTIPLEXER_PROFILED_AS) == units
     assert counts.get(bn_relu.PROFILED_AS) == fused - convs - pointwise_convs == 2
 
 

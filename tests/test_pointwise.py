@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from models import fiber_kernel as fk
 from models import pointwise
 from models.bn_relu import fuse_bn_relu
-from models.mfnet import VIDEO, BNReLUConv, MFNet
+from models.mfnet import VIDEO, BNReLUConv, MFNet, MultiFiberUnit
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -90,8 +90,13 @@ def test_mfnet_runs_its_pointwise_convs_fused_and_equals_the_reference_path():
     counts = {e.key: e.count for e in prof.key_averages()}
     # every 1x1x1 conv: two per unit, and each stage's first unit's conv_m2 and its strided
     # shortcut; only the stem is left to PyTorch's conv, and the last BatchNorm + ReLU fused
-    assert counts.get(pointwise.PROFILED_AS) == sum(
-        isinstance(m, BNReLUConv) and m.conv.kernel_size == (1, 1, 1) for m in fast.modules()) == 40
+    pointwise_convs = sum(isinstance(m, BNReLUConv) and m.conv.kernel_size == (1, 1, 1)
+                          for m in fast.modules())
+    units = sum(isinstance(m, MultiFiberUnit) for m in fast.modules())
+    assert (pointwise_convs, units) == (40, 16)
+    # each unit's multiplexer (two of those convs and the add) as one op
+    assert counts.get(pointwise.MULTIPLEXER_PROFILED_AS) == units
+    assert counts.get(pointwise.PROFILED_AS) == pointwise_convs - 2 * units
     assert counts.get("aten::mkldnn_convolution") == 1
     assert "aten::add_" not in counts  # every residual went into a conv's output
 
@@ -238,3 +243,52 @@ def test_training_steps_aside_where_the_kernel_does_not_apply_and_needs_no_weigh
         net(xi).square().sum().backward()
     assert module.conv.weight.grad is None
     close(xs[0].grad, xs[1].grad, 1e-4)
+
+
+@pytest.mark.parametrize("k, mid, shape", [
+    (96, 24, (2, 3, 5, 7)),   # conv2's multiplexer: 96 -> 24 -> 96
+    (13, 5, (1, 2, 7, 9)),    # channels off the vector width both ways
+    (40, 30, (1, 3, 9, 11)),  # more pixels than one task, a partial chunk in the middle
+])
+def test_the_multiplexer_in_one_op_equals_its_two_convs_and_the_add(k, mid, shape):
+    torch.manual_seed(k + mid)
+    first, second = unit(k, mid), unit(mid, k)
+    x = cl(torch.randn(shape[0], k, *shape[1:]) * 2)
+    with torch.inference_mode():
+        assert pointwise.multiplexes(first, second, x)
+        y = pointwise.forward_multiplexed(first, second, x)
+        assert y.is_contiguous(memory_format=torch.channels_last_3d)
+        close(y, x + expected(second, expected(first, x)))
+
+
+def test_the_multiplexer_steps_aside_where_an_op_would_hide_a_call_or_the_math_differs():
+    torch.manual_seed(6)
+    first, second = unit(16, 8), unit(8, 16)
+    x = cl(torch.randn(1, 16, 2, 5, 5))
+    with torch.inference_mode():
+        assert pointwise.multiplexes(first, second, x)
+        assert not pointwise.multiplexes(first, unit(8, 12), x)  # not back to x's channels
+        assert not pointwise.multiplexes(first, unit(8, 16, (1, 2, 2)), x)  # strided
+        assert not pointwise.multiplexes(first, second, x.contiguous())  # NCDHW
+        for module in (first, second, first.conv, second.bn):  # each would miss its call
+            hook = module.register_forward_hook(lambda m, a, out: None)
+            assert not pointwise.multiplexes(first, second, x)
+            hook.remove()
+    with torch.enable_grad():
+        assert not pointwise.multiplexes(first, second, x)
+    fk.use_stock(second)
+    with torch.inference_mode():
+        assert not pointwise.multiplexes(first, second, x)
+
+
+def test_the_multiplexer_op_refuses_inputs_that_do_not_match_in_one_line():
+    ext = fk.extension()
+    x = cl(torch.randn(1, 8, 1, 2, 2))
+    p1, p2 = ext.pack_pointwise(torch.randn(4, 8, 1, 1, 1)), ext.pack_pointwise(torch.randn(8, 4, 1, 1, 1))
+    s8, s4 = torch.ones(8), torch.ones(4)
+    with pytest.raises(RuntimeError, match="a packed weight does not match"):
+        ext.multiplexer_cl(x, p2, 4, s8, s8, p2, s4, s4)
+    with pytest.raises(RuntimeError, match="one value per input channel"):
+        ext.multiplexer_cl(x, p1, 4, s8, s8, p2, s8, s8)
+    with pytest.raises(RuntimeError, match="x must be a channels-last-3d fp32 CPU tensor"):
+        ext.multiplexer_cl(x.contiguous(), p1, 4, s8, s8, p2, s4, s4)

@@ -379,6 +379,9 @@ torch::Tensor pack_pointwise(const torch::Tensor& weight);
 torch::Tensor pointwise_cl(const torch::Tensor& x, const torch::Tensor& packed, int64_t cout,
                            std::vector<int64_t> stride, const std::optional<torch::Tensor>& scale, const std::optional<torch::Tensor>& shift,
                            const std::optional<torch::Tensor>& residual);
+torch::Tensor multiplexer_cl(const torch::Tensor& x, const torch::Tensor& packed1, int64_t mid,
+                             const torch::Tensor& scale1, const torch::Tensor& shift1, const torch::Tensor& packed2,
+                             const torch::Tensor& scale2, const torch::Tensor& shift2);
 
 // BatchNorm + ReLU, channels last (bn_relu.cpp)
 std::vector<torch::Tensor> bn_stats(torch::Tensor x);
@@ -404,6 +407,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("pack_pointwise", &pack_pointwise);
   m.def("pointwise_cl", &pointwise_cl, py::arg("x"), py::arg("packed"), py::arg("cout"),
         py::arg("stride") = std::vector<int64_t>{1, 1, 1}, py::arg("scale") = py::none(), py::arg("shift") = py::none(), py::arg("residual") = py::none());
+  m.def("multiplexer_cl", &multiplexer_cl);
   m.def("threads_used", &threads_used);
   m.def("grad_weight_cl", &grad_weight_cl);
   m.def("bn_stats", &bn_stats);

@@ -148,6 +148,13 @@ int64_t source(const Run& r, int64_t q) {
   return ((n * r.T + (int64_t)to * r.st) * r.H + (int64_t)ho * r.sh) * r.W + (int64_t)wo * r.sw;
 }
 
+// out (count x CO, rows CO floats apart) = in (count x K, rows ldx apart) x w (+ res, out's layout)
+void gemm(const float* in, int64_t ldx, const float* w, int K, float* out, const float* res, int CO, int count) {
+  if (CO > 16) pixels<3>(in, ldx, w, K, out, res, CO, count);
+  else if (CO > 8) pixels<2>(in, ldx, w, K, out, res, CO, count);
+  else pixels<1>(in, ldx, w, K, out, res, CO, count);
+}
+
 void run(const Run& r) {
   const int64_t blocks = (r.pixels + BLOCK - 1) / BLOCK;
   at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
@@ -166,9 +173,27 @@ void run(const Run& r) {
       }
       float* out = r.y + p0 * r.CO;
       const float* res = r.residual ? r.residual + p0 * r.CO : nullptr;
-      if (r.CO > 16) pixels<3>(in, r.K, r.w, r.K, out, res, r.CO, count);
-      else if (r.CO > 8) pixels<2>(in, r.K, r.w, r.K, out, res, r.CO, count);
-      else pixels<1>(in, r.K, r.w, r.K, out, res, r.CO, count);
+      gemm(in, r.K, r.w, r.K, out, res, r.CO, count);
+    }
+  });
+}
+
+// MF-Net's multiplexer: y = x + W2 relu(bn2(W1 relu(bn1(x)))), block by block: the middle
+// (M channels a pixel) stays in the task's buffer, and x's block, read for the first conv, is
+// read again from cache as the residual
+void multiplex(const float* x, const float* w1, const float* s1, const float* b1, int M, const float* w2,
+               const float* s2, const float* b2, float* y, int64_t pixels, int K) {
+  const int64_t blocks = (pixels + BLOCK - 1) / BLOCK;
+  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> buf((size_t)BLOCK * K), mid((size_t)BLOCK * M);
+    for (int64_t b = begin; b < end; ++b) {
+      const int64_t p0 = b * BLOCK;
+      const int count = (int)std::min<int64_t>(BLOCK, pixels - p0);
+      const float* in = x + p0 * K;
+      for (int p = 0; p < count; ++p) activate(in + (int64_t)p * K, buf.data() + (int64_t)p * K, K, s1, b1);
+      gemm(buf.data(), K, w1, K, mid.data(), nullptr, M, count);
+      for (int p = 0; p < count; ++p) activate(mid.data() + (int64_t)p * M, mid.data() + (int64_t)p * M, M, s2, b2);
+      gemm(mid.data(), M, w2, M, y + p0 * K, in, K, count);
     }
   });
 }
@@ -182,6 +207,10 @@ namespace {
 bool cl_float(const at::Tensor& t) {
   return t.dim() == 5 && t.scalar_type() == at::kFloat && t.device().is_cpu() &&
          t.is_contiguous(at::MemoryFormat::ChannelsLast3d);
+}
+
+bool affine(const std::optional<at::Tensor>& t, int64_t n) {
+  return t && t->device().is_cpu() && t->is_contiguous() && t->scalar_type() == at::kFloat && t->dim() == 1 && t->size(0) == n;
 }
 
 }  // namespace
@@ -233,5 +262,29 @@ at::Tensor pointwise_cl(const at::Tensor& x, const at::Tensor& packed, int64_t c
                          y.numel() / cout, (int)K, (int)cout, (int)T, (int)H, (int)W, (int)To, (int)Ho, (int)Wo,
                          (int)stride[0], (int)stride[1], (int)stride[2]};
   if (r.pixels > 0) pointwise::run(r);
+  return y;
+}
+
+// MF-Net's multiplexer in inference (y = x + conv_i2(conv_i1(x)), each a BatchNorm + ReLU + 1x1x1
+// conv at stride 1): x channels-last-3d fp32 with K channels, packed1 (pack_pointwise) K -> M,
+// packed2 M -> K, each BatchNorm as scale and shift per input channel
+at::Tensor multiplexer_cl(const at::Tensor& x, const at::Tensor& packed1, int64_t mid, const at::Tensor& scale1,
+                          const at::Tensor& shift1, const at::Tensor& packed2, const at::Tensor& scale2,
+                          const at::Tensor& shift2) {
+  TORCH_CHECK(cl_float(x), "multiplexer: x must be a channels-last-3d fp32 CPU tensor");
+  const int64_t K = x.size(1), C = pointwise::CHUNK;
+  TORCH_CHECK(K > 0 && mid > 0, "multiplexer: no channels");
+  for (const auto& [p, k, co] : {std::tuple{&packed1, K, mid}, std::tuple{&packed2, mid, K}})
+    TORCH_CHECK(p->is_contiguous() && p->scalar_type() == at::kFloat && p->dim() == 3 &&
+                p->size(0) == (co + C - 1) / C && p->size(1) == k && p->size(2) == C,
+                "multiplexer: a packed weight does not match x's channels and mid");
+  TORCH_CHECK(affine(scale1, K) && affine(shift1, K) && affine(scale2, mid) && affine(shift2, mid),
+              "multiplexer: scale and shift must be fp32 with one value per input channel");
+  auto y = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::ChannelsLast3d));
+  const int64_t pixels = x.numel() / K;
+  if (pixels > 0)
+    pointwise::multiplex(x.data_ptr<float>(), packed1.data_ptr<float>(), scale1.data_ptr<float>(),
+                         shift1.data_ptr<float>(), (int)mid, packed2.data_ptr<float>(), scale2.data_ptr<float>(),
+                         shift2.data_ptr<float>(), y.data_ptr<float>(), pixels, (int)K);
   return y;
 }
