@@ -163,10 +163,14 @@ class PointwiseFunction(torch.autograd.Function):
             else:
                 grad_a = grad_kept
         if ctx.needs_input_grad[1]:
-            rows = lambda t: t.permute(0, 2, 3, 4, 1).reshape(-1, t.shape[1])  # noqa: E731
-            grad_w = (rows(grad).t() @ rows(kept)).reshape(weight.shape)
+            grad_w = (_pixel_rows(grad).t() @ _pixel_rows(kept)).reshape(weight.shape)
         grad_residual = grad if ctx.needs_input_grad[3] else None
         return grad_a, grad_w, None, grad_residual
+
+
+def _pixel_rows(t: torch.Tensor) -> torch.Tensor:
+    """A channels-last (N, C, T, H, W) tensor as (pixels, C): a view where it is contiguous so."""
+    return t.permute(0, 2, 3, 4, 1).reshape(-1, t.shape[1])
 
 
 def conv_trained(conv: nn.Conv3d, a: torch.Tensor,
