@@ -209,6 +209,7 @@ bool cl_float(const at::Tensor& t) {
          t.is_contiguous(at::MemoryFormat::ChannelsLast3d);
 }
 
+// a per-channel scale or shift: n contiguous fp32 values on the CPU
 bool affine(const std::optional<at::Tensor>& t, int64_t n) {
   return t && t->device().is_cpu() && t->is_contiguous() && t->scalar_type() == at::kFloat && t->dim() == 1 && t->size(0) == n;
 }
@@ -243,8 +244,7 @@ at::Tensor pointwise_cl(const at::Tensor& x, const at::Tensor& packed, int64_t c
               "pointwise: the packed weight does not match x's channels and cout");
   TORCH_CHECK(scale.has_value() == shift.has_value(), "pointwise: scale and shift go together");
   if (scale)
-    TORCH_CHECK(scale->is_contiguous() && shift->is_contiguous() && scale->scalar_type() == at::kFloat &&
-                shift->scalar_type() == at::kFloat && scale->numel() == K && shift->numel() == K,
+    TORCH_CHECK(affine(scale, K) && affine(shift, K),
                 "pointwise: scale and shift must be fp32 with one value per input channel");
   TORCH_CHECK(stride.size() == 3 && stride[0] >= 1 && stride[1] >= 1 && stride[2] >= 1,
               "pointwise: stride must be three positive integers");
