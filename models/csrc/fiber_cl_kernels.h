@@ -198,10 +198,14 @@ void cl_row(const Band& src, const float* wg, float* yrow, const ClGeo& g, int t
 template <int CO>
 constexpr int planar_vectors() { return CO <= 3 ? 4 : 2; }
 
-template <class A, int CO>
+// CIN, COUT: the group's input and output channels where known at compile time (0: read from
+// g_), so the input-channel loop has constant bounds and weight offsets
+template <class A, int CO, int CIN = 0, int COUT = 0>
 void planar_block(const Band& src, const float* wg, float* yrow, const ClGeo& g_, int to, int ho,
                   int wo0) {
   constexpr int NV = planar_vectors<CO>();
+  const int cin_g = CIN > 0 ? CIN : g_.cin_g;
+  const int cop = COUT > 0 ? (COUT + A::L - 1) / A::L * A::L : g_.cop;
   static_assert(CO * NV <= A::ACC, "more accumulators than registers");
   const int wp = planar_row_floats(g_);
   const int tap[3] = {planar_tap(g_, 0), planar_tap(g_, 1), planar_tap(g_, 2)};
@@ -210,16 +214,17 @@ void planar_block(const Band& src, const float* wg, float* yrow, const ClGeo& g_
   for (int c = 0; c < CO; ++c)
 #pragma GCC unroll 16
     for (int j = 0; j < NV; ++j) acc[c][j] = A::zero();
-  for_each_input_row(src, g_, to, ho, (int64_t)g_.cin_g * wp, [&](int kt, int kh, const float* rows) {
-    const float* wt = wg + (kt * 3 + kh) * 3 * (int64_t)g_.cin_g * g_.cop;
-    for (int ci = 0; ci < g_.cin_g; ++ci) {
+  for_each_input_row(src, g_, to, ho, (int64_t)cin_g * wp, [&](int kt, int kh, const float* rows) {
+    const float* wt = wg + (kt * 3 + kh) * 3 * (int64_t)cin_g * cop;
+#pragma GCC unroll 2
+    for (int ci = 0; ci < cin_g; ++ci) {
       const float* xr = rows + wo0 + (int64_t)ci * wp;
 #pragma GCC unroll 3
       for (int kw = 0; kw < 3; ++kw) {
         typename A::V in[NV];
 #pragma GCC unroll 16
         for (int j = 0; j < NV; ++j) in[j] = A::load(xr + tap[kw] + A::L * j);
-        const float* wk = wt + ((int64_t)kw * g_.cin_g + ci) * g_.cop;
+        const float* wk = wt + ((int64_t)kw * cin_g + ci) * cop;
 #pragma GCC unroll 16
         for (int c = 0; c < CO; ++c) {
           const typename A::V wv = A::bcast(wk + c);
@@ -249,23 +254,40 @@ void planar_block(const Band& src, const float* wg, float* yrow, const ClGeo& g_
     }
 }
 
-template <class A, int CO>
+template <class A, int CO, int CIN = 0, int COUT = 0>
 void planar_row(const Band& src, const float* wg, float* yrow, const ClGeo& g, int to, int ho) {
-  for (int wo = 0; wo < g.Wo; wo += A::L * planar_vectors<CO>()) planar_block<A, CO>(src, wg, yrow, g, to, ho, wo);
+  for (int wo = 0; wo < g.Wo; wo += A::L * planar_vectors<CO>())
+    planar_block<A, CO, CIN, COUT>(src, wg, yrow, g, to, ho, wo);
 }
 
 using PlanarRow = void (*)(const Band&, const float*, float*, const ClGeo&, int, int);
 
 // 12 output channels as two halves of 6 where 24 accumulators do not fit: each input vector then
 // feeds 6 x 2 FMAs for 8 loads, where one block of 12 channels x 1 vector takes 13 loads for 12
-template <class A>
+template <class A, int CIN = 0>
 void planar_row_halves(const Band& src, const float* wg, float* yrow, const ClGeo& g, int to, int ho) {
-  planar_row<A, 6>(src, wg, yrow, g, to, ho);
-  planar_row<A, 6>(src, wg + 6, yrow + 6, g, to, ho);
+  planar_row<A, 6, CIN, 12>(src, wg, yrow, g, to, ho);
+  planar_row<A, 6, CIN, 12>(src, wg + 6, yrow + 6, g, to, ho);
+}
+
+// MF-Net's planar convs (1, 6 or 12 channels in per group, 6 or 12 out) with their channel
+// counts compiled in: the input-channel loop's bounds and weight offsets are then constants.
+// 0.89-0.95x the time of the same code with the counts read at run time, on each of MF-Net's
+// six planar shapes at batch 4 (median of 15 alternating calls of the two builds, one process).
+template <class A, int CIN>
+PlanarRow planar_row_compiled(int cout_g) {
+  if (cout_g == 6) return planar_row<A, 6, CIN, 6>;
+  if (cout_g != 12) return nullptr;
+  if constexpr (A::ACC >= 24) return planar_row<A, 12, CIN, 12>;
+  else return planar_row_halves<A, CIN>;
 }
 
 template <class A>
-PlanarRow planar_row_for(int cout_g) {
+PlanarRow planar_row_for(int cout_g, int cin_g) {
+  const PlanarRow compiled = cin_g == 1 ? planar_row_compiled<A, 1>(cout_g)
+                             : cin_g == 6 ? planar_row_compiled<A, 6>(cout_g)
+                             : cin_g == 12 ? planar_row_compiled<A, 12>(cout_g) : nullptr;
+  if (compiled) return compiled;
   switch (cout_g) {
     case 1: return planar_row<A, 1>;
     case 2: return planar_row<A, 2>;
@@ -287,7 +309,7 @@ void run_forward(const ClRun& r) {
   const Tasks& tasks = r.tasks;
   // chunks of at most 3 vectors of output channels per register block
   const int vecs = g.cop / A::L, chunks = (vecs + 2) / 3;
-  const PlanarRow planar_row = planar_row_for<A>(g.cout_g);
+  const PlanarRow planar_row = planar_row_for<A>(g.cout_g, g.cin_g);
   const int64_t group_w = (int64_t)g.KT * 9 * g.cin_g * g.cop;
   at::parallel_for(0, tasks.count, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> buf(tasks.buffer_floats());  // zeros: the planar pad columns stay so
