@@ -270,35 +270,33 @@ void planar_row_halves(const Band& src, const float* wg, float* yrow, const ClGe
   planar_row<A, 6, CIN, 12>(src, wg + 6, yrow + 6, g, to, ho);
 }
 
-// MF-Net's planar convs (1, 6 or 12 channels in per group, 6 or 12 out) with their channel
-// counts compiled in: the input-channel loop's bounds and weight offsets are then constants.
-// 0.89-0.95x the time of the same code with the counts read at run time, on each of MF-Net's
-// six planar shapes at batch 4 (median of 15 alternating calls of the two builds, one process).
+// 6 or 12 output channels (12 as two halves of 6 where 24 accumulators do not fit) with the
+// counts compiled in, and for MF-Net's planar convs (1, 6 or 12 channels in per group) the input
+// count too: the input-channel loop's bounds and weight offsets are then constants. 0.89-0.95x
+// the time of the same code with the counts read at run time, on each of MF-Net's six planar
+// shapes at batch 4 (median of 15 alternating calls of the two builds, one process).
 template <class A, int CIN>
 PlanarRow planar_row_compiled(int cout_g) {
   if (cout_g == 6) return planar_row<A, 6, CIN, 6>;
-  if (cout_g != 12) return nullptr;
   if constexpr (A::ACC >= 24) return planar_row<A, 12, CIN, 12>;
   else return planar_row_halves<A, CIN>;
 }
 
 template <class A>
 PlanarRow planar_row_for(int cout_g, int cin_g) {
-  const PlanarRow compiled = cin_g == 1 ? planar_row_compiled<A, 1>(cout_g)
-                             : cin_g == 6 ? planar_row_compiled<A, 6>(cout_g)
-                             : cin_g == 12 ? planar_row_compiled<A, 12>(cout_g) : nullptr;
-  if (compiled) return compiled;
-  switch (cout_g) {
-    case 1: return planar_row<A, 1>;
-    case 2: return planar_row<A, 2>;
-    case 3: return planar_row<A, 3>;
-    case 4: return planar_row<A, 4>;
-    case 5: return planar_row<A, 5>;
-    case 6: return planar_row<A, 6>;
-    default:
-      if constexpr (A::ACC >= 24) return planar_row<A, 12>;
-      else return planar_row_halves<A>;
+  if (cout_g < 6) {
+    switch (cout_g) {
+      case 1: return planar_row<A, 1>;
+      case 2: return planar_row<A, 2>;
+      case 3: return planar_row<A, 3>;
+      case 4: return planar_row<A, 4>;
+      default: return planar_row<A, 5>;
+    }
   }
+  // 6 or 12 out (the planar form takes no other): other input counts are read at run time
+  return cin_g == 1 ? planar_row_compiled<A, 1>(cout_g)
+         : cin_g == 6 ? planar_row_compiled<A, 6>(cout_g)
+         : cin_g == 12 ? planar_row_compiled<A, 12>(cout_g) : planar_row_compiled<A, 0>(cout_g);
 }
 
 // The whole forward on path A: each thread packs its tasks' input (Tasks::unpack) and runs the
