@@ -181,26 +181,31 @@ def test_mfnet_on_the_kernel_equals_the_reference_path_with_the_same_keys():
 def test_a_training_step_of_mfnet_on_the_kernel_equals_the_reference_path():
     """Every fiber conv and its gradients, the strided ones included, and BatchNorm + ReLU
     fused (models/bn_relu.py): the running statistics, and every parameter's gradient no
-    further from the NCDHW reference path's than PyTorch's own channels-last path is. Through
-    training-mode BatchNorm on few values (batch 2, a 2x2 last stage) fp32's rounding grows to
-    about 1% of a gradient's norm on either path; a wrong gradient is off by its whole size."""
+    further from the truth (the NCDHW reference path in fp64) than the reference path in fp32
+    is. Through training-mode BatchNorm on few values (batch 2, a 2x2 last stage) fp32's
+    rounding grows to about 3% of a gradient's norm on any fp32 path; a wrong gradient is off
+    by its whole size. (Measured against the fp32 reference instead, the bound moved with the
+    CPU: oneDNN's AVX-512 kernels put PyTorch's own channels-last path at half the distance
+    its AVX2 ones did, and this kernel, nearer the truth than either, failed a 2x margin.)"""
     torch.manual_seed(0)
-    models = {"reference": MFNet(channels_last=False), "stock": MFNet(fiber_kernel=False), "fast": MFNet()}
+    models = {"reference": MFNet(channels_last=False), "fast": MFNet()}
     kinds = [type(m).__name__ for m in models["fast"].modules()]
     assert kinds.count("BatchNormReLU3d") > 40 and "BatchNorm3d" not in kinds  # each is before a ReLU
     x = torch.randn(2, 3, 8, 48, 48)
     state = copy.deepcopy(models["reference"].state_dict())
-    for model in models.values():
+    models["truth"] = MFNet(channels_last=False).double()
+    for name, model in models.items():
         model.load_state_dict(state)
-        model.train()(x.contiguous(memory_format=model.memory_format)).square().mean().backward()
+        clip = x.double() if name == "truth" else x
+        model.train()(clip.contiguous(memory_format=model.memory_format)).square().mean().backward()
 
     def errors(name):
-        return torch.stack([(p.grad - r.grad).norm() / r.grad.norm() for p, r in
-                            zip(models[name].parameters(), models["reference"].parameters())])
+        return torch.stack([(p.grad.double() - t.grad).norm() / t.grad.norm() for p, t in
+                            zip(models[name].parameters(), models["truth"].parameters())])
 
-    stock, fast = errors("stock"), errors("fast")
-    assert stock.max() < 0.05 and fast.max() < 2 * stock.max(), (fast.max(), stock.max())
-    assert fast.mean() < 2 * stock.mean()
+    reference, fast = errors("reference"), errors("fast")
+    assert reference.max() < 0.05 and fast.max() < 1.5 * reference.max(), (fast.max(), reference.max())
+    assert fast.mean() < 1.5 * reference.mean()
     for b, c in zip(models["reference"].buffers(), models["fast"].buffers()):
         close(c.float(), b.float())
 
