@@ -196,6 +196,13 @@ def path() -> str:
     return got
 
 
+def cpu_has_avx512() -> bool:
+    """Whether this CPU runs AVX-512F, whatever ``SWITCH`` asks for: where it does, oneDNN runs
+    its own AVX-512 kernels for PyTorch's convs too."""
+    module = extension()
+    return module is not None and module.path("avx512") == "avx512"
+
+
 def force_scalar() -> bool:
     return path() == "scalar"
 
@@ -252,10 +259,13 @@ def status(build: bool = True) -> str:
         return f"stock PyTorch kernels: {_loaded['why']}"
     taken = path()
     # models/bn_relu.py and models/pointwise.py run on AVX2 code, which every channels-last
-    # path's CPU has
+    # path's CPU has; training's pointwise convs only where oneDNN's are AVX2 code too
+    from models import pointwise
+
     return (f"suite kernel ({taken})"
-            + ("; BatchNorm + ReLU fused; pointwise convs fused, and on the kernel in training"
-               if taken in CL_PATHS else "")
+            + ("; BatchNorm + ReLU fused; pointwise convs fused" if taken in CL_PATHS else "")
+            + (", and on the kernel in training" if taken in CL_PATHS and pointwise.trains_here()
+               else "")
             + ("; large blocks pooled" if _loaded.get("pool") else ""))
 
 

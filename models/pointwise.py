@@ -23,7 +23,8 @@ over x and one over the output, where the two ops read x twice and write and rea
 
 In training (gradients wanted) the BatchNorm uses the batch's statistics, which are not known
 until the input has been read, so BatchNorm + ReLU stay one op of their own (``bn_relu.py``) and
-only the conv (and the residual add) runs here (``trains``, ``conv_trained``): forward and the
+only the conv (and the residual add) runs here (``trains``, ``conv_trained``), on a CPU without
+AVX-512 (``trains_here``; with it, oneDNN's own AVX-512 convs are the faster): forward and the
 input's gradient on the same kernel (the input's gradient is the conv with the transposed
 weight), the weight's gradient as one GEMM over the pixels. Run as PyTorch runs it, oneDNN's
 backward of a spatially strided 1x1x1 conv (the shortcut projections) took 2-3x the
@@ -68,13 +69,23 @@ def multiplexes(first: nn.Module, second: nn.Module, x: torch.Tensor) -> bool:
             and _kernel_input(first.conv, x))
 
 
+def trains_here() -> bool:
+    """Whether training's pointwise convs run on the kernel on this CPU: only where it has no
+    AVX-512. This kernel is AVX2 code; on such a CPU oneDNN's 1x1x1 convs are AVX2 code too, and
+    the kernel's forward + backward was a little ahead (the step 1.02x). On an AVX-512 CPU
+    oneDNN's own beat it: MF-Net's training step at batch 4 took 453 ms per clip with them
+    against 517 with the kernel (median of 4 alternating rounds; docs/fiber-kernel.md)."""
+    return not fiber_kernel.cpu_has_avx512()
+
+
 def trains(bn: nn.Module, conv: nn.Module, x: torch.Tensor) -> bool:
     """Whether ``conv(relu(bn(x)))`` runs its conv on ``conv_trained`` here: gradients wanted, the
-    suite's kernels (``bn`` a ``BatchNormReLU3d``), and the conv and input ``folds`` asks for."""
+    suite's kernels (``bn`` a ``BatchNormReLU3d``), the conv and input ``folds`` asks for, and a
+    CPU where the kernel is the faster (``trains_here``)."""
     return (torch.is_grad_enabled() and isinstance(bn, BatchNormReLU3d) and _kernel_conv(conv)
             and not (fiber_kernel.traced() or torch.is_autocast_enabled("cpu")
                      or fiber_kernel.hooked(conv))
-            and _kernel_input(conv, x))
+            and _kernel_input(conv, x) and trains_here())
 
 
 def _kernel_conv(conv: nn.Module) -> bool:

@@ -193,9 +193,11 @@ def _trained_pair(k: int, co: int, stride):
     (16, 96, (2, 5, 7, 7), (2, 1, 1)),    # conv2's shortcut: every other frame
     (24, 48, (1, 2, 9, 11), (1, 2, 2)),   # conv3's: every other row and column, odd sizes
 ])
-def test_training_runs_the_conv_on_the_kernel_with_pytorchs_gradients(k, co, shape, stride):
+def test_training_runs_the_conv_on_the_kernel_with_pytorchs_gradients(k, co, shape, stride,
+                                                                     monkeypatch):
     from torch.profiler import profile
 
+    monkeypatch.setattr(fk, "cpu_has_avx512", lambda: False)  # where it trains
     torch.manual_seed(k * 10 + co)
     module, stock = _trained_pair(k, co, stride)
     x = cl(torch.randn(shape[0], k, *shape[1:]) * 2)
@@ -225,10 +227,16 @@ def test_training_runs_the_conv_on_the_kernel_with_pytorchs_gradients(k, co, sha
                 close(got, want, 1e-4)
 
 
-def test_training_steps_aside_where_the_kernel_does_not_apply_and_needs_no_weight_grad():
+def test_training_steps_aside_where_the_kernel_does_not_apply_and_needs_no_weight_grad(monkeypatch):
     torch.manual_seed(4)
     module, stock = _trained_pair(16, 24, (1, 1, 1))
     x = cl(torch.randn(2, 16, 2, 5, 5))
+    monkeypatch.setattr(fk, "cpu_has_avx512", lambda: True)  # oneDNN's AVX-512 convs
+    assert not pointwise.trains(module.bn, module.conv, x)
+    assert "on the kernel in training" not in fk.status()
+    monkeypatch.setattr(fk, "cpu_has_avx512", lambda: False)
+    assert pointwise.trains(module.bn, module.conv, x)
+    assert "pointwise convs fused, and on the kernel in training" in fk.status()
     assert not pointwise.trains(module.bn, module.conv, x.contiguous())  # NCDHW
     assert not pointwise.trains(module.bn, module.conv, x.double())
     with torch.no_grad():  # no gradient: the folded op's business, or the modules'
