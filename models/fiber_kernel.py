@@ -228,12 +228,31 @@ def _agrees(module, candidate: str, reference: str = "avx2") -> bool:
         scale, shift = torch.rand(groups * cin_g, generator=gen), torch.randn(groups * cin_g, generator=gen)
         outs = [module.forward_cl(x, module.pack_cl(weight, groups, p), cout_g, list(stride), p,
                                   scale, shift) for p in (candidate, reference)]
-        if not torch.allclose(outs[0], outs[1], rtol=1e-4, atol=1e-4 * outs[1].abs().max().item()):
+        if not _close(*outs):
             warnings.warn(f"the fiber kernel's {candidate} path disagrees with its {reference} path "
                           f"on this CPU (a {cin_g}->{cout_g} per group conv); using {reference}",
                           stacklevel=3)
             return False
+    # the pointwise convs' build (models/pointwise.py): a strided conv with a residual and
+    # channels off the vector width, and a multiplexer
+    x = torch.randn(2, 40, 3, 7, 9, generator=gen).contiguous(memory_format=torch.channels_last_3d)
+    w, w1, w2 = (torch.randn(co, k, 1, 1, 1, generator=gen) for co, k in ((50, 40), (30, 40), (40, 30)))
+    s40, s30 = (torch.rand(n, generator=gen) for n in (40, 30))
+    residual = torch.randn(2, 50, 2, 4, 5, generator=gen).contiguous(memory_format=torch.channels_last_3d)
+    outs = [(module.pointwise_cl(x, module.pack_pointwise(w, p), 50, [2, 2, 2], s40, s40 - 0.5,
+                                 residual, path=p),
+             module.multiplexer_cl(x, module.pack_pointwise(w1, p), 30, s40, s40 - 0.5,
+                                   module.pack_pointwise(w2, p), s30, s30 - 0.5, p))
+            for p in (candidate, reference)]
+    if not all(_close(a, b) for a, b in zip(*outs)):
+        warnings.warn(f"the pointwise kernel's {candidate} path disagrees with its {reference} path "
+                      f"on this CPU; using {reference}", stacklevel=3)
+        return False
     return True
+
+
+def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return torch.allclose(a, b, rtol=1e-4, atol=1e-4 * b.abs().max().item())
 
 
 def pack(weight: torch.Tensor, groups: int) -> torch.Tensor:

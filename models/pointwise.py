@@ -13,7 +13,9 @@ Where: inference (no gradient) on the CPU, an fp32 channels-last input, an eval-
 that the suite's kernels run (``BatchNormReLU3d``, which ``fiber_kernel.use_kernel`` puts in:
 the harness's "suite" condition), a 1x1x1 conv without bias or groups at any stride (a strided
 one, MF-Net's shortcut projections ``conv_w1``, reads only the pixels it keeps), no hook that
-would miss a call, and the AVX2 path. Elsewhere ``BNReLUConv`` runs its three modules.
+would miss a call, and a channels-last path of the kernel: AVX2 (24 output channels a register
+block) or AVX-512 (48), the weight packed for the path that runs. Elsewhere ``BNReLUConv`` runs
+its three modules.
 
 A unit's multiplexer, ``x + conv_i2(conv_i1(x))`` (x's channels to a quarter of the unit's
 middle width and back), goes one step further in inference (``multiplexes``,
@@ -71,10 +73,11 @@ def multiplexes(first: nn.Module, second: nn.Module, x: torch.Tensor) -> bool:
 
 def trains_here() -> bool:
     """Whether training's pointwise convs run on the kernel on this CPU: only where it has no
-    AVX-512. This kernel is AVX2 code; on such a CPU oneDNN's 1x1x1 convs are AVX2 code too, and
-    the kernel's forward + backward was a little ahead (the step 1.02x). On an AVX-512 CPU
-    oneDNN's own beat it: MF-Net's training step at batch 4 took 453 ms per clip with them
-    against 517 with the kernel (median of 4 alternating rounds; docs/fiber-kernel.md)."""
+    AVX-512. There oneDNN's 1x1x1 convs are AVX2 code too, and the kernel's forward + backward
+    was a little ahead (the step 1.02x). On an AVX-512 CPU oneDNN's forward and backward (its
+    weight gradient included, which here is a ``torch.mm``) beat the kernel's even on its
+    AVX-512 build: MF-Net's training step at batch 4 took 384 ms per clip with them against 416
+    (median of 4 alternating rounds; docs/fiber-kernel.md)."""
     return not fiber_kernel.cpu_has_avx512()
 
 
@@ -113,21 +116,24 @@ def residual_fits(conv: nn.Conv3d, x: torch.Tensor, residual: torch.Tensor) -> b
             and residual.is_contiguous(memory_format=torch.channels_last_3d))
 
 
-def _packed(conv: nn.Conv3d) -> torch.Tensor:
-    """``conv``'s weight packed for the kernel, kept on the conv until the weight changes."""
+def _packed(conv: nn.Conv3d, path: str) -> torch.Tensor:
+    """``conv``'s weight packed for the kernel's ``path``, kept on the conv until the weight (or
+    the path) changes."""
     weight = conv.weight
-    return fiber_kernel.kept(conv, PACKED, (weight.data_ptr(), weight._version),
-                             lambda: fiber_kernel.extension().pack_pointwise(weight.detach()))
+    return fiber_kernel.kept(conv, PACKED, (weight.data_ptr(), weight._version, path),
+                             lambda: fiber_kernel.extension().pack_pointwise(weight.detach(), path))
 
 
 def forward_multiplexed(first: nn.Module, second: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``x + second(first(x))`` in one pass over ``x`` and one over the output: each block of
     pixels goes through both convs (the middle, 24-192 channels, stays in the task's buffer),
     and ``x``'s block is added back from cache. Only where ``multiplexes`` says so."""
+    path = fiber_kernel.path()
     with torch.profiler.record_function(MULTIPLEXER_PROFILED_AS):
         return fiber_kernel.extension().multiplexer_cl(
-            x, _packed(first.conv), first.conv.out_channels, *fiber_kernel.eval_affine(first.bn),
-            _packed(second.conv), *fiber_kernel.eval_affine(second.bn))
+            x, _packed(first.conv, path), first.conv.out_channels,
+            *fiber_kernel.eval_affine(first.bn), _packed(second.conv, path),
+            *fiber_kernel.eval_affine(second.bn), path)
 
 
 def forward_folded(bn: nn.BatchNorm3d, conv: nn.Conv3d, x: torch.Tensor,
@@ -135,9 +141,11 @@ def forward_folded(bn: nn.BatchNorm3d, conv: nn.Conv3d, x: torch.Tensor,
     """``conv(relu(bn(x))) (+ residual)`` in one pass; only where ``folds`` (and, with a
     residual, ``residual_fits``) says so."""
     scale, shift = fiber_kernel.eval_affine(bn)
+    path = fiber_kernel.path()
     with torch.profiler.record_function(PROFILED_AS):
-        return fiber_kernel.extension().pointwise_cl(x, _packed(conv), conv.out_channels,
-                                                     list(conv.stride), scale, shift, residual)
+        return fiber_kernel.extension().pointwise_cl(x, _packed(conv, path), conv.out_channels,
+                                                     list(conv.stride), scale, shift, residual,
+                                                     path=path)
 
 
 class PointwiseFunction(torch.autograd.Function):
@@ -149,11 +157,11 @@ class PointwiseFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, a, weight, stride, residual=None):
         ctx.save_for_backward(a, weight)
-        ctx.stride = stride
+        ctx.stride, ctx.path = stride, fiber_kernel.path()
         ext = fiber_kernel.extension()
         with torch.profiler.record_function(PROFILED_AS):
-            return ext.pointwise_cl(a, ext.pack_pointwise(weight.detach()), weight.shape[0],
-                                    list(stride), None, None, residual)
+            return ext.pointwise_cl(a, ext.pack_pointwise(weight.detach(), ctx.path), weight.shape[0],
+                                    list(stride), None, None, residual, path=ctx.path)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -166,8 +174,9 @@ class PointwiseFunction(torch.autograd.Function):
         kept = a[:, :, ::stride[0], ::stride[1], ::stride[2]] if strided else a
         grad_a = grad_w = None
         if ctx.needs_input_grad[0]:
-            packed_t = ext.pack_pointwise(weight.detach().reshape(co, k).t().reshape(k, co, 1, 1, 1))
-            grad_kept = ext.pointwise_cl(grad, packed_t, k, [1, 1, 1], None, None, None)
+            packed_t = ext.pack_pointwise(weight.detach().reshape(co, k).t().reshape(k, co, 1, 1, 1),
+                                          ctx.path)
+            grad_kept = ext.pointwise_cl(grad, packed_t, k, [1, 1, 1], None, None, None, path=ctx.path)
             if strided:
                 grad_a = torch.zeros_like(a, memory_format=torch.channels_last_3d)
                 grad_a[:, :, ::stride[0], ::stride[1], ::stride[2]] = grad_kept

@@ -109,13 +109,14 @@ def test_mfnet_on_the_avx512_path_s_code_equals_the_reference_path(monkeypatch):
 
 def test_the_avx512_build_is_used_only_where_it_agrees_with_the_avx2_path(monkeypatch):
     """A CPU with AVX-512, simulated: the extension says its best path is avx512, and its
-    avx512 forward is either the real AVX-512 blocking (here on AVX2 registers) or one that
-    is off by a little. The first is used; the second is not, in one line, and convs take the
-    AVX2 path."""
+    avx512 build is either the real AVX-512 blocking (here on AVX2 registers) or one whose fiber
+    conv, or whose pointwise conv, is off by a little. The first is used; the others are not, in
+    one line, and convs take the AVX2 path."""
     real = fk.extension()
+    emulated = lambda path: "avx512-emulated" if path == "avx512" else path  # noqa: E731
 
     class Simulated:
-        def __init__(self, wrong: bool):
+        def __init__(self, wrong: str):
             self.wrong = wrong
 
         def __getattr__(self, name):
@@ -125,22 +126,33 @@ def test_the_avx512_build_is_used_only_where_it_agrees_with_the_avx2_path(monkey
             return "avx2" if want == "avx2" else "avx512"
 
         def pack_cl(self, weight, groups, path):
-            return real.pack_cl(weight, groups, "avx512-emulated" if path == "avx512" else path)
+            return real.pack_cl(weight, groups, emulated(path))
 
         def forward_cl(self, x, packed, cout_g, stride, path, scale=None, shift=None, residual=None):
             if path != "avx512":
                 return real.forward_cl(x, packed, cout_g, stride, path, scale, shift, residual)
             checked.append(cout_g)
             y = real.forward_cl(x, packed, cout_g, stride, "avx512-emulated", scale, shift, residual)
-            return y * 1.001 if self.wrong else y
+            return y * 1.001 if self.wrong == "fiber" else y
+
+        def pack_pointwise(self, weight, path):
+            return real.pack_pointwise(weight, emulated(path))
+
+        def pointwise_cl(self, *args, path):
+            y = real.pointwise_cl(*args, path=emulated(path))
+            return y * 1.001 if self.wrong == "pointwise" and path == "avx512" else y
+
+        def multiplexer_cl(self, *args):
+            return real.multiplexer_cl(*args[:-1], emulated(args[-1]))
 
     monkeypatch.delenv(fk.SWITCH, raising=False)
     checked = []
-    for wrong, taken in ((False, "avx512"), (True, "avx2")):
+    for wrong, taken, said in (("", "avx512", ""), ("fiber", "avx2", "fiber kernel's avx512 path"),
+                               ("pointwise", "avx2", "pointwise kernel's avx512 path")):
         checked.clear()
         monkeypatch.setattr(fk, "_loaded", {"module": Simulated(wrong), "why": "", "pool": False})
         if wrong:
-            with pytest.warns(UserWarning, match="avx512 path disagrees with its avx2 path"):
+            with pytest.warns(UserWarning, match=f"{said} disagrees with its avx2 path"):
                 assert fk.path() == taken
         else:
             assert fk.path() == taken
@@ -151,7 +163,8 @@ def test_the_avx512_build_is_used_only_where_it_agrees_with_the_avx2_path(monkey
             close(conv(x), fk.reference(x, conv.weight, 2))
         assert fk.path() == taken
         # checked once per process; the conv ran on the path taken
-        assert len(checked) == (len(fk.SELF_CHECK) + 1 if taken == "avx512" else 1)
+        assert len(checked) == (len(fk.SELF_CHECK) + 1 if taken == "avx512" else
+                                len(fk.SELF_CHECK) if wrong == "pointwise" else 1)
 
 
 def test_a_path_s_packed_weights_are_not_used_by_another(monkeypatch):
@@ -191,5 +204,6 @@ def test_avx512_instructions_are_only_in_the_avx512_build():
         elif AVX512_OPERANDS.search(line):
             using.add(function)
     assert using, "the AVX-512 build is missing from the library"
-    assert all("Avx512>" in f or "Avx512," in f or "forward_avx512(" in f for f in using), \
+    own = ("Avx512>", "Avx512,", "forward_avx512(", "run_avx512(", "multiplex_avx512(")
+    assert all(any(name in f for name in own) for f in using), \
         sorted(f for f in using if "Avx512" not in f)[:5]

@@ -33,6 +33,17 @@ def randomise(bn):
         bn.running_var.uniform_(0.5, 2.0)
 
 
+@pytest.fixture(params=["avx2", "avx512-emulated", "avx512"])
+def each_path(request, monkeypatch):
+    """Each channels-last path in turn: AVX2 (24 output channels a chunk), the AVX-512 blocking
+    (48) on pairs of AVX2 registers, and the AVX-512 build itself where the CPU has it."""
+    if fk.extension().path(request.param) != request.param:
+        pytest.skip(f"this CPU cannot run {request.param}")
+    monkeypatch.setenv(fk.SWITCH, request.param)
+    assert fk.path() == request.param
+    return request.param
+
+
 def unit(k: int, co: int, stride=(1, 1, 1)) -> BNReLUConv:
     """A pre-activation 1x1x1 conv on the suite's kernels, in eval mode, trained statistics."""
     module = BNReLUConv(VIDEO, k, co, stride=stride)
@@ -60,7 +71,7 @@ def expected(module: BNReLUConv, x, residual=None):
     (16, 96, (2, 5, 7, 7), (2, 1, 1)),   # conv2's shortcut: every other frame
     (96, 192, (1, 2, 9, 11), (1, 2, 2)),  # conv3's: every other row and column, odd sizes
 ])
-def test_the_fused_op_equals_batchnorm_relu_conv_and_the_add(k, co, shape, stride):
+def test_the_fused_op_equals_batchnorm_relu_conv_and_the_add(k, co, shape, stride, each_path):
     torch.manual_seed(k * 100 + co)
     module = unit(k, co, stride)
     x = cl(torch.randn(shape[0], k, *shape[1:]) * 2)
@@ -145,19 +156,23 @@ def test_a_residual_that_cannot_go_in_is_added_after_or_refused_by_pytorch():
 def test_the_kernel_refuses_inputs_that_do_not_match_in_one_line():
     ext = fk.extension()
     x = cl(torch.randn(1, 8, 1, 2, 2))
-    packed = ext.pack_pointwise(torch.randn(16, 8, 1, 1, 1))
+    packed = ext.pack_pointwise(torch.randn(16, 8, 1, 1, 1), "avx2")
     with pytest.raises(RuntimeError, match="packed weight does not match"):
-        ext.pointwise_cl(x, packed, 40)
+        ext.pointwise_cl(x, packed, 40, path="avx2")
+    with pytest.raises(RuntimeError, match="does not match x's channels, cout and the path"):
+        ext.pointwise_cl(x, packed, 16, path="avx512-emulated")  # 24 channels a chunk, not 48
+    with pytest.raises(RuntimeError, match="no channels-last path sse"):
+        ext.pointwise_cl(x, packed, 16, path="sse")
     with pytest.raises(RuntimeError, match="stride must be three positive integers"):
-        ext.pointwise_cl(x, packed, 16, [1, 0, 1])
+        ext.pointwise_cl(x, packed, 16, [1, 0, 1], path="avx2")
     with pytest.raises(RuntimeError, match="x must be a channels-last-3d fp32 CPU tensor"):
-        ext.pointwise_cl(x.contiguous(), packed, 16)
+        ext.pointwise_cl(x.contiguous(), packed, 16, path="avx2")
     with pytest.raises(RuntimeError, match="one value per input channel"):
-        ext.pointwise_cl(x, packed, 16, scale=torch.ones(4), shift=torch.zeros(4))
+        ext.pointwise_cl(x, packed, 16, scale=torch.ones(4), shift=torch.zeros(4), path="avx2")
     with pytest.raises(RuntimeError, match="residual must be channels-last-3d fp32"):
-        ext.pointwise_cl(x, packed, 16, residual=cl(torch.randn(1, 16, 1, 2, 3)))
+        ext.pointwise_cl(x, packed, 16, residual=cl(torch.randn(1, 16, 1, 2, 3)), path="avx2")
     with pytest.raises(RuntimeError, match="weight must be a CPU fp32"):
-        ext.pack_pointwise(torch.randn(16, 8, 3, 1, 1))
+        ext.pack_pointwise(torch.randn(16, 8, 3, 1, 1), "avx2")
 
 
 def test_inference_keeps_the_packed_weight_until_the_weight_changes():
@@ -194,7 +209,7 @@ def _trained_pair(k: int, co: int, stride):
     (24, 48, (1, 2, 9, 11), (1, 2, 2)),   # conv3's: every other row and column, odd sizes
 ])
 def test_training_runs_the_conv_on_the_kernel_with_pytorchs_gradients(k, co, shape, stride,
-                                                                     monkeypatch):
+                                                                     monkeypatch, each_path):
     from torch.profiler import profile
 
     monkeypatch.setattr(fk, "cpu_has_avx512", lambda: False)  # where it trains
@@ -258,7 +273,7 @@ def test_training_steps_aside_where_the_kernel_does_not_apply_and_needs_no_weigh
     (13, 5, (1, 2, 7, 9)),    # channels off the vector width both ways
     (40, 30, (1, 3, 9, 11)),  # more pixels than one task, a partial chunk in the middle
 ])
-def test_the_multiplexer_in_one_op_equals_its_two_convs_and_the_add(k, mid, shape):
+def test_the_multiplexer_in_one_op_equals_its_two_convs_and_the_add(k, mid, shape, each_path):
     torch.manual_seed(k + mid)
     first, second = unit(k, mid), unit(mid, k)
     x = cl(torch.randn(shape[0], k, *shape[1:]) * 2)
@@ -292,11 +307,14 @@ def test_the_multiplexer_steps_aside_where_an_op_would_hide_a_call_or_the_math_d
 def test_the_multiplexer_op_refuses_inputs_that_do_not_match_in_one_line():
     ext = fk.extension()
     x = cl(torch.randn(1, 8, 1, 2, 2))
-    p1, p2 = ext.pack_pointwise(torch.randn(4, 8, 1, 1, 1)), ext.pack_pointwise(torch.randn(8, 4, 1, 1, 1))
+    p1 = ext.pack_pointwise(torch.randn(4, 8, 1, 1, 1), "avx2")
+    p2 = ext.pack_pointwise(torch.randn(8, 4, 1, 1, 1), "avx2")
     s8, s4 = torch.ones(8), torch.ones(4)
     with pytest.raises(RuntimeError, match="a packed weight does not match"):
-        ext.multiplexer_cl(x, p2, 4, s8, s8, p2, s4, s4)
+        ext.multiplexer_cl(x, p2, 4, s8, s8, p2, s4, s4, "avx2")
+    with pytest.raises(RuntimeError, match="a packed weight does not match"):
+        ext.multiplexer_cl(x, p1, 4, s8, s8, p2, s4, s4, "avx512-emulated")
     with pytest.raises(RuntimeError, match="one value per input channel"):
-        ext.multiplexer_cl(x, p1, 4, s8, s8, p2, s8, s8)
+        ext.multiplexer_cl(x, p1, 4, s8, s8, p2, s8, s8, "avx2")
     with pytest.raises(RuntimeError, match="x must be a channels-last-3d fp32 CPU tensor"):
-        ext.multiplexer_cl(x.contiguous(), p1, 4, s8, s8, p2, s4, s4)
+        ext.multiplexer_cl(x.contiguous(), p1, 4, s8, s8, p2, s4, s4, "avx2")

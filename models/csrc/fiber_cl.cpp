@@ -21,18 +21,6 @@
 namespace fiber {
 namespace {
 
-// 8 floats a vector, 16 registers
-struct Avx2 {
-  static constexpr int L = 8, ACC = 12, PMAX = 12;
-  using V = __m256;
-  static V zero() { return _mm256_setzero_ps(); }
-  static V load(const float* p) { return _mm256_loadu_ps(p); }
-  static V bcast(const float* p) { return _mm256_broadcast_ss(p); }
-  static V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
-  static void store_first(float* p, V v, int n) { store8_first(p, v, n); }
-  static __m256 eighth(V v, int) { return v; }
-};
-
 // Copy the channels of groups grp0 .. grp0 + ng of the rows [hi_first, hi_first + rows_in) of
 // input frames [ti0, ti1) (inside the input) into buf, group j's at buf + j * group_stride and
 // frame ti at slot ti % KT, so the KT consecutive frames an output frame reads have a slot

@@ -7,7 +7,11 @@
 #include <ATen/Parallel.h>
 #include <immintrin.h>
 
+#include <algorithm>
+#include <vector>
+
 #include "fiber_cl.h"
+#include "pointwise_cl.h"
 
 // Every header is included above the target pragma: an inline function a header defines inside
 // it would be compiled for this file's instruction set, and the linker keeps one copy of such a
@@ -16,6 +20,7 @@
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx2,fma")
 #include "fiber_cl_kernels.h"
+#include "pointwise_kernels.h"
 
 namespace fiber {
 namespace {
@@ -27,6 +32,8 @@ struct Avx512 {
   static V load(const float* p) { return _mm512_loadu_ps(p); }
   static V bcast(const float* p) { return _mm512_set1_ps(*p); }
   static V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+  static V add(V a, V b) { return _mm512_add_ps(a, b); }
+  static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
   static void store_first(float* p, V v, int n) { _mm512_mask_storeu_ps(p, (__mmask16)((1u << n) - 1), v); }
   static __m256 eighth(V v, int i) {
     return i == 0 ? _mm512_castps512_ps256(v) : _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
@@ -38,4 +45,8 @@ struct Avx512 {
 void forward_avx512(const ClRun& run) { run_forward<Avx512>(run); }
 
 }  // namespace fiber
+namespace pointwise {
+void run_avx512(const Run& r) { run<fiber::Avx512>(r); }
+void multiplex_avx512(const Mux& m) { multiplex<fiber::Avx512>(m); }
+}  // namespace pointwise
 #pragma GCC pop_options

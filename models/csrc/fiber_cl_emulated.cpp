@@ -4,7 +4,11 @@
 #include <ATen/Parallel.h>
 #include <immintrin.h>
 
+#include <algorithm>
+#include <vector>
+
 #include "fiber_cl.h"
+#include "pointwise_cl.h"
 
 // Every header is included above the target pragma: an inline function a header defines inside
 // it would be compiled for this file's instruction set, and the linker keeps one copy of such a
@@ -13,6 +17,7 @@
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
 #include "fiber_cl_kernels.h"
+#include "pointwise_kernels.h"
 
 namespace fiber {
 namespace {
@@ -29,6 +34,8 @@ struct Avx512OnAvx2 {
   static V load(const float* p) { return {_mm256_loadu_ps(p), _mm256_loadu_ps(p + 8)}; }
   static V bcast(const float* p) { const __m256 b = _mm256_broadcast_ss(p); return {b, b}; }
   static V fma(V a, V b, V c) { return {_mm256_fmadd_ps(a.lo, b.lo, c.lo), _mm256_fmadd_ps(a.hi, b.hi, c.hi)}; }
+  static V add(V a, V b) { return {_mm256_add_ps(a.lo, b.lo), _mm256_add_ps(a.hi, b.hi)}; }
+  static void store(float* p, V v) { _mm256_storeu_ps(p, v.lo); _mm256_storeu_ps(p + 8, v.hi); }
   static void store_first(float* p, V v, int n) {
     store8_first(p, v.lo, std::min(n, 8));
     if (n > 8) store8_first(p + 8, v.hi, n - 8);
@@ -41,4 +48,8 @@ struct Avx512OnAvx2 {
 void forward_avx512_on_avx2(const ClRun& run) { run_forward<Avx512OnAvx2>(run); }
 
 }  // namespace fiber
+namespace pointwise {
+void run_avx512_on_avx2(const Run& r) { run<fiber::Avx512OnAvx2>(r); }
+void multiplex_avx512_on_avx2(const Mux& m) { multiplex<fiber::Avx512OnAvx2>(m); }
+}  // namespace pointwise
 #pragma GCC pop_options

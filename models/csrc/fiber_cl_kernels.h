@@ -6,7 +6,7 @@
 //   ACC                     accumulators a register block may hold (16 or 32 registers)
 //   PMAX                    output pixels per block at most (the broadcast form)
 //   V                       the vector type
-//   zero(), load(p), bcast(p), fma(a, b, c) = a * b + c
+//   zero(), load(p), bcast(p), fma(a, b, c) = a * b + c, add(a, b), store(p, v)
 //   store_first(p, v, n)    lanes 0 .. n - 1 of v to p, 1 <= n <= L
 //   eighth(v, i)            lanes 8i .. 8i + 7 of v, as an __m256
 #pragma once
@@ -55,6 +55,21 @@ inline void store8_first(float* p, __m256 v, int n) {
   if (n >= 2) { _mm_storel_pi(reinterpret_cast<__m64*>(p), lo); lo = _mm_movehl_ps(lo, lo); p += 2; n -= 2; }
   if (n == 1) _mm_store_ss(p, lo);
 }
+
+// AVX2's vector traits: 8 floats a vector, 16 registers (the AVX-512 build's are in
+// fiber_cl_avx512.cpp)
+struct Avx2 {
+  static constexpr int L = 8, ACC = 12, PMAX = 12;
+  using V = __m256;
+  static V zero() { return _mm256_setzero_ps(); }
+  static V load(const float* p) { return _mm256_loadu_ps(p); }
+  static V bcast(const float* p) { return _mm256_broadcast_ss(p); }
+  static V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+  static V add(V a, V b) { return _mm256_add_ps(a, b); }
+  static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
+  static void store_first(float* p, V v, int n) { store8_first(p, v, n); }
+  static __m256 eighth(V v, int) { return v; }
+};
 
 // r[i][j] -> r[j][i]: eight vectors of eight floats transposed in registers (unpack, shuffle,
 // swap of 128-bit halves)

@@ -375,13 +375,13 @@ torch::Tensor grad_weight_cl(const torch::Tensor& x, const torch::Tensor& gy, in
                              std::vector<int64_t> stride);
 
 // The pre-activation pointwise conv, channels last (pointwise_cl.cpp)
-torch::Tensor pack_pointwise(const torch::Tensor& weight);
+torch::Tensor pack_pointwise(const torch::Tensor& weight, const std::string& path);
 torch::Tensor pointwise_cl(const torch::Tensor& x, const torch::Tensor& packed, int64_t cout,
                            std::vector<int64_t> stride, const std::optional<torch::Tensor>& scale, const std::optional<torch::Tensor>& shift,
-                           const std::optional<torch::Tensor>& residual);
+                           const std::optional<torch::Tensor>& residual, const std::string& path);
 torch::Tensor multiplexer_cl(const torch::Tensor& x, const torch::Tensor& packed1, int64_t mid,
                              const torch::Tensor& scale1, const torch::Tensor& shift1, const torch::Tensor& packed2,
-                             const torch::Tensor& scale2, const torch::Tensor& shift2);
+                             const torch::Tensor& scale2, const torch::Tensor& shift2, const std::string& path);
 
 // BatchNorm + ReLU, channels last (bn_relu.cpp)
 std::vector<torch::Tensor> bn_stats(torch::Tensor x);
@@ -404,9 +404,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward_cl", &forward_cl, py::arg("x"), py::arg("packed"), py::arg("cout_g"), py::arg("stride"),
         py::arg("path"), py::arg("scale") = py::none(), py::arg("shift") = py::none(),
         py::arg("residual") = py::none());
-  m.def("pack_pointwise", &pack_pointwise);
+  m.def("pack_pointwise", &pack_pointwise, py::arg("weight"), py::arg("path"));
   m.def("pointwise_cl", &pointwise_cl, py::arg("x"), py::arg("packed"), py::arg("cout"),
-        py::arg("stride") = std::vector<int64_t>{1, 1, 1}, py::arg("scale") = py::none(), py::arg("shift") = py::none(), py::arg("residual") = py::none());
+        py::arg("stride") = std::vector<int64_t>{1, 1, 1}, py::arg("scale") = py::none(), py::arg("shift") = py::none(),
+        py::arg("residual") = py::none(), py::kw_only(), py::arg("path"));
   m.def("multiplexer_cl", &multiplexer_cl);
   m.def("threads_used", &threads_used);
   m.def("grad_weight_cl", &grad_weight_cl);

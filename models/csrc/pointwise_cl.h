@@ -1,0 +1,49 @@
+// MF-Net's pre-activation pointwise convs, channels last, shared by their files:
+// - pointwise_cl.cpp: packing, the entry points, the AVX2 build;
+// - fiber_cl_avx512.cpp: the AVX-512 build; fiber_cl_emulated.cpp: its blocking on pairs of
+//   AVX2 registers (for tests on CPUs without AVX-512);
+// - pointwise_kernels.h: the register blocks, written once for any vector width.
+// No ATen headers here (see fiber_cl.h).
+#pragma once
+
+#include <cstdint>
+
+namespace pointwise {
+
+// One call of y = W relu(x * scale + shift) (+ residual). x (N, T, H, W, K) in memory
+// (channels-last-3d), y (N, To, Ho, Wo, CO). The GEMM is (pixels x K) by (K x CO); a task is a
+// block of consecutive pixels, whose K channels are one contiguous run in memory.
+struct Run {
+  const float* x;
+  const float* w;  // packed: (chunks, K, 3 lanes of the path), zero past CO
+  float* y;
+  const float* residual;  // y's layout, or nullptr
+  const float* scale;     // per input channel, or nullptr: x as it is
+  const float* shift;
+  int64_t pixels;  // of the output
+  int K, CO;
+  // strides: output pixel (n, to, ho, wo) reads input pixel (n, to * st, ho * sh, wo * sw)
+  int T, H, W, To, Ho, Wo, st, sh, sw;
+  bool strided() const { return st != 1 || sh != 1 || sw != 1; }
+};
+
+// MF-Net's multiplexer: y = x + W2 relu(bn2(W1 relu(bn1(x)))), x and y with K channels, the
+// middle with M
+struct Mux {
+  const float *x, *w1, *s1, *b1;
+  int M;
+  const float *w2, *s2, *b2;
+  float* y;
+  int64_t pixels;
+  int K;
+};
+
+// Each path's compute (pointwise_cl.cpp, fiber_cl_avx512.cpp, fiber_cl_emulated.cpp)
+void run_avx2(const Run& r);
+void run_avx512(const Run& r);
+void run_avx512_on_avx2(const Run& r);
+void multiplex_avx2(const Mux& m);
+void multiplex_avx512(const Mux& m);
+void multiplex_avx512_on_avx2(const Mux& m);
+
+}  // namespace pointwise

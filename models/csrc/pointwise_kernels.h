@@ -1,0 +1,187 @@
+// The pointwise convs' register blocks and task loops, written once for any vector width. Each
+// path's file includes this after `#pragma GCC target(...)` (and after fiber_cl_kernels.h, whose
+// vector traits A it uses, with add and store), so every function here is compiled for that
+// path's instruction set in that file's own unnamed namespace, and every one is a template on A,
+// so its name says which build it belongs to.
+#pragma once
+
+#include <ATen/Parallel.h>
+#include <immintrin.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "pointwise_cl.h"
+
+namespace pointwise {
+namespace {
+
+constexpr int BLOCK = 48;  // pixels per task: a whole number of 4-, 6-, 8- and 12-pixel blocks
+constexpr int PMAX = 12;   // pixels per register block at most
+
+// output channels per register block: 3 vectors (24 floats on AVX2, 48 on AVX-512)
+template <class A>
+constexpr int chunk() { return 3 * A::L; }
+
+// P pixels (rows of `in`, ldx floats apart) x V vectors of one chunk's output channels: every
+// input channel feeds P x V FMAs from V weight loads and P broadcasts; then the chunk's co_n
+// channels of each pixel are written (plus the residual's)
+template <class A, int V, int P>
+void block(const float* in, int64_t ldx, const float* wc, int K, float* out, const float* res,
+           int CO, int co_n) {
+  typename A::V acc[P][V];
+#pragma GCC unroll 16
+  for (int p = 0; p < P; ++p)
+#pragma GCC unroll 4
+    for (int v = 0; v < V; ++v) acc[p][v] = A::zero();
+  for (int k = 0; k < K; ++k) {
+    typename A::V wv[V];
+#pragma GCC unroll 4
+    for (int v = 0; v < V; ++v) wv[v] = A::load(wc + (int64_t)k * chunk<A>() + A::L * v);
+#pragma GCC unroll 16
+    for (int p = 0; p < P; ++p) {
+      const typename A::V b = A::bcast(in + p * ldx + k);
+#pragma GCC unroll 4
+      for (int v = 0; v < V; ++v) acc[p][v] = A::fma(wv[v], b, acc[p][v]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int p = 0; p < P; ++p) {
+    float* o = out + (int64_t)p * CO;
+    const float* r = res ? res + (int64_t)p * CO : nullptr;
+#pragma GCC unroll 4
+    for (int v = 0; v < V; ++v) {
+      const int lanes = std::min(A::L, co_n - A::L * v);
+      if (lanes == A::L) {
+        typename A::V val = acc[p][v];
+        if (r) val = A::add(val, A::load(r + A::L * v));
+        A::store(o + A::L * v, val);
+      } else if (lanes > 0) {
+        A::store_first(o + A::L * v, acc[p][v], lanes);
+        if (r)
+          for (int c = A::L * v; c < A::L * v + lanes; ++c) o[c] += r[c];
+      }
+    }
+  }
+}
+
+// P pixels (rows of `in`), every chunk of output channels: a pixel's whole output row is
+// written at once, while its lines are in cache; the input rows stay in L1 across the chunks.
+// V: the first chunk's vectors (3 where CO fills them), P x V accumulators at most A::ACC.
+template <class A, int V, int P>
+void all_chunks(const float* in, int64_t ldx, const float* w, int K, float* out, const float* res,
+                int CO) {
+  for (int c0 = 0; c0 < CO; c0 += chunk<A>()) {
+    const float* wc = w + (int64_t)c0 * K;  // chunk c0 / chunk: K x chunk floats
+    const int co_n = std::min(chunk<A>(), CO - c0);
+    const float* r = res ? res + c0 : nullptr;
+    if (co_n > 2 * A::L) block<A, 3, P>(in, ldx, wc, K, out + c0, r, CO, co_n);
+    else if (co_n > A::L) block<A, std::min(V, 2), P>(in, ldx, wc, K, out + c0, r, CO, co_n);
+    else block<A, 1, P>(in, ldx, wc, K, out + c0, r, CO, co_n);
+  }
+}
+
+// `count` pixels (count < P) at the end of a task's block
+template <class A, int V, int P>
+void tail(const float* in, int64_t ldx, const float* w, int K, float* out, const float* res, int CO,
+          int count) {
+  if constexpr (P > 1) {
+    if (count == P - 1) return all_chunks<A, V, P - 1>(in, ldx, w, K, out, res, CO);
+    return tail<A, V, P - 1>(in, ldx, w, K, out, res, CO, count);
+  }
+}
+
+template <class A, int V>
+void pixels(const float* in, int64_t ldx, const float* w, int K, float* out, const float* res, int CO,
+            int count) {
+  constexpr int P = std::min(PMAX, A::ACC / V);
+  int p = 0;
+  for (; p + P <= count; p += P)
+    all_chunks<A, V, P>(in + p * ldx, ldx, w, K, out + (int64_t)p * CO, res ? res + (int64_t)p * CO : nullptr, CO);
+  if (p < count)
+    tail<A, V, P>(in + p * ldx, ldx, w, K, out + (int64_t)p * CO, res ? res + (int64_t)p * CO : nullptr, CO,
+                  count - p);
+}
+
+// out (count x CO, rows CO floats apart) = in (count x K, rows ldx apart) x w (+ res, out's layout)
+template <class A>
+void gemm(const float* in, int64_t ldx, const float* w, int K, float* out, const float* res, int CO, int count) {
+  if (CO > 2 * A::L) pixels<A, 3>(in, ldx, w, K, out, res, CO, count);
+  else if (CO > A::L) pixels<A, 2>(in, ldx, w, K, out, res, CO, count);
+  else pixels<A, 1>(in, ldx, w, K, out, res, CO, count);
+}
+
+// relu(x * scale + shift) of one pixel's K channels into buf, or (no scale) a copy (AVX2
+// code: memory-bound, so wider vectors would not pay; a template so each build keeps its own)
+template <class A>
+void activate(const float* x, float* buf, int K, const float* scale, const float* shift) {
+  if (!scale) {
+    std::copy(x, x + K, buf);
+    return;
+  }
+  const __m256 zero = _mm256_setzero_ps();
+  int k = 0;
+  for (; k + 8 <= K; k += 8)
+    _mm256_storeu_ps(buf + k, _mm256_max_ps(_mm256_fmadd_ps(_mm256_loadu_ps(x + k), _mm256_loadu_ps(scale + k),
+                                                            _mm256_loadu_ps(shift + k)), zero));
+  for (; k < K; ++k) buf[k] = std::max(x[k] * scale[k] + shift[k], 0.f);
+}
+
+// the input pixel output pixel q reads
+template <class A>
+int64_t source(const Run& r, int64_t q) {
+  const int wo = q % r.Wo;
+  q /= r.Wo;
+  const int ho = q % r.Ho;
+  q /= r.Ho;
+  const int to = q % r.To;
+  const int64_t n = q / r.To;
+  return ((n * r.T + (int64_t)to * r.st) * r.H + (int64_t)ho * r.sh) * r.W + (int64_t)wo * r.sw;
+}
+
+template <class A>
+void run(const Run& r) {
+  const int64_t blocks = (r.pixels + BLOCK - 1) / BLOCK;
+  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+    // the block's input, activated or gathered; a stride-1 conv without scale reads x itself
+    std::vector<float> buf(r.scale || r.strided() ? (size_t)BLOCK * r.K : 0);
+    for (int64_t b = begin; b < end; ++b) {
+      const int64_t p0 = b * BLOCK;
+      const int count = (int)std::min<int64_t>(BLOCK, r.pixels - p0);
+      const float* in = r.x + p0 * r.K;
+      if (!buf.empty()) {
+        for (int p = 0; p < count; ++p) {
+          const int64_t from = r.strided() ? source<A>(r, p0 + p) : p0 + p;
+          activate<A>(r.x + from * r.K, buf.data() + (int64_t)p * r.K, r.K, r.scale, r.shift);
+        }
+        in = buf.data();
+      }
+      float* out = r.y + p0 * r.CO;
+      const float* res = r.residual ? r.residual + p0 * r.CO : nullptr;
+      gemm<A>(in, r.K, r.w, r.K, out, res, r.CO, count);
+    }
+  });
+}
+
+// The multiplexer block by block: the middle (M channels a pixel) stays in the task's buffer,
+// and x's block, read for the first conv, is read again from cache as the residual
+template <class A>
+void multiplex(const Mux& m) {
+  const int64_t blocks = (m.pixels + BLOCK - 1) / BLOCK;
+  const int K = m.K, M = m.M;
+  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> buf((size_t)BLOCK * K), mid((size_t)BLOCK * M);
+    for (int64_t b = begin; b < end; ++b) {
+      const int64_t p0 = b * BLOCK;
+      const int count = (int)std::min<int64_t>(BLOCK, m.pixels - p0);
+      const float* in = m.x + p0 * K;
+      for (int p = 0; p < count; ++p) activate<A>(in + (int64_t)p * K, buf.data() + (int64_t)p * K, K, m.s1, m.b1);
+      gemm<A>(buf.data(), K, m.w1, K, mid.data(), nullptr, M, count);
+      for (int p = 0; p < count; ++p) activate<A>(mid.data() + (int64_t)p * M, mid.data() + (int64_t)p * M, M, m.s2, m.b2);
+      gemm<A>(mid.data(), M, m.w2, M, m.y + p0 * K, in, K, count);
+    }
+  });
+}
+
+}  // namespace
+}  // namespace pointwise
