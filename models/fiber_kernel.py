@@ -447,7 +447,7 @@ class FiberConvFunction(torch.autograd.Function):
             elif need_x:
                 grad_x = _stock_grad_input(grad, x, weight, stride, groups)
             if need_w:
-                grad_w = ext.grad_weight_cl(x, grad, groups, weight.shape[2], list(stride))
+                grad_w = ext.grad_weight_cl(x, grad, groups, weight.shape[2], list(stride), path())
             return grad_x, grad_w, None, None, None
         grad = grad.contiguous()
         if need_x:

@@ -179,6 +179,9 @@ Band Tasks::unpack(int64_t task, const float* xp, float* buf, const ClGeo& g, in
 }
 
 void forward_avx2(const ClRun& run) { run_forward<Avx2>(run); }
+void wgrad_avx2(const Band& src, const float* gband, float* dwg, const ClGeo& g, int to, int ho0, int ho1) {
+  wgrad_group<Avx2>(src, gband, dwg, g, to, ho0, ho1);
+}
 
 }  // namespace fiber
 #pragma GCC pop_options
@@ -316,96 +319,6 @@ at::Tensor forward_cl(const at::Tensor& x, const at::Tensor& packed, int64_t cou
 namespace fiber {
 namespace {
 
-// The weight gradient for one tap (kt, kh, kw), input channels ci0 .. ci0 + B and output
-// channels c0 .. c0 + 8V of one group, over a band's output pixels: B x V accumulators (read
-// from and written back to dw, the group's (KT, 3, 3, cin_g, cop) slice at this tap and ci0)
-// gain x[tap pixel, ci] * gy[pixel, co] for every pixel whose tap is inside the input. The tap's
-// input frame is in the band's `slot` (see pack_band); gyg is the group's grad y over the band
-// from row ho0, ldg floats per pixel, zeros past the group's channels (see grad_weight_cl).
-template <int V, int B>
-void wgrad_tap(const Band& src, const float* gyg, float* dw, const ClGeo& g, int ldg,
-               int ho0, int ho1, int slot, int kh, int kw, int ci0) {
-  // U pixels at a time into U sets of accumulators, so that 8 to 12 FMA chains are in flight
-  // where a group has few channels (1 input channel x 1 vector: one chain, one FMA per latency)
-  constexpr int U = std::max(1, std::min((8 + B * V - 1) / (B * V), 12 / (B * V)));
-  __m256 acc[U][B][V];
-#pragma GCC unroll 16
-  for (int u = 0; u < U; ++u)
-#pragma GCC unroll 16
-    for (int b = 0; b < B; ++b)
-#pragma GCC unroll 16
-      for (int v = 0; v < V; ++v)
-        acc[u][b][v] = u == 0 ? _mm256_loadu_ps(dw + (int64_t)b * g.cop + v * 8) : _mm256_setzero_ps();
-  const int lo = kw == 0 ? 1 : 0;  // the first wo whose column wo * sw + kw - 1 is >= 0
-  const int hi = g.W - kw < 0 ? 0 : std::min(g.Wo, (g.W - kw) / g.sw + 1);  // ... is <= W - 1
-  const int64_t pix = (int64_t)g.sw * g.cin_g;
-  auto one = [&](__m256 (&into)[B][V], const float* xp, const float* gp) {
-    __m256 gv[V];
-#pragma GCC unroll 16
-    for (int v = 0; v < V; ++v)
-      gv[v] = _mm256_loadu_ps(gp + v * 8);
-#pragma GCC unroll 16
-    for (int b = 0; b < B; ++b) {
-      const __m256 xb = _mm256_broadcast_ss(xp + b);
-#pragma GCC unroll 16
-      for (int v = 0; v < V; ++v) into[b][v] = _mm256_fmadd_ps(xb, gv[v], into[b][v]);
-    }
-  };
-  for (int ho = ho0; ho < ho1; ++ho) {
-    const int hi_ = ho * g.sh + kh - 1;
-    if (hi_ < 0 || hi_ >= g.H) continue;
-    const float* xrow = src.buf + ((int64_t)slot * src.rows_in + hi_ - src.hi_first) * g.W * g.cin_g
-                        + (int64_t)(kw - 1) * g.cin_g + ci0;
-    const float* grow = gyg + (int64_t)(ho - ho0) * g.Wo * ldg;
-    int wo = lo;
-    for (; wo + U <= hi; wo += U)
-#pragma GCC unroll 16
-      for (int u = 0; u < U; ++u) one(acc[u], xrow + (wo + u) * pix, grow + (int64_t)(wo + u) * ldg);
-    for (; wo < hi; ++wo) one(acc[0], xrow + wo * pix, grow + (int64_t)wo * ldg);
-  }
-#pragma GCC unroll 16
-  for (int b = 0; b < B; ++b)
-#pragma GCC unroll 16
-    for (int v = 0; v < V; ++v) {
-      __m256 sum = acc[0][b][v];
-#pragma GCC unroll 16
-      for (int u = 1; u < U; ++u) sum = _mm256_add_ps(sum, acc[u][b][v]);
-      _mm256_storeu_ps(dw + (int64_t)b * g.cop + v * 8, sum);
-    }
-}
-
-// the last input channels of a tap, count < B of them
-template <int V, int B>
-void wgrad_tail(const Band& src, const float* gyg, float* dw, const ClGeo& g, int ldg,
-                int ho0, int ho1, int slot, int kh, int kw, int ci0, int count) {
-  if constexpr (B > 1) {
-    if (count == B - 1)
-      return wgrad_tap<V, B - 1>(src, gyg, dw, g, ldg, ho0, ho1, slot, kh, kw, ci0);
-    return wgrad_tail<V, B - 1>(src, gyg, dw, g, ldg, ho0, ho1, slot, kh, kw, ci0, count);
-  }
-}
-
-// every tap and input channel of one group, output channels c0 .. c0 + 8V (gyg and dwg offset to c0)
-template <int V>
-void wgrad_band(const Band& src, const float* gyg, float* dwg, const ClGeo& g, int ldg, int to,
-                int ho0, int ho1) {
-  constexpr int B = 12 / V;
-  for (int kt = 0; kt < g.KT; ++kt) {
-    const int ti = to * g.st + kt - g.KT / 2;
-    if (ti < 0 || ti >= g.T) continue;
-    for (int kh = 0; kh < 3; ++kh)
-      for (int kw = 0; kw < 3; ++kw) {
-        float* dw = dwg + ((kt * 3 + kh) * 3 + kw) * (int64_t)g.cin_g * g.cop;
-        int ci = 0;
-        for (; ci + B <= g.cin_g; ci += B)
-          wgrad_tap<V, B>(src, gyg, dw + (int64_t)ci * g.cop, g, ldg, ho0, ho1, ti % g.KT, kh, kw, ci);
-        if (ci < g.cin_g)
-          wgrad_tail<V, B>(src, gyg, dw + (int64_t)ci * g.cop, g, ldg, ho0, ho1, ti % g.KT, kh, kw, ci,
-                           g.cin_g - ci);
-      }
-  }
-}
-
 // The weight gradient of one group with at most 8 output channels at spatial stride 1, all three
 // kw taps at once. Input column c meets output pixel c + 1 - kw through tap kw, so one broadcast
 // of x[c, ci] feeds three FMAs, with grad y at pixels c + 1, c and c - 1. Grad y's rows are first
@@ -482,17 +395,20 @@ void wgrad_band_kw(const Band& src, const float* gyg, float* dwg, const ClGeo& g
 // channels-last-3d fp32: (CO, cin_g, KT, 3, 3). Each thread sums its tasks into a buffer of its
 // own, in the packed layout; the buffers are added at the end.
 at::Tensor grad_weight_cl(const at::Tensor& x, const at::Tensor& gy, int64_t groups,
-                             int64_t KT, std::vector<int64_t> stride) {
+                             int64_t KT, std::vector<int64_t> stride, const std::string& path) {
   TORCH_CHECK(gy.dim() == 5 && gy.scalar_type() == at::kFloat && gy.size(1) % groups == 0 &&
               gy.is_contiguous(at::MemoryFormat::ChannelsLast3d), "fiber_conv: grad must be channels-last-3d fp32");
   const int cout_g = gy.size(1) / groups;
-  const ClGeo g = fiber::cl_geometry(x, groups, KT, x.size(1) / groups, cout_g, stride, /*lanes=*/8);
+  const int lanes = fiber::lanes_of(path);  // a path name that means nothing stops here
+  TORCH_CHECK(path != "avx512" || fiber::cpu_has("avx512"), "fiber_conv: no channels-last path avx512 on this CPU");
+  const ClGeo g = fiber::cl_geometry(x, groups, KT, x.size(1) / groups, cout_g, stride, lanes);
+  const auto wgrad = path == "avx2" ? fiber::wgrad_avx2 : path == "avx512" ? fiber::wgrad_avx512
+                                                                           : fiber::wgrad_avx512_on_avx2;
   TORCH_CHECK(gy.size(0) == x.size(0) && gy.size(2) == g.To && gy.size(3) == g.Ho && gy.size(4) == g.Wo,
               "fiber_conv: grad's shape does not match the conv's output");
   const int N = x.size(0);
   const float* xp = x.data_ptr<float>();
   const float* gp = gy.data_ptr<float>();
-  const int vecs = g.cop / 8, chunks = (vecs + 2) / 3;
   const Tasks tasks(g, N, groups, /*allow_planar=*/false);
   const int64_t group_w = (int64_t)g.KT * 9 * g.cin_g * g.cop;
   std::vector<std::vector<float>> partial(at::get_num_threads());
@@ -523,14 +439,7 @@ at::Tensor grad_weight_cl(const at::Tensor& x, const at::Tensor& gy, int64_t gro
           for (int p = 0; p < g.Wo; ++p)
             std::copy(grow + (int64_t)p * g.CO, grow + (int64_t)p * g.CO + g.cout_g, dst + (int64_t)p * g.cop);
         }
-        for (int chunk = 0; chunk < chunks; ++chunk) {
-          const int c0 = chunk * 24, v = std::min(3, vecs - chunk * 3);
-          const float* gyg = gband.data() + c0;
-          float* dwg = mine.data() + grp * group_w + c0;
-          if (v == 1) fiber::wgrad_band<1>(src, gyg, dwg, g, g.cop, to, ho0, ho1);
-          else if (v == 2) fiber::wgrad_band<2>(src, gyg, dwg, g, g.cop, to, ho0, ho1);
-          else fiber::wgrad_band<3>(src, gyg, dwg, g, g.cop, to, ho0, ho1);
-        }
+        wgrad(src, gband.data(), mine.data() + grp * group_w, g, to, ho0, ho1);
       }
     }
   });

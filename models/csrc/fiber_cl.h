@@ -103,6 +103,11 @@ struct ClRun {
 void forward_avx2(const ClRun& run);
 void forward_avx512_on_avx2(const ClRun& run);
 void forward_avx512(const ClRun& run);
+// The weight gradient of one group over a band, each path's register blocks (wgrad_group in
+// fiber_cl_kernels.h): gband the group's grad y, g.cop floats per pixel; dwg its packed slice
+void wgrad_avx2(const Band& src, const float* gband, float* dwg, const ClGeo& g, int to, int ho0, int ho1);
+void wgrad_avx512_on_avx2(const Band& src, const float* gband, float* dwg, const ClGeo& g, int to, int ho0, int ho1);
+void wgrad_avx512(const Band& src, const float* gband, float* dwg, const ClGeo& g, int to, int ho0, int ho1);
 
 // Lanes per vector of a path: "avx512" and "avx512-emulated" 16, "avx2" 8
 int lanes_of(const std::string& path);

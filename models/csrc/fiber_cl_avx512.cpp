@@ -43,6 +43,9 @@ struct Avx512 {
 }  // namespace
 
 void forward_avx512(const ClRun& run) { run_forward<Avx512>(run); }
+void wgrad_avx512(const Band& src, const float* gband, float* dwg, const ClGeo& g, int to, int ho0, int ho1) {
+  wgrad_group<Avx512>(src, gband, dwg, g, to, ho0, ho1);
+}
 
 }  // namespace fiber
 namespace pointwise {

@@ -46,6 +46,9 @@ struct Avx512OnAvx2 {
 }  // namespace
 
 void forward_avx512_on_avx2(const ClRun& run) { run_forward<Avx512OnAvx2>(run); }
+void wgrad_avx512_on_avx2(const Band& src, const float* gband, float* dwg, const ClGeo& g, int to, int ho0, int ho1) {
+  wgrad_group<Avx512OnAvx2>(src, gband, dwg, g, to, ho0, ho1);
+}
 
 }  // namespace fiber
 namespace pointwise {

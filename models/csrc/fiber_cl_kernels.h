@@ -314,6 +314,110 @@ PlanarRow planar_row_for(int cout_g, int cin_g) {
          : cin_g == 12 ? planar_row_compiled<A, 12>(cout_g) : planar_row_compiled<A, 0>(cout_g);
 }
 
+// The weight gradient for one tap (kt, kh, kw), input channels ci0 .. ci0 + B and output
+// channels c0 .. c0 + 8V of one group, over a band's output pixels: B x V accumulators (read
+// from and written back to dw, the group's (KT, 3, 3, cin_g, cop) slice at this tap and ci0)
+// gain x[tap pixel, ci] * gy[pixel, co] for every pixel whose tap is inside the input. The tap's
+// input frame is in the band's `slot` (see pack_band); gyg is the group's grad y over the band
+// from row ho0, ldg floats per pixel, zeros past the group's channels (see grad_weight_cl).
+template <class A, int V, int B>
+void wgrad_tap(const Band& src, const float* gyg, float* dw, const ClGeo& g, int ldg,
+               int ho0, int ho1, int slot, int kh, int kw, int ci0) {
+  // U pixels at a time into U sets of accumulators, so that 8 to 12 FMA chains are in flight
+  // where a group has few channels (1 input channel x 1 vector: one chain, one FMA per latency)
+  constexpr int U = std::max(1, std::min((8 + B * V - 1) / (B * V), A::ACC / (B * V)));
+  typename A::V acc[U][B][V];
+#pragma GCC unroll 16
+  for (int u = 0; u < U; ++u)
+#pragma GCC unroll 16
+    for (int b = 0; b < B; ++b)
+#pragma GCC unroll 16
+      for (int v = 0; v < V; ++v)
+        acc[u][b][v] = u == 0 ? A::load(dw + (int64_t)b * g.cop + v * A::L) : A::zero();
+  const int lo = kw == 0 ? 1 : 0;  // the first wo whose column wo * sw + kw - 1 is >= 0
+  const int hi = g.W - kw < 0 ? 0 : std::min(g.Wo, (g.W - kw) / g.sw + 1);  // ... is <= W - 1
+  const int64_t pix = (int64_t)g.sw * g.cin_g;
+  auto one = [&](typename A::V (&into)[B][V], const float* xp, const float* gp) {
+    typename A::V gv[V];
+#pragma GCC unroll 16
+    for (int v = 0; v < V; ++v)
+      gv[v] = A::load(gp + v * A::L);
+#pragma GCC unroll 16
+    for (int b = 0; b < B; ++b) {
+      const typename A::V xb = A::bcast(xp + b);
+#pragma GCC unroll 16
+      for (int v = 0; v < V; ++v) into[b][v] = A::fma(xb, gv[v], into[b][v]);
+    }
+  };
+  for (int ho = ho0; ho < ho1; ++ho) {
+    const int hi_ = ho * g.sh + kh - 1;
+    if (hi_ < 0 || hi_ >= g.H) continue;
+    const float* xrow = src.buf + ((int64_t)slot * src.rows_in + hi_ - src.hi_first) * g.W * g.cin_g
+                        + (int64_t)(kw - 1) * g.cin_g + ci0;
+    const float* grow = gyg + (int64_t)(ho - ho0) * g.Wo * ldg;
+    int wo = lo;
+    for (; wo + U <= hi; wo += U)
+#pragma GCC unroll 16
+      for (int u = 0; u < U; ++u) one(acc[u], xrow + (wo + u) * pix, grow + (int64_t)(wo + u) * ldg);
+    for (; wo < hi; ++wo) one(acc[0], xrow + wo * pix, grow + (int64_t)wo * ldg);
+  }
+#pragma GCC unroll 16
+  for (int b = 0; b < B; ++b)
+#pragma GCC unroll 16
+    for (int v = 0; v < V; ++v) {
+      typename A::V sum = acc[0][b][v];
+#pragma GCC unroll 16
+      for (int u = 1; u < U; ++u) sum = A::add(sum, acc[u][b][v]);
+      A::store(dw + (int64_t)b * g.cop + v * A::L, sum);
+    }
+}
+
+// the last input channels of a tap, count < B of them
+template <class A, int V, int B>
+void wgrad_tail(const Band& src, const float* gyg, float* dw, const ClGeo& g, int ldg,
+                int ho0, int ho1, int slot, int kh, int kw, int ci0, int count) {
+  if constexpr (B > 1) {
+    if (count == B - 1)
+      return wgrad_tap<A, V, B - 1>(src, gyg, dw, g, ldg, ho0, ho1, slot, kh, kw, ci0);
+    return wgrad_tail<A, V, B - 1>(src, gyg, dw, g, ldg, ho0, ho1, slot, kh, kw, ci0, count);
+  }
+}
+
+// every tap and input channel of one group, output channels c0 .. c0 + L V (gyg and dwg offset to c0)
+template <class A, int V>
+void wgrad_band(const Band& src, const float* gyg, float* dwg, const ClGeo& g, int ldg, int to,
+                int ho0, int ho1) {
+  constexpr int B = A::ACC / V;
+  for (int kt = 0; kt < g.KT; ++kt) {
+    const int ti = to * g.st + kt - g.KT / 2;
+    if (ti < 0 || ti >= g.T) continue;
+    for (int kh = 0; kh < 3; ++kh)
+      for (int kw = 0; kw < 3; ++kw) {
+        float* dw = dwg + ((kt * 3 + kh) * 3 + kw) * (int64_t)g.cin_g * g.cop;
+        int ci = 0;
+        for (; ci + B <= g.cin_g; ci += B)
+          wgrad_tap<A, V, B>(src, gyg, dw + (int64_t)ci * g.cop, g, ldg, ho0, ho1, ti % g.KT, kh, kw, ci);
+        if (ci < g.cin_g)
+          wgrad_tail<A, V, B>(src, gyg, dw + (int64_t)ci * g.cop, g, ldg, ho0, ho1, ti % g.KT, kh, kw, ci,
+                           g.cin_g - ci);
+      }
+  }
+}
+
+// The weight gradient of one group over a band, every chunk of 3 vectors of its output
+// channels: gband the group's grad y over the band, cop floats per pixel (g.cop padded to A::L),
+// dwg the group's (KT, 3, 3, cin_g, cop) slice
+template <class A>
+void wgrad_group(const Band& src, const float* gband, float* dwg, const ClGeo& g, int to, int ho0, int ho1) {
+  const int vecs = g.cop / A::L, chunks = (vecs + 2) / 3;
+  for (int chunk = 0; chunk < chunks; ++chunk) {
+    const int c0 = chunk * 3 * A::L, v = std::min(3, vecs - chunk * 3);
+    if (v == 1) wgrad_band<A, 1>(src, gband + c0, dwg + c0, g, g.cop, to, ho0, ho1);
+    else if (v == 2) wgrad_band<A, 2>(src, gband + c0, dwg + c0, g, g.cop, to, ho0, ho1);
+    else wgrad_band<A, 3>(src, gband + c0, dwg + c0, g, g.cop, to, ho0, ho1);
+  }
+}
+
 // The whole forward on path A: each thread packs its tasks' input (Tasks::unpack) and runs the
 // register blocks over it, a band of output rows of each group at a time.
 template <class A>

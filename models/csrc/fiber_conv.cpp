@@ -372,7 +372,7 @@ torch::Tensor forward_cl(const torch::Tensor& x, const torch::Tensor& packed, in
                          const std::optional<torch::Tensor>& scale, const std::optional<torch::Tensor>& shift,
                          const std::optional<torch::Tensor>& residual);
 torch::Tensor grad_weight_cl(const torch::Tensor& x, const torch::Tensor& gy, int64_t groups, int64_t KT,
-                             std::vector<int64_t> stride);
+                             std::vector<int64_t> stride, const std::string& path);
 
 // The pre-activation pointwise conv, channels last (pointwise_cl.cpp)
 torch::Tensor pack_pointwise(const torch::Tensor& weight, const std::string& path);
@@ -410,7 +410,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("residual") = py::none(), py::kw_only(), py::arg("path"));
   m.def("multiplexer_cl", &multiplexer_cl);
   m.def("threads_used", &threads_used);
-  m.def("grad_weight_cl", &grad_weight_cl);
+  m.def("grad_weight_cl", &grad_weight_cl, py::arg("x"), py::arg("gy"), py::arg("groups"), py::arg("KT"),
+        py::arg("stride"), py::arg("path"));
   m.def("bn_stats", &bn_stats);
   m.def("affine_relu", &affine_relu);
   m.def("bn_relu_backward_sums", &backward_sums);
