@@ -1,5 +1,5 @@
-// The AVX-512 path's forward (fiber_cl_avx512.cpp) on pairs of AVX2 registers, for CPUs
-// without AVX-512: the same register blocks from fiber_cl_kernels.h, instantiated with the same
+// The AVX-512 path's forward, weight gradient and pointwise convs (fiber_cl_avx512.cpp) on pairs
+// of AVX2 registers, for CPUs without AVX-512: the same register blocks from fiber_cl_kernels.h, instantiated with the same
 // lanes and accumulator counts, so tests here run the logic the AVX-512 build runs.
 #include <ATen/Parallel.h>
 #include <immintrin.h>

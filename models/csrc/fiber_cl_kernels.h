@@ -1,4 +1,5 @@
-// The channels-last forward's register blocks, written once for any vector width. Each path's
+// The channels-last forward's register blocks, and the weight gradient's (wgrad_group), written
+// once for any vector width. Each path's
 // file includes this after `#pragma GCC target(...)`, so every function here is compiled for
 // that path's instruction set, in that file's own unnamed namespace; then it defines the path's
 // vector traits A and calls run_forward<A>. A provides:
@@ -315,7 +316,7 @@ PlanarRow planar_row_for(int cout_g, int cin_g) {
 }
 
 // The weight gradient for one tap (kt, kh, kw), input channels ci0 .. ci0 + B and output
-// channels c0 .. c0 + 8V of one group, over a band's output pixels: B x V accumulators (read
+// channels c0 .. c0 + L V of one group, over a band's output pixels: B x V accumulators (read
 // from and written back to dw, the group's (KT, 3, 3, cin_g, cop) slice at this tap and ci0)
 // gain x[tap pixel, ci] * gy[pixel, co] for every pixel whose tap is inside the input. The tap's
 // input frame is in the band's `slot` (see pack_band); gyg is the group's grad y over the band

@@ -7,9 +7,8 @@
 // floats read for 2304 multiply-adds, about as long at this machine's memory rate as at its FMA
 // rate. docs/fiber-kernel.md has the measured effect.
 //
-// Layout: x (N, T, H, W, K) in memory (channels-last-3d), y (N, T, H, W, CO). The GEMM is
-// (pixels x K) by (K x CO); a task is a block of consecutive pixels, whose K channels are one
-// contiguous run in memory.
+// This file holds the entry points, the packing and the AVX2 build; the register blocks are in
+// pointwise_kernels.h, the layout in pointwise_cl.h.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
