@@ -214,6 +214,12 @@ int lanes_of(const std::string& path) {
   return path == "avx2" ? 8 : 16;
 }
 
+int lanes_to_run(const std::string& path) {
+  const int lanes = lanes_of(path);
+  TORCH_CHECK(path != "avx512" || cpu_has("avx512"), "fiber_conv: no channels-last path avx512 on this CPU");
+  return lanes;
+}
+
 bool cpu_has(const std::string& isa) {
   const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   if (isa == "avx2") return avx2;
@@ -280,8 +286,7 @@ at::Tensor forward_cl(const at::Tensor& x, const at::Tensor& packed, int64_t cou
                       std::vector<int64_t> stride, const std::string& path,
                       const std::optional<at::Tensor>& scale, const std::optional<at::Tensor>& shift,
                       const std::optional<at::Tensor>& residual) {
-  const int lanes = fiber::lanes_of(path);  // a path name that means nothing stops here
-  TORCH_CHECK(path != "avx512" || fiber::cpu_has("avx512"), "fiber_conv: no channels-last path avx512 on this CPU");
+  const int lanes = fiber::lanes_to_run(path);
   TORCH_CHECK(packed.dim() == 6 && packed.is_contiguous() && packed.scalar_type() == at::kFloat &&
               cout_g > 0 && packed.size(5) == (cout_g + lanes - 1) / lanes * lanes,
               "fiber_conv: packed weight malformed (packed for another path?)");
@@ -399,8 +404,7 @@ at::Tensor grad_weight_cl(const at::Tensor& x, const at::Tensor& gy, int64_t gro
   TORCH_CHECK(gy.dim() == 5 && gy.scalar_type() == at::kFloat && gy.size(1) % groups == 0 &&
               gy.is_contiguous(at::MemoryFormat::ChannelsLast3d), "fiber_conv: grad must be channels-last-3d fp32");
   const int cout_g = gy.size(1) / groups;
-  const int lanes = fiber::lanes_of(path);  // a path name that means nothing stops here
-  TORCH_CHECK(path != "avx512" || fiber::cpu_has("avx512"), "fiber_conv: no channels-last path avx512 on this CPU");
+  const int lanes = fiber::lanes_to_run(path);
   const ClGeo g = fiber::cl_geometry(x, groups, KT, x.size(1) / groups, cout_g, stride, lanes);
   const auto wgrad = path == "avx2" ? fiber::wgrad_avx2 : path == "avx512" ? fiber::wgrad_avx512
                                                                            : fiber::wgrad_avx512_on_avx2;

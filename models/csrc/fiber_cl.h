@@ -111,6 +111,9 @@ void wgrad_avx512(const Band& src, const float* gband, float* dwg, const ClGeo& 
 
 // Lanes per vector of a path: "avx512" and "avx512-emulated" 16, "avx2" 8
 int lanes_of(const std::string& path);
+// The same for a path that is to run here: a path name that means nothing stops with one line,
+// and so does "avx512" on a CPU without it
+int lanes_to_run(const std::string& path);
 
 // Whether this CPU runs an instruction set: "avx2" (with FMA) or "avx512" (AVX-512F, AVX2, FMA)
 bool cpu_has(const std::string& isa);

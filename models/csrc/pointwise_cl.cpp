@@ -49,13 +49,8 @@ bool affine(const std::optional<at::Tensor>& t, int64_t n) {
 }  // namespace
 
 // Output channels per chunk of a path's packed weights: 3 vectors ("avx2" 24, "avx512" and
-// "avx512-emulated" 48); a path name that means nothing stops here, and "avx512" on a CPU
-// without it
-int64_t chunk_of(const std::string& path) {
-  const int lanes = fiber::lanes_of(path);
-  TORCH_CHECK(path != "avx512" || fiber::cpu_has("avx512"), "pointwise: no path avx512 on this CPU");
-  return 3 * lanes;
-}
+// "avx512-emulated" 48)
+int64_t chunk_of(const std::string& path) { return 3 * fiber::lanes_to_run(path); }
 
 // A 1x1x1 conv's weight (CO, K, 1, 1, 1) in a path's layout: (chunks, K, C), C = chunk_of(path),
 // chunk c's column j output channel C c + j, zero past CO
