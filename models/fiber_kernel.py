@@ -215,10 +215,11 @@ SELF_CHECK = [(6, 6, 3, (1, 1, 1)), (12, 12, 1, (1, 1, 1)), (3, 2, 3, (1, 1, 1))
 
 
 def _agrees(module, candidate: str, reference: str = "avx2") -> bool:
-    """Whether ``candidate``'s channels-last forward equals ``reference``'s (within fp32 rounding)
-    on every form in ``SELF_CHECK``, BatchNorm + ReLU folding included. A path that disagrees is
-    not used, with one line saying so: a build this machine's tests never ran (the AVX-512 one,
-    on a CPU the suite's CI lacks) cannot give silently wrong numbers."""
+    """Whether ``candidate``'s channels-last forward and weight gradient equal ``reference``'s
+    (within fp32 rounding) on every form in ``SELF_CHECK``, BatchNorm + ReLU folding included,
+    and its pointwise convs too. A path that disagrees is not used, with one line saying so: a
+    build this machine's tests never ran (the AVX-512 one, on a CPU the suite's CI lacks) cannot
+    give silently wrong numbers."""
     gen = torch.Generator().manual_seed(0)
     for cin_g, cout_g, kt, stride in SELF_CHECK:
         groups = 2
@@ -228,7 +229,8 @@ def _agrees(module, candidate: str, reference: str = "avx2") -> bool:
         scale, shift = torch.rand(groups * cin_g, generator=gen), torch.randn(groups * cin_g, generator=gen)
         outs = [module.forward_cl(x, module.pack_cl(weight, groups, p), cout_g, list(stride), p,
                                   scale, shift) for p in (candidate, reference)]
-        if not _close(*outs):
+        grads = [module.grad_weight_cl(x, outs[1], groups, kt, list(stride), p) for p in (candidate, reference)]
+        if not (_close(*outs) and _close(*grads)):
             warnings.warn(f"the fiber kernel's {candidate} path disagrees with its {reference} path "
                           f"on this CPU (a {cin_g}->{cout_g} per group conv); using {reference}",
                           stacklevel=3)

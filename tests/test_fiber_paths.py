@@ -110,8 +110,8 @@ def test_mfnet_on_the_avx512_path_s_code_equals_the_reference_path(monkeypatch):
 def test_the_avx512_build_is_used_only_where_it_agrees_with_the_avx2_path(monkeypatch):
     """A CPU with AVX-512, simulated: the extension says its best path is avx512, and its
     avx512 build is either the real AVX-512 blocking (here on AVX2 registers) or one whose fiber
-    conv, or whose pointwise conv, is off by a little. The first is used; the others are not, in
-    one line, and convs take the AVX2 path."""
+    conv, fiber weight gradient or pointwise conv is off by a little. The first is used; the
+    others are not, in one line, and convs take the AVX2 path."""
     real = fk.extension()
     emulated = lambda path: "avx512-emulated" if path == "avx512" else path  # noqa: E731
 
@@ -135,6 +135,10 @@ def test_the_avx512_build_is_used_only_where_it_agrees_with_the_avx2_path(monkey
             y = real.forward_cl(x, packed, cout_g, stride, "avx512-emulated", scale, shift, residual)
             return y * 1.001 if self.wrong == "fiber" else y
 
+        def grad_weight_cl(self, x, grad, groups, kt, stride, path):
+            dw = real.grad_weight_cl(x, grad, groups, kt, stride, emulated(path))
+            return dw * 1.001 if self.wrong == "weight gradient" and path == "avx512" else dw
+
         def pack_pointwise(self, weight, path):
             return real.pack_pointwise(weight, emulated(path))
 
@@ -148,6 +152,7 @@ def test_the_avx512_build_is_used_only_where_it_agrees_with_the_avx2_path(monkey
     monkeypatch.delenv(fk.SWITCH, raising=False)
     checked = []
     for wrong, taken, said in (("", "avx512", ""), ("fiber", "avx2", "fiber kernel's avx512 path"),
+                               ("weight gradient", "avx2", "fiber kernel's avx512 path"),
                                ("pointwise", "avx2", "pointwise kernel's avx512 path")):
         checked.clear()
         monkeypatch.setattr(fk, "_loaded", {"module": Simulated(wrong), "why": "", "pool": False})
@@ -204,6 +209,7 @@ def test_avx512_instructions_are_only_in_the_avx512_build():
         elif AVX512_OPERANDS.search(line):
             using.add(function)
     assert using, "the AVX-512 build is missing from the library"
-    own = ("Avx512>", "Avx512,", "forward_avx512(", "run_avx512(", "multiplex_avx512(")
+    own = ("Avx512>", "Avx512,", "forward_avx512(", "wgrad_avx512(", "wgrad_narrow_avx512(", "run_avx512(",
+           "multiplex_avx512(")
     assert all(any(name in f for name in own) for f in using), \
         sorted(f for f in using if "Avx512" not in f)[:5]

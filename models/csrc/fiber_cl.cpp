@@ -182,6 +182,10 @@ void forward_avx2(const ClRun& run) { run_forward<Avx2>(run); }
 void wgrad_avx2(const Band& src, const float* gband, float* dwg, const ClGeo& g, int to, int ho0, int ho1) {
   wgrad_group<Avx2>(src, gband, dwg, g, to, ho0, ho1);
 }
+void wgrad_narrow_avx2(const float* x, const float* gy, float* dw, const ClGeo& g, int groups, int n, int to,
+                       int ho0, int ho1) {
+  run_wgrad_narrow<Avx2>(x, gy, dw, g, groups, n, to, ho0, ho1);
+}
 
 }  // namespace fiber
 #pragma GCC pop_options
@@ -319,83 +323,6 @@ at::Tensor forward_cl(const at::Tensor& x, const at::Tensor& packed, int64_t cou
   return y;
 }
 
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-namespace fiber {
-namespace {
-
-// The weight gradient of one group with at most 8 output channels at spatial stride 1, all three
-// kw taps at once. Input column c meets output pixel c + 1 - kw through tap kw, so one broadcast
-// of x[c, ci] feeds three FMAs, with grad y at pixels c + 1, c and c - 1. Grad y's rows are first
-// copied into `gpad`, one vector per pixel (its co_n channels, zeros after) and a zero vector at
-// either end, so the border pixels need no branch. The wgrad_tap form spends one broadcast per
-// FMA here, with a quarter of each vector idle at 6 channels.
-template <int CB>
-void wgrad_kw(const Band& src, const float* gpad, float* dw, const ClGeo& g, int ho0, int ho1,
-              int slot, int kh, int ci0) {
-  const int64_t kw_stride = (int64_t)g.cin_g * g.cop;  // dw's step from one kw to the next
-  __m256 acc[CB][3];
-#pragma GCC unroll 16
-  for (int b = 0; b < CB; ++b)
-#pragma GCC unroll 3
-    for (int kw = 0; kw < 3; ++kw) acc[b][kw] = _mm256_loadu_ps(dw + kw * kw_stride + (int64_t)b * g.cop);
-  for (int ho = ho0; ho < ho1; ++ho) {
-    const int hi = ho + kh - 1;
-    if (hi < 0 || hi >= g.H) continue;
-    const float* xrow = src.buf + ((int64_t)slot * src.rows_in + hi - src.hi_first) * g.W * g.cin_g + ci0;
-    const float* grow = gpad + (int64_t)(ho - ho0) * (g.W + 2) * 8;
-    for (int c = 0; c < g.W; ++c) {
-      const __m256 right = _mm256_loadu_ps(grow + 8 * (c + 2));  // pixel c + 1: tap kw = 0
-      const __m256 here = _mm256_loadu_ps(grow + 8 * (c + 1));   // pixel c: kw = 1
-      const __m256 left = _mm256_loadu_ps(grow + 8 * c);         // pixel c - 1: kw = 2
-#pragma GCC unroll 16
-      for (int b = 0; b < CB; ++b) {
-        const __m256 xb = _mm256_broadcast_ss(xrow + (int64_t)c * g.cin_g + b);
-        acc[b][0] = _mm256_fmadd_ps(xb, right, acc[b][0]);
-        acc[b][1] = _mm256_fmadd_ps(xb, here, acc[b][1]);
-        acc[b][2] = _mm256_fmadd_ps(xb, left, acc[b][2]);
-      }
-    }
-  }
-#pragma GCC unroll 16
-  for (int b = 0; b < CB; ++b)
-#pragma GCC unroll 3
-    for (int kw = 0; kw < 3; ++kw) _mm256_storeu_ps(dw + kw * kw_stride + (int64_t)b * g.cop, acc[b][kw]);
-}
-
-// every tap and input channel of one group of at most 8 output channels (gyg, dwg at the group)
-void wgrad_band_kw(const Band& src, const float* gyg, float* dwg, const ClGeo& g, int n, int to,
-                   int ho0, int ho1, int co_n, std::vector<float>& gpad) {
-  const int64_t row = (int64_t)(g.W + 2) * 8;
-  gpad.assign((ho1 - ho0) * row, 0.f);
-  const __m256i lanes = mask8(co_n);
-  for (int ho = ho0; ho < ho1; ++ho) {
-    const float* grow = gyg + (((int64_t)n * g.To + to) * g.Ho + ho) * g.Wo * g.CO;
-    float* dst = gpad.data() + (ho - ho0) * row + 8;
-    for (int p = 0; p < g.Wo; ++p)
-      _mm256_storeu_ps(dst + 8 * p, _mm256_maskload_ps(grow + (int64_t)p * g.CO, lanes));
-  }
-  constexpr int CB = 3;  // 3 input channels x 3 taps: 9 chains
-  for (int kt = 0; kt < g.KT; ++kt) {
-    const int ti = to * g.st + kt - g.KT / 2;
-    if (ti < 0 || ti >= g.T) continue;
-    for (int kh = 0; kh < 3; ++kh) {
-      float* dw = dwg + (kt * 3 + kh) * 3 * (int64_t)g.cin_g * g.cop;
-      int ci = 0;
-      for (; ci + CB <= g.cin_g; ci += CB)
-        wgrad_kw<CB>(src, gpad.data(), dw + (int64_t)ci * g.cop, g, ho0, ho1, ti % g.KT, kh, ci);
-      if (g.cin_g - ci == 2)
-        wgrad_kw<2>(src, gpad.data(), dw + (int64_t)ci * g.cop, g, ho0, ho1, ti % g.KT, kh, ci);
-      else if (g.cin_g - ci == 1)
-        wgrad_kw<1>(src, gpad.data(), dw + (int64_t)ci * g.cop, g, ho0, ho1, ti % g.KT, kh, ci);
-    }
-  }
-}
-
-}  // namespace
-}  // namespace fiber
-#pragma GCC pop_options
-
 // grad of the weight of y = conv3d(x, w, stride, padding=(KT/2, 1, 1), groups), x and gy
 // channels-last-3d fp32: (CO, cin_g, KT, 3, 3). Each thread sums its tasks into a buffer of its
 // own, in the packed layout; the buffers are added at the end.
@@ -413,40 +340,56 @@ at::Tensor grad_weight_cl(const at::Tensor& x, const at::Tensor& gy, int64_t gro
   const int N = x.size(0);
   const float* xp = x.data_ptr<float>();
   const float* gp = gy.data_ptr<float>();
-  const Tasks tasks(g, N, groups, /*allow_planar=*/false);
   const int64_t group_w = (int64_t)g.KT * 9 * g.cin_g * g.cop;
   std::vector<std::vector<float>> partial(at::get_num_threads());
-  at::parallel_for(0, tasks.count, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float>& mine = partial.at(at::get_thread_num());
-    if (mine.empty()) mine.assign(groups * group_w, 0.f);
-    std::vector<float> buf(tasks.buffer_floats());
-    std::vector<float> gpad, gband;
-    Held held;
-    for (int64_t task = begin; task < end; ++task) {
-      int n, to, grp0, ng, ho0, ho1;
-      const Band first = tasks.unpack(task, xp, buf.data(), g, groups, held, n, to, grp0, ng, ho0, ho1);
-      for (int j = 0; j < ng; ++j) {
-        const int grp = grp0 + j;
-        const Band src{first.buf + j * tasks.group_stride, first.hi_first, first.rows_in};
-        if (g.cout_g <= 8 && g.sh == 1 && g.sw == 1) {
-          fiber::wgrad_band_kw(src, gp + (int64_t)grp * g.cout_g, mine.data() + grp * group_w, g, n, to, ho0,
-                        ho1, g.cout_g, gpad);
-          continue;
-        }
-        // the group's grad y over the band, copied to one run of cop floats per pixel (zeros
-        // past cout_g): the taps read it 27 x cin_g / B times, and read in place its pixels lie
-        // CO floats apart. 1.4-1.7x on MF-Net's 12- to 48-channel groups (docs/fiber-kernel.md)
-        gband.assign((size_t)(ho1 - ho0) * g.Wo * g.cop, 0.f);
-        for (int ho = ho0; ho < ho1; ++ho) {
-          const float* grow = gp + (((int64_t)n * g.To + to) * g.Ho + ho) * g.Wo * g.CO + (int64_t)grp * g.cout_g;
-          float* dst = gband.data() + (int64_t)(ho - ho0) * g.Wo * g.cop;
-          for (int p = 0; p < g.Wo; ++p)
-            std::copy(grow + (int64_t)p * g.CO, grow + (int64_t)p * g.CO + g.cout_g, dst + (int64_t)p * g.cop);
-        }
-        wgrad(src, gband.data(), mine.data() + grp * group_w, g, to, ho0, ho1);
+  auto mine = [&]() -> float* {
+    std::vector<float>& buffer = partial.at(at::get_thread_num());
+    if (buffer.empty()) buffer.assign(groups * group_w, 0.f);
+    return buffer.data();
+  };
+  if (g.cout_g <= 8 && g.sh == 1 && g.sw == 1) {
+    // narrow groups: tasks of (n, to, a band of output rows), x and gy read in place. Bands of
+    // 4 rows: MF-Net's 6 -> 6 1x3x3 at batch 4 took 6.9 ms, against 8.4 with 2 rows, 7.3 with 8
+    // and 9.1 with the whole frame (AVX-512, median of 5 alternating rounds); 3x3x3 alike
+    const auto narrow = path == "avx2" ? fiber::wgrad_narrow_avx2 : path == "avx512" ? fiber::wgrad_narrow_avx512
+                                                                                   : fiber::wgrad_narrow_avx512_on_avx2;
+    constexpr int band = 4;
+    const int bands = (g.Ho + band - 1) / band;
+    at::parallel_for(0, (int64_t)N * g.To * bands, 1, [&](int64_t begin, int64_t end) {
+      float* dw = mine();
+      for (int64_t task = begin; task < end; ++task) {
+        const int b = task % bands, to = task / bands % g.To, n = task / bands / g.To;
+        narrow(xp, gp, dw, g, groups, n, to, b * band, std::min(g.Ho, (b + 1) * band));
       }
-    }
-  });
+    });
+  } else {
+    const Tasks tasks(g, N, groups, /*allow_planar=*/false);
+    at::parallel_for(0, tasks.count, 1, [&](int64_t begin, int64_t end) {
+      float* dw = mine();
+      std::vector<float> buf(tasks.buffer_floats());
+      std::vector<float> gband;
+      Held held;
+      for (int64_t task = begin; task < end; ++task) {
+        int n, to, grp0, ng, ho0, ho1;
+        const Band first = tasks.unpack(task, xp, buf.data(), g, groups, held, n, to, grp0, ng, ho0, ho1);
+        for (int j = 0; j < ng; ++j) {
+          const int grp = grp0 + j;
+          const Band src{first.buf + j * tasks.group_stride, first.hi_first, first.rows_in};
+          // the group's grad y over the band, copied to one run of cop floats per pixel (zeros
+          // past cout_g): the taps read it 27 x cin_g / B times, and read in place its pixels lie
+          // CO floats apart. 1.4-1.7x on MF-Net's 12- to 48-channel groups (docs/fiber-kernel.md)
+          gband.assign((size_t)(ho1 - ho0) * g.Wo * g.cop, 0.f);
+          for (int ho = ho0; ho < ho1; ++ho) {
+            const float* grow = gp + (((int64_t)n * g.To + to) * g.Ho + ho) * g.Wo * g.CO + (int64_t)grp * g.cout_g;
+            float* dst = gband.data() + (int64_t)(ho - ho0) * g.Wo * g.cop;
+            for (int p = 0; p < g.Wo; ++p)
+              std::copy(grow + (int64_t)p * g.CO, grow + (int64_t)p * g.CO + g.cout_g, dst + (int64_t)p * g.cop);
+          }
+          wgrad(src, gband.data(), dw + grp * group_w, g, to, ho0, ho1);
+        }
+      }
+    });
+  }
   auto packed = at::zeros({groups, KT, 3, 3, g.cin_g, g.cop}, x.options());
   float* out = packed.data_ptr<float>();
   for (const auto& mine : partial)

@@ -39,6 +39,16 @@ struct Avx512 {
   static __m256 eighth(V v, int i) {
     return i == 0 ? _mm512_castps512_ps256(v) : _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
   }
+  static V eighths(const float* p, const float* q, int n) {
+    if (n == 8) {  // a 256-bit load and an insert of one from memory
+      const __m256d lo = p ? _mm256_castps_pd(_mm256_loadu_ps(p)) : _mm256_setzero_pd();
+      return q ? _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castpd256_pd512(lo), _mm256_castps_pd(_mm256_loadu_ps(q)), 1))
+               : _mm512_castpd_ps(_mm512_zextpd256_pd512(lo));
+    }
+    const __mmask16 m = (__mmask16)((1u << n) - 1);
+    V v = p ? _mm512_maskz_loadu_ps(m, p) : zero();
+    return q ? _mm512_mask_loadu_ps(v, (__mmask16)(m << 8), q - 8) : v;
+  }
 };
 
 }  // namespace
@@ -46,6 +56,10 @@ struct Avx512 {
 void forward_avx512(const ClRun& run) { run_forward<Avx512>(run); }
 void wgrad_avx512(const Band& src, const float* gband, float* dwg, const ClGeo& g, int to, int ho0, int ho1) {
   wgrad_group<Avx512>(src, gband, dwg, g, to, ho0, ho1);
+}
+void wgrad_narrow_avx512(const float* x, const float* gy, float* dw, const ClGeo& g, int groups, int n, int to,
+                         int ho0, int ho1) {
+  run_wgrad_narrow<Avx512>(x, gy, dw, g, groups, n, to, ho0, ho1);
 }
 
 }  // namespace fiber

@@ -41,6 +41,10 @@ struct Avx512OnAvx2 {
     if (n > 8) store8_first(p + 8, v.hi, n - 8);
   }
   static __m256 eighth(V v, int i) { return i == 0 ? v.lo : v.hi; }
+  static V eighths(const float* p, const float* q, int n) {
+    auto half = [n](const float* h) { return h ? _mm256_maskload_ps(h, mask8(n)) : _mm256_setzero_ps(); };
+    return {half(p), half(q)};
+  }
 };
 
 }  // namespace
@@ -48,6 +52,10 @@ struct Avx512OnAvx2 {
 void forward_avx512_on_avx2(const ClRun& run) { run_forward<Avx512OnAvx2>(run); }
 void wgrad_avx512_on_avx2(const Band& src, const float* gband, float* dwg, const ClGeo& g, int to, int ho0, int ho1) {
   wgrad_group<Avx512OnAvx2>(src, gband, dwg, g, to, ho0, ho1);
+}
+void wgrad_narrow_avx512_on_avx2(const float* x, const float* gy, float* dw, const ClGeo& g, int groups, int n,
+                                 int to, int ho0, int ho1) {
+  run_wgrad_narrow<Avx512OnAvx2>(x, gy, dw, g, groups, n, to, ho0, ho1);
 }
 
 }  // namespace fiber
