@@ -347,7 +347,7 @@ at::Tensor grad_weight_cl(const at::Tensor& x, const at::Tensor& gy, int64_t gro
     if (buffer.empty()) buffer.assign(groups * group_w, 0.f);
     return buffer.data();
   };
-  if (g.cout_g <= 8 && g.sh == 1 && g.sw == 1) {
+  if ((g.cout_g <= 8 || (lanes == 16 && g.cout_g <= 16)) && g.sh == 1 && g.sw == 1) {
     // narrow groups: tasks of (n, to, a band of output rows), x and gy read in place. Bands of
     // 4 rows: MF-Net's 6 -> 6 1x3x3 at batch 4 took 6.9 ms, against 8.4 with 2 rows, 7.3 with 8
     // and 9.1 with the whole frame (AVX-512, median of 5 alternating rounds); 3x3x3 alike

@@ -39,6 +39,7 @@ struct Avx512 {
   static __m256 eighth(V v, int i) {
     return i == 0 ? _mm512_castps512_ps256(v) : _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
   }
+  static V load_first(const float* p, int n) { return _mm512_maskz_loadu_ps((__mmask16)((1u << n) - 1), p); }
   static V eighths(const float* p, const float* q, int n) {
     if (n == 8) {  // a 256-bit load and an insert of one from memory
       const __m256d lo = p ? _mm256_castps_pd(_mm256_loadu_ps(p)) : _mm256_setzero_pd();

@@ -41,6 +41,9 @@ struct Avx512OnAvx2 {
     if (n > 8) store8_first(p + 8, v.hi, n - 8);
   }
   static __m256 eighth(V v, int i) { return i == 0 ? v.lo : v.hi; }
+  static V load_first(const float* p, int n) {
+    return {_mm256_maskload_ps(p, mask8(std::min(n, 8))), n > 8 ? _mm256_maskload_ps(p + 8, mask8(n - 8)) : _mm256_setzero_ps()};
+  }
   static V eighths(const float* p, const float* q, int n) {
     auto half = [n](const float* h) { return h ? _mm256_maskload_ps(h, mask8(n)) : _mm256_setzero_ps(); };
     return {half(p), half(q)};

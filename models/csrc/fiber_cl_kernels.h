@@ -10,6 +10,7 @@
 //   zero(), load(p), bcast(p), fma(a, b, c) = a * b + c, add(a, b), store(p, v)
 //   store_first(p, v, n)    lanes 0 .. n - 1 of v to p, 1 <= n <= L
 //   eighth(v, i)            lanes 8i .. 8i + 7 of v, as an __m256
+//   load_first(p, n)        lanes 0 .. n - 1 from p, the rest zero (n < L)
 //   eighths(p, q, n)        lanes 0 .. n - 1 from p and, L = 16, 8 .. 8 + n - 1 from q (n <= 8); the
 //                           other lanes, and those of a null pointer, zero
 #pragma once
@@ -72,9 +73,8 @@ struct Avx2 {
   static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
   static void store_first(float* p, V v, int n) { store8_first(p, v, n); }
   static __m256 eighth(V v, int) { return v; }
-  static V eighths(const float* p, const float*, int n) {
-    return !p ? zero() : n == 8 ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, mask8(n));
-  }
+  static V load_first(const float* p, int n) { return _mm256_maskload_ps(p, mask8(n)); }
+  static V eighths(const float* p, const float*, int n) { return !p ? zero() : n == 8 ? load(p) : load_first(p, n); }
 };
 
 // r[i][j] -> r[j][i]: eight vectors of eight floats transposed in registers (unpack, shuffle,
@@ -424,37 +424,47 @@ void wgrad_group(const Band& src, const float* gband, float* dwg, const ClGeo& g
   }
 }
 
-// ---- the weight gradient of narrow groups: at most 8 output channels, spatial stride 1 ----
+// ---- the weight gradient of narrow groups: at most 8 output channels (16 on AVX-512), spatial
+// stride 1 ----
 //
 // dw[g, kt, kh, kw, ci, co] = sum over output pixels of
 //     x[n, to * st + kt - KT / 2, ho + kh - 1, wo + kw - 1, g * cin_g + ci] * gy[n, to, ho, wo, g * cout_g + co]
 // read where x and grad y lie, with nothing copied. Input column c meets output pixel c + 1 - kw
-// through tap kw, so one broadcast of x[c, ci] serves all three taps: grad y's 8 floats from the
-// group's first channel at pixels c - 1, c and c + 1 (taps 2, 1, 0) lie in the eighths 0, 1, 2 of
-// K vectors (K = 3 of 8 lanes; 2 of 16, the last eighth zero), built once per column for every
-// input channel. Lanes past cout_g hold the next group's channels: their sums land in dw's
-// padding (cop >= 8), which grad_weight_cl drops; the last group's loads are masked (MASKED), so
+// through tap kw, so one broadcast of x[c, ci] serves all three taps: grad y's S floats from the
+// group's first channel at pixels c - 1, c and c + 1 (taps 2, 1, 0) lie in the slots 0, 1, 2 of
+// K vectors, built once per column for every input channel. S = 8 (a group of at most 8): K = 3
+// of 8 lanes, or 2 of 16 with the last slot zero. S = 16 (9 to 16 channels, AVX-512): K = 3, a
+// pixel a vector. Lanes past cout_g hold the next group's channels: their sums land in dw's
+// padding (cop >= S), which grad_weight_cl drops; the last group's loads are masked (MASKED), so
 // nothing past the tensor is read. (Two columns a vector, with x[c] and x[c + 1] broadcast into
 // the halves, took an insert per FMA and a half: AVX-512's shuffles, not its FMAs, set the pace,
 // at 80-90 GMAC/s on 6 -> 6 3x3x3.) CHECKED: the column may be the row's first or last, so the
 // pixels either side are checked and those outside read as zeros.
-template <class A>
-constexpr int narrow_vectors() { return (3 * 8 + A::L - 1) / A::L; }
+template <class A, int S>
+constexpr int narrow_vectors() { return (3 * S + A::L - 1) / A::L; }
 
-template <class A, int CB, bool CHECKED, bool MASKED>
-inline void wgrad_narrow_column(typename A::V (&acc)[CB][narrow_vectors<A>()], const float* xrow,
+template <class A, int S, int CB, bool CHECKED, bool MASKED>
+inline void wgrad_narrow_column(typename A::V (&acc)[CB][narrow_vectors<A, S>()], const float* xrow,
                                 const float* grow, const ClGeo& g, int c) {
-  constexpr int PX = A::L / 8, K = narrow_vectors<A>();
+  constexpr int PX = A::L / S, K = narrow_vectors<A, S>();
   const float* gc = grow + (int64_t)c * g.CO;
-  auto pixel = [&](int e) -> const float* {  // eighth e: pixel c - 1 + e, or nullptr for zeros
+  auto pixel = [&](int e) -> const float* {  // slot e: pixel c - 1 + e, or nullptr for zeros
     if (e >= 3 || (CHECKED && (c - 1 + e < 0 || c - 1 + e >= g.W))) return nullptr;
     const float* p = gc + (int64_t)(e - 1) * g.CO;
     if (!p) __builtin_unreachable();  // so the traits' null checks fold away
     return p;
   };
+  const int n = MASKED ? g.cout_g : S;
   typename A::V gv[K];
 #pragma GCC unroll 3
-  for (int j = 0; j < K; ++j) gv[j] = A::eighths(pixel(j * PX), pixel(j * PX + PX - 1), MASKED ? g.cout_g : 8);
+  for (int j = 0; j < K; ++j) {
+    if constexpr (PX == 1) {
+      const float* p = pixel(j);
+      gv[j] = !p ? A::zero() : n == A::L ? A::load(p) : A::load_first(p, n);
+    } else {
+      gv[j] = A::eighths(pixel(j * PX), pixel(j * PX + 1), n);
+    }
+  }
   const float* xc = xrow + (int64_t)c * g.C;
 #pragma GCC unroll 8
   for (int b = 0; b < CB; ++b) {
@@ -467,10 +477,10 @@ inline void wgrad_narrow_column(typename A::V (&acc)[CB][narrow_vectors<A>()], c
 // input channels ci0 .. ci0 + CB of one group at one tap row (kt, kh), over output rows ho0 .. ho1
 // of frame `to`: xrow0 is input frame ti's row 0 at the group's channel ci0, grow0 output frame
 // to's row 0 at the group's first channel, dw the group's slice at (kt, kh, kw = 0, ci0)
-template <class A, int CB, bool MASKED>
+template <class A, int S, int CB, bool MASKED>
 void wgrad_narrow_rows(const float* xrow0, const float* grow0, float* dw, const ClGeo& g, int kh,
                        int ho0, int ho1) {
-  constexpr int PX = A::L / 8, K = narrow_vectors<A>();
+  constexpr int PX = A::L / S, K = narrow_vectors<A, S>();
   // U columns at a time into U sets of accumulators, so that 8 or more FMA chains are in flight
   // where a group has few input channels (MF-Net's 1 -> 6 conv: 2 or 3 chains alone)
   constexpr int U = std::max(1, std::min((8 + K * CB - 1) / (K * CB), A::ACC / (K * CB)));
@@ -486,12 +496,12 @@ void wgrad_narrow_rows(const float* xrow0, const float* grow0, float* dw, const 
     if (hi < 0 || hi >= g.H) continue;
     const float* xrow = xrow0 + (int64_t)hi * g.W * g.C;
     const float* grow = grow0 + (int64_t)ho * g.Wo * g.CO;
-    wgrad_narrow_column<A, CB, true, MASKED>(acc[0], xrow, grow, g, 0);
+    wgrad_narrow_column<A, S, CB, true, MASKED>(acc[0], xrow, grow, g, 0);
     int c = 1;
     for (; c + U <= g.W - 1; c += U)  // both neighbours of every column inside the row
 #pragma GCC unroll 4
-      for (int u = 0; u < U; ++u) wgrad_narrow_column<A, CB, false, MASKED>(acc[u], xrow, grow, g, c + u);
-    for (; c < g.W; ++c) wgrad_narrow_column<A, CB, true, MASKED>(acc[0], xrow, grow, g, c);
+      for (int u = 0; u < U; ++u) wgrad_narrow_column<A, S, CB, false, MASKED>(acc[u], xrow, grow, g, c + u);
+    for (; c < g.W; ++c) wgrad_narrow_column<A, S, CB, true, MASKED>(acc[0], xrow, grow, g, c);
   }
   const int64_t kw_stride = (int64_t)g.cin_g * g.cop;
 #pragma GCC unroll 8
@@ -501,39 +511,44 @@ void wgrad_narrow_rows(const float* xrow0, const float* grow0, float* dw, const 
       typename A::V sum = acc[0][b][j];
 #pragma GCC unroll 4
       for (int u = 1; u < U; ++u) sum = A::add(sum, acc[u][b][j]);
+      if constexpr (PX == 1) {  // vector j: tap 2 - j
+        float* d = dw + (2 - j) * kw_stride + (int64_t)b * g.cop;
+        A::store(d, A::add(A::load(d), sum));
+      } else {
 #pragma GCC unroll 2
-      for (int e = 0; e < PX && j * PX + e < 3; ++e) {  // eighth j * PX + e: tap 2 - (j * PX + e)
-        float* d = dw + (2 - j * PX - e) * kw_stride + (int64_t)b * g.cop;
-        _mm256_storeu_ps(d, _mm256_add_ps(_mm256_loadu_ps(d), A::eighth(sum, e)));
+        for (int e = 0; e < PX && j * PX + e < 3; ++e) {  // slot j * PX + e: tap 2 - (j * PX + e)
+          float* d = dw + (2 - j * PX - e) * kw_stride + (int64_t)b * g.cop;
+          _mm256_storeu_ps(d, _mm256_add_ps(_mm256_loadu_ps(d), A::eighth(sum, e)));
+        }
       }
     }
 }
 
 // the input channels ci0 .. ci0 + count of a group, in blocks of at most CB
-template <class A, int CB, bool MASKED>
+template <class A, int S, int CB, bool MASKED>
 void wgrad_narrow_channels(const float* xrow0, const float* grow0, float* dw, const ClGeo& g, int kh,
                            int ho0, int ho1, int count) {
   int ci = 0;
   for (; ci + CB <= count; ci += CB)
-    wgrad_narrow_rows<A, CB, MASKED>(xrow0 + ci, grow0, dw + (int64_t)ci * g.cop, g, kh, ho0, ho1);
+    wgrad_narrow_rows<A, S, CB, MASKED>(xrow0 + ci, grow0, dw + (int64_t)ci * g.cop, g, kh, ho0, ho1);
   if constexpr (CB > 1)
     if (ci < count)
-      wgrad_narrow_channels<A, CB - 1, MASKED>(xrow0 + ci, grow0, dw + (int64_t)ci * g.cop, g, kh, ho0, ho1,
-                                               count - ci);
+      wgrad_narrow_channels<A, S, CB - 1, MASKED>(xrow0 + ci, grow0, dw + (int64_t)ci * g.cop, g, kh, ho0,
+                                                  ho1, count - ci);
 }
 
 // Every group's weight gradient over output rows ho0 .. ho1 of (n, to), into dw (the packed
 // (groups, KT, 3, 3, cin_g, cop) layout). Groups outer: a group's slices of the rows' pixels are
 // read again for each tap row (kt, kh), from cache (a band of a few rows).
-template <class A>
-void run_wgrad_narrow(const float* x, const float* gy, float* dw, const ClGeo& g, int groups, int n, int to,
-                      int ho0, int ho1) {
-  // CB input channels x K vectors of accumulators: 9 of AVX2's 16 registers, 12 of AVX-512's 32
+template <class A, int S>
+void wgrad_narrow_groups(const float* x, const float* gy, float* dw, const ClGeo& g, int groups, int n, int to,
+                         int ho0, int ho1) {
+  // CB input channels x K vectors of accumulators: 9 of AVX2's 16 registers, 12 or 18 of AVX-512's 32
   constexpr int CB = A::L == 8 ? 3 : 6;
   const int64_t group_w = (int64_t)g.KT * 9 * g.cin_g * g.cop;
   const float* gy_frame = gy + ((int64_t)n * g.To + to) * g.Ho * g.Wo * g.CO;
   for (int grp = 0; grp < groups; ++grp) {
-    const bool masked = (int64_t)grp * g.cout_g + 8 > g.CO;  // 8 floats would reach past a pixel
+    const bool masked = (int64_t)grp * g.cout_g + S > g.CO;  // S floats would reach past a pixel
     const float* grow0 = gy_frame + (int64_t)grp * g.cout_g;
     for (int kt = 0; kt < g.KT; ++kt) {
       const int ti = to * g.st + kt - g.KT / 2;
@@ -541,11 +556,20 @@ void run_wgrad_narrow(const float* x, const float* gy, float* dw, const ClGeo& g
       const float* xrow0 = x + ((int64_t)n * g.T + ti) * g.H * g.W * g.C + (int64_t)grp * g.cin_g;
       for (int kh = 0; kh < 3; ++kh) {
         float* d = dw + grp * group_w + (kt * 3 + kh) * 3 * (int64_t)g.cin_g * g.cop;
-        if (masked) wgrad_narrow_channels<A, CB, true>(xrow0, grow0, d, g, kh, ho0, ho1, g.cin_g);
-        else wgrad_narrow_channels<A, CB, false>(xrow0, grow0, d, g, kh, ho0, ho1, g.cin_g);
+        if (masked) wgrad_narrow_channels<A, S, CB, true>(xrow0, grow0, d, g, kh, ho0, ho1, g.cin_g);
+        else wgrad_narrow_channels<A, S, CB, false>(xrow0, grow0, d, g, kh, ho0, ho1, g.cin_g);
       }
     }
   }
+}
+
+// groups of at most 8 channels in slots of 8 floats; on 16 lanes, 9 to 16 in whole vectors
+template <class A>
+void run_wgrad_narrow(const float* x, const float* gy, float* dw, const ClGeo& g, int groups, int n, int to,
+                      int ho0, int ho1) {
+  if constexpr (A::L == 16)
+    if (g.cout_g > 8) return wgrad_narrow_groups<A, 16>(x, gy, dw, g, groups, n, to, ho0, ho1);
+  wgrad_narrow_groups<A, 8>(x, gy, dw, g, groups, n, to, ho0, ho1);
 }
 
 // The whole forward on path A: each thread packs its tasks' input (Tasks::unpack) and runs the
