@@ -213,3 +213,29 @@ def test_avx512_instructions_are_only_in_the_avx512_build():
            "multiplex_avx512(")
     assert all(any(name in f for name in own) for f in using), \
         sorted(f for f in using if "Avx512" not in f)[:5]
+
+
+@pytest.mark.parametrize("path", ["avx2", "avx512-emulated", "avx512"])
+@pytest.mark.parametrize("cout_g", [6, 12, 16])
+def test_the_weight_gradient_of_narrow_groups_stays_within_each_group(path, cout_g):
+    """Narrow groups (up to 8 output channels; 16 on AVX-512) read grad y in place a whole
+    vector at a time, so lanes past a group's channels hold the next group's: their sums must
+    land only in padding that is dropped. With one group's grad y non-finite, every other
+    group's weight gradient still equals PyTorch's, and the last group (whose loads would reach
+    past the tensor) too."""
+    if fk.extension().path(path) != path:
+        pytest.skip(f"this CPU cannot run {path}")
+    torch.manual_seed(cout_g)
+    groups, cin_g = 4, 5
+    x = torch.randn(2, groups * cin_g, 3, 5, 13).contiguous(memory_format=torch.channels_last_3d)
+    grad = torch.randn(2, groups * cout_g, 3, 5, 13)
+    grad[:, cout_g:2 * cout_g] = float("inf")  # group 1
+    grad = grad.contiguous(memory_format=torch.channels_last_3d)
+    dw = fk.extension().grad_weight_cl(x, grad, groups, 3, [1, 1, 1], path)
+    expected = torch.ops.aten.convolution_backward(
+        grad, x, torch.zeros(groups * cout_g, cin_g, 3, 3, 3), None, [1, 1, 1], [1, 1, 1], [1, 1, 1],
+        False, [0, 0, 0], groups, [False, True, False])[1]
+    others = [g for g in range(groups) if g != 1]
+    rows = torch.cat([torch.arange(g * cout_g, (g + 1) * cout_g) for g in others])
+    assert torch.isfinite(dw[rows]).all()
+    close(dw[rows], expected[rows])
