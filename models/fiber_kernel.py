@@ -229,7 +229,8 @@ def _agrees(module, candidate: str, reference: str = "avx2") -> bool:
         scale, shift = torch.rand(groups * cin_g, generator=gen), torch.randn(groups * cin_g, generator=gen)
         outs = [module.forward_cl(x, module.pack_cl(weight, groups, p), cout_g, list(stride), p,
                                   scale, shift) for p in (candidate, reference)]
-        grads = [module.grad_weight_cl(x, outs[1], groups, kt, list(stride), p) for p in (candidate, reference)]
+        grads = [module.grad_weight_cl(x, outs[1], groups, kt, list(stride), p)
+                 for p in (candidate, reference)]
         if not (_close(*outs) and _close(*grads)):
             warnings.warn(f"the fiber kernel's {candidate} path disagrees with its {reference} path "
                           f"on this CPU (a {cin_g}->{cout_g} per group conv); using {reference}",

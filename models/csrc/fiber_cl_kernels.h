@@ -320,6 +320,30 @@ PlanarRow planar_row_for(int cout_g, int cin_g) {
          : cin_g == 12 ? planar_row_compiled<A, 12>(cout_g) : planar_row_compiled<A, 0>(cout_g);
 }
 
+// How many sets of `per_set` accumulators a weight-gradient block runs side by side: enough for
+// 8 FMA chains in flight (an FMA's latency at two a cycle), as many as A's registers hold
+template <class A>
+constexpr int accumulator_sets(int per_set) { return std::max(1, std::min((8 + per_set - 1) / per_set, A::ACC / per_set)); }
+
+// every set's accumulators zeroed, and the sum over the sets of one accumulator
+template <class A, int U, int I, int J>
+inline void zero_sets(typename A::V (&acc)[U][I][J]) {
+#pragma GCC unroll 16
+  for (int u = 0; u < U; ++u)
+#pragma GCC unroll 16
+    for (int i = 0; i < I; ++i)
+#pragma GCC unroll 16
+      for (int j = 0; j < J; ++j) acc[u][i][j] = A::zero();
+}
+
+template <class A, int U, int I, int J>
+inline typename A::V sum_sets(const typename A::V (&acc)[U][I][J], int i, int j) {
+  typename A::V sum = acc[0][i][j];
+#pragma GCC unroll 16
+  for (int u = 1; u < U; ++u) sum = A::add(sum, acc[u][i][j]);
+  return sum;
+}
+
 // The weight gradient for one tap (kt, kh, kw), input channels ci0 .. ci0 + B and output
 // channels c0 .. c0 + L V of one group, over a band's output pixels: B x V accumulators (read
 // from and written back to dw, the group's (KT, 3, 3, cin_g, cop) slice at this tap and ci0)
@@ -331,15 +355,13 @@ void wgrad_tap(const Band& src, const float* gyg, float* dw, const ClGeo& g, int
                int ho0, int ho1, int slot, int kh, int kw, int ci0) {
   // U pixels at a time into U sets of accumulators, so that 8 to 12 FMA chains are in flight
   // where a group has few channels (1 input channel x 1 vector: one chain, one FMA per latency)
-  constexpr int U = std::max(1, std::min((8 + B * V - 1) / (B * V), A::ACC / (B * V)));
+  constexpr int U = accumulator_sets<A>(B * V);
   typename A::V acc[U][B][V];
+  zero_sets<A>(acc);
 #pragma GCC unroll 16
-  for (int u = 0; u < U; ++u)
+  for (int b = 0; b < B; ++b)
 #pragma GCC unroll 16
-    for (int b = 0; b < B; ++b)
-#pragma GCC unroll 16
-      for (int v = 0; v < V; ++v)
-        acc[u][b][v] = u == 0 ? A::load(dw + (int64_t)b * g.cop + v * A::L) : A::zero();
+    for (int v = 0; v < V; ++v) acc[0][b][v] = A::load(dw + (int64_t)b * g.cop + v * A::L);
   const int lo = kw == 0 ? 1 : 0;  // the first wo whose column wo * sw + kw - 1 is >= 0
   const int hi = g.W - kw < 0 ? 0 : std::min(g.Wo, (g.W - kw) / g.sw + 1);  // ... is <= W - 1
   const int64_t pix = (int64_t)g.sw * g.cin_g;
@@ -370,12 +392,7 @@ void wgrad_tap(const Band& src, const float* gyg, float* dw, const ClGeo& g, int
 #pragma GCC unroll 16
   for (int b = 0; b < B; ++b)
 #pragma GCC unroll 16
-    for (int v = 0; v < V; ++v) {
-      typename A::V sum = acc[0][b][v];
-#pragma GCC unroll 16
-      for (int u = 1; u < U; ++u) sum = A::add(sum, acc[u][b][v]);
-      A::store(dw + (int64_t)b * g.cop + v * A::L, sum);
-    }
+    for (int v = 0; v < V; ++v) A::store(dw + (int64_t)b * g.cop + v * A::L, sum_sets<A>(acc, b, v));
 }
 
 // the last input channels of a tap, count < B of them
@@ -483,14 +500,9 @@ void wgrad_narrow_rows(const float* xrow0, const float* grow0, float* dw, const 
   constexpr int PX = A::L / S, K = narrow_vectors<A, S>();
   // U columns at a time into U sets of accumulators, so that 8 or more FMA chains are in flight
   // where a group has few input channels (MF-Net's 1 -> 6 conv: 2 or 3 chains alone)
-  constexpr int U = std::max(1, std::min((8 + K * CB - 1) / (K * CB), A::ACC / (K * CB)));
+  constexpr int U = accumulator_sets<A>(K * CB);
   typename A::V acc[U][CB][K];
-#pragma GCC unroll 4
-  for (int u = 0; u < U; ++u)
-#pragma GCC unroll 8
-    for (int b = 0; b < CB; ++b)
-#pragma GCC unroll 3
-      for (int j = 0; j < K; ++j) acc[u][b][j] = A::zero();
+  zero_sets<A>(acc);
   for (int ho = ho0; ho < ho1; ++ho) {
     const int hi = ho + kh - 1;
     if (hi < 0 || hi >= g.H) continue;
@@ -508,9 +520,7 @@ void wgrad_narrow_rows(const float* xrow0, const float* grow0, float* dw, const 
   for (int b = 0; b < CB; ++b)
 #pragma GCC unroll 3
     for (int j = 0; j < K; ++j) {
-      typename A::V sum = acc[0][b][j];
-#pragma GCC unroll 4
-      for (int u = 1; u < U; ++u) sum = A::add(sum, acc[u][b][j]);
+      const typename A::V sum = sum_sets<A>(acc, b, j);
       if constexpr (PX == 1) {  // vector j: tap 2 - j
         float* d = dw + (2 - j) * kw_stride + (int64_t)b * g.cop;
         A::store(d, A::add(A::load(d), sum));
