@@ -108,9 +108,10 @@ void forward_avx512(const ClRun& run);
 void wgrad_avx2(const Band& src, const float* gband, float* dwg, const ClGeo& g, int to, int ho0, int ho1);
 void wgrad_avx512_on_avx2(const Band& src, const float* gband, float* dwg, const ClGeo& g, int to, int ho0, int ho1);
 void wgrad_avx512(const Band& src, const float* gband, float* dwg, const ClGeo& g, int to, int ho0, int ho1);
-// The weight gradient of groups of at most 8 output channels at spatial stride 1, every group's
-// over output rows ho0 .. ho1 of (n, to), x and gy read in place (run_wgrad_narrow in
-// fiber_cl_kernels.h); dw the packed (groups, KT, 3, 3, cin_g, cop) gradient, added to
+// The weight gradient of narrow groups (at most 8 output channels; 16 on the 16-lane paths) at
+// spatial stride 1, every group's over output rows ho0 .. ho1 of (n, to), x and gy read in place
+// (run_wgrad_narrow in fiber_cl_kernels.h); dw the packed (groups, KT, 3, 3, cin_g, cop)
+// gradient, added to
 void wgrad_narrow_avx2(const float* x, const float* gy, float* dw, const ClGeo& g, int groups, int n, int to,
                        int ho0, int ho1);
 void wgrad_narrow_avx512_on_avx2(const float* x, const float* gy, float* dw, const ClGeo& g, int groups, int n,

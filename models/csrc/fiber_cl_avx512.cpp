@@ -1,5 +1,5 @@
-// The channels-last forward, the weight gradient of groups of more than 8 channels and the
-// pointwise convs on AVX-512: 16 floats a vector and 32 registers, so register blocks of up to 24
+// The channels-last forward, the weight gradient (narrow groups read in place, wider ones from
+// the packed band) and the pointwise convs on AVX-512: 16 floats a vector and 32 registers, so register blocks of up to 24
 // accumulators (fiber_cl_kernels.h, pointwise_kernels.h). Compiled for AVX-512F in this file only and
 // run only where the CPU has it (forward_cl checks). The same blocking runs on pairs of AVX2
 // registers in fiber_cl_emulated.cpp (Avx512OnAvx2), which is how its logic is tested on CPUs without
