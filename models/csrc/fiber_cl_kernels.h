@@ -11,8 +11,8 @@
 //   store_first(p, v, n)    lanes 0 .. n - 1 of v to p, 1 <= n <= L
 //   eighth(v, i)            lanes 8i .. 8i + 7 of v, as an __m256
 //   load_first(p, n)        lanes 0 .. n - 1 from p, the rest zero (n < L)
-//   eighths(p, q, n)        lanes 0 .. n - 1 from p and, L = 16, 8 .. 8 + n - 1 from q (n <= 8); the
-//                           other lanes, and those of a null pointer, zero
+//   eighths(p, q, n)        (L = 16 only) lanes 0 .. n - 1 from p and 8 .. 8 + n - 1 from q (n <= 8);
+//                           the other lanes, and those of a null pointer, zero
 #pragma once
 
 #include <ATen/Parallel.h>
@@ -74,7 +74,6 @@ struct Avx2 {
   static void store_first(float* p, V v, int n) { store8_first(p, v, n); }
   static __m256 eighth(V v, int) { return v; }
   static V load_first(const float* p, int n) { return _mm256_maskload_ps(p, mask8(n)); }
-  static V eighths(const float* p, const float*, int n) { return !p ? zero() : n == 8 ? load(p) : load_first(p, n); }
 };
 
 // r[i][j] -> r[j][i]: eight vectors of eight floats transposed in registers (unpack, shuffle,
