@@ -280,8 +280,8 @@ def status(build: bool = True) -> str:
     if module is None:
         return f"stock PyTorch kernels: {_loaded['why']}"
     taken = path()
-    # models/bn_relu.py and models/pointwise.py run on AVX2 code, which every channels-last
-    # path's CPU has; training's pointwise convs only where oneDNN's are AVX2 code too
+    # BatchNorm + ReLU (AVX2 code) and the pointwise convs (the path's own build) run on every
+    # channels-last path; training's pointwise convs only where oneDNN's are AVX2 code too
     from models import pointwise
 
     return (f"suite kernel ({taken})"
