@@ -28,30 +28,33 @@ PROFILED_AS = "suite::bn_relu"  # the fused op's forward, as torch.profiler's ta
 class BatchNormReLUFunction(torch.autograd.Function):
     """``relu(x * scale + shift)`` with ``scale = weight / sqrt(var + eps)`` and ``shift = bias -
     mean * scale``, for the batch's own ``mean`` and ``var``; the gradient is BatchNorm's
-    training-mode one, through the ReLU's mask (recomputed from ``x``, not saved)."""
+    training-mode one, through the ReLU's mask (recomputed from ``x``, not saved).
+
+    ``shared``: ``x`` is also returned that many times, for its other uses (a unit's residual
+    adds). Their gradients are added to ``x``'s as the backward writes it, where autograd would
+    sum them in a pass over ``x`` each."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, mean, invstd):
+    def forward(ctx, x, weight, bias, mean, invstd, shared=0):
         scale = invstd * weight
         shift = bias - mean * scale
-        ctx.save_for_backward(x, weight, mean, invstd, scale, shift)
-        return fiber_kernel.extension().affine_relu(x, scale, shift)
+        ctx.save_for_backward(x, mean, invstd, scale, shift)
+        ctx.set_materialize_grads(False)  # an unused output's gradient stays None, not zeros
+        y = fiber_kernel.extension().affine_relu(x, scale, shift)
+        return (y, *[x] * shared) if shared else y
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad):
-        x, weight, mean, invstd, scale, shift = ctx.saved_tensors
-        ext = fiber_kernel.extension()
-        grad = grad.contiguous(memory_format=torch.channels_last_3d)
-        sum_g, sum_gx = ext.bn_relu_backward_sums(grad, x, scale, shift, mean)
-        # BatchNorm's input gradient (batch statistics): weight * invstd * (g - mean(g)
-        # - xhat * mean(g * xhat)), xhat = (x - mean) * invstd, as a * g + b * x + c
-        rows = x.numel() // x.shape[1]
-        a = scale
-        b = -a * invstd * invstd * sum_gx / rows
-        c = -a * sum_g / rows - b * mean
-        grad_x = ext.bn_relu_backward_apply(grad, x, scale, shift, a, b.contiguous(), c.contiguous())
-        return grad_x, sum_gx * invstd, sum_g, None, None
+    def backward(ctx, grad, *shared_grads):
+        x, mean, invstd, scale, shift = ctx.saved_tensors
+        channels_last = torch.channels_last_3d
+        grad = (torch.zeros_like(x, memory_format=channels_last) if grad is None
+                else grad.contiguous(memory_format=channels_last))
+        plus = [g.contiguous(memory_format=channels_last) for g in shared_grads if g is not None]
+        # BatchNorm's input gradient (batch statistics) through the ReLU, and its parameters'
+        grad_x, grad_weight, grad_bias = fiber_kernel.extension().bn_relu_backward(
+            grad, x, mean, invstd, scale, shift, plus)
+        return grad_x, grad_weight, grad_bias, None, None, None
 
 
 class BatchNormReLU3d(nn.BatchNorm3d):
@@ -65,16 +68,26 @@ class BatchNormReLU3d(nn.BatchNorm3d):
         with torch.profiler.record_function(PROFILED_AS):
             return self._fused(x)
 
-    def _fused(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_shared(self, x: torch.Tensor, shared: int) -> tuple[torch.Tensor, ...]:
+        """``(self(x), x, ..., x)`` with ``x`` ``shared`` times, for ``x``'s other uses. On the
+        kernel in training their gradients join ``x``'s in the backward's one pass
+        (``BatchNormReLUFunction``); elsewhere they are ``x`` itself."""
+        if not (shared and self.applies(x) and torch.is_grad_enabled()):
+            return (self(x), *[x] * shared)
+        with torch.profiler.record_function(PROFILED_AS):
+            return self._fused(x, shared)
+
+    def _fused(self, x: torch.Tensor, shared: int = 0):
         batch_stats = self.training or self.running_mean is None
         if not batch_stats:  # eval mode, no gradient: the running statistics' affine
-            return fiber_kernel.extension().affine_relu(x, *fiber_kernel.eval_affine(self))
+            y = fiber_kernel.extension().affine_relu(x, *fiber_kernel.eval_affine(self))
+            return (y, *[x] * shared) if shared else y
         mean, var = fiber_kernel.extension().bn_stats(x)
         self._update_running_stats(mean, var, x.numel() // x.shape[1])
         invstd = torch.rsqrt(var + self.eps)
         weight = self.weight if self.weight is not None else torch.ones_like(mean)
         bias = self.bias if self.bias is not None else torch.zeros_like(mean)
-        return BatchNormReLUFunction.apply(x, weight, bias, mean, invstd)
+        return BatchNormReLUFunction.apply(x, weight, bias, mean, invstd, shared)
 
     def applies(self, x: torch.Tensor) -> bool:
         """Whether this call runs on the kernel: see the module docstring."""

@@ -258,9 +258,11 @@ def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
     return torch.allclose(a, b, rtol=1e-4, atol=1e-4 * b.abs().max().item())
 
 
-def pack(weight: torch.Tensor, groups: int) -> torch.Tensor:
-    """``weight`` in the channels-last forward's layout for this process's path."""
-    return extension().pack_cl(weight, groups, path())
+def pack(weight: torch.Tensor, groups: int, turned: bool = False) -> torch.Tensor:
+    """``weight`` in the channels-last forward's layout for this process's path; ``turned``:
+    the packing of ``flipped(weight, groups)``, the input gradient's conv, made from ``weight``
+    in one pass."""
+    return extension().pack_cl(weight, groups, path(), turned)
 
 
 def forward_cl(x: torch.Tensor, packed: torch.Tensor, cout_g: int, stride, scale=None, shift=None,
@@ -423,16 +425,17 @@ class FiberConvFunction(torch.autograd.Function):
       is."""
 
     @staticmethod
-    def forward(ctx, x, weight, groups, stride, packed=None):
+    def forward(ctx, x, weight, groups, stride, packed=None, residual=None):
         ctx.save_for_backward(x, weight)
         ctx.groups, ctx.stride = groups, stride
         ext = extension()
         with torch.profiler.record_function(PROFILED_AS):
             if channels_last(x, stride):
                 packed = pack(weight, groups) if packed is None else packed
-                return forward_cl(x, packed, weight.shape[0] // groups, stride)
+                return forward_cl(x, packed, weight.shape[0] // groups, stride, residual=residual)
             # a channels-last model's weights are channels last too
-            return ext.forward(x, weight.contiguous(), groups, force_scalar())
+            y = ext.forward(x, weight.contiguous(), groups, force_scalar())
+            return y if residual is None else y.add_(residual)
 
     @staticmethod
     def backward(ctx, grad):
@@ -444,20 +447,20 @@ class FiberConvFunction(torch.autograd.Function):
         if channels_last(x, stride):
             grad = grad.contiguous(memory_format=torch.channels_last_3d)
             if need_x and tuple(stride) == (1, 1, 1):
-                grad_x = forward_cl(grad, pack(flipped(weight, groups), groups), weight.shape[1], (1, 1, 1))
+                grad_x = forward_cl(grad, pack(weight, groups, turned=True), weight.shape[1], (1, 1, 1))
             elif need_x and tuple(stride[1:]) == (1, 1):
                 grad_x = _time_strided_grad_input(grad, x, weight, stride, groups)
             elif need_x:
                 grad_x = _stock_grad_input(grad, x, weight, stride, groups)
             if need_w:
                 grad_w = ext.grad_weight_cl(x, grad, groups, weight.shape[2], list(stride), path())
-            return grad_x, grad_w, None, None, None
+            return grad_x, grad_w, None, None, None, grad if ctx.needs_input_grad[5:] == (True,) else None
         grad = grad.contiguous()
         if need_x:
             grad_x = ext.forward(grad, flipped(weight, groups), groups, scalar)
         if need_w:
             grad_w = ext.grad_weight(x, grad, groups, weight.shape[2], scalar)
-        return grad_x, grad_w, None, None, None
+        return grad_x, grad_w, None, None, None, grad if ctx.needs_input_grad[5:] == (True,) else None
 
 
 def fiber_conv3d(x: torch.Tensor, weight: torch.Tensor, groups: int,
@@ -492,6 +495,17 @@ class FiberConv3d(nn.Conv3d):
         if self._on_kernel(x):
             return FiberConvFunction.apply(x, self.weight, self.groups, self.stride, self._packed(x))
         return super().forward(x)
+
+    def plus(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """``self(x) + residual``; on the kernel (channels last) the add goes into the output as
+        each row is written, and the residual's gradient is the output's, passed on as it is."""
+        from models import pointwise
+
+        if (self._on_kernel(x) and channels_last(x, self.stride) and not hooked(self)
+                and pointwise.residual_fits(self, x, residual)):
+            return FiberConvFunction.apply(x, self.weight, self.groups, self.stride, self._packed(x),
+                                           residual)
+        return self(x).add_(residual)
 
     def _packed(self, x: torch.Tensor):
         """The channels-last weight packing, kept while the weight is unchanged and no gradient

@@ -21,7 +21,8 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from models import pointwise
+from models import fiber_kernel, pointwise
+from models.bn_relu import BatchNormReLU3d
 from models.fiber_kernel import FiberConv3d, use_kernel
 
 
@@ -117,7 +118,22 @@ class BNReLUConv(nn.Sequential):
             if (pointwise.trains(self.bn, self.conv, x)
                     and pointwise.residual_fits(self.conv, x, residual)):
                 return pointwise.conv_trained(self.conv, self.relu(self.bn(x)), residual)
+            if isinstance(self.conv, FiberConv3d):  # training: the add in the kernel's output
+                return self.conv.plus(self.relu(self.bn(x)), residual)
         return self(x).add_(residual)
+
+    def forward_shared(self, x: torch.Tensor, shared: int) -> tuple[torch.Tensor, ...]:
+        """``(self(x), x, ..., x)``, ``x`` handed back ``shared`` times for its other uses (a
+        unit's residual adds). In training on the suite's kernels their gradients are added to
+        ``x``'s in the BatchNorm's backward pass (``BatchNormReLU3d.forward_shared``) instead
+        of a pass over ``x`` each; a hook on these modules sees them called as ever."""
+        if not (isinstance(self.bn, BatchNormReLU3d) and torch.is_grad_enabled()
+                and not fiber_kernel.hooked(self, self.bn, self.relu, self.conv)):
+            return (self(x), *[x] * shared)
+        a, *uses = self.bn.forward_shared(x, shared)
+        if pointwise.trains(self.bn, self.conv, x):
+            return (pointwise.conv_trained(self.conv, self.relu(a)), *uses)
+        return (self.conv(self.relu(a)), *uses)
 
 
 class MultiFiberUnit(nn.Module):
@@ -150,15 +166,20 @@ class MultiFiberUnit(nn.Module):
         # the residual adds go into the conv outputs, which are fresh tensors that no backward
         # needs: no new block per add, which at the throughput batch glibc would map and
         # page-fault in afresh every step (docs/fiber-kernel.md)
+        residual = x
         if not self.multiplexer:
             h = x
         elif pointwise.multiplexes(self.conv_i1, self.conv_i2, x):  # inference, suite's kernels
             h = pointwise.forward_multiplexed(self.conv_i1, self.conv_i2, x)
         else:
-            h = self.conv_i2.plus(self.conv_i1(x), x)
+            # x's residual uses are handed back by the multiplexer's first BatchNorm, which in
+            # training on the suite's kernels adds their gradients to x's as it writes it
+            mixed, *uses = self.conv_i1.forward_shared(x, 1 if self.first else 2)
+            h = self.conv_i2.plus(mixed, uses[0])
+            residual = uses[-1]
         if self.first:
             return self.conv_m2.plus(self.conv_m1(h), self.conv_w1(x))
-        return self.conv_m2.plus(self.conv_m1(h), x)
+        return self.conv_m2.plus(self.conv_m1(h), residual)
 
 
 class MFNet(nn.Module):

@@ -66,6 +66,31 @@ def test_training_mode_equals_batchnorm_then_relu(shape, kwargs):
                 close(getattr(fused, name).float(), getattr(reference, name).float())
 
 
+@pytest.mark.parametrize("shared, used", [(2, (True, True)), (2, (False, True)), (1, (True,))])
+def test_shared_uses_of_the_input_get_their_gradients_in_the_backward_pass(shared, used):
+    """``forward_shared``: ``x`` handed back for its other uses (a unit's residual adds), their
+    gradients added as grad x is written, equal to autograd summing them; an unused one is
+    skipped, and a CPU path the kernel does not take hands back ``x`` itself."""
+    torch.manual_seed(shared)
+    reference, fused = pair(24)
+    x = channels_last(2, 24, 3, 5, 7)
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y2, *uses = fused.forward_shared(x2, shared)
+    assert len(uses) == shared and all(u.data_ptr() == x2.data_ptr() for u in uses)
+    weights = [torch.randn_like(x) for _ in range(shared + 1)]
+    (torch.relu(reference(x1)) * weights[0]).sum().backward(retain_graph=True)
+    (y2 * weights[0]).sum().backward(retain_graph=True)
+    for u, w, use in zip(uses, weights[1:], used):
+        if use:
+            (x1 * w).sum().backward(retain_graph=True)
+            (u * w).sum().backward(retain_graph=True)
+    close(x2.grad, x1.grad, 1e-4)
+    close(fused.weight.grad, reference.weight.grad, 1e-4)
+    with torch.no_grad():
+        y, *same = fused.forward_shared(x, shared)
+    assert all(u is x for u in same)
+
+
 def test_eval_mode_without_gradients_uses_the_running_statistics():
     torch.manual_seed(1)
     reference, fused = pair(20)
@@ -122,7 +147,7 @@ def test_the_kernel_refuses_malformed_arguments_in_one_line():
     with pytest.raises(RuntimeError, match="bn_relu: x must be a channels-last-3d fp32 CPU tensor"):
         ext.bn_stats(x.contiguous())
     with pytest.raises(RuntimeError, match="bn_relu: grad and x differ in shape"):
-        ext.bn_relu_backward_sums(channels_last(1, 8, 2, 3, 4), x, *([torch.ones(8)] * 3))
+        ext.bn_relu_backward(channels_last(1, 8, 2, 3, 4), x, *([torch.ones(8)] * 4))
 
 
 def test_a_wrong_channel_count_gets_pytorch_s_own_error():

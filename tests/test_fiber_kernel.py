@@ -220,6 +220,40 @@ def test_a_conv_strided_in_time_gets_its_input_gradient_from_the_kernel(monkeypa
         check_against_reference(x, torch.randn(4 * 5, 3, kt, 3, 3), 4, (st, 1, 1))
 
 
+def test_the_input_gradient_s_packing_is_the_flipped_weight_s():
+    """``pack(weight, groups, turned=True)``, made from the weight in one pass, is the packing
+    of ``flipped``: input and output channels swapped per group, every kernel turned by 180°."""
+    torch.manual_seed(4)
+    for cout_g, cin_g, kt in ((6, 1, 3), (12, 6, 3), (5, 19, 1)):
+        weight = torch.randn(3 * cout_g, cin_g, kt, 3, 3)
+        assert torch.equal(fk.pack(weight, 3, turned=True), fk.pack(fk.flipped(weight, 3), 3))
+
+
+@pytest.mark.parametrize("cin_g, cout_g, kt, stride", [
+    (6, 6, 1, (1, 1, 1)), (12, 12, 3, (1, 1, 1)), (6, 12, 3, (1, 2, 2)), (20, 24, 1, (1, 1, 1))])
+def test_training_adds_a_residual_in_the_kernel_and_passes_its_gradient_on(cin_g, cout_g, kt, stride):
+    """``FiberConv3d.plus`` with gradients: the residual added in the kernel's output, the
+    input's, the weight's and the residual's gradients equal the conv and the add's."""
+    torch.manual_seed(cin_g + kt)
+    conv = FiberConv3d(4 * cin_g, 4 * cout_g, (kt, 3, 3), stride, (kt // 2, 1, 1), groups=4, bias=False)
+    x = torch.randn(2, 4 * cin_g, 5, 13, 19).contiguous(memory_format=torch.channels_last_3d)
+    out_shape = fk.reference(x, conv.weight, 4, stride).shape
+    residual = torch.randn(out_shape).contiguous(memory_format=torch.channels_last_3d)
+    x1, r1 = x.clone().requires_grad_(), residual.clone().requires_grad_()
+    x2, r2 = x.clone().requires_grad_(), residual.clone().requires_grad_()
+    y1 = conv.plus(x1, r1)
+    assert y1.grad_fn.name() == "FiberConvFunctionBackward"  # one op: the add is in the kernel
+    y2 = fk.reference(x2, conv.weight, 4, stride) + r2
+    close(y1, y2)
+    grad = torch.randn_like(y2)
+    y1.backward(grad)
+    w1, conv.weight.grad = conv.weight.grad, None
+    y2.backward(grad)
+    close(x1.grad, x2.grad)
+    close(r1.grad, r2.grad)
+    close(w1, conv.weight.grad)
+
+
 def randomise(bn: nn.BatchNorm3d) -> nn.BatchNorm3d:
     with torch.no_grad():
         bn.running_mean.uniform_(-1, 1)

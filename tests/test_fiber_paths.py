@@ -125,8 +125,8 @@ def test_the_avx512_build_is_used_only_where_it_agrees_with_the_avx2_path(monkey
         def path(self, want):
             return "avx2" if want == "avx2" else "avx512"
 
-        def pack_cl(self, weight, groups, path):
-            return real.pack_cl(weight, groups, emulated(path))
+        def pack_cl(self, weight, groups, path, turned=False):
+            return real.pack_cl(weight, groups, emulated(path), turned)
 
         def forward_cl(self, x, packed, cout_g, stride, path, scale=None, shift=None, residual=None):
             if path != "avx512":

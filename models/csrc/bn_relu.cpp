@@ -5,9 +5,9 @@
 // - stats: per channel, the sum and the sum of squares of (x - x[0]) (shifted, so the
 //   variance does not cancel), in fp32 over blocks of 64 rows and in fp64 across blocks.
 // - affine_relu: y = max(x * scale + shift, 0), NaN kept as ReLU keeps it.
-// - backward_sums: with g = gy where x * scale + shift > 0 (the ReLU's mask, recomputed
-//   rather than saved), per channel the sums of g and of g * (x - mean).
-// - backward_apply: grad x = a * g + b * x + c per channel.
+// - backward: with g = gy where x * scale + shift > 0 (the ReLU's mask, recomputed rather than
+//   saved), per channel the sums of g and of g * (x - mean), then grad x = a * g + b * x + c
+//   per channel.
 // Plain loops over the channels, which GCC vectorises for AVX2 + FMA (the target below).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -111,9 +111,9 @@ Rows rows_of(const at::Tensor& x) {
   return {C, x.numel() / std::max<int64_t>(C, 1)};
 }
 
-Rows rows_of(const at::Tensor& gy, const at::Tensor& x) {
-  check(gy, "grad");
-  TORCH_CHECK(gy.sizes() == x.sizes(), "bn_relu: grad and x differ in shape");
+Rows rows_of(const at::Tensor& gy, const at::Tensor& x, const char* what = "grad") {
+  check(gy, what);
+  TORCH_CHECK(gy.sizes() == x.sizes(), "bn_relu: ", what, " and x differ in shape");
   return rows_of(x);
 }
 
@@ -178,41 +178,57 @@ at::Tensor affine_relu(at::Tensor x, at::Tensor scale, at::Tensor shift) {
   return y;
 }
 
-// (sum of g, sum of g * (x - mean)) per channel, g = gy where x * scale + shift > 0
-std::vector<at::Tensor> backward_sums(at::Tensor gy, at::Tensor x, at::Tensor scale,
-                                         at::Tensor shift, at::Tensor mean) {
+// BatchNorm + ReLU's backward with the batch's statistics, given the forward's scale =
+// weight * invstd and shift = bias - mean * scale: (grad x, grad weight, grad bias). Two passes:
+// per channel the sums of g and of g * (x - mean), g = gy where x * scale + shift > 0; then
+// grad x = weight * invstd * (g - mean(g) - xhat * mean(g * xhat)), xhat = (x - mean) * invstd,
+// as a * g + b * x + c. The per-channel terms are worked out here, in fp64 from the fp64 sums,
+// where a dozen tensor ops on C floats cost more than the passes at MF-Net's last stage.
+//
+// plus: gradients of x from its other uses (a unit's residual adds, models/mfnet.py), added to
+// grad x as each row is written, where autograd would add each in a pass of its own.
+std::vector<at::Tensor> backward(at::Tensor gy, at::Tensor x, at::Tensor mean, at::Tensor invstd,
+                                 at::Tensor scale, at::Tensor shift, std::vector<at::Tensor> plus) {
   const auto [C, rows] = rows_of(gy, x);
+  std::vector<const float*> more;
+  for (const auto& t : plus) {
+    rows_of(t, x, "a gradient to add");
+    more.push_back(t.data_ptr<float>());
+  }
+  TORCH_CHECK(rows > 0, "bn_relu: no values to normalise");
   const float* s = per_channel(scale, C, "scale");
-  const float* b = per_channel(shift, C, "shift");
+  const float* sh = per_channel(shift, C, "shift");
   const float* m = per_channel(mean, C, "mean");
+  const float* is = per_channel(invstd, C, "invstd");
   const float* xp = x.data_ptr<float>();
   const float* gp = gy.data_ptr<float>();
   const auto total = sum_rows<2>(rows, C, [&](int64_t r0, int64_t r1, float* acc) {
-    for (int64_t r = r0; r < r1; ++r) masked_sums(xp + r * C, gp + r * C, s, b, m, acc, acc + C, C);
+    for (int64_t r = r0; r < r1; ++r) masked_sums(xp + r * C, gp + r * C, s, sh, m, acc, acc + C, C);
   });
-  auto sum_g = channel_floats(x, C), sum_gx = channel_floats(x, C);
-  std::copy(total.begin(), total.begin() + C, sum_g.data_ptr<float>());
-  std::copy(total.begin() + C, total.end(), sum_gx.data_ptr<float>());
-  return {sum_g, sum_gx};
-}
-
-// grad x = a * g + b * x + c per channel, g = gy where x * scale + shift > 0
-at::Tensor backward_apply(at::Tensor gy, at::Tensor x, at::Tensor scale,
-                             at::Tensor shift, at::Tensor a, at::Tensor b,
-                             at::Tensor c) {
-  const auto [C, rows] = rows_of(gy, x);
-  const float* s = per_channel(scale, C, "scale");
-  const float* sh = per_channel(shift, C, "shift");
-  const float* ap = per_channel(a, C, "a");
-  const float* bp = per_channel(b, C, "b");
-  const float* cp = per_channel(c, C, "c");
+  auto grad_weight = channel_floats(x, C), grad_bias = channel_floats(x, C);
+  float* gw = grad_weight.data_ptr<float>();
+  float* gb = grad_bias.data_ptr<float>();
+  std::vector<float> a(s, s + C), b(C), c(C);
+  for (int64_t k = 0; k < C; ++k) {
+    const double sum_g = total[k], sum_gx = total[C + k], inv = is[k];
+    const double bk = -(double)s[k] * inv * inv * sum_gx / rows;
+    b[k] = (float)bk;
+    c[k] = (float)(-(double)s[k] * sum_g / rows - bk * m[k]);
+    gw[k] = (float)(sum_gx * inv);
+    gb[k] = (float)sum_g;
+  }
   auto gx = like(x);
-  const float* xp = x.data_ptr<float>();
-  const float* gp = gy.data_ptr<float>();
   float* op = gx.data_ptr<float>();
   at::parallel_for(0, rows, 256, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) masked_affine(xp + r * C, gp + r * C, s, sh, ap, bp, cp, op + r * C, C);
+    for (int64_t r = r0; r < r1; ++r) {
+      float* __restrict out = op + r * C;
+      masked_affine(xp + r * C, gp + r * C, s, sh, a.data(), b.data(), c.data(), out, C);
+      for (const float* m : more) {  // the row just written, still in L1
+        const float* __restrict add = m + r * C;
+        for (int64_t k = 0; k < C; ++k) out[k] += add[k];
+      }
+    }
   });
-  return gx;
+  return {gx, grad_weight, grad_bias};
 }
 #pragma GCC pop_options

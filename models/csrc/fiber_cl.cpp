@@ -271,15 +271,38 @@ void prefer_huge_pages(const at::Tensor& y) {
 }
 
 // (CO, cin_g, KT, 3, 3) -> (groups, KT, 3, 3, cin_g, cop): cop = cout_g rounded up to the
-// path's lanes, zeros padded
-at::Tensor pack_cl(const at::Tensor& weight, int64_t groups, const std::string& path) {
+// path's lanes, zeros padded. turned: the packing of the conv that maps grad y to grad x (per
+// group, input and output channels swapped and the kernel turned by 180 degrees, as
+// fiber_kernel.flipped), (groups, KT, 3, 3, cout_g, cin_g rounded up), written from the weight
+// as it is. One pass, every float written once: packing through a flipped copy and a permuted
+// view took three (at conv5, 4 MB a weight, a training step packs 14 such weights).
+at::Tensor pack_cl(const at::Tensor& weight, int64_t groups, const std::string& path, bool turned) {
   TORCH_CHECK(weight.dim() == 5 && weight.size(3) == 3 && weight.size(4) == 3 && groups > 0 &&
-              weight.size(0) % groups == 0, "fiber_conv: weight must be (CO, C/groups, KT, 3, 3)");
+              weight.size(0) % groups == 0 && weight.scalar_type() == at::kFloat && weight.device().is_cpu(),
+              "fiber_conv: weight must be (CO, C/groups, KT, 3, 3) fp32 on the CPU");
   const int64_t lanes = fiber::lanes_of(path);
-  const int64_t cout_g = weight.size(0) / groups, cop = (cout_g + lanes - 1) / lanes * lanes;
-  auto w = weight.reshape({groups, cout_g, weight.size(1), weight.size(2), 3, 3}).permute({0, 3, 4, 5, 2, 1});
-  auto packed = at::zeros({groups, weight.size(2), 3, 3, weight.size(1), cop}, weight.options());
-  packed.narrow(5, 0, cout_g).copy_(w);
+  const int64_t KT = weight.size(2), cout_g = weight.size(0) / groups, cin_g = weight.size(1);
+  const int64_t ins = turned ? cout_g : cin_g, outs = turned ? cin_g : cout_g;
+  const int64_t outp = (outs + lanes - 1) / lanes * lanes;
+  const auto w = weight.contiguous();
+  auto packed = at::empty({groups, KT, 3, 3, ins, outp}, weight.options());
+  const float* src = w.data_ptr<float>();
+  float* dst = packed.data_ptr<float>();
+  const int64_t taps = KT * 9;
+  at::parallel_for(0, groups * taps, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t gt = begin; gt < end; ++gt) {
+      const int64_t grp = gt / taps, tap = gt % taps;
+      const int64_t from = turned ? taps - 1 - tap : tap;  // (kt, kh, kw) turned by 180 degrees
+      float* row = dst + gt * ins * outp;
+      for (int64_t i = 0; i < ins; ++i, row += outp) {
+        for (int64_t o = 0; o < outs; ++o) {
+          const int64_t co = turned ? i : o, ci = turned ? o : i;  // within the group
+          row[o] = src[((grp * cout_g + co) * cin_g + ci) * taps + from];
+        }
+        std::fill(row + outs, row + outp, 0.f);
+      }
+    }
+  });
   return packed;
 }
 
@@ -390,13 +413,25 @@ at::Tensor grad_weight_cl(const at::Tensor& x, const at::Tensor& gy, int64_t gro
       }
     });
   }
-  auto packed = at::zeros({groups, KT, 3, 3, g.cin_g, g.cop}, x.options());
-  float* out = packed.data_ptr<float>();
+  // the threads' sums, (groups, KT, 3, 3, cin_g, cop) each, added straight into the weight's
+  // layout (CO, cin_g, KT, 3, 3): a zeroed packed sum and a permuted copy of it took two more
+  // passes over a weight of up to 4 MB, on one thread
+  std::vector<const float*> sums;
   for (const auto& mine : partial)
-    if (!mine.empty())
-      at::parallel_for(0, (int64_t)mine.size(), 4096, [&](int64_t begin, int64_t end) {
-        for (int64_t i = begin; i < end; ++i) out[i] += mine[i];
-      });
-  // (groups, KT, 3, 3, cin_g, cop) -> (CO, cin_g, KT, 3, 3)
-  return packed.narrow(5, 0, cout_g).permute({0, 5, 4, 1, 2, 3}).reshape({g.CO, g.cin_g, KT, 3, 3}).contiguous();
+    if (!mine.empty()) sums.push_back(mine.data());
+  auto grad = at::empty({g.CO, g.cin_g, KT, 3, 3}, x.options());
+  float* out = grad.data_ptr<float>();
+  const int64_t taps = (int64_t)KT * 9;
+  at::parallel_for(0, (int64_t)g.CO * g.cin_g, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t co = row / g.cin_g, ci = row % g.cin_g, grp = co / cout_g, o = co % cout_g;
+      for (int64_t tap = 0; tap < taps; ++tap) {
+        const int64_t at = ((grp * taps + tap) * g.cin_g + ci) * g.cop + o;
+        float total = 0.f;
+        for (const float* s : sums) total += s[at];
+        out[row * taps + tap] = total;
+      }
+    }
+  });
+  return grad;
 }

@@ -366,7 +366,7 @@ int64_t threads_used() {
 }
 
 // The channels-last conv (fiber_cl.cpp)
-torch::Tensor pack_cl(const torch::Tensor& weight, int64_t groups, const std::string& path);
+torch::Tensor pack_cl(const torch::Tensor& weight, int64_t groups, const std::string& path, bool turned);
 torch::Tensor forward_cl(const torch::Tensor& x, const torch::Tensor& packed, int64_t cout_g,
                          std::vector<int64_t> stride, const std::string& path,
                          const std::optional<torch::Tensor>& scale, const std::optional<torch::Tensor>& shift,
@@ -386,10 +386,8 @@ torch::Tensor multiplexer_cl(const torch::Tensor& x, const torch::Tensor& packed
 // BatchNorm + ReLU, channels last (bn_relu.cpp)
 std::vector<torch::Tensor> bn_stats(torch::Tensor x);
 torch::Tensor affine_relu(torch::Tensor x, torch::Tensor scale, torch::Tensor shift);
-std::vector<torch::Tensor> backward_sums(torch::Tensor gy, torch::Tensor x, torch::Tensor scale,
-                                         torch::Tensor shift, torch::Tensor mean);
-torch::Tensor backward_apply(torch::Tensor gy, torch::Tensor x, torch::Tensor scale,
-                             torch::Tensor shift, torch::Tensor a, torch::Tensor b, torch::Tensor c);
+std::vector<torch::Tensor> backward(torch::Tensor gy, torch::Tensor x, torch::Tensor mean, torch::Tensor invstd,
+                                    torch::Tensor scale, torch::Tensor shift, std::vector<torch::Tensor> plus);
 
 // Large CPU blocks kept for reuse (pool.cpp)
 bool pool_install(int64_t cap_bytes);
@@ -400,7 +398,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &forward);
   m.def("grad_weight", &grad_weight);
   m.def("path", &path);
-  m.def("pack_cl", &pack_cl, py::arg("weight"), py::arg("groups"), py::arg("path"));
+  m.def("pack_cl", &pack_cl, py::arg("weight"), py::arg("groups"), py::arg("path"), py::arg("turned") = false);
   m.def("forward_cl", &forward_cl, py::arg("x"), py::arg("packed"), py::arg("cout_g"), py::arg("stride"),
         py::arg("path"), py::arg("scale") = py::none(), py::arg("shift") = py::none(),
         py::arg("residual") = py::none());
@@ -414,8 +412,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("stride"), py::arg("path"));
   m.def("bn_stats", &bn_stats);
   m.def("affine_relu", &affine_relu);
-  m.def("bn_relu_backward_sums", &backward_sums);
-  m.def("bn_relu_backward_apply", &backward_apply);
+  m.def("bn_relu_backward", &backward, py::arg("grad"), py::arg("x"), py::arg("mean"), py::arg("invstd"),
+        py::arg("scale"), py::arg("shift"), py::arg("plus") = std::vector<torch::Tensor>{});
   m.def("pool_install", &pool_install);
   m.def("pool_kept", &pool_kept);
   m.def("pool_empty", &pool_empty);
