@@ -245,7 +245,10 @@ def _agrees(module, candidate: str, reference: str = "avx2") -> bool:
     outs = [(module.pointwise_cl(x, module.pack_pointwise(w, p), 50, [2, 2, 2], s40, s40 - 0.5,
                                  residual, path=p),
              module.multiplexer_cl(x, module.pack_pointwise(w1, p), 30, s40, s40 - 0.5,
-                                   module.pack_pointwise(w2, p), s30, s30 - 0.5, p))
+                                   module.pack_pointwise(w2, p), s30, s30 - 0.5, p),
+             module.grad_weight_pointwise(x, residual, [2, 2, 2], p),
+             module.grad_weight_pointwise(residual, x[:, :, ::2, ::2, ::2].contiguous(
+                 memory_format=torch.channels_last_3d), [1, 1, 1], p))
             for p in (candidate, reference)]
     if not all(_close(a, b) for a, b in zip(*outs)):
         warnings.warn(f"the pointwise kernel's {candidate} path disagrees with its {reference} path "
@@ -283,13 +286,10 @@ def status(build: bool = True) -> str:
         return f"stock PyTorch kernels: {_loaded['why']}"
     taken = path()
     # BatchNorm + ReLU (AVX2 code) and the pointwise convs (the path's own build) run on every
-    # channels-last path; training's pointwise convs only where oneDNN's are AVX2 code too
-    from models import pointwise
-
+    # channels-last path
     return (f"suite kernel ({taken})"
-            + ("; BatchNorm + ReLU fused; pointwise convs fused" if taken in CL_PATHS else "")
-            + (", and on the kernel in training" if taken in CL_PATHS and pointwise.trains_here()
-               else "")
+            + ("; BatchNorm + ReLU fused; pointwise convs fused, and on the kernel in training"
+               if taken in CL_PATHS else "")
             + ("; large blocks pooled" if _loaded.get("pool") else ""))
 
 

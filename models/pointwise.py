@@ -25,10 +25,10 @@ over x and one over the output, where the two ops read x twice and write and rea
 
 In training (gradients wanted) the BatchNorm uses the batch's statistics, which are not known
 until the input has been read, so BatchNorm + ReLU stay one op of their own (``bn_relu.py``) and
-only the conv (and the residual add) runs here (``trains``, ``conv_trained``), on a CPU without
-AVX-512 (``trains_here``; with it, oneDNN's own AVX-512 convs are the faster): forward and the
+only the conv (and the residual add) runs here (``trains``, ``conv_trained``): forward and the
 input's gradient on the same kernel (the input's gradient is the conv with the transposed
-weight), the weight's gradient as one GEMM over the pixels. Run as PyTorch runs it, oneDNN's
+weight), the weight's gradient as a sum of outer products over the pixels on the path's vectors
+(``grad_weight_pointwise``; on the AVX2 path, MKL's GEMM). Run as PyTorch runs it, oneDNN's
 backward of a spatially strided 1x1x1 conv (the shortcut projections) took 2-3x the
 forward's time here; this reads only the pixels the conv keeps.
 """
@@ -71,24 +71,13 @@ def multiplexes(first: nn.Module, second: nn.Module, x: torch.Tensor) -> bool:
             and _kernel_input(first.conv, x))
 
 
-def trains_here() -> bool:
-    """Whether training's pointwise convs run on the kernel on this CPU: only where it has no
-    AVX-512. There oneDNN's 1x1x1 convs are AVX2 code too, and the kernel's forward + backward
-    was a little ahead (the step 1.02x). On an AVX-512 CPU oneDNN's forward and backward (its
-    weight gradient included, which here is a ``torch.mm``) beat the kernel's even on its
-    AVX-512 build: MF-Net's training step at batch 4 took 384 ms per clip with them against 416
-    (median of 4 alternating rounds; docs/fiber-kernel.md)."""
-    return not fiber_kernel.cpu_has_avx512()
-
-
 def trains(bn: nn.Module, conv: nn.Module, x: torch.Tensor) -> bool:
     """Whether ``conv(relu(bn(x)))`` runs its conv on ``conv_trained`` here: gradients wanted, the
-    suite's kernels (``bn`` a ``BatchNormReLU3d``), the conv and input ``folds`` asks for, and a
-    CPU where the kernel is the faster (``trains_here``)."""
+    suite's kernels (``bn`` a ``BatchNormReLU3d``), and the conv and input ``folds`` asks for."""
     return (torch.is_grad_enabled() and isinstance(bn, BatchNormReLU3d) and _kernel_conv(conv)
             and not (fiber_kernel.traced() or torch.is_autocast_enabled("cpu")
                      or fiber_kernel.hooked(conv))
-            and _kernel_input(conv, x) and trains_here())
+            and _kernel_input(conv, x))
 
 
 def _kernel_conv(conv: nn.Module) -> bool:
@@ -151,8 +140,8 @@ def forward_folded(bn: nn.BatchNorm3d, conv: nn.Conv3d, x: torch.Tensor,
 class PointwiseFunction(torch.autograd.Function):
     """``conv3d(a, weight, stride) (+ residual)`` for a 1x1x1 conv, channels last, on the kernel:
     forward and the input's gradient (``grad · weight``, the kernel with the transposed weight,
-    scattered back to the kept pixels where strided), and the weight's gradient as
-    ``gradᵀ · a`` over the kept pixels (one GEMM)."""
+    scattered back to the kept pixels where strided), and the weight's gradient
+    ``gradᵀ · a`` over the kept pixels (``_weight_gradient``)."""
 
     @staticmethod
     def forward(ctx, a, weight, stride, residual=None):
@@ -168,14 +157,13 @@ class PointwiseFunction(torch.autograd.Function):
     def backward(ctx, grad):
         a, weight = ctx.saved_tensors
         ext, stride = fiber_kernel.extension(), ctx.stride
-        co, k = weight.shape[:2]
+        k = weight.shape[1]
         grad = grad.contiguous(memory_format=torch.channels_last_3d)
         strided = tuple(stride) != (1, 1, 1)
         kept = a[:, :, ::stride[0], ::stride[1], ::stride[2]] if strided else a
         grad_a = grad_w = None
         if ctx.needs_input_grad[0]:
-            packed_t = ext.pack_pointwise(weight.detach().reshape(co, k).t().reshape(k, co, 1, 1, 1),
-                                          ctx.path)
+            packed_t = ext.pack_pointwise(weight.detach(), ctx.path, transposed=True)
             grad_kept = ext.pointwise_cl(grad, packed_t, k, [1, 1, 1], None, None, None, path=ctx.path)
             if strided:
                 grad_a = torch.zeros_like(a, memory_format=torch.channels_last_3d)
@@ -183,14 +171,23 @@ class PointwiseFunction(torch.autograd.Function):
             else:
                 grad_a = grad_kept
         if ctx.needs_input_grad[1]:
-            grad_w = (_pixel_rows(grad).t() @ _pixel_rows(kept)).reshape(weight.shape)
+            grad_w = _weight_gradient(a, kept, grad, stride, ctx.path)
         grad_residual = grad if ctx.needs_input_grad[3] else None
         return grad_a, grad_w, None, grad_residual
 
 
-def _pixel_rows(t: torch.Tensor) -> torch.Tensor:
-    """A channels-last (N, C, T, H, W) tensor as (pixels, C): a view where it is contiguous so."""
-    return t.permute(0, 2, 3, 4, 1).reshape(-1, t.shape[1])
+def _weight_gradient(a, kept, grad, stride, path: str) -> torch.Tensor:
+    """``gradᵀ · a`` over the pixels the conv keeps: on the kernel's AVX-512 paths its own sum
+    of outer products (oneDNN's weight gradient of MF-Net's 1x1x1 convs ran at 60-150 GMAC/s on
+    the AVX-512 CPU, and MKL's GEMM, which takes no AVX-512 code on AMD CPUs, at 50-95; the
+    kernel at 80-160, docs/fiber-kernel.md). On the AVX2 path MKL's GEMM: the kernel's AVX2
+    build, forced on that CPU, was the slower (87 against 50 ms over MF-Net's shapes)."""
+    if path == "avx2":
+        def rows(t):  # a channels-last (N, C, T, H, W) tensor as (pixels, C)
+            return t.permute(0, 2, 3, 4, 1).reshape(-1, t.shape[1])
+
+        return (rows(grad).t() @ rows(kept)).reshape(grad.shape[1], a.shape[1], 1, 1, 1)
+    return fiber_kernel.extension().grad_weight_pointwise(a, grad, list(stride), path)
 
 
 def conv_trained(conv: nn.Conv3d, a: torch.Tensor,

@@ -139,8 +139,12 @@ def test_the_avx512_build_is_used_only_where_it_agrees_with_the_avx2_path(monkey
             dw = real.grad_weight_cl(x, grad, groups, kt, stride, emulated(path))
             return dw * 1.001 if self.wrong == "weight gradient" and path == "avx512" else dw
 
-        def pack_pointwise(self, weight, path):
-            return real.pack_pointwise(weight, emulated(path))
+        def pack_pointwise(self, weight, path, transposed=False):
+            return real.pack_pointwise(weight, emulated(path), transposed)
+
+        def grad_weight_pointwise(self, x, grad, stride, path):
+            dw = real.grad_weight_pointwise(x, grad, stride, emulated(path))
+            return dw * 1.001 if self.wrong == "pointwise weight gradient" and path == "avx512" else dw
 
         def pointwise_cl(self, *args, path):
             y = real.pointwise_cl(*args, path=emulated(path))
@@ -153,7 +157,8 @@ def test_the_avx512_build_is_used_only_where_it_agrees_with_the_avx2_path(monkey
     checked = []
     for wrong, taken, said in (("", "avx512", ""), ("fiber", "avx2", "fiber kernel's avx512 path"),
                                ("weight gradient", "avx2", "fiber kernel's avx512 path"),
-                               ("pointwise", "avx2", "pointwise kernel's avx512 path")):
+                               ("pointwise", "avx2", "pointwise kernel's avx512 path"),
+                               ("pointwise weight gradient", "avx2", "pointwise kernel's avx512 path")):
         checked.clear()
         monkeypatch.setattr(fk, "_loaded", {"module": Simulated(wrong), "why": "", "pool": False})
         if wrong:
@@ -169,7 +174,7 @@ def test_the_avx512_build_is_used_only_where_it_agrees_with_the_avx2_path(monkey
         assert fk.path() == taken
         # checked once per process; the conv ran on the path taken
         assert len(checked) == (len(fk.SELF_CHECK) + 1 if taken == "avx512" else
-                                len(fk.SELF_CHECK) if wrong == "pointwise" else 1)
+                                len(fk.SELF_CHECK) if wrong.startswith("pointwise") else 1)
 
 
 def test_a_path_s_packed_weights_are_not_used_by_another(monkeypatch):
@@ -210,7 +215,7 @@ def test_avx512_instructions_are_only_in_the_avx512_build():
             using.add(function)
     assert using, "the AVX-512 build is missing from the library"
     own = ("Avx512>", "Avx512,", "forward_avx512(", "wgrad_avx512(", "wgrad_narrow_avx512(", "run_avx512(",
-           "multiplex_avx512(")
+           "multiplex_avx512(", "outer_avx512(")
     assert all(any(name in f for name in own) for f in using), \
         sorted(f for f in using if "Avx512" not in f)[:5]
 

@@ -169,6 +169,11 @@ def test_the_kernel_refuses_inputs_that_do_not_match_in_one_line():
         ext.pointwise_cl(x.contiguous(), packed, 16, path="avx2")
     with pytest.raises(RuntimeError, match="one value per input channel"):
         ext.pointwise_cl(x, packed, 16, scale=torch.ones(4), shift=torch.zeros(4), path="avx2")
+    grad = cl(torch.randn(1, 16, 1, 2, 2))
+    with pytest.raises(RuntimeError, match="grad's shape does not match the conv's output"):
+        ext.grad_weight_pointwise(x, grad, [1, 2, 1], "avx512-emulated")
+    with pytest.raises(RuntimeError, match="x and grad must be channels-last-3d fp32"):
+        ext.grad_weight_pointwise(x, grad.contiguous(), [1, 1, 1], "avx512-emulated")
     with pytest.raises(RuntimeError, match="residual must be channels-last-3d fp32"):
         ext.pointwise_cl(x, packed, 16, residual=cl(torch.randn(1, 16, 1, 2, 3)), path="avx2")
     with pytest.raises(RuntimeError, match="weight must be a CPU fp32"):
@@ -212,7 +217,6 @@ def test_training_runs_the_conv_on_the_kernel_with_pytorchs_gradients(k, co, sha
                                                                      monkeypatch, each_path):
     from torch.profiler import profile
 
-    monkeypatch.setattr(fk, "cpu_has_avx512", lambda: False)  # where it trains
     torch.manual_seed(k * 10 + co)
     module, stock = _trained_pair(k, co, stride)
     x = cl(torch.randn(shape[0], k, *shape[1:]) * 2)
@@ -246,10 +250,6 @@ def test_training_steps_aside_where_the_kernel_does_not_apply_and_needs_no_weigh
     torch.manual_seed(4)
     module, stock = _trained_pair(16, 24, (1, 1, 1))
     x = cl(torch.randn(2, 16, 2, 5, 5))
-    monkeypatch.setattr(fk, "cpu_has_avx512", lambda: True)  # oneDNN's AVX-512 convs
-    assert not pointwise.trains(module.bn, module.conv, x)
-    assert "on the kernel in training" not in fk.status()
-    monkeypatch.setattr(fk, "cpu_has_avx512", lambda: False)
     assert pointwise.trains(module.bn, module.conv, x)
     assert "pointwise convs fused, and on the kernel in training" in fk.status()
     assert not pointwise.trains(module.bn, module.conv, x.contiguous())  # NCDHW

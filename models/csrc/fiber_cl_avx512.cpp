@@ -67,5 +67,6 @@ void wgrad_narrow_avx512(const float* x, const float* gy, float* dw, const ClGeo
 namespace pointwise {
 void run_avx512(const Run& r) { run<fiber::Avx512>(r); }
 void multiplex_avx512(const Mux& m) { multiplex<fiber::Avx512>(m); }
+void outer_avx512(const Outer& o) { outer<fiber::Avx512>(o); }
 }  // namespace pointwise
 #pragma GCC pop_options

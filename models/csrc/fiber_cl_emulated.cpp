@@ -65,5 +65,6 @@ void wgrad_narrow_avx512_on_avx2(const float* x, const float* gy, float* dw, con
 namespace pointwise {
 void run_avx512_on_avx2(const Run& r) { run<fiber::Avx512OnAvx2>(r); }
 void multiplex_avx512_on_avx2(const Mux& m) { multiplex<fiber::Avx512OnAvx2>(m); }
+void outer_avx512_on_avx2(const Outer& o) { outer<fiber::Avx512OnAvx2>(o); }
 }  // namespace pointwise
 #pragma GCC pop_options

@@ -375,10 +375,12 @@ torch::Tensor grad_weight_cl(const torch::Tensor& x, const torch::Tensor& gy, in
                              std::vector<int64_t> stride, const std::string& path);
 
 // The pre-activation pointwise conv, channels last (pointwise_cl.cpp)
-torch::Tensor pack_pointwise(const torch::Tensor& weight, const std::string& path);
+torch::Tensor pack_pointwise(const torch::Tensor& weight, const std::string& path, bool transposed);
 torch::Tensor pointwise_cl(const torch::Tensor& x, const torch::Tensor& packed, int64_t cout,
                            std::vector<int64_t> stride, const std::optional<torch::Tensor>& scale, const std::optional<torch::Tensor>& shift,
                            const std::optional<torch::Tensor>& residual, const std::string& path);
+torch::Tensor grad_weight_pointwise(const torch::Tensor& x, const torch::Tensor& gy, std::vector<int64_t> stride,
+                                    const std::string& path);
 torch::Tensor multiplexer_cl(const torch::Tensor& x, const torch::Tensor& packed1, int64_t mid,
                              const torch::Tensor& scale1, const torch::Tensor& shift1, const torch::Tensor& packed2,
                              const torch::Tensor& scale2, const torch::Tensor& shift2, const std::string& path);
@@ -402,11 +404,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward_cl", &forward_cl, py::arg("x"), py::arg("packed"), py::arg("cout_g"), py::arg("stride"),
         py::arg("path"), py::arg("scale") = py::none(), py::arg("shift") = py::none(),
         py::arg("residual") = py::none());
-  m.def("pack_pointwise", &pack_pointwise, py::arg("weight"), py::arg("path"));
+  m.def("pack_pointwise", &pack_pointwise, py::arg("weight"), py::arg("path"), py::arg("transposed") = false);
   m.def("pointwise_cl", &pointwise_cl, py::arg("x"), py::arg("packed"), py::arg("cout"),
         py::arg("stride") = std::vector<int64_t>{1, 1, 1}, py::arg("scale") = py::none(), py::arg("shift") = py::none(),
         py::arg("residual") = py::none(), py::kw_only(), py::arg("path"));
   m.def("multiplexer_cl", &multiplexer_cl);
+  m.def("grad_weight_pointwise", &grad_weight_pointwise, py::arg("x"), py::arg("grad"), py::arg("stride"),
+        py::arg("path"));
   m.def("threads_used", &threads_used);
   m.def("grad_weight_cl", &grad_weight_cl, py::arg("x"), py::arg("gy"), py::arg("groups"), py::arg("KT"),
         py::arg("stride"), py::arg("path"));

@@ -38,6 +38,18 @@ struct Mux {
   int K;
 };
 
+// The weight's gradient of a 1x1x1 conv as a sum of outer products over pixels: c (M x N, rows
+// ldc floats apart, ldc a whole number of vectors) += sum over p of a[p]^T b[p], where a[p] and
+// b[p] point at a pixel's M and N channels (of grad y and of x, whichever is the wider is b,
+// along the vectors). The caller zeroes c.
+struct Outer {
+  const float* const* a;
+  const float* const* b;
+  int pixels, M, N;
+  float* c;
+  int64_t ldc;
+};
+
 // Each path's compute (pointwise_cl.cpp, fiber_cl_avx512.cpp, fiber_cl_emulated.cpp)
 void run_avx2(const Run& r);
 void run_avx512(const Run& r);
@@ -45,5 +57,8 @@ void run_avx512_on_avx2(const Run& r);
 void multiplex_avx2(const Mux& m);
 void multiplex_avx512(const Mux& m);
 void multiplex_avx512_on_avx2(const Mux& m);
+void outer_avx2(const Outer& o);
+void outer_avx512(const Outer& o);
+void outer_avx512_on_avx2(const Outer& o);
 
 }  // namespace pointwise
