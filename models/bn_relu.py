@@ -82,12 +82,17 @@ class BatchNormReLU3d(nn.BatchNorm3d):
         if not batch_stats:  # eval mode, no gradient: the running statistics' affine
             y = fiber_kernel.extension().affine_relu(x, *fiber_kernel.eval_affine(self))
             return (y, *[x] * shared) if shared else y
+        return BatchNormReLUFunction.apply(x, *self.batch_statistics(x), shared)
+
+    def batch_statistics(self, x: torch.Tensor):
+        """``(weight, bias, mean, invstd)`` for a batch-statistics forward on the kernel (the
+        running statistics updated as ``nn.BatchNorm3d`` does): what the fused ops take."""
         mean, var = fiber_kernel.extension().bn_stats(x)
         self._update_running_stats(mean, var, x.numel() // x.shape[1])
         invstd = torch.rsqrt(var + self.eps)
         weight = self.weight if self.weight is not None else torch.ones_like(mean)
         bias = self.bias if self.bias is not None else torch.zeros_like(mean)
-        return BatchNormReLUFunction.apply(x, weight, bias, mean, invstd, shared)
+        return weight, bias, mean, invstd
 
     def applies(self, x: torch.Tensor) -> bool:
         """Whether this call runs on the kernel: see the module docstring."""

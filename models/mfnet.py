@@ -101,7 +101,7 @@ class BNReLUConv(nn.Sequential):
         if pointwise.folds(self.bn, self.relu, self.conv, x):
             return pointwise.forward_folded(self.bn, self.conv, x)
         if pointwise.trains(self.bn, self.conv, x):  # training: the 1x1x1 conv on the kernel
-            return pointwise.conv_trained(self.conv, self.relu(self.bn(x)))
+            return pointwise.bn_conv_trained(self.bn, self.conv, x)
         return super().forward(x)
 
     def plus(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
@@ -117,7 +117,7 @@ class BNReLUConv(nn.Sequential):
                 return pointwise.forward_folded(self.bn, self.conv, x, residual)
             if (pointwise.trains(self.bn, self.conv, x)
                     and pointwise.residual_fits(self.conv, x, residual)):
-                return pointwise.conv_trained(self.conv, self.relu(self.bn(x)), residual)
+                return pointwise.bn_conv_trained(self.bn, self.conv, x, residual)
             if isinstance(self.conv, FiberConv3d):  # training: the add in the kernel's output
                 return self.conv.plus(self.relu(self.bn(x)), residual)
         return self(x).add_(residual)
@@ -130,9 +130,9 @@ class BNReLUConv(nn.Sequential):
         if not (isinstance(self.bn, BatchNormReLU3d) and torch.is_grad_enabled()
                 and not fiber_kernel.hooked(self, self.bn, self.relu, self.conv)):
             return (self(x), *[x] * shared)
-        a, *uses = self.bn.forward_shared(x, shared)
         if pointwise.trains(self.bn, self.conv, x):
-            return (pointwise.conv_trained(self.conv, self.relu(a)), *uses)
+            return pointwise.bn_conv_trained(self.bn, self.conv, x, shared=shared)
+        a, *uses = self.bn.forward_shared(x, shared)
         return (self.conv(self.relu(a)), *uses)
 
 

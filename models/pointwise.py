@@ -139,8 +139,7 @@ def forward_folded(bn: nn.BatchNorm3d, conv: nn.Conv3d, x: torch.Tensor,
 
 class PointwiseFunction(torch.autograd.Function):
     """``conv3d(a, weight, stride) (+ residual)`` for a 1x1x1 conv, channels last, on the kernel:
-    forward and the input's gradient (``grad · weight``, the kernel with the transposed weight,
-    scattered back to the kept pixels where strided), and the weight's gradient
+    forward and the input's gradient (``_input_gradient``), and the weight's gradient
     ``gradᵀ · a`` over the kept pixels (``_weight_gradient``)."""
 
     @staticmethod
@@ -156,38 +155,108 @@ class PointwiseFunction(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         a, weight = ctx.saved_tensors
-        ext, stride = fiber_kernel.extension(), ctx.stride
-        k = weight.shape[1]
         grad = grad.contiguous(memory_format=torch.channels_last_3d)
-        strided = tuple(stride) != (1, 1, 1)
-        kept = a[:, :, ::stride[0], ::stride[1], ::stride[2]] if strided else a
         grad_a = grad_w = None
         if ctx.needs_input_grad[0]:
-            packed_t = ext.pack_pointwise(weight.detach(), ctx.path, transposed=True)
-            grad_kept = ext.pointwise_cl(grad, packed_t, k, [1, 1, 1], None, None, None, path=ctx.path)
-            if strided:
-                grad_a = torch.zeros_like(a, memory_format=torch.channels_last_3d)
-                grad_a[:, :, ::stride[0], ::stride[1], ::stride[2]] = grad_kept
-            else:
-                grad_a = grad_kept
+            grad_a = _input_gradient(grad, a, weight, ctx.stride, ctx.path)
         if ctx.needs_input_grad[1]:
-            grad_w = _weight_gradient(a, kept, grad, stride, ctx.path)
+            grad_w = _weight_gradient(a, grad, ctx.stride, ctx.path)
         grad_residual = grad if ctx.needs_input_grad[3] else None
         return grad_a, grad_w, None, grad_residual
 
 
-def _weight_gradient(a, kept, grad, stride, path: str) -> torch.Tensor:
-    """``gradᵀ · a`` over the pixels the conv keeps: on the kernel's AVX-512 paths its own sum
-    of outer products (oneDNN's weight gradient of MF-Net's 1x1x1 convs ran at 60-150 GMAC/s on
-    the AVX-512 CPU, and MKL's GEMM, which takes no AVX-512 code on AMD CPUs, at 50-95; the
-    kernel at 80-160, docs/fiber-kernel.md). On the AVX2 path MKL's GEMM: the kernel's AVX2
-    build, forced on that CPU, was the slower (87 against 50 ms over MF-Net's shapes)."""
-    if path == "avx2":
-        def rows(t):  # a channels-last (N, C, T, H, W) tensor as (pixels, C)
-            return t.permute(0, 2, 3, 4, 1).reshape(-1, t.shape[1])
+class BNReLUPointwiseFunction(torch.autograd.Function):
+    """``conv3d(relu(x * scale + shift), weight, stride) (+ residual)``: training's BatchNorm +
+    ReLU (the batch's ``mean`` and ``invstd``, ``scale = bn_weight * invstd``, ``shift = bn_bias
+    - mean * scale``) folded into the 1x1x1 conv on the kernel. The activated input is made a
+    block of pixels at a time in the forward and again in the weight's gradient, never written
+    out: one pass over x fewer (and one activation-sized tensor fewer kept) than BatchNorm + ReLU
+    as an op of its own. The backward: the weight's gradient, the conv's input gradient, then
+    BatchNorm + ReLU's (``bn_relu_backward``). ``shared``: ``x`` also returned that many times,
+    their gradients added to x's as it is written (``BatchNormReLUFunction``)."""
 
-        return (rows(grad).t() @ rows(kept)).reshape(grad.shape[1], a.shape[1], 1, 1, 1)
-    return fiber_kernel.extension().grad_weight_pointwise(a, grad, list(stride), path)
+    @staticmethod
+    def forward(ctx, x, bn_weight, bn_bias, mean, invstd, weight, stride, residual, shared):
+        scale = invstd * bn_weight
+        shift = bn_bias - mean * scale
+        ctx.save_for_backward(x, mean, invstd, scale, shift, weight)
+        ctx.stride, ctx.path = stride, fiber_kernel.path()
+        ctx.set_materialize_grads(False)  # an unused output's gradient stays None, not zeros
+        ext = fiber_kernel.extension()
+        with torch.profiler.record_function(PROFILED_AS):
+            y = ext.pointwise_cl(x, ext.pack_pointwise(weight.detach(), ctx.path), weight.shape[0],
+                                 list(stride), scale, shift, residual, path=ctx.path)
+        return (y, *[x] * shared) if shared else y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad, *shared_grads):
+        x, mean, invstd, scale, shift, weight = ctx.saved_tensors
+        channels_last = torch.channels_last_3d
+        grad = (torch.zeros(_output_shape(x, weight, ctx.stride), memory_format=channels_last)
+                if grad is None else grad.contiguous(memory_format=channels_last))
+        grad_w = grad_x = grad_bn_weight = grad_bn_bias = None
+        if ctx.needs_input_grad[5]:
+            grad_w = _weight_gradient(x, grad, ctx.stride, ctx.path, scale, shift)
+        if any(ctx.needs_input_grad[:3]):
+            grad_a = _input_gradient(grad, x, weight, ctx.stride, ctx.path)
+            plus = [g.contiguous(memory_format=channels_last) for g in shared_grads if g is not None]
+            grad_x, grad_bn_weight, grad_bn_bias = fiber_kernel.extension().bn_relu_backward(
+                grad_a, x, mean, invstd, scale, shift, plus)
+        grad_residual = grad if ctx.needs_input_grad[7] else None
+        return grad_x, grad_bn_weight, grad_bn_bias, None, None, grad_w, None, grad_residual, None
+
+
+def _output_shape(x: torch.Tensor, weight: torch.Tensor, stride) -> tuple[int, ...]:
+    return (x.shape[0], weight.shape[0], *[(d - 1) // s + 1 for d, s in zip(x.shape[2:], stride)])
+
+
+def _input_gradient(grad, a, weight, stride, path: str) -> torch.Tensor:
+    """The conv's input gradient ``grad · weight``: the kernel with the transposed weight,
+    scattered back to the kept pixels where the conv is strided (zeros elsewhere)."""
+    ext = fiber_kernel.extension()
+    packed_t = ext.pack_pointwise(weight.detach(), path, transposed=True)
+    grad_kept = ext.pointwise_cl(grad, packed_t, weight.shape[1], [1, 1, 1], None, None, None, path=path)
+    if tuple(stride) == (1, 1, 1):
+        return grad_kept
+    grad_a = torch.zeros_like(a, memory_format=torch.channels_last_3d)
+    grad_a[:, :, ::stride[0], ::stride[1], ::stride[2]] = grad_kept
+    return grad_a
+
+
+def _weight_gradient(a, grad, stride, path: str, scale=None, shift=None) -> torch.Tensor:
+    """``gradᵀ · relu(a * scale + shift)`` (or ``gradᵀ · a``) over the pixels the conv keeps: on
+    the kernel's AVX-512 paths its own sum of outer products (oneDNN's weight gradient of
+    MF-Net's 1x1x1 convs ran at 60-150 GMAC/s on the AVX-512 CPU, and MKL's GEMM, which takes
+    no AVX-512 code on AMD CPUs, at 50-95; the kernel at 80-160, docs/fiber-kernel.md). On the
+    AVX2 path MKL's GEMM: the kernel's AVX2 build, forced on that CPU, was the slower (87
+    against 50 ms over MF-Net's shapes)."""
+    ext = fiber_kernel.extension()
+    if path != "avx2":
+        return ext.grad_weight_pointwise(a, grad, list(stride), path, scale, shift)
+    if scale is not None:
+        a = ext.affine_relu(a, scale, shift)
+    kept = a[:, :, ::stride[0], ::stride[1], ::stride[2]]
+
+    def rows(t):  # a channels-last (N, C, T, H, W) tensor as (pixels, C)
+        return t.permute(0, 2, 3, 4, 1).reshape(-1, t.shape[1])
+
+    return (rows(grad).t() @ rows(kept)).reshape(grad.shape[1], a.shape[1], 1, 1, 1)
+
+
+def bn_conv_trained(bn: BatchNormReLU3d, conv: nn.Conv3d, x: torch.Tensor,
+                    residual: torch.Tensor | None = None, shared: int = 0):
+    """``conv(relu(bn(x))) (+ residual)`` in training, only where ``trains`` (and, with a
+    residual, ``residual_fits``) says so: with the batch's statistics, BatchNorm + ReLU folded
+    into the conv (``BNReLUPointwiseFunction``); an eval-mode BatchNorm with gradients runs as
+    PyTorch's, then the conv on ``conv_trained``. With ``shared``, ``(that, x, ..., x)``."""
+    if not (bn.applies(x) and (bn.training or bn.running_mean is None)):
+        y = conv_trained(conv, bn(x), residual)
+        return (y, *[x] * shared) if shared else y
+    with torch.profiler.record_function(PROFILED_AS):
+        weight, bias, mean, invstd = bn.batch_statistics(x)
+        return BNReLUPointwiseFunction.apply(x, weight, bias, mean, invstd, conv.weight,
+                                             tuple(conv.stride), residual, shared)
 
 
 def conv_trained(conv: nn.Conv3d, a: torch.Tensor,

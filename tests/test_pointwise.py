@@ -268,6 +268,23 @@ def test_training_steps_aside_where_the_kernel_does_not_apply_and_needs_no_weigh
     close(xs[0].grad, xs[1].grad, 1e-4)
 
 
+def test_training_with_a_frozen_batchnorm_folds_nothing_and_equals_pytorch():
+    """An eval-mode BatchNorm with gradients wanted (fine-tuning with frozen statistics): the
+    BatchNorm runs as PyTorch's, the conv on the kernel, every gradient as the stock unit's."""
+    torch.manual_seed(5)
+    module, stock = _trained_pair(24, 40, (1, 1, 1))
+    module.bn.eval(), stock.bn.eval()
+    x = cl(torch.randn(2, 24, 3, 5, 7))
+    assert pointwise.trains(module.bn, module.conv, x)
+    grads = []
+    for net in (module, stock):
+        xs = x.clone().requires_grad_()
+        net(xs).square().sum().backward()
+        grads.append((xs.grad, net.conv.weight.grad, net.bn.weight.grad))
+    for got, want in zip(*grads):
+        close(got, want, 1e-4)
+
+
 @pytest.mark.parametrize("k, mid, shape", [
     (96, 24, (2, 3, 5, 7)),   # conv2's multiplexer: 96 -> 24 -> 96
     (13, 5, (1, 2, 7, 9)),    # channels off the vector width both ways

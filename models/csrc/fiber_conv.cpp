@@ -380,7 +380,8 @@ torch::Tensor pointwise_cl(const torch::Tensor& x, const torch::Tensor& packed, 
                            std::vector<int64_t> stride, const std::optional<torch::Tensor>& scale, const std::optional<torch::Tensor>& shift,
                            const std::optional<torch::Tensor>& residual, const std::string& path);
 torch::Tensor grad_weight_pointwise(const torch::Tensor& x, const torch::Tensor& gy, std::vector<int64_t> stride,
-                                    const std::string& path);
+                                    const std::string& path, const std::optional<torch::Tensor>& scale,
+                                    const std::optional<torch::Tensor>& shift);
 torch::Tensor multiplexer_cl(const torch::Tensor& x, const torch::Tensor& packed1, int64_t mid,
                              const torch::Tensor& scale1, const torch::Tensor& shift1, const torch::Tensor& packed2,
                              const torch::Tensor& scale2, const torch::Tensor& shift2, const std::string& path);
@@ -410,7 +411,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("residual") = py::none(), py::kw_only(), py::arg("path"));
   m.def("multiplexer_cl", &multiplexer_cl);
   m.def("grad_weight_pointwise", &grad_weight_pointwise, py::arg("x"), py::arg("grad"), py::arg("stride"),
-        py::arg("path"));
+        py::arg("path"), py::arg("scale") = py::none(), py::arg("shift") = py::none());
   m.def("threads_used", &threads_used);
   m.def("grad_weight_cl", &grad_weight_cl, py::arg("x"), py::arg("gy"), py::arg("groups"), py::arg("KT"),
         py::arg("stride"), py::arg("path"));

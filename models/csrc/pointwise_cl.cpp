@@ -32,6 +32,9 @@ namespace pointwise {
 void run_avx2(const Run& r) { run<fiber::Avx2>(r); }
 void multiplex_avx2(const Mux& m) { multiplex<fiber::Avx2>(m); }
 void outer_avx2(const Outer& o) { outer<fiber::Avx2>(o); }
+void activate_avx2(const float* x, float* out, int K, const float* scale, const float* shift) {
+  activate<fiber::Avx2>(x, out, K, scale, shift);
+}
 }  // namespace pointwise
 #pragma GCC pop_options
 
@@ -155,7 +158,8 @@ at::Tensor multiplexer_cl(const at::Tensor& x, const at::Tensor& packed1, int64_
 // MF-Net's 1x1x1 convs ran at 60-150 GMAC/s on the AVX-512 CPU, and MKL's GEMM (torch.mm) at
 // 50-95: on AMD CPUs it does not take its AVX-512 code (docs/fiber-kernel.md).
 at::Tensor grad_weight_pointwise(const at::Tensor& x, const at::Tensor& gy, std::vector<int64_t> stride,
-                                 const std::string& path) {
+                                 const std::string& path, const std::optional<at::Tensor>& scale,
+                                 const std::optional<at::Tensor>& shift) {
   TORCH_CHECK(cl_float(x) && cl_float(gy), "pointwise: x and grad must be channels-last-3d fp32 CPU tensors");
   TORCH_CHECK(stride.size() == 3 && stride[0] >= 1 && stride[1] >= 1 && stride[2] >= 1,
               "pointwise: stride must be three positive integers");
@@ -165,6 +169,12 @@ at::Tensor grad_weight_pointwise(const at::Tensor& x, const at::Tensor& gy, std:
               Ho == (H ? (H - 1) / stride[1] + 1 : 0) && Wo == (W ? (W - 1) / stride[2] + 1 : 0),
               "pointwise: grad's shape does not match the conv's output");
   TORCH_CHECK(K > 0 && CO > 0, "pointwise: no channels");
+  TORCH_CHECK(scale.has_value() == shift.has_value(), "pointwise: scale and shift go together");
+  if (scale)
+    TORCH_CHECK(affine(scale, K) && affine(shift, K),
+                "pointwise: scale and shift must be fp32 with one value per input channel");
+  const float* sp = scale ? scale->data_ptr<float>() : nullptr;
+  const float* bp = shift ? shift->data_ptr<float>() : nullptr;
   const bool k_wide = K >= CO;  // c is (CO x K) where K runs along the vectors, else (K x CO)
   const int64_t M = k_wide ? CO : K, N = k_wide ? K : CO;
   const int64_t lanes = fiber::lanes_to_run(path), ldc = (N + lanes - 1) / lanes * lanes;
@@ -179,6 +189,7 @@ at::Tensor grad_weight_pointwise(const at::Tensor& x, const at::Tensor& gy, std:
   at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
     std::vector<float>& c = partial.at(at::get_thread_num());
     if (c.empty()) c.assign(M * ldc, 0.f);
+    std::vector<float> activated(sp ? BLOCK * K : 0);
     const float* xs[BLOCK];
     const float* gs[BLOCK];
     for (int64_t b = begin; b < end; ++b) {
@@ -189,6 +200,11 @@ at::Tensor grad_weight_pointwise(const at::Tensor& x, const at::Tensor& gy, std:
         const int64_t wo = q % Wo, ho = q / Wo % Ho, to = q / Wo / Ho % To, n = q / Wo / Ho / To;
         xs[i] = xp + (((n * T + to * stride[0]) * H + ho * stride[1]) * W + wo * stride[2]) * K;
         gs[i] = gp + q * CO;
+        if (sp) {
+          float* row = activated.data() + (int64_t)i * K;
+          pointwise::activate_avx2(xs[i], row, (int)K, sp, bp);
+          xs[i] = row;
+        }
       }
       outer({k_wide ? gs : xs, k_wide ? xs : gs, count, (int)M, (int)N, c.data(), ldc});
     }

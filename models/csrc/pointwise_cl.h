@@ -60,5 +60,7 @@ void multiplex_avx512_on_avx2(const Mux& m);
 void outer_avx2(const Outer& o);
 void outer_avx512(const Outer& o);
 void outer_avx512_on_avx2(const Outer& o);
+// relu(x * scale + shift) of one pixel's K channels into out (AVX2 code, memory-bound)
+void activate_avx2(const float* x, float* out, int K, const float* scale, const float* shift);
 
 }  // namespace pointwise
