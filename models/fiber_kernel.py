@@ -183,6 +183,10 @@ def path() -> str:
     module = extension()
     if module is None:
         return ""
+    # kept per value of the switch: a training step asks hundreds of times
+    memo = ("path", os.environ.get(SWITCH))
+    if memo in _loaded:
+        return _loaded[memo]
     want = wish()
     got = module.path(want)
     if got == "avx512":
@@ -193,6 +197,7 @@ def path() -> str:
         _loaded[("told", want)] = True
         warnings.warn(f"{SWITCH}={want}: this CPU cannot run it; fiber convs take the {got} path",
                       stacklevel=2)
+    _loaded[memo] = got
     return got
 
 

@@ -289,7 +289,8 @@ at::Tensor pack_cl(const at::Tensor& weight, int64_t groups, const std::string& 
   const float* src = w.data_ptr<float>();
   float* dst = packed.data_ptr<float>();
   const int64_t taps = KT * 9;
-  at::parallel_for(0, groups * taps, 16, [&](int64_t begin, int64_t end) {
+  // one thread below 16K floats: waking the pool cost more than MF-Net's smaller packings
+  at::parallel_for(0, groups * taps, std::max<int64_t>(1, 16384 / (ins * outp)), [&](int64_t begin, int64_t end) {
     for (int64_t gt = begin; gt < end; ++gt) {
       const int64_t grp = gt / taps, tap = gt % taps;
       const int64_t from = turned ? taps - 1 - tap : tap;  // (kt, kh, kw) turned by 180 degrees

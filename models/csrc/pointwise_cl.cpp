@@ -71,7 +71,8 @@ at::Tensor pack_pointwise(const at::Tensor& weight, const std::string& path, boo
   auto packed = at::empty({chunks, K, C}, weight.options());
   const float* src = w.data_ptr<float>();
   float* dst = packed.data_ptr<float>();
-  at::parallel_for(0, chunks * K, 64, [&](int64_t begin, int64_t end) {
+  // one thread below 16K floats: waking the pool cost more than MF-Net's smaller packings
+  at::parallel_for(0, chunks * K, std::max<int64_t>(1, 16384 / C), [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       const int64_t chunk = i / K, k = i % K;
       float* row = dst + i * C;
