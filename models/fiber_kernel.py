@@ -247,13 +247,21 @@ def _agrees(module, candidate: str, reference: str = "avx2") -> bool:
     w, w1, w2 = (torch.randn(co, k, 1, 1, 1, generator=gen) for co, k in ((50, 40), (30, 40), (40, 30)))
     s40, s30 = (torch.rand(n, generator=gen) for n in (40, 30))
     residual = torch.randn(2, 50, 2, 4, 5, generator=gen).contiguous(memory_format=torch.channels_last_3d)
+    y30, x30 = (torch.randn(2, 30, 3, 7, 9, generator=gen).contiguous(memory_format=torch.channels_last_3d)
+                for _ in range(2))
     outs = [(module.pointwise_cl(x, module.pack_pointwise(w, p), 50, [2, 2, 2], s40, s40 - 0.5,
                                  residual, path=p),
              module.multiplexer_cl(x, module.pack_pointwise(w1, p), 30, s40, s40 - 0.5,
                                    module.pack_pointwise(w2, p), s30, s30 - 0.5, p),
              module.grad_weight_pointwise(x, residual, [2, 2, 2], p),
              module.grad_weight_pointwise(residual, x[:, :, ::2, ::2, ::2].contiguous(
-                 memory_format=torch.channels_last_3d), [1, 1, 1], p))
+                 memory_format=torch.channels_last_3d), [1, 1, 1], p),
+             # training's backward with BatchNorm + ReLU folded in: the conv's input gradient
+             # made twice (40 -> 30), and kept between the passes (30 -> 40)
+             *module.bn_pointwise_backward(y30, x, module.pack_pointwise(w1, p, transposed=True),
+                                           s40 - 0.5, s40 + 0.5, s40, s40 - 0.5, [x], p, True),
+             *module.bn_pointwise_backward(x, x30, module.pack_pointwise(w2, p, transposed=True),
+                                           s30 - 0.5, s30 + 0.5, s30, s30 - 0.5, [], p, True))
             for p in (candidate, reference)]
     if not all(_close(a, b) for a, b in zip(*outs)):
         warnings.warn(f"the pointwise kernel's {candidate} path disagrees with its {reference} path "

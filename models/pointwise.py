@@ -195,14 +195,25 @@ class BNReLUPointwiseFunction(torch.autograd.Function):
         channels_last = torch.channels_last_3d
         grad = (torch.zeros(_output_shape(x, weight, ctx.stride), memory_format=channels_last)
                 if grad is None else grad.contiguous(memory_format=channels_last))
+        ext, path = fiber_kernel.extension(), ctx.path
         grad_w = grad_x = grad_bn_weight = grad_bn_bias = None
-        if ctx.needs_input_grad[5]:
-            grad_w = _weight_gradient(x, grad, ctx.stride, ctx.path, scale, shift)
-        if any(ctx.needs_input_grad[:3]):
-            grad_a = _input_gradient(grad, x, weight, ctx.stride, ctx.path)
-            plus = [g.contiguous(memory_format=channels_last) for g in shared_grads if g is not None]
-            grad_x, grad_bn_weight, grad_bn_bias = fiber_kernel.extension().bn_relu_backward(
-                grad_a, x, mean, invstd, scale, shift, plus)
+        plus = [g.contiguous(memory_format=channels_last) for g in shared_grads if g is not None]
+        fused_w = ctx.needs_input_grad[5] and path != "avx2"  # there MKL's GEMM (_weight_gradient)
+        if ctx.needs_input_grad[5] and not fused_w:
+            grad_w = _weight_gradient(x, grad, ctx.stride, path, scale, shift)
+        if any(ctx.needs_input_grad[:3]) and tuple(ctx.stride) == (1, 1, 1):
+            # every gradient in two passes over the pixels (pointwise_cl.cpp)
+            grad_x, grad_bn_weight, grad_bn_bias, fused = ext.bn_pointwise_backward(
+                grad, x, ext.pack_pointwise(weight.detach(), path, transposed=True), mean, invstd,
+                scale, shift, plus, path, fused_w)
+            grad_w = fused if fused_w else grad_w
+        else:
+            if fused_w:
+                grad_w = _weight_gradient(x, grad, ctx.stride, path, scale, shift)
+            if any(ctx.needs_input_grad[:3]):
+                grad_a = _input_gradient(grad, x, weight, ctx.stride, path)
+                grad_x, grad_bn_weight, grad_bn_bias = ext.bn_relu_backward(
+                    grad_a, x, mean, invstd, scale, shift, plus)
         grad_residual = grad if ctx.needs_input_grad[7] else None
         return grad_x, grad_bn_weight, grad_bn_bias, None, None, grad_w, None, grad_residual, None
 

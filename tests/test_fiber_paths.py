@@ -146,6 +146,12 @@ def test_the_avx512_build_is_used_only_where_it_agrees_with_the_avx2_path(monkey
             dw = real.grad_weight_pointwise(x, grad, stride, emulated(path))
             return dw * 1.001 if self.wrong == "pointwise weight gradient" and path == "avx512" else dw
 
+        def bn_pointwise_backward(self, *args):
+            *rest, path, weight = args
+            out = real.bn_pointwise_backward(*rest, emulated(path), weight)
+            wrong = self.wrong == "pointwise backward" and path == "avx512"
+            return [t * 1.001 for t in out] if wrong else out
+
         def pointwise_cl(self, *args, path):
             y = real.pointwise_cl(*args, path=emulated(path))
             return y * 1.001 if self.wrong == "pointwise" and path == "avx512" else y
@@ -158,7 +164,8 @@ def test_the_avx512_build_is_used_only_where_it_agrees_with_the_avx2_path(monkey
     for wrong, taken, said in (("", "avx512", ""), ("fiber", "avx2", "fiber kernel's avx512 path"),
                                ("weight gradient", "avx2", "fiber kernel's avx512 path"),
                                ("pointwise", "avx2", "pointwise kernel's avx512 path"),
-                               ("pointwise weight gradient", "avx2", "pointwise kernel's avx512 path")):
+                               ("pointwise weight gradient", "avx2", "pointwise kernel's avx512 path"),
+                               ("pointwise backward", "avx2", "pointwise kernel's avx512 path")):
         checked.clear()
         monkeypatch.setattr(fk, "_loaded", {"module": Simulated(wrong), "why": "", "pool": False})
         if wrong:
@@ -215,7 +222,7 @@ def test_avx512_instructions_are_only_in_the_avx512_build():
             using.add(function)
     assert using, "the AVX-512 build is missing from the library"
     own = ("Avx512>", "Avx512,", "forward_avx512(", "wgrad_avx512(", "wgrad_narrow_avx512(", "run_avx512(",
-           "multiplex_avx512(", "outer_avx512(")
+           "multiplex_avx512(", "outer_avx512(", "backward_sums_avx512(", "backward_apply_avx512(")
     assert all(any(name in f for name in own) for f in using), \
         sorted(f for f in using if "Avx512" not in f)[:5]
 

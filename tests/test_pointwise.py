@@ -268,6 +268,27 @@ def test_training_steps_aside_where_the_kernel_does_not_apply_and_needs_no_weigh
     close(xs[0].grad, xs[1].grad, 1e-4)
 
 
+@pytest.mark.parametrize("k, co", [(48, 12), (12, 40)])  # the conv's input gradient made twice, kept
+def test_training_hands_back_the_input_for_its_other_uses_with_their_gradients(k, co, each_path):
+    """``BNReLUConv.forward_shared`` on the kernel: ``x`` handed back for a unit's residual
+    adds, their gradients added to x's in the backward's one pass; every gradient as the stock
+    unit's, where autograd sums them."""
+    torch.manual_seed(k + co)
+    module, stock = _trained_pair(k, co, (1, 1, 1))
+    x = cl(torch.randn(2, k, 3, 5, 7))
+    weights = [cl(torch.randn(2, co, 3, 5, 7))] + [cl(torch.randn_like(x)) for _ in range(2)]
+    grads = []
+    for net in (module, stock):
+        net.zero_grad()
+        xs = x.clone().requires_grad_()
+        y, *uses = net.forward_shared(xs, 2)
+        assert len(uses) == 2
+        sum(((t * w).sum() for t, w in zip((y, *uses), weights))).backward()
+        grads.append((xs.grad, net.conv.weight.grad, net.bn.weight.grad, net.bn.bias.grad))
+    for got, want in zip(*grads):
+        close(got, want, 1e-4)
+
+
 def test_training_with_a_frozen_batchnorm_folds_nothing_and_equals_pytorch():
     """An eval-mode BatchNorm with gradients wanted (fine-tuning with frozen statistics): the
     BatchNorm runs as PyTorch's, the conv on the kernel, every gradient as the stock unit's."""

@@ -5,6 +5,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cmath>
 #include <vector>
 
 #include "fiber_cl.h"
@@ -66,5 +67,13 @@ namespace pointwise {
 void run_avx512_on_avx2(const Run& r) { run<fiber::Avx512OnAvx2>(r); }
 void multiplex_avx512_on_avx2(const Mux& m) { multiplex<fiber::Avx512OnAvx2>(m); }
 void outer_avx512_on_avx2(const Outer& o) { outer<fiber::Avx512OnAvx2>(o); }
+void backward_sums_avx512_on_avx2(const Backward& b, int64_t p0, int count, float* c, int64_t ldc, bool k_wide, float* sg,
+                   float* sgx, float* buf, float* act) {
+  backward_sums<fiber::Avx512OnAvx2>(b, p0, count, c, ldc, k_wide, sg, sgx, buf, act);
+}
+void backward_apply_avx512_on_avx2(const Backward& b, int64_t p0, int count, const float* ca, const float* cb, const float* cc,
+                    const float* const* plus, int nplus, float* gx, float* buf) {
+  backward_apply<fiber::Avx512OnAvx2>(b, p0, count, ca, cb, cc, plus, nplus, gx, buf);
+}
 }  // namespace pointwise
 #pragma GCC pop_options

@@ -382,6 +382,11 @@ torch::Tensor pointwise_cl(const torch::Tensor& x, const torch::Tensor& packed, 
 torch::Tensor grad_weight_pointwise(const torch::Tensor& x, const torch::Tensor& gy, std::vector<int64_t> stride,
                                     const std::string& path, const std::optional<torch::Tensor>& scale,
                                     const std::optional<torch::Tensor>& shift);
+std::vector<torch::Tensor> bn_pointwise_backward(const torch::Tensor& gy, const torch::Tensor& x,
+                                                 const torch::Tensor& packed_t, const torch::Tensor& mean,
+                                                 const torch::Tensor& invstd, const torch::Tensor& scale,
+                                                 const torch::Tensor& shift, std::vector<torch::Tensor> plus,
+                                                 const std::string& path, bool weight);
 torch::Tensor multiplexer_cl(const torch::Tensor& x, const torch::Tensor& packed1, int64_t mid,
                              const torch::Tensor& scale1, const torch::Tensor& shift1, const torch::Tensor& packed2,
                              const torch::Tensor& scale2, const torch::Tensor& shift2, const std::string& path);
@@ -410,6 +415,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("stride") = std::vector<int64_t>{1, 1, 1}, py::arg("scale") = py::none(), py::arg("shift") = py::none(),
         py::arg("residual") = py::none(), py::kw_only(), py::arg("path"));
   m.def("multiplexer_cl", &multiplexer_cl);
+  m.def("bn_pointwise_backward", &bn_pointwise_backward, py::arg("grad"), py::arg("x"), py::arg("packed_t"),
+        py::arg("mean"), py::arg("invstd"), py::arg("scale"), py::arg("shift"), py::arg("plus"), py::arg("path"),
+        py::arg("weight"));
   m.def("grad_weight_pointwise", &grad_weight_pointwise, py::arg("x"), py::arg("grad"), py::arg("stride"),
         py::arg("path"), py::arg("scale") = py::none(), py::arg("shift") = py::none());
   m.def("threads_used", &threads_used);

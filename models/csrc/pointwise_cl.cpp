@@ -16,6 +16,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cmath>
 #include <optional>
 #include <string>
 #include <vector>
@@ -32,6 +33,14 @@ namespace pointwise {
 void run_avx2(const Run& r) { run<fiber::Avx2>(r); }
 void multiplex_avx2(const Mux& m) { multiplex<fiber::Avx2>(m); }
 void outer_avx2(const Outer& o) { outer<fiber::Avx2>(o); }
+void backward_sums_avx2(const Backward& b, int64_t p0, int count, float* c, int64_t ldc, bool k_wide, float* sg,
+                   float* sgx, float* buf, float* act) {
+  backward_sums<fiber::Avx2>(b, p0, count, c, ldc, k_wide, sg, sgx, buf, act);
+}
+void backward_apply_avx2(const Backward& b, int64_t p0, int count, const float* ca, const float* cb, const float* cc,
+                    const float* const* plus, int nplus, float* gx, float* buf) {
+  backward_apply<fiber::Avx2>(b, p0, count, ca, cb, cc, plus, nplus, gx, buf);
+}
 void activate_avx2(const float* x, float* out, int K, const float* scale, const float* shift) {
   activate<fiber::Avx2>(x, out, K, scale, shift);
 }
@@ -152,6 +161,27 @@ at::Tensor multiplexer_cl(const at::Tensor& x, const at::Tensor& packed1, int64_
   return y;
 }
 
+// The threads' sums of outer products (M x ldc each, Outer's layout) added into a 1x1x1 conv's
+// weight gradient (CO, K, 1, 1, 1): c's rows are grad y's channels where k_wide, else x's
+at::Tensor summed_outer(const std::vector<std::vector<float>>& partial, bool k_wide, int64_t CO, int64_t K,
+                        int64_t ldc, const at::TensorOptions& options) {
+  auto grad = at::empty({CO, K, 1, 1, 1}, options);
+  float* out = grad.data_ptr<float>();
+  std::vector<const float*> sums;
+  for (const auto& c : partial)
+    if (!c.empty()) sums.push_back(c.data());
+  at::parallel_for(0, CO, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t co = begin; co < end; ++co)
+      for (int64_t k = 0; k < K; ++k) {
+        const int64_t at = k_wide ? co * ldc + k : k * ldc + co;
+        float total = 0.f;
+        for (const float* c : sums) total += c[at];
+        out[co * K + k] = total;
+      }
+  });
+  return grad;
+}
+
 // The weight's gradient of y = conv1x1x1(x, stride) from grad y: (CO, K, 1, 1, 1) = sum over the
 // output pixels of gy[p]^T x[the input pixel p reads], x and gy channels-last-3d fp32 on the CPU.
 // The wider of K and CO runs along the vectors. Tasks are blocks of pixels, each thread sums
@@ -210,19 +240,94 @@ at::Tensor grad_weight_pointwise(const at::Tensor& x, const at::Tensor& gy, std:
       outer({k_wide ? gs : xs, k_wide ? xs : gs, count, (int)M, (int)N, c.data(), ldc});
     }
   });
-  auto grad = at::empty({CO, K, 1, 1, 1}, x.options());
-  float* out = grad.data_ptr<float>();
-  std::vector<const float*> sums;
-  for (const auto& c : partial)
-    if (!c.empty()) sums.push_back(c.data());
-  at::parallel_for(0, CO, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t co = begin; co < end; ++co)
-      for (int64_t k = 0; k < K; ++k) {
-        const int64_t at = k_wide ? co * ldc + k : k * ldc + co;
-        float total = 0.f;
-        for (const float* c : sums) total += c[at];
-        out[co * K + k] = total;
-      }
+  return summed_outer(partial, k_wide, CO, K, ldc, x.options());
+}
+
+// Training's backward of y = conv1x1x1(relu(x * scale + shift)) at stride 1, the BatchNorm (batch
+// statistics mean, invstd; scale = weight * invstd, shift = bias - mean * scale) and ReLU folded
+// into the conv: (grad x, grad BatchNorm weight, grad BatchNorm bias, grad conv weight or an
+// undefined tensor where weight is false). Run as three ops (the conv's two gradients, then
+// BatchNorm + ReLU's), grad y is read twice, and the conv's input gradient g written, then read
+// twice; here pass 1 reads grad y and x once for the weight's gradient, g and BatchNorm's sums,
+// pass 2 writes grad x, and g is kept between them only where it is narrower than grad y (else
+// made again from it: K > CO, the multiplexer's first conv). plus: gradients of x from its other
+// uses, added as grad x is written (bn_relu.cpp). packed_t: pack_pointwise(weight, path,
+// transposed=true).
+std::vector<at::Tensor> bn_pointwise_backward(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& packed_t,
+                                              const at::Tensor& mean, const at::Tensor& invstd, const at::Tensor& scale,
+                                              const at::Tensor& shift, std::vector<at::Tensor> plus,
+                                              const std::string& path, bool weight) {
+  TORCH_CHECK(cl_float(x) && cl_float(gy), "pointwise: x and grad must be channels-last-3d fp32 CPU tensors");
+  const int64_t K = x.size(1), CO = gy.size(1), C = chunk_of(path);
+  TORCH_CHECK(K > 0 && CO > 0 && gy.size(0) == x.size(0) && gy.size(2) == x.size(2) && gy.size(3) == x.size(3) &&
+              gy.size(4) == x.size(4), "pointwise: grad's shape does not match the conv's output");
+  TORCH_CHECK(packed_for(packed_t, CO, K, C), "pointwise: the packed weight does not match the channels and the path");
+  for (const auto* t : {&mean, &invstd, &scale, &shift})
+    TORCH_CHECK(affine(*t, K), "pointwise: mean, invstd, scale and shift must be fp32 with one value per input channel");
+  for (const auto& t : plus)
+    TORCH_CHECK(cl_float(t) && t.sizes() == x.sizes(), "pointwise: a gradient to add must be channels-last-3d fp32 in x's shape");
+  const int64_t pixels = x.numel() / K;
+  TORCH_CHECK(pixels > 0, "pointwise: no values to normalise");
+  const bool keep = K <= CO, k_wide = K >= CO;
+  auto grad_a = keep ? at::empty({pixels * K}, x.options()) : at::Tensor();
+  const pointwise::Backward bw{x.data_ptr<float>(), gy.data_ptr<float>(), packed_t.data_ptr<float>(),
+                               scale.data_ptr<float>(), shift.data_ptr<float>(), mean.data_ptr<float>(),
+                               (int)K, (int)CO, keep ? grad_a.data_ptr<float>() : nullptr};
+  const bool a2 = path == "avx2", a512 = path == "avx512";
+  const auto sums = a2 ? pointwise::backward_sums_avx2 : a512 ? pointwise::backward_sums_avx512
+                                                             : pointwise::backward_sums_avx512_on_avx2;
+  const auto apply = a2 ? pointwise::backward_apply_avx2 : a512 ? pointwise::backward_apply_avx512
+                                                                : pointwise::backward_apply_avx512_on_avx2;
+  const int64_t M = k_wide ? CO : K, N = k_wide ? K : CO;
+  const int64_t lanes = fiber::lanes_to_run(path), ldc = (N + lanes - 1) / lanes * lanes;
+  constexpr int64_t BLOCK = 48;  // pixels per task, as pointwise_kernels.h's
+  const int64_t blocks = (pixels + BLOCK - 1) / BLOCK;
+  const int threads = at::get_num_threads();
+  std::vector<std::vector<float>> partial(threads);
+  std::vector<double> totals((size_t)threads * 2 * K, 0.0);  // per thread: sums of g, of g * (x - mean)
+  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+    const int id = at::get_thread_num();
+    std::vector<float>& c = partial.at(id);
+    if (weight && c.empty()) c.assign(M * ldc, 0.f);
+    std::vector<float> buf(BLOCK * K), act(weight ? BLOCK * K : 0), block(2 * K);
+    double* mine = totals.data() + (size_t)id * 2 * K;
+    for (int64_t b = begin; b < end; ++b) {
+      std::fill(block.begin(), block.end(), 0.f);
+      const int64_t p0 = b * BLOCK;
+      sums(bw, p0, (int)std::min(BLOCK, pixels - p0), weight ? c.data() : nullptr, ldc, k_wide, block.data(),
+           block.data() + K, buf.data(), act.data());
+      for (int64_t k = 0; k < 2 * K; ++k) mine[k] += block[k];
+    }
   });
-  return grad;
+  // BatchNorm's input gradient: weight * invstd * (g - mean(g) - xhat * mean(g * xhat)) as
+  // a * g + b * x + c per channel, in fp64 from the fp64 sums (bn_relu.cpp's backward)
+  auto grad_bn_weight = at::empty({K}, x.options()), grad_bn_bias = at::empty({K}, x.options());
+  std::vector<float> ca(K), cb(K), cc(K);
+  const float *sp = scale.data_ptr<float>(), *mp = mean.data_ptr<float>(), *ip = invstd.data_ptr<float>();
+  for (int64_t k = 0; k < K; ++k) {
+    double sum_g = 0, sum_gx = 0;
+    for (int t = 0; t < threads; ++t) {
+      sum_g += totals[(size_t)t * 2 * K + k];
+      sum_gx += totals[(size_t)t * 2 * K + K + k];
+    }
+    const double inv = ip[k], bk = -(double)sp[k] * inv * inv * sum_gx / pixels;
+    ca[k] = sp[k];
+    cb[k] = (float)bk;
+    cc[k] = (float)(-(double)sp[k] * sum_g / pixels - bk * mp[k]);
+    grad_bn_weight.data_ptr<float>()[k] = (float)(sum_gx * inv);
+    grad_bn_bias.data_ptr<float>()[k] = (float)sum_g;
+  }
+  auto gx = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::ChannelsLast3d));
+  std::vector<const float*> more;
+  for (const auto& t : plus) more.push_back(t.data_ptr<float>());
+  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> buf(keep ? 0 : BLOCK * K);
+    for (int64_t b = begin; b < end; ++b) {
+      const int64_t p0 = b * BLOCK;
+      apply(bw, p0, (int)std::min(BLOCK, pixels - p0), ca.data(), cb.data(), cc.data(), more.data(),
+            (int)more.size(), gx.data_ptr<float>(), buf.data());
+    }
+  });
+  return {gx, grad_bn_weight, grad_bn_bias,
+          weight ? summed_outer(partial, k_wide, CO, K, ldc, x.options()) : at::Tensor()};
 }

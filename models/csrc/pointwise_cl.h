@@ -50,6 +50,20 @@ struct Outer {
   int64_t ldc;
 };
 
+// Training's backward of y = W relu(x * scale + shift), a 1x1x1 conv at stride 1 with the
+// BatchNorm + ReLU before it folded in (bn_pointwise_backward in pointwise_cl.cpp), in two
+// passes over the pixels, a block of them a call. x (pixels, K), gy (pixels, CO), wt the packed
+// transposed weight (CO -> K). The conv's input gradient g = gy W^T is stored between the passes
+// in grad_a, or, where grad_a is nullptr (K > CO: g is wider than gy), made again in the second.
+struct Backward {
+  const float* x;
+  const float* gy;
+  const float* wt;
+  const float *scale, *shift, *mean;  // per input channel
+  int K, CO;
+  float* grad_a;
+};
+
 // Each path's compute (pointwise_cl.cpp, fiber_cl_avx512.cpp, fiber_cl_emulated.cpp)
 void run_avx2(const Run& r);
 void run_avx512(const Run& r);
@@ -60,6 +74,23 @@ void multiplex_avx512_on_avx2(const Mux& m);
 void outer_avx2(const Outer& o);
 void outer_avx512(const Outer& o);
 void outer_avx512_on_avx2(const Outer& o);
+// pass 1 over pixels p0 .. p0 + count (at most 48): where c, c += the weight's gradient
+// (Outer's layout, gy's channels as a[] where k_wide); sg, sgx (K floats each) += the sums of g
+// and of g * (x - mean) where x * scale + shift > 0; g's rows into grad_a where kept. buf and
+// act: 48 x K floats of the caller's
+void backward_sums_avx2(const Backward& b, int64_t p0, int count, float* c, int64_t ldc, bool k_wide, float* sg,
+                        float* sgx, float* buf, float* act);
+void backward_sums_avx512(const Backward& b, int64_t p0, int count, float* c, int64_t ldc, bool k_wide, float* sg,
+                          float* sgx, float* buf, float* act);
+void backward_sums_avx512_on_avx2(const Backward& b, int64_t p0, int count, float* c, int64_t ldc, bool k_wide,
+                                  float* sg, float* sgx, float* buf, float* act);
+// pass 2: gx's rows = ca * g + cb * x + cc (g masked as above) + each of the `plus` tensors' rows
+void backward_apply_avx2(const Backward& b, int64_t p0, int count, const float* ca, const float* cb, const float* cc,
+                         const float* const* plus, int nplus, float* gx, float* buf);
+void backward_apply_avx512(const Backward& b, int64_t p0, int count, const float* ca, const float* cb,
+                           const float* cc, const float* const* plus, int nplus, float* gx, float* buf);
+void backward_apply_avx512_on_avx2(const Backward& b, int64_t p0, int count, const float* ca, const float* cb,
+                                   const float* cc, const float* const* plus, int nplus, float* gx, float* buf);
 // relu(x * scale + shift) of one pixel's K channels into out (AVX2 code, memory-bound)
 void activate_avx2(const float* x, float* out, int K, const float* scale, const float* shift);
 

@@ -9,6 +9,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cmath>
 #include <vector>
 
 #include "pointwise_cl.h"
@@ -245,6 +246,61 @@ void outer(const Outer& o) {
     const int n = std::min(V, vectors - v0);
     const int tail = v0 + n == vectors ? o.N - A::L * (vectors - 1) : A::L;
     outer_columns<A, R, V>(o, A::L * v0, n, tail);
+  }
+}
+
+
+// The training backward's two passes (Backward in pointwise_cl.h), a block of pixels a call
+template <class A>
+void backward_sums(const Backward& bw, int64_t p0, int count, float* c, int64_t ldc, bool k_wide, float* sg,
+                   float* sgx, float* buf, float* act) {
+  const int K = bw.K, CO = bw.CO;
+  const float* x = bw.x + p0 * K;
+  const float* gy = bw.gy + p0 * CO;
+  if (c) {  // the weight's gradient, from the activated input made here
+    const float* xs[BLOCK];
+    const float* gs[BLOCK];
+    for (int p = 0; p < count; ++p) {
+      activate<A>(x + (int64_t)p * K, act + (int64_t)p * K, K, bw.scale, bw.shift);
+      xs[p] = act + (int64_t)p * K;
+      gs[p] = gy + (int64_t)p * CO;
+    }
+    outer<A>({k_wide ? gs : xs, k_wide ? xs : gs, count, k_wide ? CO : K, k_wide ? K : CO, c, ldc});
+  }
+  float* g = bw.grad_a ? bw.grad_a + p0 * K : buf;
+  gemm<A>(gy, CO, bw.wt, CO, g, nullptr, K, count);  // the conv's input gradient
+  const float *s = bw.scale, *sh = bw.shift, *m = bw.mean;
+  for (int p = 0; p < count; ++p) {
+    const float* __restrict xr = x + (int64_t)p * K;
+    const float* __restrict gr = g + (int64_t)p * K;
+    for (int k = 0; k < K; ++k) {
+      const float gk = std::fma(xr[k], s[k], sh[k]) <= 0.f ? 0.f : gr[k];  // ReLU's mask, NaN kept
+      sg[k] += gk;
+      sgx[k] = std::fma(gk, xr[k] - m[k], sgx[k]);
+    }
+  }
+}
+
+template <class A>
+void backward_apply(const Backward& bw, int64_t p0, int count, const float* ca, const float* cb, const float* cc,
+                    const float* const* plus, int nplus, float* gx, float* buf) {
+  const int K = bw.K, CO = bw.CO;
+  const float* g = bw.grad_a ? bw.grad_a + p0 * K : buf;
+  if (!bw.grad_a) gemm<A>(bw.gy + p0 * CO, CO, bw.wt, CO, buf, nullptr, K, count);
+  const float *s = bw.scale, *sh = bw.shift;
+  for (int p = 0; p < count; ++p) {
+    const int64_t row = (p0 + p) * K;
+    const float* __restrict xr = bw.x + row;
+    const float* __restrict gr = g + (int64_t)p * K;
+    float* __restrict out = gx + row;
+    for (int k = 0; k < K; ++k) {
+      const float gk = std::fma(xr[k], s[k], sh[k]) <= 0.f ? 0.f : gr[k];
+      out[k] = std::fma(ca[k], gk, std::fma(cb[k], xr[k], cc[k]));
+    }
+    for (int j = 0; j < nplus; ++j) {  // the row just written, still in L1
+      const float* __restrict add = plus[j] + row;
+      for (int k = 0; k < K; ++k) out[k] += add[k];
+    }
   }
 }
 
