@@ -70,12 +70,12 @@ void run_avx512(const Run& r) { run<fiber::Avx512>(r); }
 void multiplex_avx512(const Mux& m) { multiplex<fiber::Avx512>(m); }
 void outer_avx512(const Outer& o) { outer<fiber::Avx512>(o); }
 void backward_sums_avx512(const Backward& b, int64_t p0, int count, float* c, int64_t ldc, bool k_wide, float* sg,
-                   float* sgx, float* buf, float* act) {
-  backward_sums<fiber::Avx512>(b, p0, count, c, ldc, k_wide, sg, sgx, buf, act);
+                   float* sgx, float* act) {
+  backward_sums<fiber::Avx512>(b, p0, count, c, ldc, k_wide, sg, sgx, act);
 }
 void backward_apply_avx512(const Backward& b, int64_t p0, int count, const float* ca, const float* cb, const float* cc,
-                    const float* const* plus, int nplus, float* gx, float* buf) {
-  backward_apply<fiber::Avx512>(b, p0, count, ca, cb, cc, plus, nplus, gx, buf);
+                    const float* const* plus, int nplus, float* gx) {
+  backward_apply<fiber::Avx512>(b, p0, count, ca, cb, cc, plus, nplus, gx);
 }
 }  // namespace pointwise
 #pragma GCC pop_options

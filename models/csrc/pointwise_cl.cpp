@@ -34,12 +34,12 @@ void run_avx2(const Run& r) { run<fiber::Avx2>(r); }
 void multiplex_avx2(const Mux& m) { multiplex<fiber::Avx2>(m); }
 void outer_avx2(const Outer& o) { outer<fiber::Avx2>(o); }
 void backward_sums_avx2(const Backward& b, int64_t p0, int count, float* c, int64_t ldc, bool k_wide, float* sg,
-                   float* sgx, float* buf, float* act) {
-  backward_sums<fiber::Avx2>(b, p0, count, c, ldc, k_wide, sg, sgx, buf, act);
+                   float* sgx, float* act) {
+  backward_sums<fiber::Avx2>(b, p0, count, c, ldc, k_wide, sg, sgx, act);
 }
 void backward_apply_avx2(const Backward& b, int64_t p0, int count, const float* ca, const float* cb, const float* cc,
-                    const float* const* plus, int nplus, float* gx, float* buf) {
-  backward_apply<fiber::Avx2>(b, p0, count, ca, cb, cc, plus, nplus, gx, buf);
+                    const float* const* plus, int nplus, float* gx) {
+  backward_apply<fiber::Avx2>(b, p0, count, ca, cb, cc, plus, nplus, gx);
 }
 void activate_avx2(const float* x, float* out, int K, const float* scale, const float* shift) {
   activate<fiber::Avx2>(x, out, K, scale, shift);
@@ -247,12 +247,12 @@ at::Tensor grad_weight_pointwise(const at::Tensor& x, const at::Tensor& gy, std:
 // statistics mean, invstd; scale = weight * invstd, shift = bias - mean * scale) and ReLU folded
 // into the conv: (grad x, grad BatchNorm weight, grad BatchNorm bias, grad conv weight or an
 // undefined tensor where weight is false). Run as three ops (the conv's two gradients, then
-// BatchNorm + ReLU's), grad y is read twice, and the conv's input gradient g written, then read
-// twice; here pass 1 reads grad y and x once for the weight's gradient, g and BatchNorm's sums,
-// pass 2 writes grad x, and g is kept between them only where it is narrower than grad y (else
-// made again from it: K > CO, the multiplexer's first conv). plus: gradients of x from its other
-// uses, added as grad x is written (bn_relu.cpp). packed_t: pack_pointwise(weight, path,
-// transposed=true).
+// BatchNorm + ReLU's), grad y is read twice and the conv's input gradient g read twice after it
+// is written; here pass 1 reads grad y and x once for the weight's gradient, g and BatchNorm's
+// sums (each block of g summed while in cache), and pass 2 writes grad x. (Making g again in pass
+// 2 rather than keeping it, where it is wider than grad y, was slower: 1.29x at conv4's 384 -> 96.)
+// plus: gradients of x from its other uses, added as grad x is written (bn_relu.cpp). packed_t:
+// pack_pointwise(weight, path, transposed=true).
 std::vector<at::Tensor> bn_pointwise_backward(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& packed_t,
                                               const at::Tensor& mean, const at::Tensor& invstd, const at::Tensor& scale,
                                               const at::Tensor& shift, std::vector<at::Tensor> plus,
@@ -268,11 +268,11 @@ std::vector<at::Tensor> bn_pointwise_backward(const at::Tensor& gy, const at::Te
     TORCH_CHECK(cl_float(t) && t.sizes() == x.sizes(), "pointwise: a gradient to add must be channels-last-3d fp32 in x's shape");
   const int64_t pixels = x.numel() / K;
   TORCH_CHECK(pixels > 0, "pointwise: no values to normalise");
-  const bool keep = K <= CO, k_wide = K >= CO;
-  auto grad_a = keep ? at::empty({pixels * K}, x.options()) : at::Tensor();
+  const bool k_wide = K >= CO;
+  auto grad_a = at::empty({pixels * K}, x.options());
   const pointwise::Backward bw{x.data_ptr<float>(), gy.data_ptr<float>(), packed_t.data_ptr<float>(),
                                scale.data_ptr<float>(), shift.data_ptr<float>(), mean.data_ptr<float>(),
-                               (int)K, (int)CO, keep ? grad_a.data_ptr<float>() : nullptr};
+                               (int)K, (int)CO, grad_a.data_ptr<float>()};
   const bool a2 = path == "avx2", a512 = path == "avx512";
   const auto sums = a2 ? pointwise::backward_sums_avx2 : a512 ? pointwise::backward_sums_avx512
                                                              : pointwise::backward_sums_avx512_on_avx2;
@@ -289,13 +289,13 @@ std::vector<at::Tensor> bn_pointwise_backward(const at::Tensor& gy, const at::Te
     const int id = at::get_thread_num();
     std::vector<float>& c = partial.at(id);
     if (weight && c.empty()) c.assign(M * ldc, 0.f);
-    std::vector<float> buf(BLOCK * K), act(weight ? BLOCK * K : 0), block(2 * K);
+    std::vector<float> act(weight ? BLOCK * K : 0), block(2 * K);
     double* mine = totals.data() + (size_t)id * 2 * K;
     for (int64_t b = begin; b < end; ++b) {
       std::fill(block.begin(), block.end(), 0.f);
       const int64_t p0 = b * BLOCK;
       sums(bw, p0, (int)std::min(BLOCK, pixels - p0), weight ? c.data() : nullptr, ldc, k_wide, block.data(),
-           block.data() + K, buf.data(), act.data());
+           block.data() + K, act.data());
       for (int64_t k = 0; k < 2 * K; ++k) mine[k] += block[k];
     }
   });
@@ -321,11 +321,10 @@ std::vector<at::Tensor> bn_pointwise_backward(const at::Tensor& gy, const at::Te
   std::vector<const float*> more;
   for (const auto& t : plus) more.push_back(t.data_ptr<float>());
   at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> buf(keep ? 0 : BLOCK * K);
     for (int64_t b = begin; b < end; ++b) {
       const int64_t p0 = b * BLOCK;
       apply(bw, p0, (int)std::min(BLOCK, pixels - p0), ca.data(), cb.data(), cc.data(), more.data(),
-            (int)more.size(), gx.data_ptr<float>(), buf.data());
+            (int)more.size(), gx.data_ptr<float>());
     }
   });
   return {gx, grad_bn_weight, grad_bn_bias,

@@ -53,8 +53,8 @@ struct Outer {
 // Training's backward of y = W relu(x * scale + shift), a 1x1x1 conv at stride 1 with the
 // BatchNorm + ReLU before it folded in (bn_pointwise_backward in pointwise_cl.cpp), in two
 // passes over the pixels, a block of them a call. x (pixels, K), gy (pixels, CO), wt the packed
-// transposed weight (CO -> K). The conv's input gradient g = gy W^T is stored between the passes
-// in grad_a, or, where grad_a is nullptr (K > CO: g is wider than gy), made again in the second.
+// transposed weight (CO -> K); the conv's input gradient g = gy W^T goes to grad_a (pixels, K)
+// between the passes.
 struct Backward {
   const float* x;
   const float* gy;
@@ -75,22 +75,22 @@ void outer_avx2(const Outer& o);
 void outer_avx512(const Outer& o);
 void outer_avx512_on_avx2(const Outer& o);
 // pass 1 over pixels p0 .. p0 + count (at most 48): where c, c += the weight's gradient
-// (Outer's layout, gy's channels as a[] where k_wide); sg, sgx (K floats each) += the sums of g
-// and of g * (x - mean) where x * scale + shift > 0; g's rows into grad_a where kept. buf and
-// act: 48 x K floats of the caller's
+// (Outer's layout, gy's channels as a[] where k_wide); g's rows into grad_a; sg, sgx (K floats
+// each) += the sums of g and of g * (x - mean) where x * scale + shift > 0. act: 48 x K floats of
+// the caller's
 void backward_sums_avx2(const Backward& b, int64_t p0, int count, float* c, int64_t ldc, bool k_wide, float* sg,
-                        float* sgx, float* buf, float* act);
+                        float* sgx, float* act);
 void backward_sums_avx512(const Backward& b, int64_t p0, int count, float* c, int64_t ldc, bool k_wide, float* sg,
-                          float* sgx, float* buf, float* act);
+                          float* sgx, float* act);
 void backward_sums_avx512_on_avx2(const Backward& b, int64_t p0, int count, float* c, int64_t ldc, bool k_wide,
-                                  float* sg, float* sgx, float* buf, float* act);
+                                  float* sg, float* sgx, float* act);
 // pass 2: gx's rows = ca * g + cb * x + cc (g masked as above) + each of the `plus` tensors' rows
 void backward_apply_avx2(const Backward& b, int64_t p0, int count, const float* ca, const float* cb, const float* cc,
-                         const float* const* plus, int nplus, float* gx, float* buf);
+                         const float* const* plus, int nplus, float* gx);
 void backward_apply_avx512(const Backward& b, int64_t p0, int count, const float* ca, const float* cb,
-                           const float* cc, const float* const* plus, int nplus, float* gx, float* buf);
+                           const float* cc, const float* const* plus, int nplus, float* gx);
 void backward_apply_avx512_on_avx2(const Backward& b, int64_t p0, int count, const float* ca, const float* cb,
-                                   const float* cc, const float* const* plus, int nplus, float* gx, float* buf);
+                                   const float* cc, const float* const* plus, int nplus, float* gx);
 // relu(x * scale + shift) of one pixel's K channels into out (AVX2 code, memory-bound)
 void activate_avx2(const float* x, float* out, int K, const float* scale, const float* shift);
 

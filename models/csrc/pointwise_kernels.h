@@ -12,6 +12,7 @@
 #include <cmath>
 #include <vector>
 
+#include "bn_relu_rows.h"
 #include "pointwise_cl.h"
 
 namespace pointwise {
@@ -253,7 +254,7 @@ void outer(const Outer& o) {
 // The training backward's two passes (Backward in pointwise_cl.h), a block of pixels a call
 template <class A>
 void backward_sums(const Backward& bw, int64_t p0, int count, float* c, int64_t ldc, bool k_wide, float* sg,
-                   float* sgx, float* buf, float* act) {
+                   float* sgx, float* act) {
   const int K = bw.K, CO = bw.CO;
   const float* x = bw.x + p0 * K;
   const float* gy = bw.gy + p0 * CO;
@@ -267,36 +268,21 @@ void backward_sums(const Backward& bw, int64_t p0, int count, float* c, int64_t 
     }
     outer<A>({k_wide ? gs : xs, k_wide ? xs : gs, count, k_wide ? CO : K, k_wide ? K : CO, c, ldc});
   }
-  float* g = bw.grad_a ? bw.grad_a + p0 * K : buf;
+  float* g = bw.grad_a + p0 * K;
   gemm<A>(gy, CO, bw.wt, CO, g, nullptr, K, count);  // the conv's input gradient
-  const float *s = bw.scale, *sh = bw.shift, *m = bw.mean;
-  for (int p = 0; p < count; ++p) {
-    const float* __restrict xr = x + (int64_t)p * K;
-    const float* __restrict gr = g + (int64_t)p * K;
-    for (int k = 0; k < K; ++k) {
-      const float gk = std::fma(xr[k], s[k], sh[k]) <= 0.f ? 0.f : gr[k];  // ReLU's mask, NaN kept
-      sg[k] += gk;
-      sgx[k] = std::fma(gk, xr[k] - m[k], sgx[k]);
-    }
-  }
+  for (int p = 0; p < count; ++p)  // BatchNorm + ReLU's sums
+    bn_rows::masked_sums(x + (int64_t)p * K, g + (int64_t)p * K, bw.scale, bw.shift, bw.mean, sg, sgx, K);
 }
 
 template <class A>
 void backward_apply(const Backward& bw, int64_t p0, int count, const float* ca, const float* cb, const float* cc,
-                    const float* const* plus, int nplus, float* gx, float* buf) {
-  const int K = bw.K, CO = bw.CO;
-  const float* g = bw.grad_a ? bw.grad_a + p0 * K : buf;
-  if (!bw.grad_a) gemm<A>(bw.gy + p0 * CO, CO, bw.wt, CO, buf, nullptr, K, count);
-  const float *s = bw.scale, *sh = bw.shift;
+                    const float* const* plus, int nplus, float* gx) {
+  const int K = bw.K;
+  const float* g = bw.grad_a + p0 * K;
   for (int p = 0; p < count; ++p) {
     const int64_t row = (p0 + p) * K;
-    const float* __restrict xr = bw.x + row;
-    const float* __restrict gr = g + (int64_t)p * K;
     float* __restrict out = gx + row;
-    for (int k = 0; k < K; ++k) {
-      const float gk = std::fma(xr[k], s[k], sh[k]) <= 0.f ? 0.f : gr[k];
-      out[k] = std::fma(ca[k], gk, std::fma(cb[k], xr[k], cc[k]));
-    }
+    bn_rows::masked_affine(bw.x + row, g + (int64_t)p * K, bw.scale, bw.shift, ca, cb, cc, out, K);
     for (int j = 0; j < nplus; ++j) {  // the row just written, still in L1
       const float* __restrict add = plus[j] + row;
       for (int k = 0; k < K; ++k) out[k] += add[k];
