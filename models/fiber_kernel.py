@@ -427,6 +427,51 @@ def _stock_grad_input(grad, x, weight, stride, groups):
         [True, False, False])[0]
 
 
+def _input_gradient_cl(grad, x, weight, groups, stride):
+    """The channels-last conv's input gradient: the kernel with ``flipped`` weights at stride 1,
+    by phases where only time is strided, PyTorch's own where space is."""
+    if tuple(stride) == (1, 1, 1):
+        return forward_cl(grad, pack(weight, groups, turned=True), weight.shape[1], (1, 1, 1))
+    if tuple(stride[1:]) == (1, 1):
+        return _time_strided_grad_input(grad, x, weight, stride, groups)
+    return _stock_grad_input(grad, x, weight, stride, groups)
+
+
+class BNReLUFiberFunction(torch.autograd.Function):
+    """``conv(relu(x * scale + shift)) (+ residual)`` in training, channels last: the batch's
+    BatchNorm + ReLU (as ``BatchNormReLUFunction``) folded into the kernel's packing of its input
+    in the forward and again in the weight gradient's, so the activated input is never written
+    out (one pass over x fewer and one activation-sized tensor fewer kept). Only where the weight
+    gradient packs its input anyway (``FiberConv3d.trains_folded``): its narrow form reads x in
+    place, where an activation per value would cost more than the pass saved."""
+
+    @staticmethod
+    def forward(ctx, x, bn_weight, bn_bias, mean, invstd, weight, groups, stride, residual):
+        scale = invstd * bn_weight
+        shift = bn_bias - mean * scale
+        ctx.save_for_backward(x, mean, invstd, scale, shift, weight)
+        ctx.groups, ctx.stride = groups, stride
+        with torch.profiler.record_function(PROFILED_AS):
+            return forward_cl(x, pack(weight, groups), weight.shape[0] // groups, stride, scale, shift,
+                              residual)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        x, mean, invstd, scale, shift, weight = ctx.saved_tensors
+        groups, stride = ctx.groups, ctx.stride
+        grad = grad.contiguous(memory_format=torch.channels_last_3d)
+        ext = extension()
+        grad_x = grad_bn_weight = grad_bn_bias = grad_w = None
+        if ctx.needs_input_grad[5]:
+            grad_w = ext.grad_weight_cl(x, grad, groups, weight.shape[2], list(stride), path(), scale, shift)
+        if any(ctx.needs_input_grad[:3]):
+            grad_a = _input_gradient_cl(grad, x, weight, groups, stride)
+            grad_x, grad_bn_weight, grad_bn_bias = ext.bn_relu_backward(grad_a, x, mean, invstd, scale, shift)
+        grad_residual = grad if ctx.needs_input_grad[8] else None
+        return grad_x, grad_bn_weight, grad_bn_bias, None, None, grad_w, None, None, grad_residual
+
+
 class FiberConvFunction(torch.autograd.Function):
     """The conv on the kernel, in either layout, with its two gradients:
 
@@ -459,12 +504,8 @@ class FiberConvFunction(torch.autograd.Function):
         grad_x = grad_w = None
         if channels_last(x, stride):
             grad = grad.contiguous(memory_format=torch.channels_last_3d)
-            if need_x and tuple(stride) == (1, 1, 1):
-                grad_x = forward_cl(grad, pack(weight, groups, turned=True), weight.shape[1], (1, 1, 1))
-            elif need_x and tuple(stride[1:]) == (1, 1):
-                grad_x = _time_strided_grad_input(grad, x, weight, stride, groups)
-            elif need_x:
-                grad_x = _stock_grad_input(grad, x, weight, stride, groups)
+            if need_x:
+                grad_x = _input_gradient_cl(grad, x, weight, groups, stride)
             if need_w:
                 grad_w = ext.grad_weight_cl(x, grad, groups, weight.shape[2], list(stride), path())
             return grad_x, grad_w, None, None, None, grad if ctx.needs_input_grad[5:] == (True,) else None
@@ -519,6 +560,29 @@ class FiberConv3d(nn.Conv3d):
             return FiberConvFunction.apply(x, self.weight, self.groups, self.stride, self._packed(x),
                                            residual)
         return self(x).add_(residual)
+
+    def trains_folded(self, bn: nn.Module, x: torch.Tensor) -> bool:
+        """Whether ``self(relu(bn(x)))`` runs as ``BNReLUFiberFunction`` (``forward_trained``):
+        gradients wanted, ``bn`` a batch-statistics ``BatchNormReLU3d`` on the kernel, a
+        channels-last input on the kernel, no hook on the conv, and a conv whose weight gradient
+        packs its input (not the narrow form, ``wgrad_in_place``)."""
+        from models.bn_relu import BatchNormReLU3d
+
+        return (torch.is_grad_enabled() and isinstance(bn, BatchNormReLU3d)
+                and (bn.training or bn.running_mean is None) and bn.applies(x)
+                and self._on_kernel(x) and channels_last(x, self.stride) and not hooked(self)
+                and not extension().wgrad_in_place(self.out_channels // self.groups,
+                                                   list(self.stride), path()))
+
+    def forward_trained(self, bn: nn.Module, x: torch.Tensor,
+                        residual: torch.Tensor | None = None) -> torch.Tensor:
+        """``self(relu(bn(x))) (+ residual)`` as ``BNReLUFiberFunction``; only where
+        ``trains_folded`` (and, with a residual, ``pointwise.residual_fits``) says so."""
+        from models.bn_relu import PROFILED_AS as BN_PROFILED_AS
+
+        with torch.profiler.record_function(BN_PROFILED_AS):
+            statistics = bn.batch_statistics(x)
+        return BNReLUFiberFunction.apply(x, *statistics, self.weight, self.groups, self.stride, residual)
 
     def _packed(self, x: torch.Tensor):
         """The channels-last weight packing, kept while the weight is unchanged and no gradient

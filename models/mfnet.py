@@ -102,6 +102,8 @@ class BNReLUConv(nn.Sequential):
             return pointwise.forward_folded(self.bn, self.conv, x)
         if pointwise.trains(self.bn, self.conv, x):  # training: the 1x1x1 conv on the kernel
             return pointwise.bn_conv_trained(self.bn, self.conv, x)
+        if isinstance(self.conv, FiberConv3d) and self.conv.trains_folded(self.bn, x):
+            return self.conv.forward_trained(self.bn, x)
         return super().forward(x)
 
     def plus(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
@@ -119,6 +121,9 @@ class BNReLUConv(nn.Sequential):
                     and pointwise.residual_fits(self.conv, x, residual)):
                 return pointwise.bn_conv_trained(self.bn, self.conv, x, residual)
             if isinstance(self.conv, FiberConv3d):  # training: the add in the kernel's output
+                if (self.conv.trains_folded(self.bn, x)
+                        and pointwise.residual_fits(self.conv, x, residual)):
+                    return self.conv.forward_trained(self.bn, x, residual)
                 return self.conv.plus(self.relu(self.bn(x)), residual)
         return self(x).add_(residual)
 

@@ -254,6 +254,48 @@ def test_training_adds_a_residual_in_the_kernel_and_passes_its_gradient_on(cin_g
     close(w1, conv.weight.grad)
 
 
+@pytest.mark.parametrize("cin_g, cout_g, kt, stride, folded", [
+    (24, 24, 3, (1, 1, 1), True), (12, 24, 3, (1, 2, 2), True), (6, 12, 1, (1, 2, 2), True),
+    (48, 48, 1, (1, 1, 1), True), (6, 6, 3, (1, 1, 1), False)])
+def test_training_folds_batchnorm_and_relu_where_the_weight_gradient_packs_its_input(
+        cin_g, cout_g, kt, stride, folded):
+    """``BNReLUConv`` in training on the kernel: BatchNorm + ReLU folded into the conv's packing
+    (``BNReLUFiberFunction``) where the weight gradient packs its input, the narrow form (which
+    reads it in place) left as it is; with and without a residual, every gradient and the
+    running statistics as PyTorch's."""
+    from models.mfnet import VIDEO, BNReLUConv
+
+    torch.manual_seed(cin_g + cout_g + kt)
+    unit = BNReLUConv(VIDEO, 4 * cin_g, 4 * cout_g, (kt, 3, 3), stride, (kt // 2, 1, 1), groups=4)
+    reference = copy.deepcopy(unit)
+    assert fk.use_kernel(unit) == 1
+    with torch.no_grad():
+        unit.bn.weight.uniform_(-1.5, 1.5)
+        unit.bn.bias.uniform_(-0.5, 0.5)
+    reference.load_state_dict(unit.state_dict())
+    x = (torch.randn(2, 4 * cin_g, 4, 9, 11) * 2).contiguous(memory_format=torch.channels_last_3d)
+    assert unit.conv.trains_folded(unit.bn, x) == folded
+    out_shape = fk.reference(x, unit.conv.weight, 4, stride).shape
+    residual = torch.randn(out_shape).contiguous(memory_format=torch.channels_last_3d)
+    grad = torch.randn(out_shape)
+    for with_residual in (False, True):
+        results = []
+        for net in (unit, reference):
+            net.zero_grad()
+            xs, rs = x.clone().requires_grad_(), residual.clone().requires_grad_()
+            y = net.plus(xs, rs) if with_residual else net(xs)
+            y.backward(grad)
+            results.append((y, xs.grad, rs.grad, net.conv.weight.grad, net.bn.weight.grad, net.bn.bias.grad,
+                            net.bn.running_mean, net.bn.running_var))
+        kinds = results[0][0].grad_fn.name()
+        assert ("BNReLUFiberFunction" in kinds) == folded
+        for got, want in zip(*results):
+            if want is None:
+                assert got is None
+            else:
+                close(got, want)
+
+
 def randomise(bn: nn.BatchNorm3d) -> nn.BatchNorm3d:
     with torch.no_grad():
         bn.running_mean.uniform_(-1, 1)

@@ -270,6 +270,16 @@ void prefer_huge_pages(const at::Tensor& y) {
 #endif
 }
 
+// inference's or training's BatchNorm + ReLU before the conv, as scale and shift per input channel
+fiber::Affine affine_of(const std::optional<at::Tensor>& scale, const std::optional<at::Tensor>& shift, int64_t C) {
+  TORCH_CHECK(scale.has_value() == shift.has_value(), "fiber_conv: scale and shift go together");
+  if (!scale.has_value()) return {};
+  for (const auto* t : {&*scale, &*shift})
+    TORCH_CHECK(t->dim() == 1 && t->size(0) == C && t->is_contiguous() && t->device().is_cpu() &&
+                t->scalar_type() == at::kFloat, "fiber_conv: scale and shift must be C contiguous fp32 CPU floats");
+  return fiber::Affine{scale->data_ptr<float>(), shift->data_ptr<float>()};
+}
+
 // (CO, cin_g, KT, 3, 3) -> (groups, KT, 3, 3, cin_g, cop): cop = cout_g rounded up to the
 // path's lanes, zeros padded. turned: the packing of the conv that maps grad y to grad x (per
 // group, input and output channels swapped and the kernel turned by 180 degrees, as
@@ -320,14 +330,7 @@ at::Tensor forward_cl(const at::Tensor& x, const at::Tensor& packed, int64_t cou
               "fiber_conv: packed weight malformed (packed for another path?)");
   const int groups = packed.size(0);
   const ClGeo g = fiber::cl_geometry(x, groups, packed.size(1), packed.size(4), cout_g, stride, lanes);
-  fiber::Affine affine;
-  TORCH_CHECK(scale.has_value() == shift.has_value(), "fiber_conv: scale and shift go together");
-  if (scale.has_value()) {
-    for (const auto* t : {&*scale, &*shift})
-      TORCH_CHECK(t->dim() == 1 && t->size(0) == g.C && t->is_contiguous() && t->device().is_cpu() &&
-                  t->scalar_type() == at::kFloat, "fiber_conv: scale and shift must be C contiguous fp32 CPU floats");
-    affine = fiber::Affine{scale->data_ptr<float>(), shift->data_ptr<float>()};
-  }
+  const fiber::Affine affine = affine_of(scale, shift, g.C);
   const int N = x.size(0);
   auto y = at::empty({N, g.CO, g.To, g.Ho, g.Wo}, x.options().memory_format(at::MemoryFormat::ChannelsLast3d));
   prefer_huge_pages(y);
@@ -347,11 +350,22 @@ at::Tensor forward_cl(const at::Tensor& x, const at::Tensor& packed, int64_t cou
   return y;
 }
 
-// grad of the weight of y = conv3d(x, w, stride, padding=(KT/2, 1, 1), groups), x and gy
-// channels-last-3d fp32: (CO, cin_g, KT, 3, 3). Each thread sums its tasks into a buffer of its
-// own, in the packed layout; the buffers are added at the end.
+// Whether the weight gradient reads x and grad y in place (the narrow form: groups of at most 8
+// output channels, 16 on AVX-512, at spatial stride 1) rather than from each task's packed band
+bool wgrad_in_place(int64_t cout_g, const std::vector<int64_t>& stride, const std::string& path) {
+  TORCH_CHECK(stride.size() == 3, "fiber_conv: stride must be three integers");
+  const int lanes = fiber::lanes_to_run(path);
+  return (cout_g <= 8 || (lanes == 16 && cout_g <= 16)) && stride[1] == 1 && stride[2] == 1;
+}
+
+// grad of the weight of y = conv3d(x', w, stride, padding=(KT/2, 1, 1), groups), x and gy
+// channels-last-3d fp32: (CO, cin_g, KT, 3, 3); x' = relu(x * scale + shift) where scale and shift
+// are given (training's BatchNorm + ReLU folded in, made in each task's packed band: the narrow
+// form, which reads x in place, is not taken then), else x. Each thread sums its tasks into a
+// buffer of its own, in the packed layout; the buffers are added at the end.
 at::Tensor grad_weight_cl(const at::Tensor& x, const at::Tensor& gy, int64_t groups,
-                             int64_t KT, std::vector<int64_t> stride, const std::string& path) {
+                             int64_t KT, std::vector<int64_t> stride, const std::string& path,
+                             const std::optional<at::Tensor>& scale, const std::optional<at::Tensor>& shift) {
   TORCH_CHECK(gy.dim() == 5 && gy.scalar_type() == at::kFloat && gy.size(1) % groups == 0 &&
               gy.is_contiguous(at::MemoryFormat::ChannelsLast3d), "fiber_conv: grad must be channels-last-3d fp32");
   const int cout_g = gy.size(1) / groups;
@@ -371,7 +385,8 @@ at::Tensor grad_weight_cl(const at::Tensor& x, const at::Tensor& gy, int64_t gro
     if (buffer.empty()) buffer.assign(groups * group_w, 0.f);
     return buffer.data();
   };
-  if ((g.cout_g <= 8 || (lanes == 16 && g.cout_g <= 16)) && g.sh == 1 && g.sw == 1) {
+  const fiber::Affine affine = affine_of(scale, shift, g.C);
+  if (!affine.scale && wgrad_in_place(g.cout_g, stride, path)) {
     // narrow groups: tasks of (n, to, a band of output rows), x and gy read in place. Bands of
     // 4 rows: MF-Net's 6 -> 6 1x3x3 at batch 4 took 6.9 ms, against 8.4 with 2 rows, 7.3 with 8
     // and 9.1 with the whole frame (AVX-512, median of 5 alternating rounds); 3x3x3 alike
@@ -395,7 +410,7 @@ at::Tensor grad_weight_cl(const at::Tensor& x, const at::Tensor& gy, int64_t gro
       Held held;
       for (int64_t task = begin; task < end; ++task) {
         int n, to, grp0, ng, ho0, ho1;
-        const Band first = tasks.unpack(task, xp, buf.data(), g, groups, held, n, to, grp0, ng, ho0, ho1);
+        const Band first = tasks.unpack(task, xp, buf.data(), g, groups, held, n, to, grp0, ng, ho0, ho1, affine);
         for (int j = 0; j < ng; ++j) {
           const int grp = grp0 + j;
           const Band src{first.buf + j * tasks.group_stride, first.hi_first, first.rows_in};

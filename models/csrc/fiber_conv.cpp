@@ -372,7 +372,9 @@ torch::Tensor forward_cl(const torch::Tensor& x, const torch::Tensor& packed, in
                          const std::optional<torch::Tensor>& scale, const std::optional<torch::Tensor>& shift,
                          const std::optional<torch::Tensor>& residual);
 torch::Tensor grad_weight_cl(const torch::Tensor& x, const torch::Tensor& gy, int64_t groups, int64_t KT,
-                             std::vector<int64_t> stride, const std::string& path);
+                             std::vector<int64_t> stride, const std::string& path,
+                             const std::optional<torch::Tensor>& scale, const std::optional<torch::Tensor>& shift);
+bool wgrad_in_place(int64_t cout_g, const std::vector<int64_t>& stride, const std::string& path);
 
 // The pre-activation pointwise conv, channels last (pointwise_cl.cpp)
 torch::Tensor pack_pointwise(const torch::Tensor& weight, const std::string& path, bool transposed);
@@ -422,7 +424,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("path"), py::arg("scale") = py::none(), py::arg("shift") = py::none());
   m.def("threads_used", &threads_used);
   m.def("grad_weight_cl", &grad_weight_cl, py::arg("x"), py::arg("gy"), py::arg("groups"), py::arg("KT"),
-        py::arg("stride"), py::arg("path"));
+        py::arg("stride"), py::arg("path"), py::arg("scale") = py::none(), py::arg("shift") = py::none());
+  m.def("wgrad_in_place", &wgrad_in_place, py::arg("cout_g"), py::arg("stride"), py::arg("path"));
   m.def("bn_stats", &bn_stats);
   m.def("affine_relu", &affine_relu);
   m.def("bn_relu_backward", &backward, py::arg("grad"), py::arg("x"), py::arg("mean"), py::arg("invstd"),
