@@ -511,9 +511,10 @@ def setup_label(device: str, name: str, dtype: str, cl: bool, compiled: bool) ->
 KERNELS_LABEL = {"stock": "stock kernels (as footnote 5 found it)",
                  "suite": "fiber convs optimised (the suite's kernels, MF-Net's default, for its "
                           "grouped convs and, where the run's environment says so, its BatchNorm "
-                          "+ ReLU and its pointwise convs (in inference with their BatchNorm + "
-                          "ReLU and residual adds in one pass); Res3D and MF-Net's stem on stock "
-                          "kernels)"}
+                          "+ ReLU and its pointwise convs, with their BatchNorm + ReLU and "
+                          "residual adds folded in (in training too where the run's environment "
+                          "says so); Res3D and "
+                          "MF-Net's stem on stock kernels)"}
 
 
 def forecast_lines(rates: pd.DataFrame) -> list[str]:
