@@ -102,6 +102,18 @@ inline void transpose8(__m256 (&r)[8]) {
 // f(kt, kh, row) for each kernel frame and row whose input frame and row are inside the input,
 // row: that input row in the band (rows of row_floats floats). Taps outside are skipped whole:
 // they read the zero padding.
+// acc[r][v] += s[r] * vec[v]: R broadcasts and R x V FMAs, the core of the register blocks that
+// broadcast one operand (the planar form's weights, the pointwise weight gradient's grad y)
+template <class A, int R, int V>
+inline void broadcast_fma(typename A::V (&acc)[R][V], const float* s, const typename A::V (&vec)[V]) {
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r) {
+    const typename A::V b = A::bcast(s + r);
+#pragma GCC unroll 16
+    for (int v = 0; v < V; ++v) acc[r][v] = A::fma(b, vec[v], acc[r][v]);
+  }
+}
+
 template <class F>
 inline void for_each_input_row(const Band& src, const ClGeo& g, int to, int ho, int64_t row_floats, F&& f) {
   for (int kt = 0; kt < g.KT; ++kt) {
@@ -244,13 +256,7 @@ void planar_block(const Band& src, const float* wg, float* yrow, const ClGeo& g_
         typename A::V in[NV];
 #pragma GCC unroll 16
         for (int j = 0; j < NV; ++j) in[j] = A::load(xr + tap[kw] + A::L * j);
-        const float* wk = wt + ((int64_t)kw * cin_g + ci) * cop;
-#pragma GCC unroll 16
-        for (int c = 0; c < CO; ++c) {
-          const typename A::V wv = A::bcast(wk + c);
-#pragma GCC unroll 16
-          for (int j = 0; j < NV; ++j) acc[c][j] = A::fma(wv, in[j], acc[c][j]);
-        }
+        broadcast_fma<A>(acc, wt + ((int64_t)kw * cin_g + ci) * cop, in);
       }
     }
   });

@@ -205,12 +205,7 @@ void outer_block(const Outer& o, int m0, int n0, int tail) {
 #pragma GCC unroll 4
     for (int v = 0; v < V; ++v)
       bv[v] = MASKED && v == V - 1 ? A::load_first(bp + A::L * v, tail) : A::load(bp + A::L * v);
-#pragma GCC unroll 8
-    for (int r = 0; r < R; ++r) {
-      const typename A::V av = A::bcast(ap + r);
-#pragma GCC unroll 4
-      for (int v = 0; v < V; ++v) acc[r][v] = A::fma(av, bv[v], acc[r][v]);
-    }
+    fiber::broadcast_fma<A>(acc, ap, bv);
   }
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
