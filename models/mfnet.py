@@ -101,10 +101,18 @@ class BNReLUConv(nn.Sequential):
         if pointwise.folds(self.bn, self.relu, self.conv, x):
             return pointwise.forward_folded(self.bn, self.conv, x)
         if pointwise.trains(self.bn, self.conv, x):  # training: the 1x1x1 conv on the kernel
-            return pointwise.bn_conv_trained(self.bn, self.conv, x)
-        if isinstance(self.conv, FiberConv3d) and self.conv.trains_folded(self.bn, x):
+            if self._unhooked():  # BatchNorm + ReLU folded in
+                return pointwise.bn_conv_trained(self.bn, self.conv, x)
+            return pointwise.conv_trained(self.conv, self.relu(self.bn(x)))
+        if (isinstance(self.conv, FiberConv3d) and self._unhooked()
+                and self.conv.trains_folded(self.bn, x)):
             return self.conv.forward_trained(self.bn, x)
         return super().forward(x)
+
+    def _unhooked(self) -> bool:
+        """Whether no hook is on the BatchNorm or the ReLU, which an op that folds them into the
+        conv does not call."""
+        return not fiber_kernel.hooked(self.bn, self.relu)
 
     def plus(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         """``self(x) + residual``. Folded on the suite's kernels, the add goes into the conv's
@@ -119,9 +127,11 @@ class BNReLUConv(nn.Sequential):
                 return pointwise.forward_folded(self.bn, self.conv, x, residual)
             if (pointwise.trains(self.bn, self.conv, x)
                     and pointwise.residual_fits(self.conv, x, residual)):
-                return pointwise.bn_conv_trained(self.bn, self.conv, x, residual)
+                if self._unhooked():
+                    return pointwise.bn_conv_trained(self.bn, self.conv, x, residual)
+                return pointwise.conv_trained(self.conv, self.relu(self.bn(x)), residual)
             if isinstance(self.conv, FiberConv3d):  # training: the add in the kernel's output
-                if (self.conv.trains_folded(self.bn, x)
+                if (self._unhooked() and self.conv.trains_folded(self.bn, x)
                         and pointwise.residual_fits(self.conv, x, residual)):
                     return self.conv.forward_trained(self.bn, x, residual)
                 return self.conv.plus(self.relu(self.bn(x)), residual)

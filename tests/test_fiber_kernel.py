@@ -296,6 +296,25 @@ def test_training_folds_batchnorm_and_relu_where_the_weight_gradient_packs_its_i
                 close(got, want)
 
 
+def test_training_keeps_a_hooked_batchnorm_a_module_of_its_own():
+    """A hook on the BatchNorm before a pointwise or a fiber conv sees it called in training: the
+    ops that fold it into the conv step aside."""
+    from models.mfnet import VIDEO, BNReLUConv
+
+    torch.manual_seed(6)
+    for unit in (BNReLUConv(VIDEO, 48, 96),
+                 BNReLUConv(VIDEO, 96, 96, (3, 3, 3), (1, 1, 1), (1, 1, 1), groups=4)):
+        fk.use_kernel(unit)
+        x = torch.randn(2, unit.bn.num_features, 3, 5, 7).contiguous(memory_format=torch.channels_last_3d)
+        seen = []
+        hook = unit.bn.register_forward_hook(lambda m, args, out, seen=seen: seen.append(out))
+        x.requires_grad_()
+        unit(x).sum().backward()
+        unit.plus(x, unit(x).detach())
+        hook.remove()
+        assert len(seen) == 3 and x.grad is not None
+
+
 def randomise(bn: nn.BatchNorm3d) -> nn.BatchNorm3d:
     with torch.no_grad():
         bn.running_mean.uniform_(-1, 1)
