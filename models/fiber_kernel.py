@@ -256,8 +256,8 @@ def _agrees(module, candidate: str, reference: str = "avx2") -> bool:
              module.grad_weight_pointwise(x, residual, [2, 2, 2], p),
              module.grad_weight_pointwise(residual, x[:, :, ::2, ::2, ::2].contiguous(
                  memory_format=torch.channels_last_3d), [1, 1, 1], p),
-             # training's backward with BatchNorm + ReLU folded in: the conv's input gradient
-             # made twice (40 -> 30), and kept between the passes (30 -> 40)
+             # training's backward with BatchNorm + ReLU folded in, both ways round (40 -> 30:
+             # the conv's input gradient the wider; 30 -> 40), with and without a gradient to add
              *module.bn_pointwise_backward(y30, x, module.pack_pointwise(w1, p, transposed=True),
                                            s40 - 0.5, s40 + 0.5, s40, s40 - 0.5, [x], p, True),
              *module.bn_pointwise_backward(x, x30, module.pack_pointwise(w2, p, transposed=True),

@@ -171,7 +171,8 @@ class BNReLUPointwiseFunction(torch.autograd.Function):
     - mean * scale``) folded into the 1x1x1 conv on the kernel. The activated input is made a
     block of pixels at a time in the forward and again in the weight's gradient, never written
     out: one pass over x fewer (and one activation-sized tensor fewer kept) than BatchNorm + ReLU
-    as an op of its own. The backward: the weight's gradient, the conv's input gradient, then
+    as an op of its own. The backward at stride 1: every gradient in two passes over the pixels
+    (``bn_pointwise_backward``); strided, the weight's gradient, the conv's input gradient, then
     BatchNorm + ReLU's (``bn_relu_backward``). ``shared``: ``x`` also returned that many times,
     their gradients added to x's as it is written (``BatchNormReLUFunction``)."""
 
