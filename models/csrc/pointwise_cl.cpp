@@ -163,8 +163,8 @@ at::Tensor multiplexer_cl(const at::Tensor& x, const at::Tensor& packed1, int64_
 
 // The threads' sums of outer products (M x ldc each, Outer's layout) added into a 1x1x1 conv's
 // weight gradient (CO, K, 1, 1, 1): c's rows are grad y's channels where k_wide, else x's
-at::Tensor summed_outer(const std::vector<std::vector<float>>& partial, bool k_wide, int64_t CO, int64_t K,
-                        int64_t ldc, const at::TensorOptions& options) {
+static at::Tensor summed_outer(const std::vector<std::vector<float>>& partial, bool k_wide, int64_t CO, int64_t K,
+                               int64_t ldc, const at::TensorOptions& options) {
   auto grad = at::empty({CO, K, 1, 1, 1}, options);
   float* out = grad.data_ptr<float>();
   std::vector<const float*> sums;
