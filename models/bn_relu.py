@@ -25,6 +25,14 @@ from models import fiber_kernel
 PROFILED_AS = "suite::bn_relu"  # the fused op's forward, as torch.profiler's tables name it
 
 
+def batch_affine(weight: torch.Tensor, bias: torch.Tensor, mean: torch.Tensor,
+                 invstd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """BatchNorm with the batch's statistics as ``x * scale + shift`` per channel: ``scale =
+    weight * invstd``, ``shift = bias - mean * scale`` (what the fused ops apply)."""
+    scale = invstd * weight
+    return scale, bias - mean * scale
+
+
 class BatchNormReLUFunction(torch.autograd.Function):
     """``relu(x * scale + shift)`` with ``scale = weight / sqrt(var + eps)`` and ``shift = bias -
     mean * scale``, for the batch's own ``mean`` and ``var``; the gradient is BatchNorm's
@@ -36,8 +44,7 @@ class BatchNormReLUFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, mean, invstd, shared=0):
-        scale = invstd * weight
-        shift = bias - mean * scale
+        scale, shift = batch_affine(weight, bias, mean, invstd)
         ctx.save_for_backward(x, mean, invstd, scale, shift)
         ctx.set_materialize_grads(False)  # an unused output's gradient stays None, not zeros
         y = fiber_kernel.extension().affine_relu(x, scale, shift)

@@ -447,8 +447,9 @@ class BNReLUFiberFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, bn_weight, bn_bias, mean, invstd, weight, groups, stride, residual):
-        scale = invstd * bn_weight
-        shift = bn_bias - mean * scale
+        from models.bn_relu import batch_affine
+
+        scale, shift = batch_affine(bn_weight, bn_bias, mean, invstd)
         ctx.save_for_backward(x, mean, invstd, scale, shift, weight)
         ctx.groups, ctx.stride = groups, stride
         with torch.profiler.record_function(PROFILED_AS):

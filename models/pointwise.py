@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from models import fiber_kernel
-from models.bn_relu import BatchNormReLU3d
+from models.bn_relu import BatchNormReLU3d, batch_affine
 
 PROFILED_AS = "suite::pointwise"  # as torch.profiler's tables name the fused op
 MULTIPLEXER_PROFILED_AS = "suite::multiplexer"  # the multiplexer's two convs in one op
@@ -178,8 +178,7 @@ class BNReLUPointwiseFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, bn_weight, bn_bias, mean, invstd, weight, stride, residual, shared):
-        scale = invstd * bn_weight
-        shift = bn_bias - mean * scale
+        scale, shift = batch_affine(bn_weight, bn_bias, mean, invstd)
         ctx.save_for_backward(x, mean, invstd, scale, shift, weight)
         ctx.stride, ctx.path = stride, fiber_kernel.path()
         ctx.set_materialize_grads(False)  # an unused output's gradient stays None, not zeros
