@@ -257,11 +257,14 @@ def _agrees(module, candidate: str, reference: str = "avx2") -> bool:
              module.grad_weight_pointwise(residual, x[:, :, ::2, ::2, ::2].contiguous(
                  memory_format=torch.channels_last_3d), [1, 1, 1], p),
              # training's backward with BatchNorm + ReLU folded in, both ways round (40 -> 30:
-             # the conv's input gradient the wider; 30 -> 40), with and without a gradient to add
+             # the conv's input gradient the wider; 30 -> 40), with and without a gradient to
+             # add, and strided
              *module.bn_pointwise_backward(y30, x, module.pack_pointwise(w1, p, transposed=True),
-                                           s40 - 0.5, s40 + 0.5, s40, s40 - 0.5, [x], p, True),
+                                           s40 - 0.5, s40 + 0.5, s40, s40 - 0.5, [x], [1, 1, 1], p, True),
              *module.bn_pointwise_backward(x, x30, module.pack_pointwise(w2, p, transposed=True),
-                                           s30 - 0.5, s30 + 0.5, s30, s30 - 0.5, [], p, True))
+                                           s30 - 0.5, s30 + 0.5, s30, s30 - 0.5, [], [1, 1, 1], p, True),
+             *module.bn_pointwise_backward(residual, x, module.pack_pointwise(w, p, transposed=True),
+                                           s40 - 0.5, s40 + 0.5, s40, s40 - 0.5, [], [2, 2, 2], p, True))
             for p in (candidate, reference)]
     if not all(_close(a, b) for a, b in zip(*outs)):
         warnings.warn(f"the pointwise kernel's {candidate} path disagrees with its {reference} path "

@@ -171,10 +171,9 @@ class BNReLUPointwiseFunction(torch.autograd.Function):
     - mean * scale``) folded into the 1x1x1 conv on the kernel. The activated input is made a
     block of pixels at a time in the forward and again in the weight's gradient, never written
     out: one pass over x fewer (and one activation-sized tensor fewer kept) than BatchNorm + ReLU
-    as an op of its own. The backward at stride 1: every gradient in two passes over the pixels
-    (``bn_pointwise_backward``); strided, the weight's gradient, the conv's input gradient, then
-    BatchNorm + ReLU's (``bn_relu_backward``). ``shared``: ``x`` also returned that many times,
-    their gradients added to x's as it is written (``BatchNormReLUFunction``)."""
+    as an op of its own. The backward: every gradient in two passes over the pixels
+    (``bn_pointwise_backward``). ``shared``: ``x`` also returned that many times, their gradients
+    added to x's as it is written (``BatchNormReLUFunction``)."""
 
     @staticmethod
     def forward(ctx, x, bn_weight, bn_bias, mean, invstd, weight, stride, residual, shared):
@@ -199,21 +198,14 @@ class BNReLUPointwiseFunction(torch.autograd.Function):
         grad_w = grad_x = grad_bn_weight = grad_bn_bias = None
         plus = [g.contiguous(memory_format=channels_last) for g in shared_grads if g is not None]
         fused_w = ctx.needs_input_grad[5] and path != "avx2"  # there MKL's GEMM (_weight_gradient)
-        if ctx.needs_input_grad[5] and not fused_w:
-            grad_w = _weight_gradient(x, grad, ctx.stride, path, scale, shift)
-        if any(ctx.needs_input_grad[:3]) and tuple(ctx.stride) == (1, 1, 1):
-            # every gradient in two passes over the pixels (pointwise_cl.cpp)
+        if any(ctx.needs_input_grad[:3]):  # every gradient in two passes over the pixels
             grad_x, grad_bn_weight, grad_bn_bias, fused = ext.bn_pointwise_backward(
                 grad, x, ext.pack_pointwise(weight.detach(), path, transposed=True), mean, invstd,
-                scale, shift, plus, path, fused_w)
-            grad_w = fused if fused_w else grad_w
-        else:
+                scale, shift, plus, list(ctx.stride), path, fused_w)
             if fused_w:
-                grad_w = _weight_gradient(x, grad, ctx.stride, path, scale, shift)
-            if any(ctx.needs_input_grad[:3]):
-                grad_a = _input_gradient(grad, x, weight, ctx.stride, path)
-                grad_x, grad_bn_weight, grad_bn_bias = ext.bn_relu_backward(
-                    grad_a, x, mean, invstd, scale, shift, plus)
+                grad_w = fused
+        if ctx.needs_input_grad[5] and grad_w is None:
+            grad_w = _weight_gradient(x, grad, ctx.stride, path, scale, shift)
         grad_residual = grad if ctx.needs_input_grad[7] else None
         return grad_x, grad_bn_weight, grad_bn_bias, None, None, grad_w, None, grad_residual, None
 

@@ -388,7 +388,7 @@ std::vector<torch::Tensor> bn_pointwise_backward(const torch::Tensor& gy, const 
                                                  const torch::Tensor& packed_t, const torch::Tensor& mean,
                                                  const torch::Tensor& invstd, const torch::Tensor& scale,
                                                  const torch::Tensor& shift, std::vector<torch::Tensor> plus,
-                                                 const std::string& path, bool weight);
+                                                 std::vector<int64_t> stride, const std::string& path, bool weight);
 torch::Tensor multiplexer_cl(const torch::Tensor& x, const torch::Tensor& packed1, int64_t mid,
                              const torch::Tensor& scale1, const torch::Tensor& shift1, const torch::Tensor& packed2,
                              const torch::Tensor& scale2, const torch::Tensor& shift2, const std::string& path);
@@ -418,8 +418,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("residual") = py::none(), py::kw_only(), py::arg("path"));
   m.def("multiplexer_cl", &multiplexer_cl);
   m.def("bn_pointwise_backward", &bn_pointwise_backward, py::arg("grad"), py::arg("x"), py::arg("packed_t"),
-        py::arg("mean"), py::arg("invstd"), py::arg("scale"), py::arg("shift"), py::arg("plus"), py::arg("path"),
-        py::arg("weight"));
+        py::arg("mean"), py::arg("invstd"), py::arg("scale"), py::arg("shift"), py::arg("plus"), py::arg("stride"),
+        py::arg("path"), py::arg("weight"));
   m.def("grad_weight_pointwise", &grad_weight_pointwise, py::arg("x"), py::arg("grad"), py::arg("stride"),
         py::arg("path"), py::arg("scale") = py::none(), py::arg("shift") = py::none());
   m.def("threads_used", &threads_used);

@@ -243,36 +243,44 @@ at::Tensor grad_weight_pointwise(const at::Tensor& x, const at::Tensor& gy, std:
   return summed_outer(partial, k_wide, CO, K, ldc, x.options());
 }
 
-// Training's backward of y = conv1x1x1(relu(x * scale + shift)) at stride 1, the BatchNorm (batch
+// Training's backward of y = conv1x1x1(relu(x * scale + shift), stride), the BatchNorm (batch
 // statistics mean, invstd; scale = weight * invstd, shift = bias - mean * scale) and ReLU folded
 // into the conv: (grad x, grad BatchNorm weight, grad BatchNorm bias, grad conv weight or an
 // undefined tensor where weight is false). Run as three ops (the conv's two gradients, then
 // BatchNorm + ReLU's), grad y is read twice and the conv's input gradient g read twice after it
 // is written; here pass 1 reads grad y and x once for the weight's gradient, g and BatchNorm's
-// sums (each block of g summed while in cache), and pass 2 writes grad x. (Making g again in pass
+// sums (each block of g summed while in cache), and pass 2 writes grad x (g = 0 at the input pixels
+// a strided conv skips: no zeroed copy and scatter of g). (Making g again in pass
 // 2 rather than keeping it, where it is wider than grad y, was slower: 1.29x at conv4's 384 -> 96.)
 // plus: gradients of x from its other uses, added as grad x is written (bn_relu.cpp). packed_t:
 // pack_pointwise(weight, path, transposed=true).
 std::vector<at::Tensor> bn_pointwise_backward(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& packed_t,
                                               const at::Tensor& mean, const at::Tensor& invstd, const at::Tensor& scale,
                                               const at::Tensor& shift, std::vector<at::Tensor> plus,
-                                              const std::string& path, bool weight) {
+                                              std::vector<int64_t> stride, const std::string& path, bool weight) {
   TORCH_CHECK(cl_float(x) && cl_float(gy), "pointwise: x and grad must be channels-last-3d fp32 CPU tensors");
+  TORCH_CHECK(stride.size() == 3 && stride[0] >= 1 && stride[1] >= 1 && stride[2] >= 1,
+              "pointwise: stride must be three positive integers");
   const int64_t K = x.size(1), CO = gy.size(1), C = chunk_of(path);
-  TORCH_CHECK(K > 0 && CO > 0 && gy.size(0) == x.size(0) && gy.size(2) == x.size(2) && gy.size(3) == x.size(3) &&
-              gy.size(4) == x.size(4), "pointwise: grad's shape does not match the conv's output");
+  const int64_t T = x.size(2), H = x.size(3), W = x.size(4);
+  TORCH_CHECK(K > 0 && CO > 0 && gy.size(0) == x.size(0) && gy.size(2) == (T ? (T - 1) / stride[0] + 1 : 0) &&
+              gy.size(3) == (H ? (H - 1) / stride[1] + 1 : 0) && gy.size(4) == (W ? (W - 1) / stride[2] + 1 : 0),
+              "pointwise: grad's shape does not match the conv's output");
   TORCH_CHECK(packed_for(packed_t, CO, K, C), "pointwise: the packed weight does not match the channels and the path");
   for (const auto* t : {&mean, &invstd, &scale, &shift})
     TORCH_CHECK(affine(*t, K), "pointwise: mean, invstd, scale and shift must be fp32 with one value per input channel");
   for (const auto& t : plus)
     TORCH_CHECK(cl_float(t) && t.sizes() == x.sizes(), "pointwise: a gradient to add must be channels-last-3d fp32 in x's shape");
-  const int64_t pixels = x.numel() / K;
+  const int64_t pixels = x.numel() / K, out_pixels = gy.numel() / CO;
   TORCH_CHECK(pixels > 0, "pointwise: no values to normalise");
   const bool k_wide = K >= CO;
-  auto grad_a = at::empty({pixels * K}, x.options());
+  auto grad_a = at::empty({out_pixels * K}, x.options());
+  const std::vector<float> zeros(K, 0.f);
   const pointwise::Backward bw{x.data_ptr<float>(), gy.data_ptr<float>(), packed_t.data_ptr<float>(),
                                scale.data_ptr<float>(), shift.data_ptr<float>(), mean.data_ptr<float>(),
-                               (int)K, (int)CO, grad_a.data_ptr<float>()};
+                               (int)K, (int)CO, grad_a.data_ptr<float>(),
+                               (int)T, (int)H, (int)W, (int)gy.size(2), (int)gy.size(3), (int)gy.size(4),
+                               (int)stride[0], (int)stride[1], (int)stride[2], zeros.data()};
   const bool a2 = path == "avx2", a512 = path == "avx512";
   const auto sums = a2 ? pointwise::backward_sums_avx2 : a512 ? pointwise::backward_sums_avx512
                                                              : pointwise::backward_sums_avx512_on_avx2;
@@ -281,7 +289,7 @@ std::vector<at::Tensor> bn_pointwise_backward(const at::Tensor& gy, const at::Te
   const int64_t M = k_wide ? CO : K, N = k_wide ? K : CO;
   const int64_t lanes = fiber::lanes_to_run(path), ldc = (N + lanes - 1) / lanes * lanes;
   constexpr int64_t BLOCK = 48;  // pixels per task, as pointwise_kernels.h's
-  const int64_t blocks = (pixels + BLOCK - 1) / BLOCK;
+  const int64_t blocks = (out_pixels + BLOCK - 1) / BLOCK, in_blocks = (pixels + BLOCK - 1) / BLOCK;
   const int threads = at::get_num_threads();
   std::vector<std::vector<float>> partial(threads);
   std::vector<double> totals((size_t)threads * 2 * K, 0.0);  // per thread: sums of g, of g * (x - mean)
@@ -294,7 +302,7 @@ std::vector<at::Tensor> bn_pointwise_backward(const at::Tensor& gy, const at::Te
     for (int64_t b = begin; b < end; ++b) {
       std::fill(block.begin(), block.end(), 0.f);
       const int64_t p0 = b * BLOCK;
-      sums(bw, p0, (int)std::min(BLOCK, pixels - p0), weight ? c.data() : nullptr, ldc, k_wide, block.data(),
+      sums(bw, p0, (int)std::min(BLOCK, out_pixels - p0), weight ? c.data() : nullptr, ldc, k_wide, block.data(),
            block.data() + K, act.data());
       for (int64_t k = 0; k < 2 * K; ++k) mine[k] += block[k];
     }
@@ -320,7 +328,7 @@ std::vector<at::Tensor> bn_pointwise_backward(const at::Tensor& gy, const at::Te
   auto gx = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::ChannelsLast3d));
   std::vector<const float*> more;
   for (const auto& t : plus) more.push_back(t.data_ptr<float>());
-  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, in_blocks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
       const int64_t p0 = b * BLOCK;
       apply(bw, p0, (int)std::min(BLOCK, pixels - p0), ca.data(), cb.data(), cc.data(), more.data(),

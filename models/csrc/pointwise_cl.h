@@ -52,17 +52,36 @@ struct Outer {
 
 // Training's backward of y = W relu(x * scale + shift), a 1x1x1 conv at stride 1 with the
 // BatchNorm + ReLU before it folded in (bn_pointwise_backward in pointwise_cl.cpp), in two
-// passes over the pixels, a block of them a call. x (pixels, K), gy (pixels, CO), wt the packed
-// transposed weight (CO -> K); the conv's input gradient g = gy W^T goes to grad_a (pixels, K)
-// between the passes.
+// passes over the pixels, a block of them a call (pass 1 the output's pixels, pass 2 the
+// input's). x (input pixels, K), gy (output pixels, CO), wt the packed transposed weight
+// (CO -> K); the conv's input gradient g = gy W^T goes to grad_a (output pixels, K) between the
+// passes.
 struct Backward {
   const float* x;
   const float* gy;
   const float* wt;
   const float *scale, *shift, *mean;  // per input channel
   int K, CO;
-  float* grad_a;
+  float* grad_a;  // one row per output pixel
+  // a strided conv (MF-Net's shortcut projections): the input pixels it skips get g = 0 (zeros,
+  // K floats); the grid as in Run
+  int T, H, W, To, Ho, Wo, st, sh, sw;
+  const float* zeros;
+  bool strided() const { return st != 1 || sh != 1 || sw != 1; }
 };
+
+// The input pixel that output pixel q of a 1x1x1 conv at stride (st, sh, sw) reads
+inline int64_t input_pixel(int64_t q, int T, int H, int W, int To, int Ho, int Wo, int st, int sh, int sw) {
+  const int64_t wo = q % Wo, ho = q / Wo % Ho, to = q / Wo / Ho % To, n = q / Wo / Ho / To;
+  return ((n * T + to * st) * H + ho * sh) * W + wo * sw;
+}
+
+// The output pixel that reads input pixel q, or -1 where the stride skips it
+inline int64_t output_pixel(int64_t q, int T, int H, int W, int To, int Ho, int Wo, int st, int sh, int sw) {
+  const int64_t w = q % W, h = q / W % H, t = q / W / H % T, n = q / W / H / T;
+  if (t % st || h % sh || w % sw) return -1;
+  return ((n * To + t / st) * Ho + h / sh) * Wo + w / sw;
+}
 
 // Each path's compute (pointwise_cl.cpp, fiber_cl_avx512.cpp, fiber_cl_emulated.cpp)
 void run_avx2(const Run& r);

@@ -132,13 +132,7 @@ void activate(const float* x, float* buf, int K, const float* scale, const float
 // the input pixel output pixel q reads
 template <class A>
 int64_t source(const Run& r, int64_t q) {
-  const int wo = q % r.Wo;
-  q /= r.Wo;
-  const int ho = q % r.Ho;
-  q /= r.Ho;
-  const int to = q % r.To;
-  const int64_t n = q / r.To;
-  return ((n * r.T + (int64_t)to * r.st) * r.H + (int64_t)ho * r.sh) * r.W + (int64_t)wo * r.sw;
+  return input_pixel(q, r.T, r.H, r.W, r.To, r.Ho, r.Wo, r.st, r.sh, r.sw);
 }
 
 template <class A>
@@ -251,13 +245,16 @@ template <class A>
 void backward_sums(const Backward& bw, int64_t p0, int count, float* c, int64_t ldc, bool k_wide, float* sg,
                    float* sgx, float* act) {
   const int K = bw.K, CO = bw.CO;
-  const float* x = bw.x + p0 * K;
   const float* gy = bw.gy + p0 * CO;
+  const float* xr[BLOCK];  // the input pixels the block's output pixels read
+  for (int p = 0; p < count; ++p)
+    xr[p] = bw.x + (bw.strided() ? input_pixel(p0 + p, bw.T, bw.H, bw.W, bw.To, bw.Ho, bw.Wo, bw.st, bw.sh, bw.sw)
+                                 : p0 + p) * K;
   if (c) {  // the weight's gradient, from the activated input made here
     const float* xs[BLOCK];
     const float* gs[BLOCK];
     for (int p = 0; p < count; ++p) {
-      activate<A>(x + (int64_t)p * K, act + (int64_t)p * K, K, bw.scale, bw.shift);
+      activate<A>(xr[p], act + (int64_t)p * K, K, bw.scale, bw.shift);
       xs[p] = act + (int64_t)p * K;
       gs[p] = gy + (int64_t)p * CO;
     }
@@ -265,19 +262,22 @@ void backward_sums(const Backward& bw, int64_t p0, int count, float* c, int64_t 
   }
   float* g = bw.grad_a + p0 * K;
   gemm<A>(gy, CO, bw.wt, CO, g, nullptr, K, count);  // the conv's input gradient
-  for (int p = 0; p < count; ++p)  // BatchNorm + ReLU's sums
-    bn_rows::masked_sums(x + (int64_t)p * K, g + (int64_t)p * K, bw.scale, bw.shift, bw.mean, sg, sgx, K);
+  for (int p = 0; p < count; ++p)  // BatchNorm + ReLU's sums (the skipped pixels' g is 0)
+    bn_rows::masked_sums(xr[p], g + (int64_t)p * K, bw.scale, bw.shift, bw.mean, sg, sgx, K);
 }
 
 template <class A>
 void backward_apply(const Backward& bw, int64_t p0, int count, const float* ca, const float* cb, const float* cc,
                     const float* const* plus, int nplus, float* gx) {
   const int K = bw.K;
-  const float* g = bw.grad_a + p0 * K;
   for (int p = 0; p < count; ++p) {
     const int64_t row = (p0 + p) * K;
+    const int64_t from = bw.strided() ? output_pixel(p0 + p, bw.T, bw.H, bw.W, bw.To, bw.Ho, bw.Wo, bw.st, bw.sh,
+                                                     bw.sw)
+                                      : p0 + p;
+    const float* g = from < 0 ? bw.zeros : bw.grad_a + from * K;
     float* __restrict out = gx + row;
-    bn_rows::masked_affine(bw.x + row, g + (int64_t)p * K, bw.scale, bw.shift, ca, cb, cc, out, K);
+    bn_rows::masked_affine(bw.x + row, g, bw.scale, bw.shift, ca, cb, cc, out, K);
     for (int j = 0; j < nplus; ++j) {  // the row just written, still in L1
       const float* __restrict add = plus[j] + row;
       for (int k = 0; k < K; ++k) out[k] += add[k];
