@@ -65,17 +65,6 @@ void wgrad_narrow_avx512(const float* x, const float* gy, float* dw, const ClGeo
 }
 
 }  // namespace fiber
-namespace pointwise {
-void run_avx512(const Run& r) { run<fiber::Avx512>(r); }
-void multiplex_avx512(const Mux& m) { multiplex<fiber::Avx512>(m); }
-void outer_avx512(const Outer& o) { outer<fiber::Avx512>(o); }
-void backward_sums_avx512(const Backward& b, int64_t p0, int count, float* c, int64_t ldc, bool k_wide, float* sg,
-                   float* sgx, float* act) {
-  backward_sums<fiber::Avx512>(b, p0, count, c, ldc, k_wide, sg, sgx, act);
-}
-void backward_apply_avx512(const Backward& b, int64_t p0, int count, const float* ca, const float* cb, const float* cc,
-                    const float* const* plus, int nplus, float* gx) {
-  backward_apply<fiber::Avx512>(b, p0, count, ca, cb, cc, plus, nplus, gx);
-}
-}  // namespace pointwise
+POINTWISE_ENTRY_POINTS(avx512, fiber::Avx512)
+
 #pragma GCC pop_options

@@ -63,17 +63,6 @@ void wgrad_narrow_avx512_on_avx2(const float* x, const float* gy, float* dw, con
 }
 
 }  // namespace fiber
-namespace pointwise {
-void run_avx512_on_avx2(const Run& r) { run<fiber::Avx512OnAvx2>(r); }
-void multiplex_avx512_on_avx2(const Mux& m) { multiplex<fiber::Avx512OnAvx2>(m); }
-void outer_avx512_on_avx2(const Outer& o) { outer<fiber::Avx512OnAvx2>(o); }
-void backward_sums_avx512_on_avx2(const Backward& b, int64_t p0, int count, float* c, int64_t ldc, bool k_wide, float* sg,
-                   float* sgx, float* act) {
-  backward_sums<fiber::Avx512OnAvx2>(b, p0, count, c, ldc, k_wide, sg, sgx, act);
-}
-void backward_apply_avx512_on_avx2(const Backward& b, int64_t p0, int count, const float* ca, const float* cb, const float* cc,
-                    const float* const* plus, int nplus, float* gx) {
-  backward_apply<fiber::Avx512OnAvx2>(b, p0, count, ca, cb, cc, plus, nplus, gx);
-}
-}  // namespace pointwise
+POINTWISE_ENTRY_POINTS(avx512_on_avx2, fiber::Avx512OnAvx2)
+
 #pragma GCC pop_options

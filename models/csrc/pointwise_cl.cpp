@@ -29,18 +29,8 @@
 #include "fiber_cl_kernels.h"
 #include "pointwise_kernels.h"
 
+POINTWISE_ENTRY_POINTS(avx2, fiber::Avx2)
 namespace pointwise {
-void run_avx2(const Run& r) { run<fiber::Avx2>(r); }
-void multiplex_avx2(const Mux& m) { multiplex<fiber::Avx2>(m); }
-void outer_avx2(const Outer& o) { outer<fiber::Avx2>(o); }
-void backward_sums_avx2(const Backward& b, int64_t p0, int count, float* c, int64_t ldc, bool k_wide, float* sg,
-                   float* sgx, float* act) {
-  backward_sums<fiber::Avx2>(b, p0, count, c, ldc, k_wide, sg, sgx, act);
-}
-void backward_apply_avx2(const Backward& b, int64_t p0, int count, const float* ca, const float* cb, const float* cc,
-                    const float* const* plus, int nplus, float* gx) {
-  backward_apply<fiber::Avx2>(b, p0, count, ca, cb, cc, plus, nplus, gx);
-}
 void activate_avx2(const float* x, float* out, int K, const float* scale, const float* shift) {
   activate<fiber::Avx2>(x, out, K, scale, shift);
 }

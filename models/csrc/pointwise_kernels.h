@@ -287,3 +287,20 @@ void backward_apply(const Backward& bw, int64_t p0, int count, const float* ca, 
 
 }  // namespace
 }  // namespace pointwise
+
+// The path's entry points (pointwise_cl.h), one line in each path's file: `traits` its vector
+// traits, `suffix` the name the dispatch picks (avx2, avx512, avx512_on_avx2)
+#define POINTWISE_ENTRY_POINTS(suffix, traits)                                                             \
+  namespace pointwise {                                                                                   \
+  void run_##suffix(const Run& r) { run<traits>(r); }                                                     \
+  void multiplex_##suffix(const Mux& m) { multiplex<traits>(m); }                                         \
+  void outer_##suffix(const Outer& o) { outer<traits>(o); }                                               \
+  void backward_sums_##suffix(const Backward& b, int64_t p0, int count, float* c, int64_t ldc, bool k_wide, \
+                              float* sg, float* sgx, float* act) {                                        \
+    backward_sums<traits>(b, p0, count, c, ldc, k_wide, sg, sgx, act);                                    \
+  }                                                                                                       \
+  void backward_apply_##suffix(const Backward& b, int64_t p0, int count, const float* ca, const float* cb,  \
+                               const float* cc, const float* const* plus, int nplus, float* gx) {         \
+    backward_apply<traits>(b, p0, count, ca, cb, cc, plus, nplus, gx);                                    \
+  }                                                                                                       \
+  }  // namespace pointwise
