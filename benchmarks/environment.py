@@ -70,8 +70,8 @@ def collect(device: str) -> dict:
 
 
 def fiber_kernel_status() -> str:
-    """What MF-Net's fiber convs ran on in this process (models/fiber_kernel.py); it does not
-    build the kernel."""
-    from models import fiber_kernel
+    """What MF-Net's convs ran on in this process (``models/kernels``); it does not build the
+    kernels."""
+    from models import kernels
 
-    return fiber_kernel.status(build=False)
+    return kernels.status(load=False)

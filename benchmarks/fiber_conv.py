@@ -29,7 +29,9 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks import runtime, speed
-from models import fiber_kernel
+from models import kernels
+from models.kernels import build, paths
+from models.kernels.ops import fiber
 
 # MF-Net 3D at 16x224x224, batch 1: the conv_m1 of each stage (channels in = out = num_mid)
 STAGES = {"conv2": (96, 8, 56, 56), "conv3": (192, 8, 28, 28), "conv4": (384, 8, 14, 14),
@@ -57,12 +59,12 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     runtime.keep_freed_memory()
     torch.manual_seed(0)
-    ext = fiber_kernel.extension()
-    print(f"{torch.get_num_threads()} threads, batch {a.batch}, {fiber_kernel.status()}; "
+    ext = build.extension()
+    print(f"{torch.get_num_threads()} threads, batch {a.batch}, {kernels.status()}; "
           "useful GMAC/s (ms per call)")
     names = ["onednn", "onednn-ncdhw", "fibers-bmm"]
     names += ["suite-ncdhw"] if ext is not None else []
-    names += ["suite-cl"] if ext is not None and fiber_kernel.path() in fiber_kernel.CL_PATHS else []
+    names += ["suite-cl"] if ext is not None and paths.channels_last_path() else []
     print(f"{'stage':6} {'shape':>16} {'Cg':>3} " + " ".join(f"{v:>20}" for v in names))
     with torch.inference_mode():
         for stage, (c, t, h, w) in STAGES.items():
@@ -73,10 +75,10 @@ def main(argv=None) -> int:
             variants = {"onednn": partial(conv, x_cl), "onednn-ncdhw": partial(conv, x),
                         "fibers-bmm": partial(fibers_bmm, x, weight)}
             if "suite-ncdhw" in names:
-                variants["suite-ncdhw"] = partial(fiber_kernel.fiber_conv3d, x, weight, GROUPS)
+                variants["suite-ncdhw"] = partial(fiber.fiber_conv3d, x, weight, GROUPS)
             if "suite-cl" in names:
-                packed = fiber_kernel.pack(weight, GROUPS)
-                variants["suite-cl"] = partial(fiber_kernel.forward_cl, x_cl, packed, c // GROUPS, (1, 1, 1))
+                packed = fiber.pack(weight, GROUPS)
+                variants["suite-cl"] = partial(fiber.forward_cl, x_cl, packed, c // GROUPS, (1, 1, 1))
             reference = variants["onednn"]()
             macs = reference.numel() * (c // GROUPS) * 27
             cells = []

@@ -41,7 +41,7 @@ from benchmarks import runtime, speed
 from benchmarks.cost import count_macs, layer_type
 from benchmarks.run import parse_clip
 from benchmarks.workload import DTYPES, Setup, Workload
-from models import fiber_kernel, ledger
+from models import kernels, ledger
 
 CONVS = (nn.Conv2d, nn.Conv3d)
 
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         p.exit(2, f"op_profile.py: error: {exc}\n")
     runtime.keep_freed_memory()
     setup = Setup(args.device, args.dtype, args.channels_last,
-                  fiber_kernel=not args.stock_kernels and not fiber_kernel.why_not(args.device, args.dtype))
+                  fiber_kernel=not args.stock_kernels and not kernels.why_not(args.device, args.dtype))
     print(f"fiber convs: {'suite kernel' if setup.fiber_kernel else 'stock kernels'}")
     workload = Workload(args.model, setup, args.clip)
     x, y = workload.inputs(args.batch)

@@ -72,14 +72,13 @@ def resolve_fiber_kernel(args: argparse.Namespace) -> None:
     as MF-Net's own default; else stock. Rows marked kernels=suite must have run on it, so an
     explicit suite or paired that cannot run is refused. The kernel is built here (a minute,
     once per machine), never inside a timing."""
-    from models import fiber_kernel
+    from models import kernels
 
-    fiber_kernel.wish()  # an unreadable MFNET_FIBER_KERNEL stops here, in one line, as does
-    fiber_kernel.pool_cap()  # MFNET_LARGE_BLOCK_POOL's
+    kernels.check_settings()  # an unreadable MFNET_FIBER_KERNEL or MFNET_LARGE_BLOCK_POOL stops here
     asked = args.fiber_kernel
     if asked == "stock":
         return
-    why = fiber_kernel.why_not(args.device, args.dtype, args.compile)
+    why = kernels.why_not(args.device, args.dtype, args.compile)
     if why and asked:
         raise ValueError(f"--fiber-kernel {asked}: {why}")
     args.fiber_kernel = "stock" if why else asked or "suite"

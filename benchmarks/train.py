@@ -50,7 +50,7 @@ from benchmarks import datasets, environment, motion, runtime
 from benchmarks.motion import MotionDataset
 from benchmarks.results import Measurement, ResultsStore, RunConditions, new_run_id
 from benchmarks.workload import AUTOCAST, parse_clip
-from models import fiber_kernel
+from models import kernels
 from models.checkpoint import FORMAT, CheckpointError, classifier_name, file_digest
 from models.errors import first_line
 
@@ -169,8 +169,7 @@ def parse_args(argv=None) -> list[Config]:
 
 
 def expand(a: argparse.Namespace) -> list[Config]:
-    fiber_kernel.pool_cap()  # an unreadable MFNET_LARGE_BLOCK_POOL stops here, in one line,
-    fiber_kernel.wish()  # as does MFNET_FIBER_KERNEL
+    kernels.check_settings()  # an unreadable MFNET_FIBER_KERNEL or MFNET_LARGE_BLOCK_POOL stops here
     for target in a.imports:
         models.import_models(target)
     spec = models.get_spec(a.model)  # ValueError naming the closest names
@@ -600,7 +599,7 @@ def weights_of(cfg: Config) -> str:
 def kernels_of(cfg: Config, device) -> str:
     """The rows' kernels condition: suite where the model was put on the suite's kernel and it
     runs under the run's conditions, else stock (as ``run.py`` labels its rows)."""
-    if cfg.stock_kernels or fiber_kernel.why_not(device.type, cfg.amp or "fp32", cfg.compile):
+    if cfg.stock_kernels or kernels.why_not(device.type, cfg.amp or "fp32", cfg.compile):
         return "stock"
     return "suite"
 
@@ -648,7 +647,7 @@ def build_model(cfg: Config, num_classes: int) -> nn.Module:
     """``cfg``'s model, seeded, on the kernels ``cfg`` asks for (the suite's, or stock)."""
     torch.manual_seed(cfg.seed)
     model = models.create_model(cfg.model, num_classes=num_classes, **cfg.model_args)
-    fiber_kernel.use_kernels(model, suite=not cfg.stock_kernels)
+    kernels.use_kernels(model, suite=not cfg.stock_kernels)
     return model
 
 

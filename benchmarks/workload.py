@@ -9,7 +9,7 @@ from torch import nn
 
 import models
 from benchmarks.cost import input_shape
-from models import fiber_kernel
+from models import kernels
 
 # tf32: fp32 tensors with TensorFloat-32 matmuls and convs (CUDA only; see runtime.gpu_policy)
 DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -41,7 +41,7 @@ class Workload:
         self.video = len(input_shape(name, clip)) == 5
         if setup.channels_last:
             model = model.to(memory_format=self.memory_format)
-        fiber_kernel.use_kernels(model, setup.fiber_kernel)
+        kernels.use_kernels(model, setup.fiber_kernel)
         self.model = torch.compile(model) if setup.compiled else model
         self.eager_model = model
 

@@ -16,14 +16,10 @@ Departure from the release: the classifier pools with ``AdaptiveAvgPool`` instea
 """
 
 from collections import OrderedDict
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 from torch import nn
-
-from models import fiber_kernel, pointwise
-from models.bn_relu import BatchNormReLU3d
-from models.fiber_kernel import FiberConv3d, use_kernel
 
 
 @dataclass(frozen=True)
@@ -31,7 +27,6 @@ class Geometry:
     """Whether the network sees clips ``(N, C, T, H, W)`` (ndim=3) or images ``(N, C, H, W)``."""
 
     ndim: int
-    onednn_pointwise: bool = False  # build 1x1x1 convs as ``OneDNNPointwiseConv3d``
 
     def shape(self, t: int, h: int, w: int | None = None) -> tuple[int, ...]:
         """A kernel, stride or padding given as (t, h, w); the 2D net drops ``t``."""
@@ -39,11 +34,8 @@ class Geometry:
         return (t, h, w) if self.ndim == 3 else (h, w)
 
     def conv(self, num_in: int, num_out: int, kernel, stride, padding, groups: int = 1) -> nn.Module:
-        if self.ndim == 2:
-            return nn.Conv2d(num_in, num_out, kernel, stride, padding, groups=groups, bias=False)
-        pointwise = all(k == 1 for k in kernel)
-        kind = OneDNNPointwiseConv3d if self.onednn_pointwise and pointwise else nn.Conv3d
-        return kind(num_in, num_out, kernel, stride, padding, groups=groups, bias=False)
+        conv = nn.Conv3d if self.ndim == 3 else nn.Conv2d
+        return conv(num_in, num_out, kernel, stride, padding, groups=groups, bias=False)
 
     def bn(self, channels: int) -> nn.Module:
         return (nn.BatchNorm3d if self.ndim == 3 else nn.BatchNorm2d)(channels)
@@ -51,35 +43,6 @@ class Geometry:
 
 VIDEO = Geometry(ndim=3)
 IMAGE = Geometry(ndim=2)
-
-
-class OneDNNPointwiseConv3d(nn.Conv3d):
-    """A 1x1x1 ``Conv3d`` that runs on oneDNN on the CPU at batch 1; the same weights and math.
-
-    PyTorch's backend choice (``use_mkldnn`` in ATen's ConvUtils.h) sends a batch-1 conv with
-    N*C*T*H <= 20480 to ``slow_conv3d`` (im2col and GEMM on a contiguous copy of a channels-last
-    input). In MF-Net at 16x224x224 that is most multiplexer convs and the strided shortcut
-    projections, 14 per clip; measured here at batch 1, they were ~10% of MF-Net's latency
-    (234 -> 207-212 ms with this class). Everywhere else it is a plain ``Conv3d``: larger
-    batches (PyTorch sends those to oneDNN already), other devices and dtypes, autocast, and
-    under ``torch.jit.trace`` (fvcore) or ``torch.compile``, which should see the standard op.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._pinned_to_onednn(x):
-            return torch.mkldnn_convolution(x, self.weight, self.bias, self.padding, self.stride,
-                                            self.dilation, self.groups)
-        return super().forward(x)
-
-    def _pinned_to_onednn(self, x: torch.Tensor) -> bool:
-        # compile and trace first: dynamo folds this to a constant, where the checks below would
-        # break the graph at every 1x1x1 conv
-        if torch.compiler.is_compiling() or torch.jit.is_tracing():
-            return False
-        return (x.device.type == "cpu" and x.shape[0] == 1
-                and x.dtype == self.weight.dtype == torch.float32
-                and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
-                and not torch.is_autocast_enabled("cpu"))
 
 
 class BNReLUConv(nn.Sequential):
@@ -93,62 +56,6 @@ class BNReLUConv(nn.Sequential):
             conv=geometry.conv(num_in, num_out, geometry.shape(*kernel), geometry.shape(*stride),
                                geometry.shape(*padding), groups=groups),
         ))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # on the suite's kernels in inference, BN + ReLU fold into the conv; else the three modules
-        if isinstance(self.conv, FiberConv3d) and self.conv.folds(self.bn, x):
-            return self.conv.forward_folded(self.bn, x)
-        if pointwise.folds(self.bn, self.relu, self.conv, x):
-            return pointwise.forward_folded(self.bn, self.conv, x)
-        if pointwise.trains(self.bn, self.conv, x):  # training: the 1x1x1 conv on the kernel
-            if self._unhooked():  # BatchNorm + ReLU folded in
-                return pointwise.bn_conv_trained(self.bn, self.conv, x)
-            return pointwise.conv_trained(self.conv, self.relu(self.bn(x)))
-        if (isinstance(self.conv, FiberConv3d) and self._unhooked()
-                and self.conv.trains_folded(self.bn, x)):
-            return self.conv.forward_trained(self.bn, x)
-        return super().forward(x)
-
-    def _unhooked(self) -> bool:
-        """Whether no hook is on the BatchNorm or the ReLU, which an op that folds them into the
-        conv does not call."""
-        return not fiber_kernel.hooked(self.bn, self.relu)
-
-    def plus(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        """``self(x) + residual``. Folded on the suite's kernels, the add goes into the conv's
-        output as each row or pixel is written (one pass over the output fewer); a hook on this
-        module sees it called as ever, so it is then called as a module."""
-        if not (self._forward_hooks or self._forward_pre_hooks):
-            if (isinstance(self.conv, FiberConv3d) and self.conv.folds(self.bn, x)
-                    and pointwise.residual_fits(self.conv, x, residual)):
-                return self.conv.forward_folded(self.bn, x, residual)
-            if (pointwise.folds(self.bn, self.relu, self.conv, x)
-                    and pointwise.residual_fits(self.conv, x, residual)):
-                return pointwise.forward_folded(self.bn, self.conv, x, residual)
-            if (pointwise.trains(self.bn, self.conv, x)
-                    and pointwise.residual_fits(self.conv, x, residual)):
-                if self._unhooked():
-                    return pointwise.bn_conv_trained(self.bn, self.conv, x, residual)
-                return pointwise.conv_trained(self.conv, self.relu(self.bn(x)), residual)
-            if isinstance(self.conv, FiberConv3d):  # training: the add in the kernel's output
-                if (self._unhooked() and self.conv.trains_folded(self.bn, x)
-                        and pointwise.residual_fits(self.conv, x, residual)):
-                    return self.conv.forward_trained(self.bn, x, residual)
-                return self.conv.plus(self.relu(self.bn(x)), residual)
-        return self(x).add_(residual)
-
-    def forward_shared(self, x: torch.Tensor, shared: int) -> tuple[torch.Tensor, ...]:
-        """``(self(x), x, ..., x)``, ``x`` handed back ``shared`` times for its other uses (a
-        unit's residual adds). In training on the suite's kernels their gradients are added to
-        ``x``'s in the BatchNorm's backward pass (``BatchNormReLU3d.forward_shared``) instead
-        of a pass over ``x`` each; a hook on these modules sees them called as ever."""
-        if not (isinstance(self.bn, BatchNormReLU3d) and torch.is_grad_enabled()
-                and not fiber_kernel.hooked(self, self.bn, self.relu, self.conv)):
-            return (self(x), *[x] * shared)
-        if pointwise.trains(self.bn, self.conv, x):
-            return pointwise.bn_conv_trained(self.bn, self.conv, x, shared=shared)
-        a, *uses = self.bn.forward_shared(x, shared)
-        return (self.conv(self.relu(a)), *uses)
 
 
 class MultiFiberUnit(nn.Module):
@@ -178,23 +85,11 @@ class MultiFiberUnit(nn.Module):
         self.first = first
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # the residual adds go into the conv outputs, which are fresh tensors that no backward
-        # needs: no new block per add, which at the throughput batch glibc would map and
-        # page-fault in afresh every step (docs/fiber-kernel.md)
-        residual = x
-        if not self.multiplexer:
-            h = x
-        elif pointwise.multiplexes(self.conv_i1, self.conv_i2, x):  # inference, suite's kernels
-            h = pointwise.forward_multiplexed(self.conv_i1, self.conv_i2, x)
-        else:
-            # x's residual uses are handed back by the multiplexer's first BatchNorm, which in
-            # training on the suite's kernels adds their gradients to x's as it writes it
-            mixed, *uses = self.conv_i1.forward_shared(x, 1 if self.first else 2)
-            h = self.conv_i2.plus(mixed, uses[0])
-            residual = uses[-1]
-        if self.first:
-            return self.conv_m2.plus(self.conv_m1(h), self.conv_w1(x))
-        return self.conv_m2.plus(self.conv_m1(h), residual)
+        # the adds go into the convs' outputs, fresh tensors no backward needs: no new block per
+        # add, which at the throughput batch would be mapped and page-faulted afresh every step
+        h = self.conv_i2(self.conv_i1(x)).add_(x) if self.multiplexer else x
+        shortcut = self.conv_w1(x) if self.first else x
+        return self.conv_m2(self.conv_m1(h)).add_(shortcut)
 
 
 class MFNet(nn.Module):
@@ -204,18 +99,12 @@ class MFNet(nn.Module):
                  stem_channels: int = 16, stem_kernel=(3, 5, 5),
                  widths=(96, 192, 384, 768), depths=(3, 4, 6, 3), groups: int = 16,
                  multiplexer: bool = True, temporal_strides=(2, 1, 1, 1), dropout: float = 0.0,
-                 channels_last: bool = True, fiber_kernel: bool | None = None):
+                 channels_last: bool = True):
         super().__init__()
-        # Channels-last is the fast path for fiber (grouped) convs on oneDNN and cuDNN: on this
-        # suite's CPU it cut 16x224x224 inference at batch 1 from 225 ms to 124 ms; its 1x1x1
-        # convs are also kept on oneDNN at batch 1 (``OneDNNPointwiseConv3d``). The math,
-        # the parameters and the checkpoint keys are the same; channels_last=False is the plain
-        # reference path (plain ``Conv3d``, contiguous) the fast one is tested against.
-        # fiber_kernel: the 3D net's fiber convs (and the BatchNorm + ReLU before its convs) on
-        # the suite's kernel (``models/fiber_kernel.py``) wherever it runs (CPU, fp32, eager);
-        # PyTorch's own everywhere else. None: with the fast path, so the reference path stays
-        # plain. fiber_kernel.use_stock(model) puts a built model on stock kernels.
-        geometry = replace(geometry, onednn_pointwise=channels_last and geometry.ndim == 3)
+        # channels_last: the input is made channels-last on entry, the fast layout for fiber
+        # (grouped) convs on oneDNN, cuDNN and the suite's kernels (16x224x224 inference at batch
+        # 1 went from 225 ms to 124 ms here). The math, the parameters and the checkpoint keys are
+        # the same; channels_last=False is the plain reference path the fast one is tested against.
         self.memory_format = ((torch.channels_last_3d if geometry.ndim == 3 else torch.channels_last)
                               if channels_last else torch.contiguous_format)
         padding = tuple(k // 2 for k in stem_kernel)
@@ -245,8 +134,6 @@ class MFNet(nn.Module):
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.classifier = nn.Linear(num_in, num_classes)
         init_weights(self)
-        if (channels_last if fiber_kernel is None else fiber_kernel) and geometry.ndim == 3:
-            use_kernel(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: (N, 3, T, H, W) for the 3D net, (N, 3, H, W) for the 2D one
@@ -340,7 +227,8 @@ def init_weights(model: nn.Module) -> None:
 # ---- variant builders: each a few lines of data, as torchvision's r3d_18 / r2plus1d_18 ----
 
 def mfnet3d(*, num_classes: int = 400, **kwargs) -> MFNet:
-    """Table 2's 3D MF-Net, at 16x224x224 (its published cost: ``models/ledger.py``)."""
+    """Table 2's 3D MF-Net, at 16x224x224 (its published cost: ``models/ledger.py``); the
+    registry's ``mfnet`` is this on its fast path (``models/fast_path.py``)."""
     return MFNet(geometry=VIDEO, num_classes=num_classes, **kwargs)
 
 

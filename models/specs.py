@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from models import c3d, i3d, library, mfnet, resnext3d
+from models import c3d, fast_path, i3d, library, mfnet, resnext3d
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 # The authors' release (docs/authors-release.md): RGB in [0,1], mean (124,117,104)/255, std 1/(0.0167*255)
@@ -58,7 +58,7 @@ MF_SEARCH = ("Unpublished architecture: the paper gives only its cost. {what} we
 SPECS: tuple[ModelSpec, ...] = (
     # ---- MF-Net family (models/mfnet.py) ----
     ModelSpec(
-        "mfnet", mfnet.mfnet3d, (3, 16, 224, 224), 400, "ours (models/mfnet.py)", "exact", MFNET_MEAN,
+        "mfnet", fast_path.mfnet3d, (3, 16, 224, 224), 400, "ours (models/mfnet.py)", "exact", MFNET_MEAN,
         MFNET_STD),
     ModelSpec(
         "mfnet2d", mfnet.mfnet2d, IMAGE, 1000, "ours (models/mfnet.py)", "exact",

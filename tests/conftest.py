@@ -51,6 +51,6 @@ def fiber_kernel_built():
     """MF-Net runs on the suite's kernel by default, built on first use (about a minute, once
     per machine). Built here, before any test, so that no test's subprocess prints the first
     build's notice among the lines it checks or spends its timeout on it."""
-    from models import fiber_kernel
+    from models.kernels import build
 
-    fiber_kernel.extension()
+    build.extension()

@@ -1,5 +1,5 @@
 // The channels-last fiber conv (NDHWC, MF-Net's default layout) at any stride: packing, task
-// layout, the forward on AVX2, the weight gradient; the entry points fiber_conv.cpp binds. The
+// layout, the forward on AVX2, the weight gradient; the entry points bindings.cpp binds. The
 // forward's register blocks are in fiber_cl_kernels.h; its AVX-512 build is in
 // fiber_cl_avx512.cpp, and that build's code on pairs of AVX2 registers (for tests on CPUs
 // without AVX-512) in fiber_cl_emulated.cpp.
@@ -13,6 +13,7 @@
 #include <optional>
 
 #include "fiber_cl.h"
+#include "isa.h"
 
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
@@ -212,30 +213,11 @@ Tasks::Tasks(const ClGeo& g, int N, int groups, bool allow_planar) {
 }
 
 
-int lanes_of(const std::string& path) {
-  TORCH_CHECK(path == "avx2" || path == "avx512" || path == "avx512-emulated",
-              "fiber_conv: no channels-last path ", path);
-  return path == "avx2" ? 8 : 16;
-}
-
-int lanes_to_run(const std::string& path) {
-  const int lanes = lanes_of(path);
-  TORCH_CHECK(path != "avx512" || cpu_has("avx512"), "fiber_conv: no channels-last path avx512 on this CPU");
-  return lanes;
-}
-
-bool cpu_has(const std::string& isa) {
-  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  if (isa == "avx2") return avx2;
-  return isa == "avx512" && avx2 && __builtin_cpu_supports("avx512f");
-}
-
 // The geometry of a channels-last conv of x (N, C, T, H, W) with KT x 3 x 3 kernels, checked.
 ClGeo cl_geometry(const at::Tensor& x, int groups, int KT, int cin_g, int cout_g,
                   const std::vector<int64_t>& stride, int lanes) {
   TORCH_CHECK(x.dim() == 5 && x.device().is_cpu() && x.scalar_type() == at::kFloat &&
               x.is_contiguous(at::MemoryFormat::ChannelsLast3d), "fiber_conv: x must be a channels-last-3d fp32 CPU tensor");
-  TORCH_CHECK(cpu_has("avx2"), "fiber_conv: the channels-last kernel needs AVX2 and FMA");
   TORCH_CHECK(stride.size() == 3 && stride[0] > 0 && stride[1] > 0 && stride[2] > 0,
               "fiber_conv: strides must be three positive numbers");
   ClGeo g;
@@ -286,11 +268,11 @@ fiber::Affine affine_of(const std::optional<at::Tensor>& scale, const std::optio
 // fiber_kernel.flipped), (groups, KT, 3, 3, cout_g, cin_g rounded up), written from the weight
 // as it is. One pass, every float written once: packing through a flipped copy and a permuted
 // view took three (at conv5, 4 MB a weight, a training step packs 14 such weights).
-at::Tensor pack_cl(const at::Tensor& weight, int64_t groups, const std::string& path, bool turned) {
+at::Tensor pack_cl(const at::Tensor& weight, int64_t groups, const kernels::Isa& isa, bool turned) {
   TORCH_CHECK(weight.dim() == 5 && weight.size(3) == 3 && weight.size(4) == 3 && groups > 0 &&
               weight.size(0) % groups == 0 && weight.scalar_type() == at::kFloat && weight.device().is_cpu(),
               "fiber_conv: weight must be (CO, C/groups, KT, 3, 3) fp32 on the CPU");
-  const int64_t lanes = fiber::lanes_of(path);
+  const int64_t lanes = isa.lanes;
   const int64_t KT = weight.size(2), cout_g = weight.size(0) / groups, cin_g = weight.size(1);
   const int64_t ins = turned ? cout_g : cin_g, outs = turned ? cin_g : cout_g;
   const int64_t outp = (outs + lanes - 1) / lanes * lanes;
@@ -318,13 +300,13 @@ at::Tensor pack_cl(const at::Tensor& weight, int64_t groups, const std::string& 
 }
 
 // y = conv3d(x, w, stride, padding=(KT/2, 1, 1), groups) (+ residual) with x channels-last-3d
-// (fp32) and w packed by pack_cl for `path` (avx2, avx512 or avx512-emulated); y is
+// (fp32) and w packed by pack_cl for the same path (isa); y is
 // channels-last-3d. scale and shift: inference's BatchNorm + ReLU before the conv (Affine).
 at::Tensor forward_cl(const at::Tensor& x, const at::Tensor& packed, int64_t cout_g,
-                      std::vector<int64_t> stride, const std::string& path,
+                      std::vector<int64_t> stride, const kernels::Isa& isa,
                       const std::optional<at::Tensor>& scale, const std::optional<at::Tensor>& shift,
                       const std::optional<at::Tensor>& residual) {
-  const int lanes = fiber::lanes_to_run(path);
+  const int lanes = isa.lanes;
   TORCH_CHECK(packed.dim() == 6 && packed.is_contiguous() && packed.scalar_type() == at::kFloat &&
               cout_g > 0 && packed.size(5) == (cout_g + lanes - 1) / lanes * lanes,
               "fiber_conv: packed weight malformed (packed for another path?)");
@@ -344,18 +326,15 @@ at::Tensor forward_cl(const at::Tensor& x, const at::Tensor& packed, int64_t cou
   }
   const fiber::ClRun run{g, tasks, x.data_ptr<float>(), packed.data_ptr<float>(), y.data_ptr<float>(), N, groups,
                          affine, res};
-  if (path == "avx2") fiber::forward_avx2(run);
-  else if (path == "avx512") fiber::forward_avx512(run);
-  else fiber::forward_avx512_on_avx2(run);
+  isa.fiber_forward(run);
   return y;
 }
 
 // Whether the weight gradient reads x and grad y in place (the narrow form: groups of at most 8
 // output channels, 16 on AVX-512, at spatial stride 1) rather than from each task's packed band
-bool wgrad_in_place(int64_t cout_g, const std::vector<int64_t>& stride, const std::string& path) {
+bool wgrad_in_place(int64_t cout_g, const std::vector<int64_t>& stride, const kernels::Isa& isa) {
   TORCH_CHECK(stride.size() == 3, "fiber_conv: stride must be three integers");
-  const int lanes = fiber::lanes_to_run(path);
-  return (cout_g <= 8 || (lanes == 16 && cout_g <= 16)) && stride[1] == 1 && stride[2] == 1;
+  return (cout_g <= 8 || (isa.lanes == 16 && cout_g <= 16)) && stride[1] == 1 && stride[2] == 1;
 }
 
 // grad of the weight of y = conv3d(x', w, stride, padding=(KT/2, 1, 1), groups), x and gy
@@ -364,15 +343,13 @@ bool wgrad_in_place(int64_t cout_g, const std::vector<int64_t>& stride, const st
 // form, which reads x in place, is not taken then), else x. Each thread sums its tasks into a
 // buffer of its own, in the packed layout; the buffers are added at the end.
 at::Tensor grad_weight_cl(const at::Tensor& x, const at::Tensor& gy, int64_t groups,
-                             int64_t KT, std::vector<int64_t> stride, const std::string& path,
+                             int64_t KT, std::vector<int64_t> stride, const kernels::Isa& isa,
                              const std::optional<at::Tensor>& scale, const std::optional<at::Tensor>& shift) {
   TORCH_CHECK(gy.dim() == 5 && gy.scalar_type() == at::kFloat && gy.size(1) % groups == 0 &&
               gy.is_contiguous(at::MemoryFormat::ChannelsLast3d), "fiber_conv: grad must be channels-last-3d fp32");
   const int cout_g = gy.size(1) / groups;
-  const int lanes = fiber::lanes_to_run(path);
-  const ClGeo g = fiber::cl_geometry(x, groups, KT, x.size(1) / groups, cout_g, stride, lanes);
-  const auto wgrad = path == "avx2" ? fiber::wgrad_avx2 : path == "avx512" ? fiber::wgrad_avx512
-                                                                           : fiber::wgrad_avx512_on_avx2;
+  const ClGeo g = fiber::cl_geometry(x, groups, KT, x.size(1) / groups, cout_g, stride, isa.lanes);
+  const auto wgrad = isa.fiber_wgrad;
   TORCH_CHECK(gy.size(0) == x.size(0) && gy.size(2) == g.To && gy.size(3) == g.Ho && gy.size(4) == g.Wo,
               "fiber_conv: grad's shape does not match the conv's output");
   const int N = x.size(0);
@@ -386,12 +363,11 @@ at::Tensor grad_weight_cl(const at::Tensor& x, const at::Tensor& gy, int64_t gro
     return buffer.data();
   };
   const fiber::Affine affine = affine_of(scale, shift, g.C);
-  if (!affine.scale && wgrad_in_place(g.cout_g, stride, path)) {
+  if (!affine.scale && wgrad_in_place(g.cout_g, stride, isa)) {
     // narrow groups: tasks of (n, to, a band of output rows), x and gy read in place. Bands of
     // 4 rows: MF-Net's 6 -> 6 1x3x3 at batch 4 took 6.9 ms, against 8.4 with 2 rows, 7.3 with 8
     // and 9.1 with the whole frame (AVX-512, median of 5 alternating rounds); 3x3x3 alike
-    const auto narrow = path == "avx2" ? fiber::wgrad_narrow_avx2 : path == "avx512" ? fiber::wgrad_narrow_avx512
-                                                                                   : fiber::wgrad_narrow_avx512_on_avx2;
+    const auto narrow = isa.fiber_wgrad_narrow;
     constexpr int band = 4;
     const int bands = (g.Ho + band - 1) / band;
     at::parallel_for(0, (int64_t)N * g.To * bands, 1, [&](int64_t begin, int64_t end) {

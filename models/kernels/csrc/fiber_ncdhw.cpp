@@ -1,10 +1,8 @@
-// Direct grouped 3D convolution for MF-Net's fiber convs (models/fiber_kernel.py), in two
-// layouts: NCDHW at stride 1 (this file) and channels last at any stride (fiber_cl.cpp and its
-// AVX-512 build, fiber_cl_avx512.cpp: MF-Net's default layout). This file also binds the
-// extension's functions. Built with OpenMP: at::parallel_for runs on one thread in an
-// extension compiled without it.
+// Direct grouped 3D convolution for MF-Net's fiber convs, NCDHW at stride 1 (the channels-last
+// layout, MF-Net's default, is fiber_cl.cpp's). Built with OpenMP: at::parallel_for runs on one
+// thread in an extension compiled without it.
 //
-// NCDHW: y = conv3d(x, w, padding=(KT / 2, 1, 1), stride 1, groups), KT in {1, 3}.
+// y = conv3d(x, w, padding=(KT / 2, 1, 1), stride 1, groups), KT in {1, 3}.
 // - forward: vectorised along W of one output row (8 floats, AVX2 + FMA), 6 output channels x
 //   2 vectors per register block, so each input load feeds 6 FMAs and each weight 2. Borders
 //   are handled with masked loads: the input is never copied into a padded buffer.
@@ -13,13 +11,16 @@
 // - grad of the weight: per (output channel, input channel, kt), nine vector accumulators
 //   over every output position, summed across lanes at the end.
 // A scalar template serves CPUs without AVX2 + FMA and fp64 (gradcheck).
-#include <torch/extension.h>
-#include <immintrin.h>
+#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <immintrin.h>
+
 #include <algorithm>
-#include <optional>
-#include <string>
 #include <vector>
+
+#include "isa.h"
 
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
@@ -203,11 +204,11 @@ void grad_weight_scalar(const S* x, const S* gy, S* dw, int N, int C, int CO, in
   });
 }
 
-#include "fiber_cl.h"
+namespace {
+bool has_avx2() { return kernels::cpu_has("avx2"); }
+}  // namespace
 
-bool has_avx2() { return fiber::cpu_has("avx2"); }
-
-void check(const torch::Tensor& x, const torch::Tensor& weight, int64_t groups) {
+void check(const at::Tensor& x, const at::Tensor& weight, int64_t groups) {
   TORCH_CHECK(x.dim() == 5 && x.is_contiguous() && x.device().is_cpu(), "fiber_conv: x must be a contiguous NCDHW CPU tensor");
   TORCH_CHECK(weight.dim() == 5 && weight.is_contiguous() && weight.size(3) == 3 && weight.size(4) == 3 &&
               (weight.size(2) == 1 || weight.size(2) == 3), "fiber_conv: weight must be (CO, C/groups, 1 or 3, 3, 3)");
@@ -216,22 +217,11 @@ void check(const torch::Tensor& x, const torch::Tensor& weight, int64_t groups) 
               "fiber_conv: channels do not match groups");
 }
 
-// The path fp32 convs take on this CPU for a wish (models/fiber_kernel.py's switch): "" the
-// fastest it has ("avx512", else "avx2", else "scalar"); "avx2" what a CPU without AVX-512 gets;
-// "avx512-emulated" the AVX-512 path's blocking on pairs of AVX2 registers (tests); "scalar"
-// what a CPU without AVX2 gets. A wish the CPU cannot grant gets the best path below it.
-std::string path(const std::string& want) {
-  if (want == "scalar" || !has_avx2()) return "scalar";
-  if (want == "avx2") return "avx2";
-  if (want == "avx512-emulated") return want;
-  return fiber::cpu_has("avx512") ? "avx512" : "avx2";
-}
-
-torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& weight, int64_t groups,
+at::Tensor forward(const at::Tensor& x, const at::Tensor& weight, int64_t groups,
                       bool force_scalar) {
   check(x, weight, groups);
-  if (x.scalar_type() != torch::kFloat || force_scalar || !has_avx2()) {
-    auto y = torch::empty({x.size(0), weight.size(0), x.size(2), x.size(3), x.size(4)}, x.options());
+  if (x.scalar_type() != at::kFloat || force_scalar || !has_avx2()) {
+    auto y = at::empty({x.size(0), weight.size(0), x.size(2), x.size(3), x.size(4)}, x.options());
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fiber_conv_forward", [&] {
       forward_scalar<scalar_t>(x.data_ptr<scalar_t>(), weight.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(),
                                x.size(0), x.size(1), weight.size(0), x.size(2), x.size(3), x.size(4),
@@ -243,7 +233,7 @@ torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& weight, int64
   const int CO = weight.size(0), cin_g = weight.size(1), KT = weight.size(2);
   const int cout_g = CO / groups;
   TORCH_CHECK(cin_g * groups == C && cout_g * groups == CO, "channels and groups");
-  auto y = torch::empty({N, CO, T, H, W}, x.options());
+  auto y = at::empty({N, CO, T, H, W}, x.options());
   const float* xp = x.data_ptr<float>();
   const float* wp = weight.data_ptr<float>();
   float* yp = y.data_ptr<float>();
@@ -317,15 +307,15 @@ void weight_taps(
 #pragma GCC pop_options
 
 // grad of weight for y = conv3d(x, w, padding=(KT/2, 1, 1), groups); x, gy NCDHW contiguous.
-torch::Tensor grad_weight(const torch::Tensor& x, const torch::Tensor& gy, int64_t groups,
+at::Tensor grad_weight(const at::Tensor& x, const at::Tensor& gy, int64_t groups,
                           int64_t KT, bool force_scalar) {
   TORCH_CHECK(x.is_contiguous() && gy.is_contiguous() && x.scalar_type() == gy.scalar_type() &&
               gy.size(0) == x.size(0) && gy.size(2) == x.size(2) && gy.size(3) == x.size(3) &&
               gy.size(4) == x.size(4), "fiber_conv: grad_weight needs contiguous x and grad of one shape");
   const int N = x.size(0), C = x.size(1), T = x.size(2), H = x.size(3), W = x.size(4);
   const int CO = gy.size(1), cin_g = C / groups, cout_g = CO / groups;
-  auto dw = torch::empty({CO, cin_g, KT, 3, 3}, x.options());
-  if (x.scalar_type() != torch::kFloat || force_scalar || !has_avx2()) {
+  auto dw = at::empty({CO, cin_g, KT, 3, 3}, x.options());
+  if (x.scalar_type() != at::kFloat || force_scalar || !has_avx2()) {
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fiber_conv_grad_weight", [&] {
       grad_weight_scalar<scalar_t>(x.data_ptr<scalar_t>(), gy.data_ptr<scalar_t>(), dw.data_ptr<scalar_t>(),
                                    N, C, CO, T, H, W, KT, groups);
@@ -365,72 +355,3 @@ int64_t threads_used() {
   return std::count(seen.begin(), seen.end(), 1);
 }
 
-// The channels-last conv (fiber_cl.cpp)
-torch::Tensor pack_cl(const torch::Tensor& weight, int64_t groups, const std::string& path, bool turned);
-torch::Tensor forward_cl(const torch::Tensor& x, const torch::Tensor& packed, int64_t cout_g,
-                         std::vector<int64_t> stride, const std::string& path,
-                         const std::optional<torch::Tensor>& scale, const std::optional<torch::Tensor>& shift,
-                         const std::optional<torch::Tensor>& residual);
-torch::Tensor grad_weight_cl(const torch::Tensor& x, const torch::Tensor& gy, int64_t groups, int64_t KT,
-                             std::vector<int64_t> stride, const std::string& path,
-                             const std::optional<torch::Tensor>& scale, const std::optional<torch::Tensor>& shift);
-bool wgrad_in_place(int64_t cout_g, const std::vector<int64_t>& stride, const std::string& path);
-
-// The pre-activation pointwise conv, channels last (pointwise_cl.cpp)
-torch::Tensor pack_pointwise(const torch::Tensor& weight, const std::string& path, bool transposed);
-torch::Tensor pointwise_cl(const torch::Tensor& x, const torch::Tensor& packed, int64_t cout,
-                           std::vector<int64_t> stride, const std::optional<torch::Tensor>& scale, const std::optional<torch::Tensor>& shift,
-                           const std::optional<torch::Tensor>& residual, const std::string& path);
-torch::Tensor grad_weight_pointwise(const torch::Tensor& x, const torch::Tensor& gy, std::vector<int64_t> stride,
-                                    const std::string& path, const std::optional<torch::Tensor>& scale,
-                                    const std::optional<torch::Tensor>& shift);
-std::vector<torch::Tensor> bn_pointwise_backward(const torch::Tensor& gy, const torch::Tensor& x,
-                                                 const torch::Tensor& packed_t, const torch::Tensor& mean,
-                                                 const torch::Tensor& invstd, const torch::Tensor& scale,
-                                                 const torch::Tensor& shift, std::vector<torch::Tensor> plus,
-                                                 std::vector<int64_t> stride, const std::string& path, bool weight);
-torch::Tensor multiplexer_cl(const torch::Tensor& x, const torch::Tensor& packed1, int64_t mid,
-                             const torch::Tensor& scale1, const torch::Tensor& shift1, const torch::Tensor& packed2,
-                             const torch::Tensor& scale2, const torch::Tensor& shift2, const std::string& path);
-
-// BatchNorm + ReLU, channels last (bn_relu.cpp)
-std::vector<torch::Tensor> bn_stats(torch::Tensor x);
-torch::Tensor affine_relu(torch::Tensor x, torch::Tensor scale, torch::Tensor shift);
-std::vector<torch::Tensor> backward(torch::Tensor gy, torch::Tensor x, torch::Tensor mean, torch::Tensor invstd,
-                                    torch::Tensor scale, torch::Tensor shift, std::vector<torch::Tensor> plus);
-
-// Large CPU blocks kept for reuse (pool.cpp)
-bool pool_install(int64_t cap_bytes);
-int64_t pool_kept();
-int64_t pool_empty();
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("forward", &forward);
-  m.def("grad_weight", &grad_weight);
-  m.def("path", &path);
-  m.def("pack_cl", &pack_cl, py::arg("weight"), py::arg("groups"), py::arg("path"), py::arg("turned") = false);
-  m.def("forward_cl", &forward_cl, py::arg("x"), py::arg("packed"), py::arg("cout_g"), py::arg("stride"),
-        py::arg("path"), py::arg("scale") = py::none(), py::arg("shift") = py::none(),
-        py::arg("residual") = py::none());
-  m.def("pack_pointwise", &pack_pointwise, py::arg("weight"), py::arg("path"), py::arg("transposed") = false);
-  m.def("pointwise_cl", &pointwise_cl, py::arg("x"), py::arg("packed"), py::arg("cout"),
-        py::arg("stride") = std::vector<int64_t>{1, 1, 1}, py::arg("scale") = py::none(), py::arg("shift") = py::none(),
-        py::arg("residual") = py::none(), py::kw_only(), py::arg("path"));
-  m.def("multiplexer_cl", &multiplexer_cl);
-  m.def("bn_pointwise_backward", &bn_pointwise_backward, py::arg("grad"), py::arg("x"), py::arg("packed_t"),
-        py::arg("mean"), py::arg("invstd"), py::arg("scale"), py::arg("shift"), py::arg("plus"), py::arg("stride"),
-        py::arg("path"), py::arg("weight"));
-  m.def("grad_weight_pointwise", &grad_weight_pointwise, py::arg("x"), py::arg("grad"), py::arg("stride"),
-        py::arg("path"), py::arg("scale") = py::none(), py::arg("shift") = py::none());
-  m.def("threads_used", &threads_used);
-  m.def("grad_weight_cl", &grad_weight_cl, py::arg("x"), py::arg("gy"), py::arg("groups"), py::arg("KT"),
-        py::arg("stride"), py::arg("path"), py::arg("scale") = py::none(), py::arg("shift") = py::none());
-  m.def("wgrad_in_place", &wgrad_in_place, py::arg("cout_g"), py::arg("stride"), py::arg("path"));
-  m.def("bn_stats", &bn_stats);
-  m.def("affine_relu", &affine_relu);
-  m.def("bn_relu_backward", &backward, py::arg("grad"), py::arg("x"), py::arg("mean"), py::arg("invstd"),
-        py::arg("scale"), py::arg("shift"), py::arg("plus") = std::vector<torch::Tensor>{});
-  m.def("pool_install", &pool_install);
-  m.def("pool_kept", &pool_kept);
-  m.def("pool_empty", &pool_empty);
-}

@@ -1,6 +1,6 @@
-"""BatchNorm + ReLU in one pass (models/bn_relu.py) against ``relu(BatchNorm3d(x))``: the
-output, every gradient and the running statistics, in training and in eval mode, and where
-it steps aside for PyTorch's own."""
+"""BatchNorm + ReLU in one pass (BatchNormReLU3d, models/kernels/ops/bn_relu.py) against
+``relu(BatchNorm3d(x))``: the output, every gradient and the running statistics, in training and
+in eval mode, and where it steps aside for PyTorch's own."""
 
 import copy
 
@@ -8,16 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from models import bn_relu
-from models import fiber_kernel as fk
-from models.bn_relu import BatchNormReLU3d, fuse_bn_relu
+from tests.models.kernels.helpers import near
 
-
-@pytest.fixture(scope="module", autouse=True)
-def built():
-    if fk.extension() is None or fk.path() not in fk.CL_PATHS:
-        pytest.skip(f"kernel not built here, or no AVX2: {fk.status()}")
-
+from models.kernels import build, rewrite
+from models.kernels.modules import BatchNormReLU3d
 
 def pair(channels: int, **kwargs) -> tuple[nn.BatchNorm3d, BatchNormReLU3d]:
     reference = nn.BatchNorm3d(channels, **kwargs)
@@ -35,7 +29,7 @@ def channels_last(*shape, offset=0.0) -> torch.Tensor:
 
 
 def close(a, b, tol=1e-5):
-    torch.testing.assert_close(a, b, rtol=tol, atol=tol * max(1.0, b.abs().max().item()))
+    near(a, b, tol)
 
 
 @pytest.mark.parametrize("shape, kwargs", [
@@ -140,7 +134,7 @@ def test_where_it_does_not_apply_it_is_batchnorm_then_relu(case):
 
 
 def test_the_kernel_refuses_malformed_arguments_in_one_line():
-    ext = fk.extension()
+    ext = build.extension()
     x = channels_last(1, 8, 2, 3, 3)
     with pytest.raises(RuntimeError, match="bn_relu: scale must be 8 contiguous fp32 CPU floats"):
         ext.affine_relu(x, torch.ones(7), torch.zeros(8))
@@ -163,13 +157,13 @@ def test_fusing_pairs_only_a_sequential_s_batchnorm_then_relu_and_keeps_the_keys
     keys = list(model.state_dict())
     x = channels_last(2, 4, 2, 3, 3)
     expected = model(x)
-    assert fuse_bn_relu(model) == 2
+    rewrite.fuse(model)
     assert [type(m).__name__ for m in model] == ["BatchNormReLU3d", "FusedReLU", "Conv3d",
                                                  "BatchNorm3d", "Conv3d", "ReLU", "Sequential"]
     assert [type(m).__name__ for m in model[6]] == ["ReLU", "BatchNormReLU3d", "FusedReLU"]
     assert list(model.state_dict()) == keys
     close(model(x), expected)
-    assert bn_relu.unfuse_bn_relu(model) == 2
+    rewrite.use_stock_kernels(model)
     assert [type(m).__name__ for m in model.modules()] == [
         "Sequential", "BatchNorm3d", "ReLU", "Conv3d", "BatchNorm3d", "Conv3d", "ReLU", "Sequential",
         "ReLU", "BatchNorm3d", "ReLU"]

@@ -1,4 +1,4 @@
-"""models/csrc/pool.cpp: freed CPU blocks of 32 MiB and up kept for reuse, in front of PyTorch's
+"""models/kernels/csrc/pool.cpp: freed CPU blocks of 32 MiB and up kept for reuse, in front of PyTorch's
 own allocator, so a large batch does not fault its activations in afresh every step. It is
 process-wide and installed once, so each case runs in a fresh process of its own."""
 
@@ -9,17 +9,18 @@ from pathlib import Path
 
 import pytest
 
-from models import fiber_kernel as fk
+from models import kernels
+from models.kernels import build
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[3]
 
 PROBE = """
-import sys, torch
+import torch
 import torch.nn.functional as F
-sys.path.insert(0, sys.argv[1])
-from models import fiber_kernel as fk
-ext = fk.extension()
-print(fk.status())
+from models import kernels
+from models.kernels import build
+ext = build.extension()
+print(kernels.status())
 
 def mib(n):
     return torch.empty(n << 20, dtype=torch.uint8)
@@ -45,14 +46,14 @@ print("emptied", ext.pool_empty() >> 20, ext.pool_kept())
 
 
 def probe(tmp_path, switch: str) -> list[str]:
-    env = {**os.environ, fk.POOL_SWITCH: switch}
-    out = subprocess.run([sys.executable, "-c", PROBE, str(REPO)], capture_output=True, text=True,
+    env = {**os.environ, build.POOL_SWITCH: switch, "PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True,
                          env=env, timeout=300, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     return out.stdout.strip().splitlines()
 
 
-@pytest.mark.skipif(fk.extension() is None, reason="the kernel could not be built here")
+@pytest.mark.skipif(build.extension() is None, reason="the kernel could not be built here")
 def test_freed_large_blocks_are_handed_out_again_up_to_the_cap(tmp_path):
     lines = probe(tmp_path, "100")
     assert lines[0].endswith("; large blocks pooled")
@@ -61,7 +62,7 @@ def test_freed_large_blocks_are_handed_out_again_up_to_the_cap(tmp_path):
     assert lines[7].startswith("emptied ") and int(lines[7].split()[1]) >= 100 and lines[7].endswith(" 0")
 
 
-@pytest.mark.skipif(fk.extension() is None, reason="the kernel could not be built here")
+@pytest.mark.skipif(build.extension() is None, reason="the kernel could not be built here")
 def test_the_pool_switched_off_keeps_nothing(tmp_path):
     lines = probe(tmp_path, "off")
     assert "pooled" not in lines[0]
@@ -75,10 +76,10 @@ def test_a_pool_size_that_means_nothing_is_refused_in_one_line(monkeypatch):
             raise AssertionError("installed")
 
     for value in ("lots", "-5", "0", "1.5"):
-        monkeypatch.setenv(fk.POOL_SWITCH, value)
-        with pytest.raises(ValueError, match=f"{fk.POOL_SWITCH}=.*: use off or a size in MiB"):
-            fk._install_pool(Module())
-    monkeypatch.setenv(fk.POOL_SWITCH, "lots")
+        monkeypatch.setenv(build.POOL_SWITCH, value)
+        with pytest.raises(ValueError, match=f"{build.POOL_SWITCH}=.*: use off or a size in MiB"):
+            build._install_pool(Module())
+    monkeypatch.setenv(build.POOL_SWITCH, "lots")
     for cli in ("benchmarks/run.py --models mfnet --measure speed --quick",
                 "benchmarks/train.py --model mfnet"):
         out = subprocess.run([sys.executable, *cli.split()], capture_output=True, text=True,

@@ -1,5 +1,5 @@
 // BatchNorm + ReLU in one pass over a channels-last tensor, seen as (rows, C) with C the
-// channels (models/bn_relu.py). PyTorch runs them as two ops, and in training its
+// channels (models/kernels/bn_relu.py). PyTorch runs them as two ops, and in training its
 // channels-last BatchNorm reads its input twice for the statistics: forward and backward
 // together read or write the activation about 14 times; here 8.
 // - stats: per channel, the sum and the sum of squares of (x - x[0]) (shifted, so the

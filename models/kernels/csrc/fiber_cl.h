@@ -1,5 +1,6 @@
 // The channels-last fiber conv (MF-Net's default layout), shared by its files:
-// - fiber_cl.cpp: packing, task layout, the weight gradient, the AVX2 forward, the entry points;
+// - fiber_cl.cpp: packing, task layout, the weight gradient, the AVX2 forward, the entry points
+//   (bound in bindings.cpp);
 // - fiber_cl_avx512.cpp: the AVX-512 forward;
 // - fiber_cl_emulated.cpp: the AVX-512 forward's code on pairs of AVX2 registers (for tests on
 //   CPUs without AVX-512);
@@ -10,8 +11,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <optional>
-#include <string>
 #include <vector>
 
 namespace fiber {
@@ -99,7 +98,8 @@ struct ClRun {
   const float* residual = nullptr;  // y's layout: added to y as it is written (nullptr: none)
 };
 
-// The forward's compute on each path (fiber_cl.cpp, fiber_cl_avx512.cpp)
+// The forward's compute on each path (fiber_cl.cpp, fiber_cl_avx512.cpp, fiber_cl_emulated.cpp),
+// reached through each path's table (isa.h)
 void forward_avx2(const ClRun& run);
 void forward_avx512_on_avx2(const ClRun& run);
 void forward_avx512(const ClRun& run);
@@ -118,14 +118,5 @@ void wgrad_narrow_avx512_on_avx2(const float* x, const float* gy, float* dw, con
                                  int to, int ho0, int ho1);
 void wgrad_narrow_avx512(const float* x, const float* gy, float* dw, const ClGeo& g, int groups, int n, int to,
                          int ho0, int ho1);
-
-// Lanes per vector of a path: "avx512" and "avx512-emulated" 16, "avx2" 8
-int lanes_of(const std::string& path);
-// The same for a path that is to run here: a path name that means nothing stops with one line,
-// and so does "avx512" on a CPU without it
-int lanes_to_run(const std::string& path);
-
-// Whether this CPU runs an instruction set: "avx2" (with FMA) or "avx512" (AVX-512F, AVX2, FMA)
-bool cpu_has(const std::string& isa);
 
 }  // namespace fiber

@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "fiber_cl.h"
+#include "isa.h"
 #include "pointwise_cl.h"
 
 #pragma GCC push_options
@@ -51,21 +52,18 @@ bool affine(const std::optional<at::Tensor>& t, int64_t n) {
 
 }  // namespace
 
-// Output channels per chunk of a path's packed weights: 3 vectors ("avx2" 24, "avx512" and
-// "avx512-emulated" 48)
-int64_t chunk_of(const std::string& path) { return 3 * fiber::lanes_to_run(path); }
-
-// A 1x1x1 conv's weight (CO, K, 1, 1, 1) in a path's layout: (chunks, K, C), C = chunk_of(path),
+// A 1x1x1 conv's weight (CO, K, 1, 1, 1) in a path's layout: (chunks, K, C), C = isa.pointwise_chunk()
+// (3 vectors: 24 on AVX2, 48 on AVX-512),
 // chunk c's column j output channel C c + j, zero past CO. transposed: the packing of the
 // weight's transpose (K, CO), the conv from grad y to the input's gradient. Written in one pass:
 // through zeros, a copy and a transposed copy, a training step's 80 packings took 13 ms.
-at::Tensor pack_pointwise(const at::Tensor& weight, const std::string& path, bool transposed) {
+at::Tensor pack_pointwise(const at::Tensor& weight, const kernels::Isa& isa, bool transposed) {
   TORCH_CHECK(weight.dim() == 5 && weight.size(2) == 1 && weight.size(3) == 1 && weight.size(4) == 1 &&
               weight.scalar_type() == at::kFloat && weight.device().is_cpu(),
               "pointwise: the weight must be a CPU fp32 (CO, K, 1, 1, 1) tensor");
   const auto w = weight.contiguous();
   const int64_t rows = w.size(0), cols = w.size(1);  // w[o][k]: output channel o, input k
-  const int64_t CO = transposed ? cols : rows, K = transposed ? rows : cols, C = chunk_of(path);
+  const int64_t CO = transposed ? cols : rows, K = transposed ? rows : cols, C = isa.pointwise_chunk();
   const int64_t chunks = (CO + C - 1) / C;
   auto packed = at::empty({chunks, K, C}, weight.options());
   const float* src = w.data_ptr<float>();
@@ -92,12 +90,12 @@ bool packed_for(const at::Tensor& packed, int64_t K, int64_t cout, int64_t C) {
 
 // y = conv1x1x1(relu(x * scale + shift), stride) + residual, every tensor channels-last-3d fp32
 // on the CPU; scale/shift (per input channel) and residual (y's shape) optional; packed by
-// pack_pointwise for `path`
+// pack_pointwise for the same path
 at::Tensor pointwise_cl(const at::Tensor& x, const at::Tensor& packed, int64_t cout, std::vector<int64_t> stride,
                         const std::optional<at::Tensor>& scale, const std::optional<at::Tensor>& shift,
-                        const std::optional<at::Tensor>& residual, const std::string& path) {
+                        const std::optional<at::Tensor>& residual, const kernels::Isa& isa) {
   TORCH_CHECK(cl_float(x), "pointwise: x must be a channels-last-3d fp32 CPU tensor");
-  const int64_t K = x.size(1), C = chunk_of(path);
+  const int64_t K = x.size(1), C = isa.pointwise_chunk();
   TORCH_CHECK(K > 0, "pointwise: x has no channels");
   TORCH_CHECK(cout > 0 && packed_for(packed, K, cout, C),
               "pointwise: the packed weight does not match x's channels, cout and the path");
@@ -121,9 +119,7 @@ at::Tensor pointwise_cl(const at::Tensor& x, const at::Tensor& packed, int64_t c
                          y.numel() / cout, (int)K, (int)cout, (int)T, (int)H, (int)W, (int)To, (int)Ho, (int)Wo,
                          (int)stride[0], (int)stride[1], (int)stride[2]};
   if (r.pixels == 0) return y;
-  if (path == "avx2") pointwise::run_avx2(r);
-  else if (path == "avx512") pointwise::run_avx512(r);
-  else pointwise::run_avx512_on_avx2(r);
+  isa.pointwise_run(r);
   return y;
 }
 
@@ -132,9 +128,9 @@ at::Tensor pointwise_cl(const at::Tensor& x, const at::Tensor& packed, int64_t c
 // `path`) K -> M, packed2 M -> K, each BatchNorm as scale and shift per input channel
 at::Tensor multiplexer_cl(const at::Tensor& x, const at::Tensor& packed1, int64_t mid, const at::Tensor& scale1,
                           const at::Tensor& shift1, const at::Tensor& packed2, const at::Tensor& scale2,
-                          const at::Tensor& shift2, const std::string& path) {
+                          const at::Tensor& shift2, const kernels::Isa& isa) {
   TORCH_CHECK(cl_float(x), "multiplexer: x must be a channels-last-3d fp32 CPU tensor");
-  const int64_t K = x.size(1), C = chunk_of(path);
+  const int64_t K = x.size(1), C = isa.pointwise_chunk();
   TORCH_CHECK(K > 0 && mid > 0, "multiplexer: no channels");
   TORCH_CHECK(packed_for(packed1, K, mid, C) && packed_for(packed2, mid, K, C),
               "multiplexer: a packed weight does not match x's channels, mid and the path");
@@ -145,9 +141,7 @@ at::Tensor multiplexer_cl(const at::Tensor& x, const at::Tensor& packed1, int64_
                          shift1.data_ptr<float>(), (int)mid, packed2.data_ptr<float>(), scale2.data_ptr<float>(),
                          shift2.data_ptr<float>(), y.data_ptr<float>(), x.numel() / K, (int)K};
   if (m.pixels == 0) return y;
-  if (path == "avx2") pointwise::multiplex_avx2(m);
-  else if (path == "avx512") pointwise::multiplex_avx512(m);
-  else pointwise::multiplex_avx512_on_avx2(m);
+  isa.pointwise_multiplex(m);
   return y;
 }
 
@@ -179,7 +173,7 @@ static at::Tensor summed_outer(const std::vector<std::vector<float>>& partial, b
 // MF-Net's 1x1x1 convs ran at 60-150 GMAC/s on the AVX-512 CPU, and MKL's GEMM (torch.mm) at
 // 50-95: on AMD CPUs it does not take its AVX-512 code (docs/fiber-kernel.md).
 at::Tensor grad_weight_pointwise(const at::Tensor& x, const at::Tensor& gy, std::vector<int64_t> stride,
-                                 const std::string& path, const std::optional<at::Tensor>& scale,
+                                 const kernels::Isa& isa, const std::optional<at::Tensor>& scale,
                                  const std::optional<at::Tensor>& shift) {
   TORCH_CHECK(cl_float(x) && cl_float(gy), "pointwise: x and grad must be channels-last-3d fp32 CPU tensors");
   TORCH_CHECK(stride.size() == 3 && stride[0] >= 1 && stride[1] >= 1 && stride[2] >= 1,
@@ -198,14 +192,13 @@ at::Tensor grad_weight_pointwise(const at::Tensor& x, const at::Tensor& gy, std:
   const float* bp = shift ? shift->data_ptr<float>() : nullptr;
   const bool k_wide = K >= CO;  // c is (CO x K) where K runs along the vectors, else (K x CO)
   const int64_t M = k_wide ? CO : K, N = k_wide ? K : CO;
-  const int64_t lanes = fiber::lanes_to_run(path), ldc = (N + lanes - 1) / lanes * lanes;
+  const int64_t lanes = isa.lanes, ldc = (N + lanes - 1) / lanes * lanes;
   const int64_t pixels = gy.numel() / CO;
   constexpr int64_t BLOCK = 48;  // pixels per task
   const int64_t blocks = (pixels + BLOCK - 1) / BLOCK;
   const float* xp = x.data_ptr<float>();
   const float* gp = gy.data_ptr<float>();
-  const auto outer = path == "avx2" ? pointwise::outer_avx2 : path == "avx512" ? pointwise::outer_avx512
-                                                                               : pointwise::outer_avx512_on_avx2;
+  const auto outer = isa.pointwise_outer;
   std::vector<std::vector<float>> partial(at::get_num_threads());
   at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
     std::vector<float>& c = partial.at(at::get_thread_num());
@@ -243,15 +236,15 @@ at::Tensor grad_weight_pointwise(const at::Tensor& x, const at::Tensor& gy, std:
 // a strided conv skips: no zeroed copy and scatter of g). (Making g again in pass
 // 2 rather than keeping it, where it is wider than grad y, was slower: 1.29x at conv4's 384 -> 96.)
 // plus: gradients of x from its other uses, added as grad x is written (bn_relu.cpp). packed_t:
-// pack_pointwise(weight, path, transposed=true).
+// pack_pointwise(weight, isa, transposed=true).
 std::vector<at::Tensor> bn_pointwise_backward(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& packed_t,
                                               const at::Tensor& mean, const at::Tensor& invstd, const at::Tensor& scale,
                                               const at::Tensor& shift, std::vector<at::Tensor> plus,
-                                              std::vector<int64_t> stride, const std::string& path, bool weight) {
+                                              std::vector<int64_t> stride, const kernels::Isa& isa, bool weight) {
   TORCH_CHECK(cl_float(x) && cl_float(gy), "pointwise: x and grad must be channels-last-3d fp32 CPU tensors");
   TORCH_CHECK(stride.size() == 3 && stride[0] >= 1 && stride[1] >= 1 && stride[2] >= 1,
               "pointwise: stride must be three positive integers");
-  const int64_t K = x.size(1), CO = gy.size(1), C = chunk_of(path);
+  const int64_t K = x.size(1), CO = gy.size(1), C = isa.pointwise_chunk();
   const int64_t T = x.size(2), H = x.size(3), W = x.size(4);
   TORCH_CHECK(K > 0 && CO > 0 && gy.size(0) == x.size(0) && gy.size(2) == (T ? (T - 1) / stride[0] + 1 : 0) &&
               gy.size(3) == (H ? (H - 1) / stride[1] + 1 : 0) && gy.size(4) == (W ? (W - 1) / stride[2] + 1 : 0),
@@ -271,13 +264,10 @@ std::vector<at::Tensor> bn_pointwise_backward(const at::Tensor& gy, const at::Te
                                (int)K, (int)CO, grad_a.data_ptr<float>(),
                                (int)T, (int)H, (int)W, (int)gy.size(2), (int)gy.size(3), (int)gy.size(4),
                                (int)stride[0], (int)stride[1], (int)stride[2], zeros.data()};
-  const bool a2 = path == "avx2", a512 = path == "avx512";
-  const auto sums = a2 ? pointwise::backward_sums_avx2 : a512 ? pointwise::backward_sums_avx512
-                                                             : pointwise::backward_sums_avx512_on_avx2;
-  const auto apply = a2 ? pointwise::backward_apply_avx2 : a512 ? pointwise::backward_apply_avx512
-                                                                : pointwise::backward_apply_avx512_on_avx2;
+  const auto sums = isa.pointwise_backward_sums;
+  const auto apply = isa.pointwise_backward_apply;
   const int64_t M = k_wide ? CO : K, N = k_wide ? K : CO;
-  const int64_t lanes = fiber::lanes_to_run(path), ldc = (N + lanes - 1) / lanes * lanes;
+  const int64_t lanes = isa.lanes, ldc = (N + lanes - 1) / lanes * lanes;
   constexpr int64_t BLOCK = 48;  // pixels per task, as pointwise_kernels.h's
   const int64_t blocks = (out_pixels + BLOCK - 1) / BLOCK, in_blocks = (pixels + BLOCK - 1) / BLOCK;
   const int threads = at::get_num_threads();

@@ -1,10 +1,10 @@
 // The channels-last forward, the weight gradient (narrow groups read in place, wider ones from
 // the packed band) and the pointwise convs on AVX-512: 16 floats a vector and 32 registers, so register blocks of up to 24
 // accumulators (fiber_cl_kernels.h, pointwise_kernels.h). Compiled for AVX-512F in this file only and
-// run only where the CPU has it (forward_cl checks). The same blocking runs on pairs of AVX2
+// run only where the CPU has it (isa_named checks). The same blocking runs on pairs of AVX2
 // registers in fiber_cl_emulated.cpp (Avx512OnAvx2), which is how its logic is tested on CPUs without
 // AVX-512; Python checks this build against the AVX2 path once per process before using it
-// (models/fiber_kernel.py).
+// (models/kernels/isa.py).
 #include <ATen/Parallel.h>
 #include <immintrin.h>
 

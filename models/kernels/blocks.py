@@ -1,0 +1,115 @@
+"""The library's fused blocks: where several modules of a plain model run as one op.
+
+- ``PreActConv3d``: a pre-activation conv, ``nn.Sequential(BatchNorm3d, ReLU, conv)`` with a
+  fiber or pointwise conv (MF-Net's every conv inside a unit). In inference its BatchNorm + ReLU
+  is folded into the conv's reading of its input; in training the batch's statistics are a pass
+  of their own and the activation goes into the conv's reading of its input (where the conv's
+  weight gradient packs it anyway). A residual given to it is added as the conv writes its output.
+- ``FusedMultiFiberUnit``: a multi-fiber unit (Chen et al., ECCV 2018, Fig. 3b; the authors'
+  layout: ``conv_i1``, ``conv_i2`` the multiplexer, ``conv_m1``, ``conv_m2`` the fiber convs,
+  ``conv_w1`` a stage's first unit's projection shortcut, each a pre-activation conv). Its
+  residual adds go into the convs' outputs; in inference the multiplexer, two pointwise convs
+  and the add, is one op; in training x's residual uses hand their gradients to the multiplexer's
+  first BatchNorm, which adds them as it writes x's.
+
+Each falls back to running its modules as modules where a call does not allow the fused op:
+gradients or not, layouts, dtypes, tracing, and any forward hook (which the fused op would not
+call).
+"""
+
+import torch
+from torch import nn
+
+from models.kernels.modules import BatchNormReLU3d, FiberConv3d, PointwiseConv3d
+from models.kernels.ops import bn_relu, pointwise
+from models.kernels.support import eval_affine, hooked, residual_fits
+
+
+class PreActConv3d(nn.Sequential):
+    """``conv(relu(bn(x))) (+ residual)``: its three children, a ``BatchNormReLU3d``, a
+    ``FusedReLU`` and a ``FiberConv3d`` or ``PointwiseConv3d``, as one op where a call allows.
+    The children keep their names, so the checkpoint keys stay."""
+
+    @property
+    def parts(self) -> tuple[BatchNormReLU3d, nn.Module, FiberConv3d | PointwiseConv3d]:
+        bn, relu, conv = self._modules.values()
+        return bn, relu, conv
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        bn, _, conv = self.parts
+        if self._fuses(x, residual):
+            if not torch.is_grad_enabled() and not bn.batch_stats():  # inference
+                return conv.eval_folded(x, eval_affine(bn), residual)
+            if torch.is_grad_enabled() and bn.batch_stats() and bn.applies(x) and conv.folds_in_training():
+                return conv.train_folded(x, self._statistics(x), residual)
+        return self._as_modules(x, residual)
+
+    def forward_shared(self, x: torch.Tensor, shared: int) -> tuple[torch.Tensor, ...]:
+        """``(self(x), x, ..., x)``, ``x`` handed back ``shared`` times for its other uses (a
+        unit's residual adds). In training on the kernels their gradients are added to ``x``'s as
+        the BatchNorm's backward writes it, instead of in a pass over ``x`` each."""
+        bn, relu, conv = self.parts
+        if not (torch.is_grad_enabled() and self._fuses(x)):
+            return (self(x), *[x] * shared)
+        if bn.batch_stats() and bn.applies(x) and conv.folds_in_training(shared):
+            return conv.train_folded(x, self._statistics(x), shared=shared)
+        a, *uses = bn.forward_shared(x, shared)
+        return (conv(relu(a)), *uses)
+
+    def _fuses(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> bool:
+        bn, relu, conv = self.parts
+        return (not hooked(self, bn, relu, conv) and conv.folds(x)
+                and (residual is None or residual_fits(conv, x, residual)))
+
+    def _statistics(self, x: torch.Tensor):
+        with torch.profiler.record_function(bn_relu.PROFILED_AS):
+            return self.parts[0].batch_statistics(x)
+
+    def _as_modules(self, x: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
+        bn, relu, conv = self.parts
+        a = relu(bn(x))
+        if residual is None:
+            return conv(a)
+        if hooked(conv):  # its hooks see the conv's own output
+            return conv(a).add_(residual)
+        return conv(a, residual)
+
+
+def multiplexes(first: PreActConv3d, second: PreActConv3d, x: torch.Tensor) -> bool:
+    """Whether the multiplexer ``x + second(first(x))`` (x's channels to a few and back) runs as
+    one op: inference, each conv pointwise at stride 1 and folding on its own, no hook."""
+    if torch.is_grad_enabled() or hooked(first, second):
+        return False
+    (bn1, _, conv1), (bn2, _, conv2) = first.parts, second.parts
+    return (isinstance(conv1, PointwiseConv3d) and isinstance(conv2, PointwiseConv3d)
+            and conv1.stride == conv2.stride == (1, 1, 1) and not bn1.batch_stats() and not bn2.batch_stats()
+            and conv2.in_channels == conv1.out_channels and conv2.out_channels == conv1.in_channels
+            and first._fuses(x) and not hooked(*second.parts) and conv2.kernel_conv())
+
+
+class FusedMultiFiberUnit(nn.Module):
+    """A multi-fiber unit on the kernels (see the module docstring): the same children and
+    attributes as the unit it was swapped from, the same outputs and gradients."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x
+        if not hasattr(self, "conv_i1"):  # no multiplexer
+            h = x
+        elif multiplexes(self.conv_i1, self.conv_i2, x):
+            first, second = self.conv_i1.parts, self.conv_i2.parts
+            h = pointwise.multiplexed(x, first[2].packed(), first[2].out_channels, eval_affine(first[0]),
+                                      second[2].packed(), eval_affine(second[0]))
+        else:
+            # x's residual uses come back from the multiplexer's first BatchNorm, which in
+            # training adds their gradients to x's as it writes it
+            mixed, *uses = self.conv_i1.forward_shared(x, 1 if self.projects else 2)
+            h = self.conv_i2(mixed, residual=uses[0])
+            shortcut = uses[-1]
+        if self.projects:
+            shortcut = self.conv_w1(x)
+        return self.conv_m2(self.conv_m1(h), residual=shortcut)
+
+    @property
+    def projects(self) -> bool:
+        """A stage's first unit: its shortcut is a projection (``conv_w1``)."""
+        return hasattr(self, "conv_w1")

@@ -1,0 +1,87 @@
+"""Which instruction-set path the kernels take in this process, chosen once.
+
+Paths: ``avx512`` where the CPU has AVX-512F (the channels-last fiber convs, their weight
+gradient and the pointwise convs; the NCDHW ops and BatchNorm + ReLU are AVX2 code on every
+path), else ``avx2`` (AVX2 + FMA), else ``scalar`` (the NCDHW fiber conv only; channels-last
+convs then run on PyTorch's). ``avx512-emulated`` is the AVX-512 build's blocking on pairs of
+AVX2 registers, how tests check its logic on CPUs without AVX-512.
+
+``MFNET_FIBER_KERNEL`` picks one: ``off`` PyTorch's own kernels (the library is never built),
+or a path name; a path the CPU cannot run gets the best one below it, said once. The AVX-512
+build runs only after it agreed with the AVX2 path here (``selfcheck.py``).
+
+The choice is resolved once per value of the switch into the library's table of entry points
+(``table()``, ``csrc/isa.h``), which every channels-last op is given: no name is compared per
+call.
+"""
+
+import os
+import warnings
+
+from models.kernels import build, selfcheck
+
+SWITCH = build.SWITCH
+PATHS = ("scalar", "avx2", "avx512", "avx512-emulated")
+CL_PATHS = PATHS[1:]  # the paths with a channels-last kernel
+
+
+def wish() -> str:
+    """The switch's value: "" (the fastest path this CPU has), off, or one of ``PATHS``; a value
+    that means nothing is a one-line ValueError."""
+    value = os.environ.get(SWITCH, "").strip().lower()
+    if value and value != "off" and value not in PATHS:
+        raise ValueError(f"{SWITCH}={value!r}: use off, {', '.join(PATHS)} (unset: the fastest this CPU has)")
+    return value
+
+
+def path() -> str:
+    """The path fp32 convs take in this process: one of ``PATHS``, or "" where the library is
+    not built. The CPU's best unless the switch asks for another."""
+    module = build.extension()
+    if module is None:
+        return ""
+    # kept beside the library (a test that resets it resets these); a training step asks
+    # hundreds of times
+    memo = ("path", os.environ.get(SWITCH))
+    if memo not in build._loaded:
+        build._loaded[memo] = _resolve(module, wish())
+    return build._loaded[memo]
+
+
+def _resolve(module, want: str) -> str:
+    got = module.best_path(want)
+    if got == "avx512":
+        if "avx512 agrees" not in build._loaded:
+            build._loaded["avx512 agrees"] = selfcheck.agrees(module, module.isa("avx512"), module.isa("avx2"))
+        got = "avx512" if build._loaded["avx512 agrees"] else "avx2"
+    if want in PATHS and got != want and not build._loaded.get(("told", want)):
+        build._loaded[("told", want)] = True
+        warnings.warn(f"{SWITCH}={want}: this CPU cannot run it; fiber convs take the {got} path",
+                      stacklevel=4)
+    return got
+
+
+def table():
+    """The library's table of entry points for this process's channels-last path (``path()``
+    in ``CL_PATHS``), which every channels-last op is given."""
+    name = path()
+    key = ("table", name)
+    if key not in build._loaded:
+        build._loaded[key] = build.extension().isa(name)
+    return build._loaded[key]
+
+
+def channels_last_path() -> bool:
+    """Whether channels-last convs run on the library here (a channels-last path was chosen)."""
+    return path() in CL_PATHS
+
+
+def cpu_has_avx512() -> bool:
+    """Whether this CPU runs AVX-512F, whatever the switch asks for: where it does, oneDNN runs
+    its own AVX-512 kernels for PyTorch's convs too."""
+    module = build.extension()
+    return module is not None and module.cpu_has("avx512")
+
+
+def force_scalar() -> bool:
+    return path() == "scalar"
