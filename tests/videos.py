@@ -4,7 +4,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.motion import write_video
+from benchmarks.data.motion import write_video
 
 
 def video(path: Path, frames: int = 12, size: tuple[int, int] = (40, 48), seed: int = 0) -> Path:

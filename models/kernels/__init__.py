@@ -16,8 +16,8 @@ builds a model decides whether to optimize it. ``docs/kernels.md`` says what run
 is built and checked, and how to add an op.
 """
 
-from models.kernels.paths import path as isa
 from models.kernels.ops.fiber import fiber_conv3d
+from models.kernels.paths import path as isa
 from models.kernels.rewrite import (
     optimize,
     pin_pointwise_to_onednn,

@@ -217,7 +217,8 @@ class BatchNormReLU3d(nn.BatchNorm3d):
                 and x.numel() > 0 and x.is_contiguous(memory_format=torch.channels_last_3d)):
             return False
         if not self.batch_stats():
-            return not (torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters())))
+            wants_grad = x.requires_grad or any(p.requires_grad for p in self.parameters())
+            return not (torch.is_grad_enabled() and wants_grad)
         return x.numel() != x.shape[1]  # one value per channel: PyTorch's own says so
 
     def _update_running_stats(self, mean: torch.Tensor, var: torch.Tensor, rows: int) -> None:

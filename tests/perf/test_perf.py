@@ -7,8 +7,8 @@ for the report's GMAC/s ratio). Timings, not assertions: excluded from the tests
 
 import pytest
 
-from benchmarks import runtime
-from benchmarks.workload import Setup, Workload
+from benchmarks.machine import runtime
+from benchmarks.measure.workload import Setup, Workload
 
 CLIP = (8, 112, 112)
 BATCH = 2
@@ -61,8 +61,8 @@ def test_mfnet_on_the_kernel_against_stock_kernels_alternating(benchmark, step, 
     import statistics
     import time
 
-    from benchmarks.cost import count_macs
-    from benchmarks.speed import TRAIN_MACS_FACTOR
+    from benchmarks.measure.cost import count_macs
+    from benchmarks.measure.speed import TRAIN_MACS_FACTOR
 
     runs = {"suite": Workload("mfnet", Setup("cpu"), clip),
             "stock": Workload("mfnet", Setup("cpu", fiber_kernel=False), clip)}

@@ -136,7 +136,8 @@ class FiberConvFunction(torch.autograd.Function):
         if channels_last(x, stride):
             grad = grad.contiguous(memory_format=torch.channels_last_3d)
             grad_x = input_gradient_cl(grad, x, weight, groups, stride) if need_x else None
-            grad_w = ext.grad_weight_cl(x, grad, groups, weight.shape[2], list(stride), paths.table()) if need_w else None
+            grad_w = (ext.grad_weight_cl(x, grad, groups, weight.shape[2], list(stride), paths.table())
+                      if need_w else None)
         else:
             scalar, grad = paths.force_scalar(), grad.contiguous()
             grad_x = ext.forward_ncdhw(grad, flipped(weight, groups), groups, scalar) if need_x else None

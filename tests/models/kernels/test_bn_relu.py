@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from tests.models.kernels.helpers import near
-
 from models.kernels import build, rewrite
 from models.kernels.modules import BatchNormReLU3d
+from tests.models.kernels.helpers import near
+
 
 def pair(channels: int, **kwargs) -> tuple[nn.BatchNorm3d, BatchNormReLU3d]:
     reference = nn.BatchNorm3d(channels, **kwargs)

@@ -21,8 +21,7 @@ from models.kernels import build, paths, selfcheck
 from models.kernels.modules import FiberConv3d
 from models.kernels.ops import fiber
 from tests.models.kernels.helpers import check_against_reference, cl, close
-
-ROOT = Path(__file__).resolve().parents[3]
+from tests.paths import REPO as ROOT
 
 
 def cpu_flags() -> set[str]:

@@ -5,14 +5,11 @@ process-wide and installed once, so each case runs in a fresh process of its own
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from models import kernels
 from models.kernels import build
-
-REPO = Path(__file__).resolve().parents[3]
+from tests.paths import REPO
 
 PROBE = """
 import torch

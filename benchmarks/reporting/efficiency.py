@@ -1,0 +1,126 @@
+"""Efficiency per device: cost, memory and speed side by side, the machine's peak, and every
+device compared model by model."""
+
+from pathlib import Path
+
+import pandas as pd
+
+import models
+from benchmarks.machine import disturbance
+from benchmarks.reporting import figures
+from benchmarks.reporting.format import fmt
+from benchmarks.reporting.rows import Measured, spec_clip
+
+
+def efficiency_table(m: Measured, names: list[str]) -> list[str]:
+    peak_metric, peak_header = (("peak_alloc_mb_train", "peak alloc MB (train)") if m.device == "cuda"
+                                else ("peak_rss_mb_train", "peak RSS MB (train)"))
+    header = ["model", "input", "GMACs", "params M", "activation MB/clip", "latency ms (b=1)",
+              "infer clips/s", "train clips/s", "batch", peak_header,
+              "GMAC/s (b=1)", "peak fraction (b=1)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name in names:
+        b = m.throughput_batch(name)
+        params = m.get(name, "params")
+        fraction = m.get(name, "peak_fraction", 1)
+        cells = [models.display_name(name), spec_clip(name), fmt(m.get(name, "gmacs")),
+                 fmt(None if params is None else params / 1e6), fmt(m.get(name, "activation_mb")),
+                 m.timed(name, "latency_ms"), m.timed(name, "infer_clips_per_s", b),
+                 m.timed(name, "train_clips_per_s", b), "–" if b is None else str(b),
+                 fmt(m.get(name, peak_metric)), m.timed(name, "gmacs_per_s", 1),
+                 "–" if fraction is None else f"{fraction:.0%}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    notes = {n: m.row(n, metric, batch)["note"] for n in names
+             for metric, batch in (("train_clips_per_s", m.throughput_batch(n)),
+                                   ("infer_clips_per_s", m.throughput_batch(n)), ("latency_ms", None))
+             if m.disturbed(n, metric, batch)}
+    marked = list(notes)
+    if marked:
+        why = notes[marked[0]].split(";")[0].removeprefix(f"{disturbance.MARK}: ")
+        lines += ["", f"⚠ Timed while the machine was shared ({len(marked)} model(s); e.g. "
+                      f"{why}): these timings may be low and no verdict is drawn from them. Run "
+                      "`python benchmarks/run.py --measure speed --force --models "
+                      f"{','.join(marked)}` on a quiet machine."]
+    return lines
+
+def other_cpu_sections(rows: pd.DataFrame, main: Measured, names: list[str]) -> list[str]:
+    """One efficiency table per CPU other than the report's main one (stores from several
+    machines, ``--results A B``)."""
+    lines = []
+    timed = rows[(rows["device"] == "cpu") & (rows["measurement"] == "speed")]
+    for device_name in sorted(set(timed["device_name"]) - {main.device_name}):
+        cpu = Measured(rows, "cpu", device_name)
+        measured = [n for n in names if cpu.get(n, "latency_ms") is not None]
+        lines += [f"## Efficiency on {device_name} (cpu, fp32)", "", *efficiency_table(cpu, measured), ""]
+    return lines
+
+def devices_compared(rows: pd.DataFrame, names: list[str], out: Path) -> list[str]:
+    """Every device with timings, side by side model by model: latency and throughput, and a
+    chart of inference clips/s per model and device."""
+    timed = rows[(rows["measurement"] == "speed") & (rows["model"] != "_machine")]
+    devices = sorted(set(zip(timed["device"], timed["device_name"])))
+    if len(devices) < 2:
+        return []
+    per_device = [(f"{name} ({device})", Measured(rows, device, name)) for device, name in devices]
+    shown = [n for n in names if any(m.get(n, "latency_ms") is not None for _, m in per_device)]
+    header = ["model", *(f"{label}: latency ms / infer clips/s" for label, _ in per_device)]
+    lines = ["## Devices compared", "",
+             "The same models on every device the stores hold (`report.py --results A B ...`), "
+             "fp32, each device's newest rows; throughput at that device's batch.", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rates = {}
+    for name in shown:
+        cells = [models.display_name(name)]
+        for label, m in per_device:
+            rate = m.get(name, "infer_clips_per_s", m.throughput_batch(name))
+            rates[(name, label)] = rate
+            cells.append(f"{fmt(m.get(name, 'latency_ms'))} / {fmt(rate)}")
+        lines.append("| " + " | ".join(cells) + " |")
+    if not any(rate for rate in rates.values()):
+        return lines + [""]
+    figures.devices(rates, shown, [label for label, _ in per_device], out / "devices")
+    return lines + ["", "![inference clips/s per device](devices.png)", ""]
+
+def gpu_sections(rows: pd.DataFrame, names: list[str], out: Path) -> list[str]:
+    """One efficiency table and one peak-memory figure per GPU model that has timed rows."""
+    lines = []
+    timed = rows[(rows["device"] == "cuda") & rows["measurement"].isin(["speed", "memory"])]
+    for index, device_name in enumerate(sorted(set(timed["device_name"]))):
+        gpu = Measured(rows, "cuda", device_name)
+        runs = sorted(set(gpu.rows["run_id"]))
+        gpu.label = f"{device_name} (cuda), {len(runs)} runs, newest {runs[-1]}"
+        measured = [n for n in names if gpu.get(n, "latency_ms") is not None
+                    or gpu.get(n, "peak_alloc_mb_train") is not None]
+        figure = f"memory_cuda{index}"
+        figures.gpu_memory(gpu, measured, out / figure)
+        lines += [f"## Efficiency on {device_name} (cuda, fp32)", "", *efficiency_table(gpu, measured),
+                  "", f"![GPU peak memory]({figure}.png)", ""]
+    return lines
+
+def peak_text(m: Measured) -> str:
+    """The newest run's peak (and its matmul and conv parts) before and after its sweep: drift
+    shows a noisy machine."""
+    machine = m.rows[m.rows["model"] == "_machine"]
+    peaks = machine[machine["metric"] == "peak_gmacs_per_s"]
+    if peaks.empty:
+        return "not measured"
+    run = peaks.sort_values("timestamp")["run_id"].iloc[-1]
+    newest_run = machine[machine["run_id"] == run]
+    values = {(r.metric, r.phase): r.value for r in newest_run.itertuples()}
+    text = f"{fmt(values.get(('peak_gmacs_per_s', 'start')))} GMAC/s"
+    parts = [f"{kind} {fmt(values[(f'peak_gmacs_per_s_{kind}', 'start')])}"
+             for kind in ("matmul", "conv") if (f"peak_gmacs_per_s_{kind}", "start") in values]
+    if parts:
+        text += f", the faster of a 2048² matmul and a dense 3×3×3 conv ({', '.join(parts)})"
+    if ("peak_gmacs_per_s", "end") in values:
+        text += f"; {fmt(values[('peak_gmacs_per_s', 'end')])} after the sweep"
+    return text + f", run {run}"
+
+def job_memory_text(m: Measured) -> list[str]:
+    """The newest run's own peak resident set (``run.py``'s memory guard keeps it in bounds)."""
+    row = m.row("_machine", "job_peak_rss_mb")
+    if row is None:
+        return []
+    return [f"The newest run that recorded it (run {row['run_id']}) peaked at {fmt(row['value'])} MB "
+            f"resident: {row['note']}. Measurements estimated not to fit in the memory left are "
+            "skipped with an error row (the memory guard, see the README).", ""]

@@ -1,0 +1,93 @@
+"""The built-in motion benchmark: accuracy at equal training time (or equal epochs), its training
+curves and accuracy against cost, one table per protocol and clip."""
+
+from pathlib import Path
+
+import pandas as pd
+
+import models
+from benchmarks.data import motion
+from benchmarks.reporting import figures
+from benchmarks.reporting.format import fmt
+from benchmarks.reporting.rows import Measured
+
+
+def motion_section(rows: pd.DataFrame, m: Measured, out: Path) -> list[str]:
+    """The built-in motion benchmark: one table, curves and bubble chart per protocol (equal
+    training time, the default job's, or equal epochs). ``rows``: every ok row, not only the
+    newest per key, since each protocol keeps its own newest run."""
+    acc = rows[(rows["measurement"] == "accuracy") & (rows["dataset"] == motion.LABEL)
+               & (rows["device_name"] == m.device_name)]
+    if acc.empty:
+        return ["## Motion benchmark", "", "Not measured yet: run `python benchmarks/run.py "
+                "--measure accuracy`.", ""]
+    finals = acc[acc["metric"] == "top1_video"]
+    # one table per protocol and clip: a model's newest run under each
+    setting_of_run = dict(zip(finals["run_id"], zip(finals["protocol"].replace("", "not recorded"),
+                                                    finals["clip"])))
+    settings = sorted(set(setting_of_run.values()), key=lambda p: ("equal time" not in p[0], p))
+    lines = []
+    for index, setting in enumerate(settings):
+        runs = {r for r, p in setting_of_run.items() if p == setting}
+        suffix = "" if index == 0 else f"_{index}"
+        lines += motion_table(rows, acc[acc["run_id"].isin(runs)], setting, m, out, suffix)
+    return lines
+
+EQUAL_TIME_TEXT = {
+    False: "Every model trains for the same wall-clock budget on this machine, so faster models "
+           "see more clips; accuracy at equal compute time is itself an efficiency result.",
+    True: "Every model trains for the clips it reaches in the same time on a quiet machine: its "
+          "training rate is probed just before training, scaled for any load during the probe, "
+          "and training then runs to that clip count, so a busy machine cannot cut it short. "
+          "Faster models see more clips; accuracy at equal compute time is itself an efficiency "
+          "result.",
+}
+
+def budget_notes(acc: pd.DataFrame) -> list[str]:
+    """The machine-load flag of a clip-budget run, once per table."""
+    notes = acc[(acc["metric"] == "clip_budget") & acc["note"].str.startswith("busy")]["note"]
+    if notes.empty:
+        return []
+    return ["", f"⚠ Flagged in {len(notes)} of the runs: {notes.iloc[-1].split(';')[0]}."]
+
+def motion_table(rows: pd.DataFrame, acc: pd.DataFrame, setting: tuple[str, str], m: Measured,
+                 out: Path, suffix: str) -> list[str]:
+    header = ["model", "clip", "GMACs/clip", "params M", "train s", "epochs", "clips seen",
+              "top-1 clip %", "top-1 video %", "views"]
+    protocol, clip = setting
+    equal_time = "equal time" in protocol
+    title = f"{protocol}, {clip}"
+    lines = [f"## Motion benchmark ({motion.LABEL}): accuracy at {title}", "",
+             "Classes are defined by motion alone (`benchmarks/motion.py`): a frame-based 2D "
+             f"model cannot beat chance ({motion.CHANCE:.1f}%), a clip-based 3D model can. "
+             + (EQUAL_TIME_TEXT[protocol.startswith("equal time as clips")] if equal_time
+                else "Every model trains for the same number of epochs."),
+             *budget_notes(acc), "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    curves, points = {}, []
+    for name in sorted(set(acc["model"])):
+        mine = acc[acc["model"] == name]
+        run = mine.sort_values("timestamp")["run_id"].iloc[-1]  # the newest training run
+        mine = mine[mine["run_id"] == run]
+        value = {r.metric: r.value for r in mine.itertuples() if pd.isna(r.epoch)}
+        clip = mine["clip"].iloc[-1]
+        cost = rows[(rows["model"] == name) & (rows["clip"] == clip) & (rows["measurement"] == "cost")]
+        cost = {r.metric: r.value for r in cost.itertuples()}
+        views = mine[mine["metric"] == "top1_video"]["views"]
+        lines.append("| " + " | ".join([
+            models.display_name(name), clip, fmt(cost.get("gmacs")),
+            fmt(cost["params"] / 1e6) if "params" in cost else "–", fmt(value.get("train_seconds")),
+            fmt(value.get("epochs_completed")), fmt(value.get("clips_seen")),
+            fmt(value.get("top1_clip")), fmt(value.get("top1_video")),
+            views.iloc[-1] if len(views) else "–"]) + " |")
+        per_epoch = mine[mine["epoch"].notna()]
+        train_top1 = per_epoch[per_epoch["metric"] == "train_top1"].set_index("epoch")["value"]
+        val_top1 = per_epoch[per_epoch["metric"] == "val_top1"].set_index("epoch")["value"]
+        curves[name] = [(int(e), float(train_top1.get(e, float("nan"))), float(v))
+                        for e, v in val_top1.sort_index().items()]
+        if "gmacs" in cost and "top1_video" in value:
+            points.append((cost["gmacs"], value["top1_video"], cost.get("params", 0) / 1e6, name))
+    label = f"{m.label}; {title}"
+    figures.training_curves(curves, label, out / f"motion_curves{suffix}")
+    figures.bubble_motion(points, label, out / f"efficiency_motion{suffix}")
+    return lines + ["", f"![motion benchmark: accuracy against cost](efficiency_motion{suffix}.png)",
+                    "", f"![motion benchmark: training curves](motion_curves{suffix}.png)", ""]

@@ -1,0 +1,198 @@
+"""Does MF-Net's wall-clock follow its FLOPs? Its achieved GMAC/s against a dense 3D CNN's, and
+footnote 5's forecast judged from MF-Net on stock kernels and on the suite's, timed in one
+process (paired runs), with the dense model timed twice as the run's own control."""
+
+import pandas as pd
+
+from benchmarks.machine import disturbance
+from benchmarks.reporting.rows import spec_clip
+from models import ledger
+
+# Does MF-Net's wall-clock follow its FLOPs (footnote 5)? The dense model it is held against.
+WALLCLOCK_PAIR = ("mfnet", "res3d")
+
+WALLCLOCK_TARGET = 0.8  # MF-Net's achieved GMAC/s at least 0.8x the dense model's
+
+# A paired run whose control (the dense model timed twice in the same rounds) moved further
+# from 1x than this judges nothing: its machine moved a ratio by more than the verdict's margin
+CONTROL_TOLERANCE = 0.10
+
+def wallclock_section(rows: pd.DataFrame) -> list[str]:
+    """MF-Net's achieved GMAC/s over Res3D's, both from the same run (the same process and
+    machine state), for each setup (device, dtype, memory format, compile) measured: the
+    newest run that timed both. ``rows``: every ok row."""
+    mf, dense = WALLCLOCK_PAIR
+    rates = rows[(rows["metric"] == "gmacs_per_s") & rows["model"].isin(WALLCLOCK_PAIR)]
+    rates = rates[rates["clip"] == rates["model"].map(spec_clip)]
+    lines = []
+    for (device, name, dtype, cl, compiled, kernels), setup in rates.groupby(
+            ["device", "device_name", "dtype", "channels_last", "compiled", "kernels"], sort=True):
+        per_run = setup.groupby("run_id")["model"].nunique()
+        shared = per_run[per_run == 2].index
+        if shared.empty:
+            continue
+        stamps = setup[setup["run_id"].isin(shared)].groupby("run_id")["timestamp"].max()
+        run = stamps.idxmax()
+        chosen = setup[setup["run_id"] == run].set_index(["model", "phase", "batch_size"])
+        pick = chosen["value"]
+        notes = chosen["note"].map(disturbance.is_disturbed)
+        cells = []
+        for phase, at_one in (("infer", True), ("infer", False), ("train", False)):
+            batches = sorted({b for (m, p, b) in pick.index if m == mf and p == phase})
+            batch = 1 if at_one else (batches[-1] if batches else None)
+            a, d = pick.get((mf, phase, batch)), pick.get((dense, phase, batch))
+            if a is None or d is None or (not at_one and batch == 1):
+                cells.append("–")
+                continue
+            r = a / d
+            mark = "✓" if r >= WALLCLOCK_TARGET else "✗"
+            if notes.get((mf, phase, batch)) or notes.get((dense, phase, batch)):
+                mark = "⚠ not judged: timed while the machine was shared"
+            cells.append(f"{a:.0f} / {d:.0f} = **{r:.2f}×** {mark}" + ("" if at_one else f" (b={batch})"))
+        label = (setup_label(device, name, dtype, cl, compiled) + ", "
+                 + KERNELS_LABEL.get(kernels, f"kernels: {kernels}"))
+        lines.append(f"| {label} | {' | '.join(cells)} | {run} |")
+    if not lines:
+        return []
+    forecast = forecast_lines(rates)
+    return ["## Does MF-Net's wall-clock follow its FLOPs?", "",
+            "The paper (footnote 5) says MF-Net's FLOP savings barely show in wall-clock time and "
+            "blames unoptimised grouped convolutions. Here: MF-Net's achieved GMAC/s against the "
+            f"dense `{dense}`'s, both from the same run, for each setup measured; the target is "
+            f"{WALLCLOCK_TARGET}× (✓). MF-Net runs channels-last internally by default "
+            "(`models/mfnet.py`), the fastest correct path found; the other models run in the "
+            "setup's format.", "",
+            "| setup | inference b=1: MF-Net / Res3D GMAC/s | inference, throughput batch | "
+            "training step | run |", "|---|---|---|---|---|", *lines, "", *forecast]
+
+def setup_label(device: str, name: str, dtype: str, cl: bool, compiled: bool) -> str:
+    return (f"{device} {name}, {dtype}" + (", channels-last (all models)" if cl else "")
+            + (", torch.compile" if compiled else ""))
+
+KERNELS_LABEL = {"stock": "stock kernels (as footnote 5 found it)",
+                 "suite": "fiber convs optimised (the suite's kernels, MF-Net's default, for its "
+                          "grouped convs and, where the run's environment says so, its BatchNorm "
+                          "+ ReLU and its pointwise convs, with their BatchNorm + ReLU and "
+                          "residual adds folded in (in training too where the run's environment "
+                          "says so); Res3D and "
+                          "MF-Net's stem on stock kernels)"}
+
+def forecast_lines(rates: pd.DataFrame) -> list[str]:
+    """Footnote 5's forecast judged: MF-Net's achieved GMAC/s with its fiber convs on the suite's
+    kernel over its GMAC/s on stock kernels, per setup: from the newest paired run (both timed
+    in one process, in alternating rounds) whose control held within ``CONTROL_TOLERANCE``
+    (newer ones that did not are named), or the newest paired run, not judged, where none held;
+    else the newest run of each."""
+    claim = ledger.FOOTNOTE5_FORECAST
+    mine = rates[rates["model"] == WALLCLOCK_PAIR[0]]
+    lines, controls = [], []
+    for (device, name, dtype, cl, compiled), setup in mine.groupby(
+            ["device", "device_name", "dtype", "channels_last", "compiled"], sort=True):
+        kinds = setup.groupby("run_id")["kernels"].agg(set)
+        paired = kinds[kinds.map(lambda k: {"stock", "suite"} <= k)].index
+        # the newest paired run whose control held still judges; where none did, the newest
+        # paired run is shown, not judged
+        moved = {run: control_moved(rates, run) for run in paired}
+        steady = paired[[moved[run] <= CONTROL_TOLERANCE + 1e-9 for run in paired]]
+        passed_over = [] if steady.empty else [
+            run for run in paired if moved[run] > CONTROL_TOLERANCE + 1e-9
+            and setup[setup["run_id"] == run]["timestamp"].max()
+            > setup[setup["run_id"].isin(steady)]["timestamp"].max()]
+        if not steady.empty:
+            paired = steady
+        newest = {}
+        for kernels in ("stock", "suite"):
+            part = setup[setup["kernels"] == kernels]
+            if not paired.empty:
+                part = part[part["run_id"].isin(paired)]
+            if not part.empty:
+                run = part.groupby("run_id")["timestamp"].max().idxmax()
+                newest[kernels] = part[part["run_id"] == run].set_index(["phase", "batch_size"])
+        if len(newest) < 2:
+            continue
+        run = newest["suite"]["run_id"].iloc[0]
+        unsteady = not paired.empty and moved[run] > CONTROL_TOLERANCE + 1e-9  # none held
+        cells, marks = [], []
+        for phase, at_one in (("infer", True), ("infer", False), ("train", False)):
+            common = sorted(set(newest["stock"].index) & set(newest["suite"].index))
+            batches = [b for p, b in common if p == phase]
+            batch = 1 if at_one else (batches[-1] if batches else None)
+            if (phase, batch) not in common or (not at_one and batch == 1):
+                cells.append("–")
+                continue
+            stock, suite = (newest[k].loc[(phase, batch)] for k in ("stock", "suite"))
+            r = suite["value"] / stock["value"]
+            # every stock run of this setup: the run-to-run spread the ratio has to clear
+            stock_runs = setup[(setup["kernels"] == "stock") & (setup["phase"] == phase)
+                               & (setup["batch_size"] == batch)].groupby("run_id")["value"].last()
+            need = 1.0 if at_one else claim.threshold
+            mark = "✓" if r >= need else "✗"
+            if (unsteady or disturbance.is_disturbed(stock["note"])
+                    or disturbance.is_disturbed(suite["note"])):
+                mark = "⚠"
+            marks.append(mark)
+            spread = (f"; stock over {len(stock_runs)} runs: "
+                      f"{stock_runs.min():.0f}–{stock_runs.max():.0f}" if len(stock_runs) > 1 else "")
+            cells.append(f"{stock['value']:.0f} → {suite['value']:.0f} = **{r:.2f}×** {mark}"
+                         + ("" if at_one else f" (b={batch})") + spread)
+        verdict = (f"not judged: the run's control moved {moved[run]:.0%}" if unsteady
+                   else "not judged: timed while the machine was shared" if "⚠" in marks
+                   else "holds" if marks and all(m == "✓" for m in marks)
+                   else "does not hold here" if marks else "not measured")
+        runs = (f"{newest['suite']['run_id'].iloc[0]} (paired)" if not paired.empty
+                else " vs ".join(newest[k]["run_id"].iloc[0] for k in ("stock", "suite")))
+        lines.append(f"| {setup_label(device, name, dtype, cl, compiled)} | {' | '.join(cells)} "
+                     f"| {verdict} | {runs} |")
+        if not paired.empty:
+            controls.append(control_line(rates, newest["suite"]["run_id"].iloc[0],
+                                         setup_label(device, name, dtype, cl, compiled)))
+        if passed_over:
+            controls.append(
+                f"Passed over ({setup_label(device, name, dtype, cl, compiled)}): the newer paired "
+                f"run{'s' if len(passed_over) > 1 else ''} "
+                + ", ".join(f"{run} (control moved {moved[run]:.0%})" for run in sorted(passed_over))
+                + f", beyond ±{CONTROL_TOLERANCE:.0%}: the machine moved a ratio by more than "
+                "the verdict's margin.\n")
+    if not lines:
+        return []
+    return [f"The paper's forecast: \"{claim.quote}\" ({claim.where}). MF-Net's GMAC/s on stock "
+            "kernels → with its fiber convs on the suite's kernel (`models/fiber_kernel.py`): "
+            "from the newest paired run (`--fiber-kernel paired`: both timed in one process, in "
+            "alternating rounds, so a drift of the machine moves both alike) whose control, "
+            f"`{WALLCLOCK_PAIR[1]}` timed twice in the same rounds, stayed within "
+            f"±{CONTROL_TOLERANCE:.0%} of 1×, else from the "
+            "newest run of each (a suite run and a `--fiber-kernel stock` one); it holds at ≥ "
+            f"{claim.threshold:g}× at the throughput batch and in training and ≥ 1× at batch 1 "
+            "(the suite's reading: the paper gives no figure). The stock runs' spread on the same "
+            "machine is shown where there are several: a ratio inside it is noise as much as "
+            "signal.", "",
+            "| setup | inference b=1 | inference, throughput batch | training step | verdict | "
+            "runs |", "|---|---|---|---|---|---|", *lines, "", *[c for c in controls if c]]
+
+def control_ratios(rates: pd.DataFrame, run: str) -> dict[tuple[str, int], float]:
+    """The paired run's own noise: the dense model has no grouped convs, so its two conditions
+    run the same model twice, in the same alternating rounds; its "suite / stock" ratio per
+    (phase, batch) is what the machine alone did to a ratio. Empty where the run did not time it."""
+    dense = rates[(rates["model"] == WALLCLOCK_PAIR[1]) & (rates["run_id"] == run)]
+    pick = dense.set_index(["kernels", "phase", "batch_size"])["value"]
+    ratios = {}
+    for phase in ("infer", "train"):
+        for batch in sorted(dense[dense["phase"] == phase]["batch_size"].unique()):
+            if ("stock", phase, batch) in pick.index and ("suite", phase, batch) in pick.index:
+                ratios[(phase, int(batch))] = pick[("suite", phase, batch)] / pick[("stock", phase, batch)]
+    return ratios
+
+def control_moved(rates: pd.DataFrame, run: str) -> float:
+    """How far the run's control strayed from 1x at most (0 where it has none)."""
+    return max((abs(r - 1) for r in control_ratios(rates, run).values()), default=0.0)
+
+def control_line(rates: pd.DataFrame, run: str, label: str) -> str:
+    """The paired run's control ratios in a sentence; "" where the run did not time it."""
+    what = {"infer": "inference", "train": "training"}
+    cells = [f"{what[phase]} b={batch} {ratio:.2f}×"
+             for (phase, batch), ratio in control_ratios(rates, run).items()]
+    if not cells:
+        return ""
+    return (f"Control ({label}, run {run}): `{WALLCLOCK_PAIR[1]}` has no grouped convs, so the "
+            f"paired run timed the same model twice; its ratios, {', '.join(cells)}, are what "
+            "the machine alone did to a ratio in that run.\n")

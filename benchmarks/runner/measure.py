@@ -1,0 +1,187 @@
+"""One model's measurement in a run: cost, memory, speed, the loader or motion-benchmark
+accuracy, as rows. A failure is an error row and the sweep goes on; out-of-memory on CUDA halves
+the batch and says so; on a CPU the memory guard skips a step that would not fit, with an error
+row naming both figures."""
+
+import dataclasses
+
+import torch
+
+from benchmarks.machine import disturbance, runtime
+from benchmarks.measure import cost, loader, memory, peak, speed
+from benchmarks.measure.workload import Setup, Workload
+from benchmarks.runner import accuracy
+from benchmarks.runner.options import MOTION_CLIP, RunOptions, check_clip_fits
+from benchmarks.store import Measurement, RunConditions
+from models.errors import first_line
+
+
+@dataclasses.dataclass
+class Context:
+    """What one model's measurement needs beside the options: the run's conditions (and those
+    a paired run times against them), the machine's peak and watch, and the probed rates."""
+
+    conditions: RunConditions
+    also: list[RunConditions]  # --fiber-kernel paired: the stock condition, timed in the same rounds
+    setup: Setup
+    peak: float | None = None
+    watch: disturbance.MachineWatch | None = None
+    probes: accuracy.Probes = dataclasses.field(default_factory=accuracy.Probes)
+
+
+def measure_cost(name: str, clip, label: str, quick: bool) -> list[Measurement]:
+    c = cost.count_macs(name, clip)
+    policy = "conv+linear, FlopCounterMode on meta"
+    rows = [Measurement(name, "cost", "params", c.params, "count", clip=label),
+            Measurement(name, "cost", "gmacs", c.gmacs, "GMAC", clip=label, note=policy),
+            Measurement(name, "cost", "gflops", c.gflops, "GFLOP", clip=label, note=policy)]
+    rows += [Measurement(name, "cost", f"gmacs_{kind}", macs / 1e9, "GMAC", clip=label,
+                         note="FlopCounterMode split by leaf module type")
+             for kind, macs in c.by_layer_type.items()]
+    if c.gmacs <= (40 if quick else 160):  # fvcore runs real tensors: keep it affordable
+        fv = cost.count_macs_fvcore(name, clip)
+        rows += [Measurement(name, "cost", "gmacs_fvcore", fv["conv_linear"] / 1e9, "GMAC", clip=label,
+                             note="conv+linear, fvcore on real tensors"),
+                 Measurement(name, "cost", "gmacs_fvcore_all", fv["all"] / 1e9, "GMAC", clip=label,
+                             note="fvcore total, with BatchNorm and pooling")]
+    return rows
+
+
+def measure_one(name: str, measurement: str, options: RunOptions, label: str, context: Context) -> list[Measurement]:
+    if measurement == "cost":
+        return measure_cost(name, options.clip, label, options.quick)
+    if measurement == "accuracy":
+        clip = options.clip or MOTION_CLIP
+        check_clip_fits(name, clip)
+        accuracy.measure_accuracy(name, options, context.probes, context.conditions)
+        # the cost at the benchmark's clip, so the report can set accuracy against it
+        label = "x".join(map(str, clip))
+        return [row for row in measure_cost(name, clip, label, quick=True) if row.metric in ("params", "gmacs")]
+    if measurement == "data":
+        return loader.measure_data(name, options.dataset, options.root, options.clip, split=options.split,
+                                   workers=options.workers, setup=context.setup, batch=options.batch_size,
+                                   items=4 if options.quick else 8, min_run_time=0.1 if options.quick else 1.0)
+    rows, used = (measure_memory if measurement == "memory" else measure_speed)(name, options, label, context)
+    if used != options.batch_size:
+        for row in rows:
+            row.note = (row.note + f"; OOM at batch {options.batch_size}, ran at {used}").lstrip("; ")
+    return rows
+
+
+def measure_memory(name: str, options: RunOptions, label: str, context: Context) -> tuple[list[Measurement], int]:
+    short = (options.device == "cpu" and not options.quick
+             and memory_short(name, options, "train", fresh_process=True))
+    rows, used = with_oom_retry(
+        lambda b: memory.measure_memory(name, context.setup, options.clip, label, b, options.quick,
+                                        rss_probe=not short),
+        options.batch_size, options.device)
+    if short:
+        rows.append(short_row(name, "memory", "peak_rss_mb_train", label, options.batch_size, short))
+    return rows, used
+
+
+def measure_speed(name: str, options: RunOptions, label: str, context: Context) -> tuple[list[Measurement], int]:
+    """Latency, inference and training throughput, under the run's kernels and, in a paired
+    run, under the other's too, timed in alternating rounds; inside the machine watch."""
+    cpu = options.device == "cpu"
+    if cpu and (short := memory_short(name, options, "infer")):
+        raise memory.MemoryShort(short)
+    train_short = cpu and memory_short(name, options, "train")
+    macs = cost.count_macs(name, options.clip).macs
+    workloads = [Workload(name, context.setup, options.clip)]
+    workloads += [Workload(name, dataclasses.replace(context.setup, fiber_kernel=c.kernels == "suite"),
+                           options.clip) for c in context.also]
+
+    def timing(batch):
+        per_workload = speed.measure_speed(workloads, label, batch, macs, context.peak,
+                                           0.1 if options.quick else 1.0, warmup=0 if options.quick else 1,
+                                           train=not train_short)
+        for rows_, conditions in zip(per_workload[1:], context.also):
+            for row in rows_:
+                row.kernels = conditions.kernels
+        return [row for rows_ in per_workload for row in rows_]
+
+    watched = (lambda b: context.watch.timed(lambda: timing(b))) if context.watch else timing
+    rows, used = with_oom_retry(watched, options.batch_size, options.device)
+    if train_short:
+        short = short_row(name, "speed", "train_clips_per_s", label, options.batch_size, train_short)
+        rows += [short] + [dataclasses.replace(short, kernels=c.kernels) for c in context.also]
+    return rows, used
+
+
+def with_oom_retry(measure, batch: int, device: str):
+    """On CUDA out-of-memory, halve the batch and try again; return (rows, batch used)."""
+    while True:
+        try:
+            return measure(batch), batch
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            if batch == 1 or device != "cuda":
+                raise
+            batch //= 2
+
+
+def memory_short(name: str, options: RunOptions, phase: str, fresh_process: bool = False) -> str:
+    """Why a CPU step of ``name`` would not fit in the memory left ("" if it fits): the memory
+    guard, so a measurement is skipped with an error row rather than killed by the kernel."""
+    return memory.shortfall(name, options.clip, options.batch_size, phase, options.dtype, fresh_process)
+
+
+def short_row(name, measurement, metric, label, batch, why) -> Measurement:
+    return Measurement(name, measurement, metric, None, "", "train", batch, label, status="error",
+                       error=f"MemoryShort: skipped, {why}")
+
+
+def measure_isolated(name: str, measurement: str, options: RunOptions, label: str, context: Context,
+                     console) -> tuple[list[Measurement], bool]:
+    """(rows, failed): a failure becomes one error row and the sweep carries on."""
+    try:
+        rows = measure_one(name, measurement, options, label, context)
+    except Exception as exc:
+        message = first_line(exc, "")
+        rows = [Measurement(name, measurement, "error", None, "", clip=label, status="error",
+                            error=f"{type(exc).__name__}: {message}")]
+        console.print(f"[red]{name} {measurement}: {rows[0].error}")
+        return rows, True
+    finally:
+        runtime.give_back_memory()  # what this model freed is not held while the next runs
+    for row in rows:
+        if row.status == "error":
+            console.print(f"[red]{name} {row.metric}: {row.error}")
+        elif row.note.startswith(("noisy", disturbance.MARK)) and row.metric not in ("gmacs_per_s", "peak_fraction"):
+            kernels = f", {row.kernels} kernels" if row.kernels else ""
+            console.print(f"[yellow]warning: {name} {row.metric} (batch {row.batch_size}{kernels}) is {row.note}")
+    return rows, any(row.status == "error" for row in rows)
+
+
+def peak_rows(options: RunOptions, when: str, before: float | None) -> tuple[float, list[Measurement]]:
+    """The machine's dense matmul and conv rates as rows, and the peak (the faster)."""
+    rates, shrunk = peak.peak_with_note(options.device, options.dtype, min_run_time=0.2 if options.quick else 2.0)
+    best = max(rates.values())
+    kind = max(rates, key=rates.get)
+    drift = "" if before is None else f" ({best / before - 1:+.0%} vs before)"
+    moment = "before the first timing" if before is None else "after the sweep"
+    size = peak.peak_problem(options.device)[0]
+    rows = [Measurement("_machine", "speed", "peak_gmacs_per_s", best, "GMAC/s", when,
+                        note=f"the faster of a {size}^3 matmul and a dense 3x3x3 conv ({kind}) in {options.dtype}, "
+                             f"{moment}{drift}" + (f"; {shrunk}" if shrunk else ""))]
+    rows += [Measurement("_machine", "speed", f"peak_gmacs_per_s_{k}", v, "GMAC/s", when,
+                         note=f"{options.dtype}, {moment}") for k, v in rates.items()]
+    return best, rows
+
+
+def brief_peak(options: RunOptions):
+    """The machine's peak measured in a fraction of a second, for the watch around each timing
+    (None with ``--quick``, where a second of peak per model is its time)."""
+    if options.quick:
+        return None
+    return lambda: max(peak.peak_gmacs_per_s(options.device, options.dtype, min_run_time=0.2,
+                                             warm_s=0.2).values())
+
+
+def job_memory_row() -> Measurement:
+    """The job's own peak resident set: this process, and the largest probe child's."""
+    child = memory.largest_child_mb
+    return Measurement("_machine", "memory", "job_peak_rss_mb", memory.peak_rss_kib() / 1024, "MB",
+                       note="this run.py process (VmHWM)"
+                            + (f"; its largest RSS probe child peaked at {child:.0f} MB" if child else ""))

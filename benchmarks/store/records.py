@@ -1,0 +1,90 @@
+"""What the store holds: one ``Measurement`` per number, the conditions of the run that measured
+it (``RunConditions``), and the columns of its CSV file (schema in ``results/README.md``)."""
+
+import datetime as dt
+import uuid
+from dataclasses import dataclass
+
+import pandas as pd
+
+# Version 2 added weights, seed, threads, protocol and schema; version 3 added kernels. Every
+# row records the version that wrote it; a store holding rows of a newer version is refused,
+# never rewritten.
+SCHEMA_VERSION = 3
+COLUMNS = ("run_id", "timestamp", "model", "measurement", "metric", "value", "unit", "phase",
+           "device", "device_name", "dtype", "batch_size", "clip", "channels_last", "compiled",
+           "kernels", "iqr", "repeats", "dataset", "epoch", "views", "status", "error", "note",
+           "weights", "seed", "threads", "protocol", "schema")
+# What makes two rows the same measurement, beside the model, metric, phase, batch and clip:
+# where and how it ran. Resume (``ResultsStore.done``), the summaries and the report use it.
+CONDITION_COLUMNS = ("device", "device_name", "threads", "dtype", "channels_last", "compiled",
+                     "kernels")
+# kernels: "stock" (PyTorch's own, run.py --fiber-kernel stock) or "suite": grouped (1|3)x3x3
+# convs on the suite's fiber-conv kernel (models/fiber_kernel.py) where it applies, the default
+CSV_NAME = "measurements.csv"
+
+
+@dataclass
+class Measurement:
+    """One number, with everything needed to read it."""
+
+    model: str
+    measurement: str  # cost | memory | speed | accuracy: the module that produced it
+    metric: str  # stable names, see results/README.md
+    value: float | None
+    unit: str
+    phase: str = ""  # infer | train, where it matters
+    batch_size: int = 1
+    clip: str = ""  # "TxHxW" for clips, "HxW" for images
+    iqr: float | None = None  # interquartile range of repeated timings, in ``unit``
+    repeats: int | None = None  # how many timed runs the median is over
+    dataset: str = ""  # accuracy rows: motion | ucf101 | hmdb51 | kinetics400 | folder (+ split)
+    epoch: int | None = None  # accuracy rows: per-epoch curves
+    views: str = ""  # accuracy rows: "NxM", N clips x M crops per video
+    status: str = "ok"  # ok | error
+    error: str = ""
+    note: str = ""
+    # accuracy rows: where the weights came from: trained | finetuned:<file>@<sha256[:12]> |
+    # file:<file>@<sha256[:12]> (a file evaluated as is)
+    weights: str = ""
+    seed: int | None = None  # accuracy rows: the training seed
+    # accuracy rows: how long every model trained ("equal time, 60 s" or "equal epochs, 6")
+    protocol: str = ""
+    # the row's own kernels condition, in a run that times two against each other
+    # (``run.py --fiber-kernel paired``); blank: the run's
+    kernels: str = ""
+
+
+@dataclass(frozen=True)
+class RunConditions:
+    """The conditions of every row a run writes (``CONDITION_COLUMNS``), and its id."""
+
+    run_id: str
+    device: str
+    device_name: str  # CPU or GPU model: a fresh clone on another machine measures anew
+    dtype: str
+    channels_last: bool
+    compiled: bool
+    # intra-op threads: a 64-thread host must not take a 2-thread host's timings as its own
+    # (0: not recorded, in rows written before the column existed and not filled from a sidecar)
+    threads: int = 0
+    kernels: str = "stock"
+
+    def key(self) -> dict:
+        return {column: getattr(self, column) for column in CONDITION_COLUMNS}
+
+
+def under(frame: pd.DataFrame, run: RunConditions, ignore: tuple[str, ...] = ()) -> pd.Series:
+    """The rows measured under ``run``'s conditions, but for the columns in ``ignore``."""
+    mask = pd.Series(True, index=frame.index)
+    for column, value in run.key().items():
+        if column not in ignore:
+            mask &= frame[column] == value
+    return mask
+
+
+def new_run_id() -> str:
+    """A sortable, unique run id: UTC start time plus a random suffix."""
+    return dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
+
+

@@ -1,0 +1,61 @@
+"""TODO"""
+
+import multiprocessing as mp
+import os
+import time
+
+import pytest
+import torch
+
+from benchmarks.measure import memory
+from benchmarks.store import (
+    read_csv,
+)
+from tests.paths import REPO
+
+
+def test_rss_growth_is_the_childs_own_even_under_a_large_parent():
+    from benchmarks.measure.memory import cpu_peak_rss_growth
+    from benchmarks.measure.workload import Setup
+
+    ballast = torch.ones(250_000_000)  # 1 GB in the parent: ru_maxrss would carry it over
+    growth = cpu_peak_rss_growth("mfnet", Setup(), (8, 64, 64), 2)
+    del ballast
+    assert 20 < growth < 1000  # MB: a real step's activations, not 0 and not the parent's 1 GB
+
+
+def test_the_estimate_covers_every_measured_peak_rss_in_the_committed_store():
+    frame = read_csv(REPO / "results" / "measurements.csv")
+    grown = frame[(frame["metric"] == "peak_rss_mb_train") & (frame["status"] == "ok")]
+    grown = grown[grown["model"].isin(["mfnet", "i3d", "r2plus1d", "s3d", "res3d", "c3d", "x3d_m"])]
+    assert len(grown) >= 5
+    for row in grown.itertuples():
+        clip = tuple(int(v) for v in row.clip.split("x"))
+        estimate = memory.estimate_bytes(row.model, clip, int(row.batch_size), "train") / memory.MB
+        # never under; over by at most what a model with large dense layers (C3D) costs
+        assert row.value <= estimate <= 2.5 * row.value + 512, row.model
+
+
+def test_the_room_under_a_cgroup_limit_counts_reclaimable_cache(tmp_path):
+    (tmp_path / "memory.max").write_text("8589934592\n")
+    (tmp_path / "memory.current").write_text(str(6 * 2**30))
+    (tmp_path / "memory.stat").write_text(f"anon 1\nactive_file {2**29}\ninactive_file {2**29}\n")
+    assert memory._room(tmp_path, *memory.CGROUP_V2) == 3 * 2**30
+    (tmp_path / "memory.max").write_text("max\n")
+    assert memory._room(tmp_path, *memory.CGROUP_V2) is None
+    room, source = memory.available_bytes()  # this machine's, whatever it is
+    assert room is None or room > 0 and source
+
+
+@pytest.mark.parametrize("target, expected", [(os.abort, "killed by signal 6"),
+                                              (time.sleep, "exited with status 0")])
+def test_a_dead_rss_probe_child_is_an_error_at_once(target, expected):
+    context = mp.get_context("spawn")
+    queue = context.Queue()
+    process = context.Process(target=target, args=(0,) if target is time.sleep else ())
+    process.start()
+    started = time.perf_counter()
+    status, message = memory._answer(process, queue, timeout_s=900)
+    process.join()
+    assert status == "error" and expected in message
+    assert time.perf_counter() - started < 30  # not the 900 s timeout

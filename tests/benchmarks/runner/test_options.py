@@ -1,0 +1,70 @@
+"""TODO"""
+
+import pytest
+import torch
+
+from benchmarks import run, runner
+from benchmarks.runner import options
+
+
+def cli_error(capsys, argv) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        run.main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err  # one line, no usage dump, no traceback
+    return err
+
+
+def test_unknown_model_is_one_line_with_suggestions(capsys, tmp_path):
+    err = cli_error(capsys, ["--models", "mfnet,i3dd", "--results", str(tmp_path)])
+    assert "unknown model 'i3dd'" in err and "Did you mean i3d" in err
+
+
+@pytest.mark.parametrize("clip, expected", [("16,112", "three integers"), ("a,b,c", "three integers"),
+                                            ("16,8,8", "too small"), ("0,64,64", "too small")])
+def test_malformed_or_too_small_clip(capsys, tmp_path, clip, expected):
+    assert expected in cli_error(capsys, ["--models", "mfnet", "--clip", clip,
+                                          "--results", str(tmp_path)])
+
+
+def test_a_clip_too_small_for_one_model_names_it(capsys, tmp_path):
+    # C3D's five 2x poolings need 16 frames; 4 frames cannot pass pool5
+    err = cli_error(capsys, ["--models", "mfnet,c3d", "--clip", "4,32,32",
+                             "--results", str(tmp_path / "r")])
+    assert "does not fit c3d" in err
+    assert not (tmp_path / "r" / "measurements.csv").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_cuda_without_a_gpu(capsys, tmp_path):
+    assert "no CUDA GPU" in cli_error(capsys, ["--device", "cuda", "--results", str(tmp_path)])
+
+
+def test_quick_runs_go_to_their_own_store_unless_told():
+    # smoke-test timings in results/ would be the newest rows the report shows, and would count
+    # as "already measured" for a later full run
+    assert runner.parse_args(["--quick"]).results == options.QUICK_RESULTS != "results"
+    assert runner.parse_args([]).results == "results"
+    assert runner.parse_args(["--quick", "--results", "mine"]).results == "mine"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--models", ""], "--models is empty"),
+    (["--measure", "accuracy", "--train-budget", "0"], "--train-budget 0 is invalid"),
+    (["--measure", "accuracy", "--train-budget", "nan"], "--train-budget nan is invalid"),
+    (["--models", "resnet18", "--measure", "accuracy"], "resnet18 take images"),
+    (["--models", "mfnet", "--measure", "accuracy", "--clip", "16,32,48"], "H and W must be equal"),
+])
+def test_run_refuses_what_cannot_mean_anything_with_one_line(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        runner.parse_args(args)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in err and err.strip().count("\n") == 0
+
+
+def test_tf32_is_refused_without_a_gpu(capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as exit_info:
+        runner.parse_args(["--dtype", "tf32"])
+    assert exit_info.value.code == 2 and "CUDA math mode" in capsys.readouterr().err
