@@ -34,6 +34,13 @@ def tests(session: nox.Session) -> None:
 
 
 @nox.session(python=False)
+def quick(session: nox.Session) -> None:
+    """The quick tier: the tests without the end-to-end command runs (-m "not slow"), under 2 minutes."""
+    session.run(shared_python(session), "-m", "pytest", "-m", "not slow and not perf", *session.posargs,
+                external=True)
+
+
+@nox.session(python=False)
 def benchmark(session: nox.Session) -> None:
     """The main job: run benchmarks/run.py on its default profile, then regenerate reports/."""
     python = shared_python(session)

@@ -15,6 +15,8 @@ from benchmarks.store import read_csv
 from models import registry
 from tests.paths import REPO
 
+pytestmark = pytest.mark.slow  # every command, end to end, on a model from a file
+
 MODEL_FILE = '''
 from torch import nn
 import models

@@ -89,6 +89,7 @@ def test_clips_equal_the_earlier_pytorchvideo_decoder_on_the_same_video_and_seed
             assert ours.dtype == torch.uint8 and torch.equal(ours, reference), (start, interval)
 
 
+@pytest.mark.slow
 def test_frames_over_the_pixel_cap_are_refused_and_good_videos_after_still_load(tmp_path, caplog):
     huge = videos.video(tmp_path / "huge.mp4", frames=1, size=(4096, 4096))  # 16.8 MP, tiny file
     good = videos.video(tmp_path / "good.mp4")

@@ -1,5 +1,6 @@
 """The motion benchmark: deterministic, decodable, and defined by motion alone."""
 
+import pytest
 import torch
 from torch import nn
 
@@ -69,6 +70,7 @@ def tiny_3d(width: int = 16) -> nn.Module:
     return nn.Sequential(*layers, nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Linear(2 * width, 6))
 
 
+@pytest.mark.slow
 def test_a_frame_based_model_stays_at_chance_where_a_3d_model_learns():
     train = MotionDataset(240, frames=8, size=24, seed=1)
     test = MotionDataset(120, frames=8, size=24, seed=2)

@@ -1,4 +1,5 @@
-"""TODO"""
+"""Other processes' CPU time (benchmarks/machine/contention.py): the meter sees another program's
+load on our cores and not our own."""
 
 import os
 import signal

@@ -1,4 +1,5 @@
-"""TODO"""
+"""Where a run happened (benchmarks/machine/environment.py): a CPU with another instruction set is
+another machine."""
 
 from benchmarks.machine import environment
 

@@ -1,8 +1,10 @@
-"""TODO"""
+"""The process's runtime settings (benchmarks/machine/runtime.py): the GPU policy set on purpose
+and recorded; freed memory given back to the OS between models."""
 
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from tests.paths import REPO
@@ -25,6 +27,7 @@ def test_the_gpu_policy_is_set_on_purpose_and_recorded():
         torch.set_float32_matmul_precision(before[3])
 
 
+@pytest.mark.slow
 def test_memory_freed_by_one_model_goes_back_before_the_next():
     script = """
 import torch

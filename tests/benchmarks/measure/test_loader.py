@@ -3,11 +3,15 @@
 import subprocess
 import sys
 
+import pytest
+
 from benchmarks import run
 from benchmarks.reporting.render import render
 from benchmarks.store import read_csv
 from tests import videos
 from tests.paths import REPO
+
+pytestmark = pytest.mark.slow  # run.py end to end on a generated dataset
 
 
 def test_measure_data_times_both_decoders_and_the_model_and_the_report_shows_which_bounds(tmp_path):

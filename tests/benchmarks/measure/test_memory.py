@@ -1,4 +1,5 @@
-"""TODO"""
+"""Memory (benchmarks/measure/memory.py): the RSS probe measures its child's growth, the estimate
+behind the memory guard covers every peak measured, the room under a cgroup, a dead probe child."""
 
 import multiprocessing as mp
 import os
@@ -14,6 +15,7 @@ from benchmarks.store import (
 from tests.paths import REPO
 
 
+@pytest.mark.slow
 def test_rss_growth_is_the_childs_own_even_under_a_large_parent():
     from benchmarks.measure.memory import cpu_peak_rss_growth
     from benchmarks.measure.workload import Setup

@@ -1,4 +1,5 @@
-"""TODO"""
+"""The machine's peak (benchmarks/measure/peak.py): a half-precision peak on a CPU without native
+support is shrunk to fit the run's time, and says so."""
 
 import time
 

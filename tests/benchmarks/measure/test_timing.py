@@ -1,4 +1,5 @@
-"""TODO"""
+"""The timing discipline (benchmarks/measure/timing.py): steps timed against each other alternate
+in rounds."""
 
 from benchmarks.measure import timing
 

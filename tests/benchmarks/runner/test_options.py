@@ -1,4 +1,5 @@
-"""TODO"""
+"""``run.py``'s command line (benchmarks/runner/options.py): what cannot mean anything is one line
+and exit status 2, before anything is measured."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""TODO"""
+"""A run's writer (benchmarks/runner/sweep.py): a CUDA run records its GPU policy and its machine."""
 
 import torch
 

@@ -1,4 +1,5 @@
-"""TODO"""
+"""Claims (benchmarks/store/claims.py): a measurement claimed by a live process is left to it, a
+dead one's claim is taken over."""
 
 import json
 import subprocess

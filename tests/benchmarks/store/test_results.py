@@ -29,6 +29,7 @@ def test_unknown_columns_and_their_values_are_kept(tmp_path):
     assert list(read_csv(store.csv)["value"]) == [1.0, 2.0]
 
 
+@pytest.mark.slow
 def test_a_store_from_a_newer_schema_is_refused_not_rewritten(tmp_path):
     store = ResultsStore(tmp_path)
     store.append([row()], RUN, "2026-01-01T00:00:00+00:00")
@@ -81,6 +82,7 @@ def test_a_full_disk_leaves_the_old_file_and_no_temp_files(tmp_path, monkeypatch
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["measurements.csv", ".lock"])
 def test_a_folder_where_the_store_or_its_lock_should_be_is_one_line_and_exit_2(tmp_path, name):
     (tmp_path / name).mkdir(parents=True)
@@ -127,14 +129,3 @@ def test_kernels_are_a_condition_and_rows_from_before_the_column_read_as_stock(t
     store.csv.write_text("\n".join(cut) + "\n")  # a store written before the column existed
     assert read_csv(store.csv)["kernels"].tolist() == ["stock", "stock"]
     assert store.done("mfnet", "speed", RUN, "16x224x224", timed)
-
-
-def test_report_on_error_rows_only_or_a_file_as_out_is_one_line(tmp_path):
-    store = ResultsStore(tmp_path / "r")
-    store.append([Measurement("mfnet", "cost", "error", None, "", status="error", error="boom")], RUN,
-                 "2026-01-01T00:00:00+00:00")
-    for args, message in ((["--results", str(tmp_path / "r"), "--out", str(tmp_path / "o")], "no ok"),
-                          (["--results", str(tmp_path / "r"), "--out", str(store.csv)], "not a folder")):
-        proc = subprocess.run([sys.executable, "benchmarks/report.py", *args], cwd=REPO,
-                              capture_output=True, text=True, timeout=120)
-        assert proc.returncode == 2 and message in proc.stderr and proc.stderr.strip().count("\n") == 0

@@ -1,4 +1,4 @@
-"""TODO"""
+"""A run's settings (benchmarks/training/config.py): the defaults are the default preset's."""
 
 from benchmarks import training
 

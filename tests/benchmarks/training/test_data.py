@@ -1,4 +1,5 @@
-"""TODO"""
+"""A run's loaders (benchmarks/training/data.py): pinned memory and persistent workers on CUDA
+only; no workers for the generated motion benchmark."""
 
 import os
 

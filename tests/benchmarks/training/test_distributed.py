@@ -1,4 +1,5 @@
-"""TODO"""
+"""DistributedDataParallel (benchmarks/training/distributed.py): two gloo processes give one
+process's loss curve, and channels-last MF-Net's gradients arrive in DDP's bucket layout."""
 
 import os
 import subprocess
@@ -8,6 +9,8 @@ import pytest
 
 from tests.benchmarks.training.helpers import TINY_MOTION, curve
 from tests.paths import REPO
+
+pytestmark = pytest.mark.slow  # torchrun-style process groups
 
 
 def test_two_gloo_processes_give_the_loss_curve_of_one_with_the_same_global_batch(tmp_path):

@@ -1,4 +1,4 @@
-"""TODO"""
+"""The epoch loop (benchmarks/training/loop.py): the progress bar reports clips per second."""
 
 from benchmarks.training import loop
 

@@ -1,4 +1,5 @@
-"""TODO"""
+"""The model a run steps (benchmarks/training/model.py): compiled where asked, its checkpoints
+under the plain module's keys."""
 
 
 import torch

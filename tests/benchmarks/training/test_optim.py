@@ -1,4 +1,4 @@
-"""TODO"""
+"""The schedule (benchmarks/training/optim.py): warm-up counts epochs of data under a time budget too."""
 
 import math
 

@@ -1,4 +1,5 @@
-"""TODO"""
+"""``train.py``'s command line (benchmarks/training/options.py): what cannot mean anything is one
+line and exit status 2."""
 
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from tests.benchmarks.training.helpers import run_train
 from tests.paths import REPO
 
 
+@pytest.mark.slow
 def test_a_missing_dataset_root_is_one_line_and_exit_2(tmp_path):
     proc = subprocess.run([sys.executable, "benchmarks/train.py", "--model", "mfnet", "--dataset",
                            "ucf101", "--root", str(tmp_path / "nope"), "--results", str(tmp_path)],

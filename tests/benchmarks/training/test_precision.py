@@ -1,4 +1,5 @@
-"""TODO"""
+"""Mixed precision and memory format in training (benchmarks/training/precision.py): bf16 autocast
+and channels-last on the CPU, fp16 with a gradient scaler on CUDA."""
 
 
 import pytest

@@ -1,4 +1,6 @@
-"""TODO"""
+"""Whole training runs (benchmarks/training/run.py) on generated data in each official layout:
+multi-view evaluation, determinism, fine-tuning and evaluating a checkpoint, splits and seeds,
+ImageNet folders, corrupt test sets, unknown classes."""
 
 
 import pytest
@@ -11,6 +13,8 @@ from benchmarks.reporting.render import render
 from benchmarks.store import read_csv
 from tests import videos
 from tests.benchmarks.training.helpers import TINY, TINY_MOTION, curve, final, rows
+
+pytestmark = pytest.mark.slow  # whole training runs on generated datasets
 
 
 @pytest.mark.parametrize("name", ["ucf101", "hmdb51", "kinetics400", "folder"])

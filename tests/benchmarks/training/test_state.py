@@ -1,4 +1,6 @@
-"""TODO"""
+"""Resume (benchmarks/training/state.py): a killed run continues with the numbers an uninterrupted
+run gives, writes each row once whatever the kill point, and refuses other settings or a bad
+``last.pt`` in one line."""
 
 
 import pytest
@@ -8,6 +10,8 @@ from benchmarks import train
 from benchmarks.store import ResultsStore
 from benchmarks.training import run as training_run
 from tests.benchmarks.training.helpers import TINY_MOTION, curve, motion_run, rows, run_train
+
+pytestmark = pytest.mark.slow  # whole runs, killed and resumed
 
 
 def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path, monkeypatch):

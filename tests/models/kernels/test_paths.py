@@ -64,6 +64,7 @@ def test_a_path_name_that_means_nothing_is_refused_by_the_library_in_one_line():
         build.extension().pack_cl(torch.randn(4, 2, 3, 3, 3), 2, "avx2")
 
 
+@pytest.mark.slow
 def test_a_switch_value_that_means_nothing_is_one_line_everywhere(monkeypatch):
     monkeypatch.setenv(paths.SWITCH, "avx1024")
     with pytest.raises(ValueError, match="MFNET_FIBER_KERNEL='avx1024': use off, scalar, avx2, avx512, "

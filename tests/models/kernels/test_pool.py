@@ -11,6 +11,8 @@ import pytest
 from models.kernels import build
 from tests.paths import REPO
 
+pytestmark = pytest.mark.slow  # a fresh process per case
+
 PROBE = """
 import torch
 import torch.nn.functional as F

@@ -154,6 +154,7 @@ def test_flop_counters_see_the_convs_the_kernels_run():
 
 
 @pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.slow
 def test_the_fast_path_compiles_as_one_graph(batch):
     """Under torch.compile the fused modules run as PyTorch's: one graph, no break."""
     model = models.create_model("mfnet", num_classes=7).eval()
