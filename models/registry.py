@@ -160,13 +160,19 @@ def get_spec(name: str) -> ModelSpec:
 
 
 def display_name(name: str) -> str:
-    """The name a reader knows the model by: the paper's (``models.ledger.DISPLAY_NAMES``), the
-    one a user registered, or the registry name."""
+    """The name a reader knows the model by: the one a user registered, the paper's
+    (``models.ledger.DISPLAY_NAMES``), a 2D model's run per frame as "<its name> (per frame)",
+    or the registry name."""
     from models.ledger import DISPLAY_NAMES
 
     spec = _REGISTRY.get(name)
-    return (spec.display_name if spec is not None and spec.display_name
-            else DISPLAY_NAMES.get(name, name))
+    if spec is not None and spec.display_name:
+        return spec.display_name
+    if name in DISPLAY_NAMES:
+        return DISPLAY_NAMES[name]
+    if spec is not None and spec.family == "frame" and name.endswith("_frames"):
+        return f"{display_name(name.removesuffix('_frames'))} (per frame)"
+    return name
 
 
 def create_model(name: str, num_classes: int | None = None, **kwargs) -> nn.Module:

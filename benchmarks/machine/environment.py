@@ -21,6 +21,24 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+# the instruction sets that decide a CPU's speed here: AVX2 + FMA (the kernels' AVX2 path), AVX-512F
+# (oneDNN's and the kernels' AVX-512 paths), AVX512-BF16 and AMX (native bf16)
+CPU_FLAGS = {"avx2": "AVX2", "fma": "FMA", "avx512f": "AVX-512F", "avx512_bf16": "AVX512-BF16",
+             "amx_bf16": "AMX-BF16", "amx_tile": "AMX"}
+
+
+def cpu_flags() -> list[str]:
+    """Which of ``CPU_FLAGS`` this CPU has, by their usual names (``/proc/cpuinfo``; [] elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                have = set(line.split(":", 1)[1].split())
+                return [name for flag, name in CPU_FLAGS.items() if flag in have]
+    except OSError:
+        pass
+    return []
+
+
 def cpu_capability() -> str:
     """The vector instruction set PyTorch's CPU kernels dispatch to (e.g. AVX2, AVX512)."""
     try:
@@ -61,15 +79,18 @@ def collect(device: str) -> dict:
         "cpu": cpu_name(),
         "cpu_capability": cpu_capability(),
         "cpu_count": os.cpu_count(),
+        "cpu_flags": cpu_flags(),
+        # the cores this process may run on (a container or taskset may allow fewer than it has)
+        "cpu_cores_allowed": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "threads": torch.get_num_threads(),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "git_commit": git_commit(),
-        "fiber_kernel": fiber_kernel_status(),
+        "fiber_kernel": kernels_status(),
     }
 
 
-def fiber_kernel_status() -> str:
+def kernels_status() -> str:
     """What MF-Net's convs ran on in this process (``models/kernels``); it does not build the
     kernels."""
     from models import kernels

@@ -22,11 +22,16 @@ class Context:
     a paired run times against them), the machine's peak and watch, and the probed rates."""
 
     conditions: RunConditions
-    also: list[RunConditions]  # --fiber-kernel paired: the stock condition, timed in the same rounds
+    stock: RunConditions  # the stock kernels' condition, timed beside the run's for a paired model
+    paired_models: tuple[str, ...]
     setup: Setup
     peak: float | None = None
     watch: disturbance.MachineWatch | None = None
     probes: accuracy.Probes = dataclasses.field(default_factory=accuracy.Probes)
+
+    def also(self, name: str) -> list[RunConditions]:
+        """The conditions ``name``'s speed is timed under beside the run's (paired: stock)."""
+        return [self.stock] if name in self.paired_models and self.stock != self.conditions else []
 
 
 def measure_cost(name: str, clip, label: str, quick: bool) -> list[Measurement]:
@@ -89,14 +94,15 @@ def measure_speed(name: str, options: RunOptions, label: str, context: Context) 
     train_short = cpu and memory_short(name, options, "train")
     macs = cost.count_macs(name, options.clip).macs
     workloads = [Workload(name, context.setup, options.clip)]
+    also = context.also(name)
     workloads += [Workload(name, dataclasses.replace(context.setup, fiber_kernel=c.kernels == "suite"),
-                           options.clip) for c in context.also]
+                           options.clip) for c in also]
 
     def timing(batch):
         per_workload = speed.measure_speed(workloads, label, batch, macs, context.peak,
                                            0.1 if options.quick else 1.0, warmup=0 if options.quick else 1,
                                            train=not train_short)
-        for rows_, conditions in zip(per_workload[1:], context.also):
+        for rows_, conditions in zip(per_workload[1:], also):
             for row in rows_:
                 row.kernels = conditions.kernels
         return [row for rows_ in per_workload for row in rows_]
@@ -105,7 +111,7 @@ def measure_speed(name: str, options: RunOptions, label: str, context: Context) 
     rows, used = with_oom_retry(watched, options.batch_size, options.device)
     if train_short:
         short = short_row(name, "speed", "train_clips_per_s", label, options.batch_size, train_short)
-        rows += [short] + [dataclasses.replace(short, kernels=c.kernels) for c in context.also]
+        rows += [short] + [dataclasses.replace(short, kernels=c.kernels) for c in also]
     return rows, used
 
 

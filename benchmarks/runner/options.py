@@ -13,7 +13,7 @@ import models
 from benchmarks.data import datasets
 from benchmarks.measure import cost, workload
 from benchmarks.measure.workload import DTYPES
-from models import kernels
+from models import kernels, ledger
 
 MEASUREMENTS = ("cost", "memory", "speed", "accuracy")
 # on request only: the loader against the model on a dataset on disk (--dataset, --root)
@@ -48,6 +48,9 @@ class RunOptions:
     compile: bool = False
     # suite | stock | paired: the kernels the models run on (``resolve_kernels``)
     fiber_kernel: str = "suite"
+    # models whose speed is also timed on stock kernels, in alternating rounds in this process:
+    # every model with --fiber-kernel paired; by default footnote 5's pair (``ledger.FOOTNOTE5_PAIR``)
+    paired_models: tuple[str, ...] = ()
     batch_size: int = 4
     clip: tuple[int, int, int] | None = None  # None: each model's spec input
     results: str = "results"
@@ -165,12 +168,14 @@ def resolve(a: argparse.Namespace, argv: list[str] | None) -> RunOptions:
         raise ValueError("--dtype tf32 is a CUDA math mode; on a CPU use fp32")
     if "data" in measure and not (a.dataset and a.root):
         raise ValueError("--measure data needs --dataset and --root (the files whose loading is timed)")
+    timed = resolve_models(a.models if named else "paper-video")
+    kernels_asked = resolve_kernels(a.fiber_kernel, device, a.dtype, a.compile)
     options = RunOptions(
-        models=resolve_models(a.models if named else "paper-video"),
+        models=timed,
         accuracy_models=resolve_models(a.models if named else ",".join(MOTION_MODELS)),
         data_models=resolve_models(a.models if named else "mfnet"),
         measure=tuple(measure), device=device, dtype=a.dtype, channels_last=a.channels_last,
-        compile=a.compile, fiber_kernel=resolve_kernels(a.fiber_kernel, device, a.dtype, a.compile),
+        compile=a.compile, fiber_kernel=kernels_asked, paired_models=paired(timed, kernels_asked, a.fiber_kernel),
         batch_size=a.batch_size or (2 if a.quick else 4),
         # data: the paper's clip for MF-Net, the authors' recipe
         clip=a.clip if a.clip is not None or "data" not in measure else (16, 224, 224),
@@ -195,6 +200,17 @@ def resolve_kernels(asked: str | None, device: str, dtype: str, compiled: bool) 
     if why and asked:
         raise ValueError(f"--fiber-kernel {asked}: {why}")
     return "stock" if why else asked or "suite"
+
+
+def paired(timed: tuple[str, ...], kernels_run: str, asked: str | None) -> tuple[str, ...]:
+    """The models whose speed is timed on both kernels: all with ``--fiber-kernel paired``; unasked,
+    where the suite's kernels run, footnote 5's pair, so that the default job measures what the
+    report's verdict on it needs; none with an explicit suite or stock."""
+    if kernels_run == "paired":
+        return timed
+    if asked is None and kernels_run == "suite":
+        return tuple(n for n in timed if n in ledger.FOOTNOTE5_PAIR)
+    return ()
 
 
 def check_accuracy_inputs(options: RunOptions, explicit: bool) -> None:

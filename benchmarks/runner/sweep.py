@@ -33,9 +33,9 @@ class RunWriter:
                                         options.channels_last, options.compile, env["threads"],
                                         "suite" if options.suite_kernels else "stock")
         self.sidecar = env | {"quick": options.quick, "batch_size": options.batch_size, "argv": list(options.argv)}
-        if options.fiber_kernel == "paired":
-            self.sidecar["speed_kernels"] = ("stock and suite, timed in alternating rounds in this "
-                                             "process (rows of both under this run id)")
+        if options.paired_models:
+            self.sidecar["speed_kernels"] = (f"{', '.join(options.paired_models)}: stock and suite, timed in "
+                                             "alternating rounds in this process (rows of both under this run id)")
         self.sidecar_written = False
 
     def save(self, rows: list[Measurement]) -> None:
@@ -54,10 +54,9 @@ class Sweep:
         self.store = ResultsStore(options.results)
         self.store.check_writable()
         self.writer = RunWriter(options, self.store)
-        paired = options.fiber_kernel == "paired"
-        also = [dataclasses.replace(self.writer.conditions, kernels="stock")] if paired else []
+        stock = dataclasses.replace(self.writer.conditions, kernels="stock")
         setup = Setup(options.device, options.dtype, options.channels_last, options.compile, options.suite_kernels)
-        self.context = Context(self.writer.conditions, also, setup)
+        self.context = Context(self.writer.conditions, stock, options.paired_models, setup)
         self.errors = self.claimed_elsewhere = 0
 
     def run(self) -> int:
@@ -97,7 +96,7 @@ class Sweep:
         """One (model, measurement), unless the store holds it or another run on the store is
         measuring it: claimed first, then looked for again, since that run may have finished
         between the two looks."""
-        options, conditions = self.options, [self.writer.conditions, *self.context.also]
+        options, conditions = self.options, [self.writer.conditions, *self.context.also(name)]
         if plan.held(self.store, options, conditions, name, measurement):
             return
         label, dataset = plan.where(name, measurement, options)

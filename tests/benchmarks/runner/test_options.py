@@ -6,6 +6,7 @@ import torch
 
 from benchmarks import run, runner
 from benchmarks.runner import options
+from models.kernels import build
 
 
 def cli_error(capsys, argv) -> str:
@@ -69,3 +70,39 @@ def test_tf32_is_refused_without_a_gpu(capsys, monkeypatch):
     with pytest.raises(SystemExit) as exit_info:
         runner.parse_args(["--dtype", "tf32"])
     assert exit_info.value.code == 2 and "CUDA math mode" in capsys.readouterr().err
+
+
+def test_a_run_asking_for_the_kernels_where_they_cannot_be_built_stops_before_measuring(monkeypatch, capsys):
+    monkeypatch.setattr(build, "_loaded", {"module": None, "why": "the kernel could not be built (simulated)"})
+    with pytest.raises(SystemExit) as exit_:
+        runner.parse_args(["--models", "mfnet", "--measure", "speed", "--fiber-kernel"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.endswith("--fiber-kernel suite: the kernel could not be built (simulated)")
+
+
+@pytest.mark.parametrize("extra, why", [(["--compile"], "is an eager fp32 kernel"),
+                                        (["--dtype", "bf16"], "is an eager fp32 kernel")])
+def test_a_run_where_the_kernels_would_not_run_is_refused_rather_than_mislabelled(extra, why, capsys):
+    for asked in ("suite", "paired"):
+        with pytest.raises(SystemExit):
+            runner.parse_args(["--models", "mfnet", "--measure", "speed", "--fiber-kernel", asked, *extra])
+        assert f"--fiber-kernel {asked}: it {why}" in capsys.readouterr().err
+    # unasked, the run is on stock kernels and its rows say so
+    options = runner.parse_args(["--models", "mfnet", "--measure", "speed", *extra])
+    assert options.fiber_kernel == "stock" and options.paired_models == ()
+
+
+def test_a_run_is_on_the_kernels_by_default_and_times_footnote_5_s_pair_on_both(monkeypatch):
+    """Unasked, the suite's kernels wherever they run, with MF-Net and its dense control also
+    timed on stock kernels in the same rounds (what the report's footnote-5 verdict needs);
+    ``paired`` pairs every model, an explicit ``suite`` or ``stock`` none."""
+    argv = ["--models", "mfnet,i3d,res3d", "--measure", "speed"]
+    default = runner.parse_args(argv)
+    assert default.fiber_kernel == "suite" and default.paired_models == ("mfnet", "res3d")
+    assert runner.parse_args(argv + ["--fiber-kernel", "paired"]).paired_models == ("mfnet", "i3d", "res3d")
+    for asked in ("suite", "stock"):
+        options = runner.parse_args(argv + ["--fiber-kernel", asked])
+        assert options.fiber_kernel == asked and options.paired_models == ()
+    monkeypatch.setattr(build, "_loaded", {"module": None, "why": "the kernel could not be built (simulated)"})
+    assert runner.parse_args(argv).fiber_kernel == "stock" and runner.parse_args(argv).paired_models == ()

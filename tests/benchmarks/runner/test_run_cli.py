@@ -2,6 +2,7 @@
 motion benchmark, Ctrl-C and crashes, the memory guard, disturbed timings, two writers on one
 store."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -227,7 +228,8 @@ def test_run_py_marks_disturbed_speed_rows(tmp_path, monkeypatch, capsys):
     assert code == 0 and "is disturbed: other processes used 0.90 of 2 CPUs" in capsys.readouterr().out
     frame = read_csv(tmp_path / "measurements.csv")
     timed = frame[(frame["measurement"] == "speed") & (frame["model"] != "_machine")]
-    assert len(timed) == 9 and timed["note"].map(disturbance.is_disturbed).all()
+    # res3d, footnote 5's control, is timed on both kernels by default: 9 rows each
+    assert len(timed) == 18 and timed["note"].map(disturbance.is_disturbed).all()
 
 
 def test_a_step_that_would_not_fit_is_an_error_row_naming_both_figures(tmp_path, monkeypatch):
@@ -237,7 +239,8 @@ def test_a_step_that_would_not_fit_is_an_error_row_naming_both_figures(tmp_path,
     frame = read_csv(tmp_path / "measurements.csv")
     assert code == 1
     short = frame[frame["status"] == "error"]
-    assert short["metric"].tolist() == ["train_clips_per_s"]
+    # MF-Net is timed on both kernels by default: a skipped step under each
+    assert short["metric"].tolist() == ["train_clips_per_s"] * 2 and set(short["kernels"]) == {"suite", "stock"}
     error = short["error"].iloc[0]
     assert "needs about" in error and "0.6 GB is available (a test's cgroup)" in error
     # inference fitted: measured, not lost with the training step
@@ -316,3 +319,20 @@ def test_a_busy_probe_phase_is_said_in_the_output(tmp_path, monkeypatch, capsys)
                      "--results", str(tmp_path)]) == 0
     assert "warning: busy machine: during every probe other processes used 1.00" in capsys.readouterr().out
     assert budgets[0][0] == 20 and budgets[0][1].startswith("busy machine")
+
+
+def test_a_paired_run_times_both_kernels_in_one_process_and_resumes_on_both(tmp_path):
+    argv = ["--models", "mfnet", "--clip", "2,32,32", "--quick", "--batch-size", "2",
+            "--measure", "speed", "--results", str(tmp_path)]
+    assert run.main(argv + ["--fiber-kernel"]) == 0  # the suite's rows alone: not a pair
+    assert run.main(argv + ["--fiber-kernel", "paired"]) == 0  # so the pair is measured
+    frame = read_csv(tmp_path / "measurements.csv")
+    paired = frame[frame["run_id"] == frame["run_id"].iloc[-1]]
+    timed = {"latency_ms", "infer_clips_per_s", "train_clips_per_s"}
+    for kernels in ("stock", "suite"):
+        assert timed <= set(paired[(paired["model"] == "mfnet") & (paired["kernels"] == kernels)]["metric"])
+    sidecar = json.loads((tmp_path / "runs" / f"{paired['run_id'].iloc[0]}.json").read_text())
+    assert "alternating rounds" in sidecar["speed_kernels"]
+    assert run.main(argv + ["--fiber-kernel", "paired"]) == 0  # held under both: nothing new
+    assert run.main(argv) == 0  # the default pairs MF-Net too: held as well
+    assert len(read_csv(tmp_path / "measurements.csv")) == len(frame)

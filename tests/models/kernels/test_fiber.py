@@ -4,6 +4,7 @@ the kernel, BatchNorm + ReLU folded in, the packed weights kept, and where it st
 
 import itertools
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from models.kernels.modules import FiberConv3d
 from models.kernels.ops import fiber
 from models.mfnet import MFNet
 from tests.models.kernels.helpers import check_against_reference, cl, close, randomise
+from tests.paths import REPO
 
 
 def test_random_shapes_forward_and_backward():
@@ -233,3 +235,40 @@ def test_inference_keeps_the_packed_weight_until_the_weight_changes():
         close(conv(x), fiber.reference(x, conv.weight, 16))
         assert conv.__dict__[PACKED][1] is not packed
     assert PACKED not in str(list(conv.state_dict()))
+
+
+THP = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+HUGE_PAGE_PROBE = """
+import torch
+from pathlib import Path
+from models.kernels.ops import fiber
+
+def eligible(address):  # whether the mapping holding address may get transparent huge pages
+    inside = False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split()[0]
+        if "-" in head and not head.endswith(":"):
+            low, high = (int(v, 16) for v in head.split("-"))
+            inside = low <= address < high
+        elif inside and line.startswith("THPeligible:"):
+            return line.split()[1] == "1"
+
+x = torch.randn(1, 96, 8, 56, 56).contiguous(memory_format=torch.channels_last_3d)
+y = fiber.forward_cl(x, fiber.pack(torch.randn(96, 6, 3, 3, 3), 16), 6, (1, 1, 1))
+print(eligible(y.data_ptr() + y.nbytes // 2), eligible(x.data_ptr() + x.nbytes // 2))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not THP.exists() or "[madvise]" not in THP.read_text(),
+                    reason="transparent huge pages are not in madvise mode here")
+def test_a_large_channels_last_output_asks_for_huge_pages():
+    """An output written page by page is faulted in 2 MiB at a time, not 4 KiB. In a fresh
+    process (glibc's allocator untouched) the input, allocated by PyTorch, is the control."""
+    import os
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", HUGE_PAGE_PROBE], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert out.stdout.split() == ["True", "False"], out.stderr[-2000:]
