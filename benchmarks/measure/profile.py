@@ -18,7 +18,7 @@ Two tables and a bound, to explain a low ``peak_fraction``:
   step to be ``FOOTNOTE5_FORECAST``'s threshold times faster, against this machine's dense conv
   rate; or, where even free grouped convs fall short, the most they could give (Amdahl).
 
-It runs the same steps as the harness (``benchmarks/workload.py``), under the same settings.
+It runs the same steps as the harness (``benchmarks/measure/workload.py``), under the same settings.
 """
 
 import math

@@ -1,20 +1,20 @@
 """The paper's claims (``ledger.CLAIMS``), each reading measured and judged."""
 
 import models
+from benchmarks.reporting.devices import Device, newest_with
 from benchmarks.reporting.format import fmt, ratio
 from benchmarks.reporting.rows import Measured, spec_clip
 from models import ledger
 
 
-def claims(m: Measured) -> list[str]:
-    """Each claim of ``ledger.CLAIMS``, each of its readings with a verdict of its own."""
+def claims(m: Measured, found: list[Device]) -> list[str]:
+    """Each claim of ``ledger.CLAIMS``, each of its readings with a verdict of its own: a counted
+    reading from any machine, a timed one from the device whose newest rows time both models
+    (``found``: the devices with timings), named in the table."""
     name = models.display_name
 
     def verdict(value, threshold):
         return "not measured" if value is None else "holds" if value >= threshold else "does not hold"
-
-    def times(a: str, b: str, metric: str) -> float | None:
-        return ratio(m.get(b, metric), m.get(a, metric))
 
     lines = ["| claim (paper) | reading | measured | device | verdict |", "|---|---|---|---|---|"]
     for key, claim in ledger.CLAIMS.items():
@@ -29,16 +29,18 @@ def claims(m: Measured) -> list[str]:
                     "faster_r2plus1d": [("computation", "gmacs"), ("wall-clock", "latency_ms")],
                     "parameters_r2plus1d": [("parameters", "params")]}[key]
         for reading, metric in readings:
-            value = times(mine, other, metric)
-            if value is not None and (m.disturbed(mine, metric) or m.disturbed(other, metric)):
-                lines.append(f"| {quote} | {reading} | {fmt(value)}× ⚠ | {m.device} | not judged: "
+            timed = newest_with(found, [mine, other], metric) if metric == "latency_ms" else None
+            source = timed.measured if timed else m
+            value = ratio(source.get(other, metric), source.get(mine, metric))
+            device = timed.label if timed else "–" if metric == "latency_ms" else "any (counted)"
+            if value is not None and (source.disturbed(mine, metric) or source.disturbed(other, metric)):
+                lines.append(f"| {quote} | {reading} | {fmt(value)}× ⚠ | {device} | not judged: "
                              "timed while the machine was shared |")
                 continue
             what = {"gmacs": f"× GMACs ({name(other)} at {spec_clip(other)}, {name(mine)} at "
                              f"{spec_clip(mine)})",
                     "latency_ms": "× lower latency at batch 1",
                     "params": "× fewer parameters"}[metric]
-            device = m.device if metric == "latency_ms" else "any (counted)"
             lines.append(f"| {quote} | {reading} | {fmt(value)}{what} | {device} | "
                          f"{verdict(value, claim.threshold)} (≥ {claim.threshold:g}×) |")
     pairs = [("resnet18_mf", "resnet18"), ("mobilenetv2_140_mf", "mobilenetv2_140")]

@@ -8,6 +8,7 @@ import pandas as pd
 import models
 from benchmarks.machine import disturbance
 from benchmarks.reporting import figures
+from benchmarks.reporting.devices import Device, facts
 from benchmarks.reporting.format import fmt
 from benchmarks.reporting.rows import Measured, spec_clip
 
@@ -43,25 +44,55 @@ def efficiency_table(m: Measured, names: list[str]) -> list[str]:
                       f"{','.join(marked)}` on a quiet machine."]
     return lines
 
-def other_cpu_sections(rows: pd.DataFrame, main: Measured, names: list[str]) -> list[str]:
-    """One efficiency table per CPU other than the report's main one (stores from several
-    machines, ``--results A B``)."""
-    lines = []
-    timed = rows[(rows["device"] == "cpu") & (rows["measurement"] == "speed")]
-    for device_name in sorted(set(timed["device_name"]) - {main.device_name}):
-        cpu = Measured(rows, "cpu", device_name)
-        measured = [n for n in names if cpu.get(n, "latency_ms") is not None]
-        lines += [f"## Efficiency on {device_name} (cpu, fp32)", "", *efficiency_table(cpu, measured), ""]
+SPEED_TEXT = ("Speed is the median of `torch.utils.benchmark` timings (IQR in `results/`); the peak "
+              "fraction compares achieved GMAC/s with the machine's peak in the same run. A matmul alone is "
+              "no roofline on every CPU: MKL's sgemm may take an AVX2 path on AMD processors while oneDNN's "
+              "convolutions use AVX-512, so the faster of the two is the peak. A training step counts 3× the "
+              "forward multiply-adds. Where a model was re-measured the newest row is shown, with its own "
+              "run's peak.")
+
+
+def device_section(device: Device, frame: pd.DataFrame, names: list[str], out: Path, first: bool) -> list[str]:
+    """One device's efficiency table: the models it has timed, a line naming those it has not and
+    the command that times them, its peak and the job's memory; the first (the most complete)
+    also gets the speed and memory figures."""
+    m = device.measured
+    shown = device.models(names)
+    lines = [f"## Efficiency on {device.label} ({device.kind}, fp32)", "",
+             f"The machine, as its newest run recorded it: {facts(device, frame)}. Peak: {peak_text(m)}.", ""]
+    if first:
+        lines += [SPEED_TEXT, ""]
+    lines += efficiency_table(m, shown)
+    missing = [n for n in names if n not in shown]
+    if missing:
+        where = " --device cuda" if device.kind == "cuda" else ""
+        lines += ["", f"Not measured on this device: {', '.join(models.display_name(n) for n in missing)} "
+                      f"(`python benchmarks/run.py{where} --models {','.join(missing)} --measure memory,speed` "
+                      "there)."]
+    lines += ["", *job_memory_text(m)]
+    if device.kind == "cuda":
+        figure = "memory_" + "".join(c if c.isalnum() else "_" for c in device.name.lower())
+        figures.gpu_memory(m, shown, out / figure)
+        lines += [f"![GPU peak memory]({figure}.png)", ""]
+    if first:
+        m.label = f"{device.label} ({device.kind}), torch {_torch(device, frame)}"
+        figures.speed_vs_cost(m, shown, out / "speed_vs_cost")
+        figures.memory(m, shown, out / "memory")
+        lines += ["![speed against cost](speed_vs_cost.png)", "", "![memory](memory.png)", ""]
     return lines
 
-def devices_compared(rows: pd.DataFrame, names: list[str], out: Path) -> list[str]:
+
+def _torch(device: Device, frame: pd.DataFrame) -> str:
+    own = frame[(frame["device"] == device.kind) & (frame["device_name"] == device.name)]
+    return str(own.sort_values("timestamp").iloc[-1].get("env_torch", "?"))
+
+
+def devices_compared(found: list[Device], names: list[str], out: Path) -> list[str]:
     """Every device with timings, side by side model by model: latency and throughput, and a
     chart of inference clips/s per model and device."""
-    timed = rows[(rows["measurement"] == "speed") & (rows["model"] != "_machine")]
-    devices = sorted(set(zip(timed["device"], timed["device_name"])))
-    if len(devices) < 2:
+    if len(found) < 2:
         return []
-    per_device = [(f"{name} ({device})", Measured(rows, device, name)) for device, name in devices]
+    per_device = [(f"{d.label} ({d.kind})", d.measured) for d in found]
     shown = [n for n in names if any(m.get(n, "latency_ms") is not None for _, m in per_device)]
     header = ["model", *(f"{label}: latency ms / infer clips/s" for label, _ in per_device)]
     lines = ["## Devices compared", "",
@@ -80,22 +111,6 @@ def devices_compared(rows: pd.DataFrame, names: list[str], out: Path) -> list[st
         return lines + [""]
     figures.devices(rates, shown, [label for label, _ in per_device], out / "devices")
     return lines + ["", "![inference clips/s per device](devices.png)", ""]
-
-def gpu_sections(rows: pd.DataFrame, names: list[str], out: Path) -> list[str]:
-    """One efficiency table and one peak-memory figure per GPU model that has timed rows."""
-    lines = []
-    timed = rows[(rows["device"] == "cuda") & rows["measurement"].isin(["speed", "memory"])]
-    for index, device_name in enumerate(sorted(set(timed["device_name"]))):
-        gpu = Measured(rows, "cuda", device_name)
-        runs = sorted(set(gpu.rows["run_id"]))
-        gpu.label = f"{device_name} (cuda), {len(runs)} runs, newest {runs[-1]}"
-        measured = [n for n in names if gpu.get(n, "latency_ms") is not None
-                    or gpu.get(n, "peak_alloc_mb_train") is not None]
-        figure = f"memory_cuda{index}"
-        figures.gpu_memory(gpu, measured, out / figure)
-        lines += [f"## Efficiency on {device_name} (cuda, fp32)", "", *efficiency_table(gpu, measured),
-                  "", f"![GPU peak memory]({figure}.png)", ""]
-    return lines
 
 def peak_text(m: Measured) -> str:
     """The newest run's peak (and its matmul and conv parts) before and after its sweep: drift

@@ -9,18 +9,20 @@ import models
 from benchmarks.data import motion
 from benchmarks.reporting import figures
 from benchmarks.reporting.format import fmt
-from benchmarks.reporting.rows import Measured
 
 
-def motion_section(rows: pd.DataFrame, m: Measured, out: Path) -> list[str]:
-    """The built-in motion benchmark: one table, curves and bubble chart per protocol (equal
-    training time, the default job's, or equal epochs). ``rows``: every ok row, not only the
-    newest per key, since each protocol keeps its own newest run."""
-    acc = rows[(rows["measurement"] == "accuracy") & (rows["dataset"] == motion.LABEL)
-               & (rows["device_name"] == m.device_name)]
+def motion_section(rows: pd.DataFrame, out: Path) -> list[str]:
+    """The built-in motion benchmark, from the device whose newest motion runs these are: one
+    table, curves and bubble chart per protocol (equal training time, the default job's, or
+    equal epochs) and clip. ``rows``: every ok row, not only the newest per key, since each
+    protocol keeps its own newest run."""
+    acc = rows[(rows["measurement"] == "accuracy") & (rows["dataset"] == motion.LABEL)]
     if acc.empty:
         return ["## Motion benchmark", "", "Not measured yet: run `python benchmarks/run.py "
                 "--measure accuracy`.", ""]
+    device = acc.sort_values("timestamp").iloc[-1]
+    acc = acc[(acc["device"] == device["device"]) & (acc["device_name"] == device["device_name"])]
+    label = f"{device['device_name']} ({device['device']}), {acc['run_id'].nunique()} runs"
     finals = acc[acc["metric"] == "top1_video"]
     # one table per protocol and clip: a model's newest run under each
     setting_of_run = dict(zip(finals["run_id"], zip(finals["protocol"].replace("", "not recorded"),
@@ -30,7 +32,7 @@ def motion_section(rows: pd.DataFrame, m: Measured, out: Path) -> list[str]:
     for index, setting in enumerate(settings):
         runs = {r for r, p in setting_of_run.items() if p == setting}
         suffix = "" if index == 0 else f"_{index}"
-        lines += motion_table(rows, acc[acc["run_id"].isin(runs)], setting, m, out, suffix)
+        lines += motion_table(rows, acc[acc["run_id"].isin(runs)], setting, label, out, suffix)
     return lines
 
 EQUAL_TIME_TEXT = {
@@ -44,13 +46,36 @@ EQUAL_TIME_TEXT = {
 }
 
 def budget_notes(acc: pd.DataFrame) -> list[str]:
-    """The machine-load flag of a clip-budget run, once per table."""
-    notes = acc[(acc["metric"] == "clip_budget") & acc["note"].str.startswith("busy")]["note"]
-    if notes.empty:
+    """The machine-load flag of a clip-budget run, once per table, counting runs."""
+    flagged = acc[(acc["metric"] == "clip_budget") & acc["note"].str.startswith("busy")]
+    if flagged.empty:
         return []
-    return ["", f"⚠ Flagged in {len(notes)} of the runs: {notes.iloc[-1].split(';')[0]}."]
+    runs = flagged["run_id"].nunique()
+    return ["", f"⚠ Flagged in {runs} of the {acc['run_id'].nunique()} runs: "
+                f"{flagged['note'].iloc[-1].split(';')[0]}."]
 
-def motion_table(rows: pd.DataFrame, acc: pd.DataFrame, setting: tuple[str, str], m: Measured,
+
+def headline(top1: dict[str, float], epochs: dict[str, float]) -> str:
+    """The benchmark's finding: does every 3D model beat every frame-based 2D one? And which 3D
+    models are no better than chance (too few clips in the budget to learn)."""
+    frame_based = {n: v for n, v in top1.items() if models.get_spec(n).family == "frame"}
+    clips = {n: v for n, v in top1.items() if n not in frame_based}
+    if not frame_based or not clips:
+        return ""
+    worst_3d, best_2d = min(clips, key=clips.get), max(frame_based, key=frame_based.get)
+    holds = clips[worst_3d] > frame_based[best_2d]
+    text = (f"**Every 3D model beats the frame-based 2D one: {'holds' if holds else 'does not hold'}** "
+            f"(the lowest 3D top-1, {models.display_name(worst_3d)} {fmt(clips[worst_3d])}%, against the best "
+            f"frame-based, {models.display_name(best_2d)} {fmt(frame_based[best_2d])}%; chance "
+            f"{motion.CHANCE:.1f}%).")
+    at_chance = [n for n, v in clips.items() if v <= motion.CHANCE]
+    if at_chance:
+        text += (" No better than chance: " + ", ".join(
+            f"{models.display_name(n)} ({fmt(epochs.get(n))} epochs in the budget)" for n in at_chance)
+            + ", so where it beats the 2D model, that is noise, not motion learnt.")
+    return text
+
+def motion_table(rows: pd.DataFrame, acc: pd.DataFrame, setting: tuple[str, str], device: str,
                  out: Path, suffix: str) -> list[str]:
     header = ["model", "clip", "GMACs/clip", "params M", "train s", "epochs", "clips seen",
               "top-1 clip %", "top-1 video %", "views"]
@@ -58,12 +83,13 @@ def motion_table(rows: pd.DataFrame, acc: pd.DataFrame, setting: tuple[str, str]
     equal_time = "equal time" in protocol
     title = f"{protocol}, {clip}"
     lines = [f"## Motion benchmark ({motion.LABEL}): accuracy at {title}", "",
-             "Classes are defined by motion alone (`benchmarks/motion.py`): a frame-based 2D "
+             f"Measured on {device}, the device of the newest motion-benchmark runs. "
+             "Classes are defined by motion alone (`benchmarks/data/motion.py`): a frame-based 2D "
              f"model cannot beat chance ({motion.CHANCE:.1f}%), a clip-based 3D model can. "
              + (EQUAL_TIME_TEXT[protocol.startswith("equal time as clips")] if equal_time
                 else "Every model trains for the same number of epochs."),
              *budget_notes(acc), "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    curves, points = {}, []
+    curves, points, top1, epochs = {}, [], {}, {}
     for name in sorted(set(acc["model"])):
         mine = acc[acc["model"] == name]
         run = mine.sort_values("timestamp")["run_id"].iloc[-1]  # the newest training run
@@ -84,10 +110,14 @@ def motion_table(rows: pd.DataFrame, acc: pd.DataFrame, setting: tuple[str, str]
         val_top1 = per_epoch[per_epoch["metric"] == "val_top1"].set_index("epoch")["value"]
         curves[name] = [(int(e), float(train_top1.get(e, float("nan"))), float(v))
                         for e, v in val_top1.sort_index().items()]
+        if "top1_video" in value:
+            top1[name], epochs[name] = value["top1_video"], value.get("epochs_completed")
         if "gmacs" in cost and "top1_video" in value:
             points.append((cost["gmacs"], value["top1_video"], cost.get("params", 0) / 1e6, name))
-    label = f"{m.label}; {title}"
+    label = f"{device}; {title}"
     figures.training_curves(curves, label, out / f"motion_curves{suffix}")
     figures.bubble_motion(points, label, out / f"efficiency_motion{suffix}")
-    return lines + ["", f"![motion benchmark: accuracy against cost](efficiency_motion{suffix}.png)",
-                    "", f"![motion benchmark: training curves](motion_curves{suffix}.png)", ""]
+    finding = headline(top1, epochs)
+    return lines + (["", finding] if finding else []) + [
+        "", f"![motion benchmark: accuracy against cost](efficiency_motion{suffix}.png)",
+        "", f"![motion benchmark: training curves](motion_curves{suffix}.png)", ""]

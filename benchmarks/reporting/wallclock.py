@@ -9,7 +9,7 @@ from benchmarks.reporting.rows import spec_clip
 from models import ledger
 
 # Does MF-Net's wall-clock follow its FLOPs (footnote 5)? The dense model it is held against.
-WALLCLOCK_PAIR = ("mfnet", "res3d")
+WALLCLOCK_PAIR = ledger.FOOTNOTE5_PAIR
 
 WALLCLOCK_TARGET = 0.8  # MF-Net's achieved GMAC/s at least 0.8x the dense model's
 
@@ -63,19 +63,21 @@ def wallclock_section(rows: pd.DataFrame) -> list[str]:
             "(`models/mfnet.py`), the fastest correct path found; the other models run in the "
             "setup's format.", "",
             "| setup | inference b=1: MF-Net / Res3D GMAC/s | inference, throughput batch | "
-            "training step | run |", "|---|---|---|---|---|", *lines, "", *forecast]
+            "training step | run |", "|---|---|---|---|---|", *lines, "", LEGEND, "", *forecast]
 
 def setup_label(device: str, name: str, dtype: str, cl: bool, compiled: bool) -> str:
-    return (f"{device} {name}, {dtype}" + (", channels-last (all models)" if cl else "")
-            + (", torch.compile" if compiled else ""))
+    """A setup in a few words (``LEGEND`` says what they mean)."""
+    where = name if device == "cpu" else f"{name} ({device})"
+    return where + f", {dtype}" + (", channels-last" if cl else "") + (", compiled" if compiled else "")
 
-KERNELS_LABEL = {"stock": "stock kernels (as footnote 5 found it)",
-                 "suite": "fiber convs optimised (the suite's kernels, MF-Net's default, for its "
-                          "grouped convs and, where the run's environment says so, its BatchNorm "
-                          "+ ReLU and its pointwise convs, with their BatchNorm + ReLU and "
-                          "residual adds folded in (in training too where the run's environment "
-                          "says so); Res3D and "
-                          "MF-Net's stem on stock kernels)"}
+
+KERNELS_LABEL = {"stock": "stock", "suite": "suite kernels"}
+LEGEND = ("*stock*: PyTorch's own kernels, as footnote 5 found them. *suite kernels*: MF-Net's fiber convs, "
+          "pointwise convs and BatchNorm + ReLU on the suite's kernels (`models/kernels`), each BatchNorm + "
+          "ReLU and residual add folded into the conv beside it (what a run's environment records under "
+          "`fiber_kernel` says which of these ran); Res3D and MF-Net's stem stay on PyTorch's in both. "
+          "*channels-last*: every model's input and weights in that layout (MF-Net is channels-last inside "
+          "in every setup); *compiled*: `torch.compile` (inductor).")
 
 def forecast_lines(rates: pd.DataFrame) -> list[str]:
     """Footnote 5's forecast judged: MF-Net's achieved GMAC/s with its fiber convs on the suite's
@@ -156,7 +158,7 @@ def forecast_lines(rates: pd.DataFrame) -> list[str]:
     if not lines:
         return []
     return [f"The paper's forecast: \"{claim.quote}\" ({claim.where}). MF-Net's GMAC/s on stock "
-            "kernels → with its fiber convs on the suite's kernel (`models/fiber_kernel.py`): "
+            "kernels → on the suite's kernels (`models/kernels`): "
             "from the newest paired run (`--fiber-kernel paired`: both timed in one process, in "
             "alternating rounds, so a drift of the machine moves both alike) whose control, "
             f"`{WALLCLOCK_PAIR[1]}` timed twice in the same rounds, stayed within "

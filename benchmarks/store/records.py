@@ -20,7 +20,8 @@ COLUMNS = ("run_id", "timestamp", "model", "measurement", "metric", "value", "un
 CONDITION_COLUMNS = ("device", "device_name", "threads", "dtype", "channels_last", "compiled",
                      "kernels")
 # kernels: "stock" (PyTorch's own, run.py --fiber-kernel stock) or "suite": grouped (1|3)x3x3
-# convs on the suite's fiber-conv kernel (models/fiber_kernel.py) where it applies, the default
+# convs, and with them BatchNorm + ReLU and pointwise convs, on the suite's kernels (models/kernels)
+# where they apply, the default
 CSV_NAME = "measurements.csv"
 
 

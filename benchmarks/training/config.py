@@ -65,7 +65,7 @@ class Config:
     channels_last: bool = False
     compile: bool = False
     # MF-Net's fiber convs and BatchNorm + ReLU on PyTorch's kernels, not the suite's
-    # (models/fiber_kernel.py), which run wherever they can by default; rows say which ran
+    # (models/kernels), which run wherever they can by default; rows say which ran
     stock_kernels: bool = False
     model_args: dict = field(default_factory=dict)
     run_id: str = ""

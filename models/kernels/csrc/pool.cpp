@@ -3,7 +3,7 @@
 // glibc serves a block above its mmap threshold (32 MiB at most, mallopt(3)) with fresh pages
 // and unmaps it on free, so every step of a large batch faults its big activations in afresh,
 // 4 KiB at a time and zeroed. In a VM a fault cost about 2.8 us here, 28 ms per 40 MiB. The
-// harness turns that off with mallopt (benchmarks/runtime.py); a user's own script does not.
+// harness turns that off with mallopt (benchmarks/machine/runtime.py); a user's own script does not.
 // This pool keeps freed blocks of at least 32 MiB (smaller ones glibc already reuses) and hands
 // them out again, up to a cap; new ones are mapped with transparent huge pages asked for.
 // Everything smaller goes to the allocator it replaced.

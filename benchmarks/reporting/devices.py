@@ -1,0 +1,101 @@
+"""The devices a report's stores hold timings from: what each is (its CPU's model, instruction
+sets, cores and threads, as its newest run recorded them), how completely it was measured, and
+which device's rows answer a question that needs a device (the newest that has them)."""
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+from benchmarks.reporting.format import fmt
+from benchmarks.reporting.rows import Measured, spec_clip
+
+# what a device's efficiency table holds, per model; completeness counts these cells
+TIMED = ("latency_ms", "infer_clips_per_s", "train_clips_per_s", "peak_rss_mb_train", "peak_alloc_mb_train")
+
+
+@dataclass
+class Device:
+    kind: str  # cpu | cuda
+    name: str  # as its rows record it (``device_name``)
+    measured: Measured
+    cells: int  # timed cells it fills, over every model
+    newest: str  # its newest timed row's timestamp
+
+    @property
+    def label(self) -> str:
+        """How the report names it: a CPU's name carries the instruction set its kernels ran
+        (rows from before that was recorded say so)."""
+        if self.kind == "cpu" and not self.name.endswith(")"):
+            return f"{self.name} (instruction set not recorded)"
+        return self.name
+
+    def models(self, names: list[str]) -> list[str]:
+        """Of ``names``, those with a timed value here."""
+        return [n for n in names if any(self.measured.get(n, metric) is not None for metric in TIMED)]
+
+
+def devices(rows: pd.DataFrame) -> list[Device]:
+    """Every device with timed rows (fp32, default format, eager), most completely measured first
+    (then the newest); ``rows``: the newest ok row per key."""
+    timed = rows[rows["measurement"].isin(["speed", "memory"]) & (rows["model"] != "_machine")
+                 & (rows["dtype"] == "fp32") & ~rows["channels_last"] & ~rows["compiled"]]
+    timed = timed[timed["metric"].isin(TIMED) & (timed["clip"] == timed["model"].map(_clip))]
+    found = []
+    for (kind, name), own in timed.groupby(["device", "device_name"]):
+        cells = len(own.drop_duplicates(["model", "metric"]))
+        found.append(Device(kind, name, Measured(rows, kind, name), cells, own["timestamp"].max()))
+    return sorted(found, key=lambda d: (-d.cells, _descending(d.newest)))
+
+
+def _clip(name: str) -> str | None:
+    try:
+        return spec_clip(name)
+    except ValueError:  # a model registered by a file this report was not given
+        return None
+
+
+def _descending(stamp: str) -> tuple[int, ...]:
+    return tuple(-ord(c) for c in stamp)
+
+
+def newest_with(found: list[Device], names: list[str], metric: str) -> Device | None:
+    """The device whose newest rows hold ``metric`` for every model of ``names``."""
+    having = [d for d in found if all(d.measured.get(n, metric) is not None for n in names)]
+    return max(having, key=lambda d: max(d.measured.row(n, metric)["timestamp"] for n in names), default=None)
+
+
+def facts(device: Device, frame: pd.DataFrame) -> str:
+    """What its newest run recorded of the machine: the CPU's model, its instruction sets, cores
+    and threads (or the GPU), and, for a CPU whose instruction set was not recorded, what its
+    dense-conv peak says of it beside the same CPU name's recorded runs."""
+    own = frame[(frame["device"] == device.kind) & (frame["device_name"] == device.name)]
+    env = own.sort_values("timestamp").iloc[-1]
+    parts = []
+    if device.kind == "cpu":
+        parts.append(str(env.get("env_cpu", "") or device.name.split(" (")[0]))
+        flags = env.get("env_cpu_flags")
+        parts.append(", ".join(flags) if isinstance(flags, list) and flags else "instruction sets not recorded")
+        cores, threads = env.get("env_cpu_cores_allowed", env.get("env_cpu_count")), env.get("env_threads")
+        if pd.notna(cores):
+            parts.append(f"{int(cores)} cores")
+        if pd.notna(threads):
+            parts.append(f"{int(threads)} threads")
+    text = "; ".join(p for p in parts if p)
+    if device.kind == "cpu" and device.label != device.name:
+        text += _peak_hint(device, frame)
+    runs = own["run_id"].nunique()
+    return f"{text} ({runs} runs, the newest {env['run_id']})" if text else f"{runs} runs"
+
+
+def _peak_hint(device: Device, frame: pd.DataFrame) -> str:
+    peaks = frame[(frame["metric"] == "peak_gmacs_per_s_conv") & (frame["status"] == "ok")]
+    mine = peaks[peaks["device_name"] == device.name]["value"]
+    if mine.empty:
+        return ""
+    others = []
+    for name, group in peaks[peaks["device_name"].str.startswith(device.name + " (")].groupby("device_name"):
+        others.append(f"{name.split(' (')[-1].rstrip(')')} runs up to {fmt(group['value'].max())}")
+    if not others:
+        return ""
+    return (f"; its dense-conv peak reached {fmt(mine.max())} GMAC/s, against the same CPU name's "
+            f"{', '.join(others)}")
