@@ -20,14 +20,7 @@ class Device:
     measured: Measured
     cells: int  # timed cells it fills, over every model
     newest: str  # its newest timed row's timestamp
-
-    @property
-    def label(self) -> str:
-        """How the report names it: a CPU's name carries the instruction set its kernels ran
-        (rows from before that was recorded say so)."""
-        if self.kind == "cpu" and not self.name.endswith(")"):
-            return f"{self.name} (instruction set not recorded)"
-        return self.name
+    label: str = ""  # how the report names it (``devices``)
 
     def models(self, names: list[str]) -> list[str]:
         """Of ``names``, those with a timed value here."""
@@ -43,7 +36,12 @@ def devices(rows: pd.DataFrame) -> list[Device]:
     found = []
     for (kind, name), own in timed.groupby(["device", "device_name"]):
         cells = len(own.drop_duplicates(["model", "metric"]))
-        found.append(Device(kind, name, Measured(rows, kind, name), cells, own["timestamp"].max()))
+        found.append(Device(kind, name, Measured(rows, kind, name), cells, own["timestamp"].max(), name))
+    for device in found:
+        # a CPU's name carries the instruction set its kernels ran (``environment.device_name``):
+        # rows from before that was recorded bear the bare name, which may be any of the others
+        if device.kind == "cpu" and any(d.name.startswith(device.name + " (") for d in found):
+            device.label = f"{device.name} (instruction set not recorded)"
     return sorted(found, key=lambda d: (-d.cells, _descending(d.newest)))
 
 

@@ -150,7 +150,7 @@ def gpu_memory(measured, names, path: Path) -> None:
         bars = ax.barh([y + offset for y in ys], [r[column] or 0 for r in rows], height=0.4,
                        label=label, color=colour)
         ax.bar_label(bars, fmt="%.0f", fontsize=7, padding=2)
-    ax.set_yticks(list(ys), [r[0] for r in rows])
+    ax.set_yticks(list(ys), [models.display_name(r[0]) for r in rows])
     ax.set_xlabel("peak allocated GPU memory, MB (batch as in the table)")
     ax.legend(fontsize=8, frameon=False)
     ax.margins(x=0.12)

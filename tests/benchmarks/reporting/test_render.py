@@ -1,5 +1,7 @@
-"""reports/ is generated from results/ only, reproducibly."""
+"""reports/ is generated from results/ only, reproducibly (benchmarks/reporting/render.py and its
+sections)."""
 
+from pathlib import Path
 
 import pytest
 
@@ -14,10 +16,11 @@ from models import ledger
 from tests.paths import REPO
 
 
-def test_committed_report_is_what_the_committed_results_generate(tmp_path):
+def test_committed_report_is_what_the_committed_results_generate(tmp_path, monkeypatch):
     if not (REPO / "results" / "measurements.csv").exists():
         pytest.skip("no committed results")
-    render(REPO / "results", tmp_path)
+    monkeypatch.chdir(REPO)  # as `python benchmarks/report.py` runs it, from the repository
+    render(Path("results"), tmp_path)
     assert (tmp_path / "README.md").read_text() == (REPO / "reports" / "README.md").read_text()
 
 
@@ -56,14 +59,19 @@ def test_verdicts_and_reasons(small_store, tmp_path):
     assert "**differs**" in i3d_row and "+9.6%" in i3d_row
     assert "S3D paper" in text  # the spec's documented reason is shown
     assert "not applicable" in text and "not measured" in text
-    assert "Measured on **Test CPU**" in text
-    efficiency = text.split("## Efficiency")[1]
-    # counted costs come from any machine; the other machine's latency does not
-    assert "| I3D | 64x224x224 | 118.3 | 12.70 | – | – |" in efficiency
-    assert "| MF-Net | 16x224x224 | 11.04 | 8.00 | – | 300.0 |" in efficiency
+    # one section per device, the most completely measured first (the GPU: latency and memory)
+    headers = [line for line in text.splitlines() if line.startswith("## Efficiency on")]
+    assert headers == ["## Efficiency on Test GPU (cuda, fp32)", "## Efficiency on Test CPU (cpu, fp32)",
+                       "## Efficiency on Other CPU (cpu, fp32)"]
+    assert "Timed on 3 device(s), each in a section of its own, the most completely measured first (Test GPU)" in text
+    cpu = text.split("## Efficiency on Test CPU (cpu, fp32)")[1].split("\n## ")[0]
+    # its own timing, with the counted costs from any machine; I3D, timed elsewhere, named with its command
+    assert "| MF-Net | 16x224x224 | 11.04 | 8.00 | – | 300.0 |" in cpu and "| I3D |" not in cpu
+    assert "Not measured on this device: I3D" in cpu and "`python benchmarks/run.py --models i3d" in cpu
     gpu = text.split("## Efficiency on Test GPU (cuda, fp32)")[1]
     assert "| MF-Net | 16x224x224 | 11.04 | 8.00 | – | 9.50 |" in gpu and "| 1,234 |" in gpu
-    assert (tmp_path / "out" / "memory_cuda0.png").exists()
+    assert "--device cuda --models i3d" in gpu.split("\n## ")[0]
+    assert (tmp_path / "out" / "memory_test_gpu.png").exists()
     closing = text.strip().splitlines()[-1]
     assert closing.startswith("Not in this report yet: accuracy on ImageNet, Kinetics, UCF-101")
     assert "GPU" not in closing
@@ -94,12 +102,13 @@ def test_wallclock_section_compares_mfnet_and_res3d_from_the_same_run(tmp_path):
     render(store.root, tmp_path / "out")
     text = (tmp_path / "out" / "README.md").read_text()
     section = text.split("## Does MF-Net's wall-clock follow its FLOPs?")[1].split("\n## ")[0]
-    stock = ", stock kernels (as footnote 5 found it) |"
-    plain = next(line for line in section.splitlines() if line.startswith(f"| cpu Test CPU, fp32{stock}"))
+    stock = ", stock |"
+    plain = next(line for line in section.splitlines() if line.startswith(f"| Test CPU, fp32{stock}"))
     assert "90 / 100 = **0.90×** ✓" in plain and "50 / 200 = **0.25×** ✗ (b=4)" in plain
     assert "40 / 200 = **0.20×** ✗ (b=4)" in plain and "run-new" in plain
     assert "run-old" not in section  # the newest run that has both models
-    assert f"| cpu Test CPU, fp32, channels-last (all models){stock} 95 / 100 = **0.95×** ✓" in section
+    assert f"| Test CPU, fp32, channels-last{stock} 95 / 100 = **0.95×** ✓" in section
+    assert "*stock*: PyTorch's own kernels, as footnote 5 found them." in section  # the labels' legend
     assert "The paper's forecast" not in section  # MF-Net was never timed on the suite's kernel
 
 
@@ -124,7 +133,7 @@ def test_footnote_5_forecast_is_judged_from_mfnet_on_stock_and_on_the_suite_kern
     rates("run-stock", "stock", (80, 50, 40), "2026-01-01T00:00:00+00:00")
     rates("run-suite", "suite", (80, 100, 50), "2026-01-02T00:00:00+00:00")
     text = section()
-    assert "fiber convs optimised (the suite's kernels, MF-Net's default, for its grouped convs" in text
+    assert "| Test CPU, fp32, channels-last, suite kernels |" in text
     forecast = next(line for line in text.splitlines() if "run-stock vs run-suite" in line)
     assert "80 → 80 = **1.00×** ✓" in forecast and "50 → 100 = **2.00×** ✓ (b=4)" in forecast
     assert "40 → 50 = **1.25×** ✗ (b=4)" in forecast and "| does not hold here |" in forecast
@@ -162,7 +171,7 @@ def test_footnote_5_forecast_prefers_a_paired_run_to_newer_separate_ones(tmp_pat
     frame = load_results(store.root)
     assert set(frame[frame["run_id"] == "run-paired"]["kernels"]) == {"stock", "suite"}
     lines = wallclock.forecast_lines(frame[frame["metric"] == "gmacs_per_s"])
-    forecast = next(line for line in lines if line.startswith("| cpu Test CPU"))
+    forecast = next(line for line in lines if line.startswith("| Test CPU"))
     assert "run-paired (paired)" in forecast and "run-stock vs" not in forecast
     assert "40 → 44 = **1.10×** ✓" in forecast and "40 → 64 = **1.60×** ✓ (b=4)" in forecast
     assert "| holds |" in forecast
@@ -175,7 +184,7 @@ def test_footnote_5_forecast_prefers_a_paired_run_to_newer_separate_ones(tmp_pat
     rates("run-noisy", ((40, 40, 20), (80, 80, 40)), "2026-01-04T00:00:00+00:00",
           res3d=((100, 200, 100), (100, 250, 100)))
     lines = wallclock.forecast_lines(load_results(store.root).query("metric == 'gmacs_per_s'"))
-    forecast = next(line for line in lines if line.startswith("| cpu Test CPU"))
+    forecast = next(line for line in lines if line.startswith("| Test CPU"))
     assert "run-paired (paired)" in forecast and "| holds |" in forecast
     passed = next(line for line in lines if line.startswith("Passed over"))
     assert "run-noisy (control moved 25%)" in passed
@@ -193,7 +202,7 @@ def test_footnote_5_forecast_is_not_judged_from_a_paired_run_whose_control_moved
     store.append(rows, RunConditions("run-noisy", "cpu", "Test CPU", "fp32", True, False, 2, "suite"),
                  "2026-01-01T00:00:00+00:00")
     lines = wallclock.forecast_lines(load_results(store.root).query("metric == 'gmacs_per_s'"))
-    forecast = next(line for line in lines if line.startswith("| cpu Test CPU"))
+    forecast = next(line for line in lines if line.startswith("| Test CPU"))
     assert "40 → 80 = **2.00×** ⚠ (b=4)" in forecast and "✓" not in forecast
     assert "| not judged: the run's control moved 25% | run-noisy (paired) |" in forecast
     assert not any(line.startswith("Passed over") for line in lines)  # nothing steadier to use
@@ -256,9 +265,10 @@ def test_two_stores_from_two_machines_make_one_report_with_a_section_each(tmp_pa
     assert report.main(["--results", str(tmp_path / "a"), str(tmp_path / "b"),
                         "--out", str(tmp_path / "out")]) == 0
     text = (tmp_path / "out" / "README.md").read_text()
-    assert "Measured on **CPU B**" in text and "## Efficiency on CPU A (cpu, fp32)" in text
+    # equally complete: the newest device first
+    assert text.index("## Efficiency on CPU B (cpu, fp32)") < text.index("## Efficiency on CPU A (cpu, fp32)")
     compared = text.split("## Devices compared")[1]
-    assert "| MF-Net | 200.0 / 5.00 | 50.00 / 20.00 |" in compared
+    assert "| MF-Net | 50.00 / 20.00 | 200.0 / 5.00 |" in compared  # in the sections' order
     assert (tmp_path / "out" / "devices.png").exists()
     first = (tmp_path / "out" / "README.md").read_bytes()
     report.main(["--results", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "out")])
@@ -278,3 +288,61 @@ def test_the_report_marks_disturbed_timings_and_refuses_their_verdict(tmp_path):
     claim = next(line for line in text.splitlines() if "| wall-clock |" in line)
     assert "not judged: timed while the machine was shared" in claim and "⚠" in claim
     assert "100.0 ⚠" in text and "Timed while the machine was shared" in text
+
+
+def _timed(store, device_name, stamp, rows):
+    store.append(rows, RunConditions(f"run-{stamp}", "cpu", device_name, "fp32", False, False, 2),
+                 f"2026-02-{stamp}T00:00:00+00:00")
+
+
+def _latency(name, ms):
+    return Measurement(name, "speed", "latency_ms", ms, "ms", "infer", 1, plan.clip_label(name, None))
+
+
+def test_a_timed_claim_comes_from_the_newest_device_that_times_both_models_and_names_it(tmp_path):
+    store = ResultsStore(tmp_path / "r")
+    _timed(store, "Old CPU (AVX2)", "01", [_latency("mfnet", 100.0), _latency("r2plus1d", 1500.0)])
+    _timed(store, "New CPU (AVX512)", "02", [_latency("mfnet", 50.0), _latency("r2plus1d", 500.0)])
+    _timed(store, "Newest CPU (AVX512)", "03", [_latency("mfnet", 10.0)])  # no R(2+1)D here
+    render(store.root, tmp_path / "out")
+    claim = next(line for line in (tmp_path / "out" / "README.md").read_text().splitlines()
+                 if "| wall-clock |" in line)
+    assert "| 10.00× lower latency at batch 1 | New CPU (AVX512) | does not hold (≥ 13×) |" in claim
+
+
+def test_a_cpu_whose_instruction_set_was_not_recorded_is_named_so_beside_those_that_were(tmp_path):
+    store = ResultsStore(tmp_path / "r")
+    peak = Measurement("_machine", "speed", "peak_gmacs_per_s_conv", 270.0, "GMAC/s", "start")
+    _timed(store, "AMD EPYC", "01", [_latency("mfnet", 100.0), peak])
+    _timed(store, "AMD EPYC (AVX2)", "02", [_latency("mfnet", 300.0),
+                                            Measurement("_machine", "speed", "peak_gmacs_per_s_conv", 100.0,
+                                                        "GMAC/s", "start")])
+    render(store.root, tmp_path / "out")
+    text = (tmp_path / "out" / "README.md").read_text()
+    assert "## Efficiency on AMD EPYC (instruction set not recorded) (cpu, fp32)" in text
+    assert "its dense-conv peak reached 270.0 GMAC/s, against the same CPU name's AVX2 runs up to 100.0" in text
+    assert "## Efficiency on AMD EPYC (AVX2) (cpu, fp32)" in text
+
+
+def test_the_motion_benchmark_states_whether_every_3d_model_beats_the_frame_based_one(tmp_path):
+    from benchmarks.reporting.motion import headline
+
+    text = headline({"mfnet": 66.7, "res3d": 20.8, "mfnet2d_frames": 11.7}, {})
+    assert text.startswith("**Every 3D model beats the frame-based 2D one: holds**") and "At chance" not in text
+    text = headline({"mfnet": 66.7, "r2plus1d": 15.8, "mfnet2d_frames": 11.7}, {"r2plus1d": 0.25})
+    assert "holds for the 1 of 2 3D models that learnt in the budget" in text
+    assert "At chance: R(2+1)D-34 (0.250 epochs in the budget)" in text
+    assert "does not hold" in headline({"mfnet": 10.0, "mfnet2d_frames": 11.7}, {})
+    assert headline({"mfnet": 66.7}, {}) == ""  # nothing to set it against
+
+
+def test_figures_a_report_no_longer_shows_are_removed_and_others_left_alone(tmp_path, small_store):
+    out = tmp_path / "out"
+    out.mkdir()
+    for stale in ("efficiency_motion_3.png", "efficiency_motion_3.svg", "memory_old_gpu.png"):
+        (out / stale).write_bytes(b"an older report's")
+    (out / "mine.png").write_bytes(b"a user's own file")
+    render(small_store, out)
+    names = {p.name for p in out.iterdir()}
+    assert not names & {"efficiency_motion_3.png", "efficiency_motion_3.svg", "memory_old_gpu.png"}
+    assert {"mine.png", "speed_vs_cost.png", "README.md"} <= names
