@@ -38,11 +38,17 @@ def devices(rows: pd.DataFrame) -> list[Device]:
         cells = len(own.drop_duplicates(["model", "metric"]))
         found.append(Device(kind, name, Measured(rows, kind, name), cells, own["timestamp"].max(), name))
     for device in found:
-        # a CPU's name carries the instruction set its kernels ran (``environment.device_name``):
-        # rows from before that was recorded bear the bare name, which may be any of the others
-        if device.kind == "cpu" and any(d.name.startswith(device.name + " (") for d in found):
-            device.label = f"{device.name} (instruction set not recorded)"
+        device.label = label_of(device.kind, device.name, rows)
     return sorted(found, key=lambda d: (-d.cells, _descending(d.newest)))
+
+
+def label_of(kind: str, name: str, rows: pd.DataFrame) -> str:
+    """How the report names a device. A CPU's name carries the instruction set its kernels ran
+    (``environment.device_name``): rows from before that was recorded bear the bare name, which
+    may be any of the same CPU's others, and the label says so."""
+    if kind == "cpu" and rows["device_name"].astype(str).str.startswith(name + " (").any():
+        return f"{name} (instruction set not recorded)"
+    return name
 
 
 def _clip(name: str) -> str | None:

@@ -8,32 +8,34 @@ import pandas as pd
 import models
 from benchmarks.data import motion
 from benchmarks.reporting import figures
+from benchmarks.reporting.devices import label_of
 from benchmarks.reporting.format import fmt
 
 
 def motion_section(rows: pd.DataFrame, out: Path) -> list[str]:
-    """The built-in motion benchmark, from the device whose newest motion runs these are: one
-    table, curves and bubble chart per protocol (equal training time, the default job's, or
-    equal epochs) and clip. ``rows``: every ok row, not only the newest per key, since each
+    """The built-in motion benchmark: one table, curves and bubble chart per protocol (equal
+    training time, the default job's, or equal epochs) and clip, each from the device whose runs
+    of it are the newest, named. ``rows``: every ok row, not only the newest per key, since each
     protocol keeps its own newest run."""
     acc = rows[(rows["measurement"] == "accuracy") & (rows["dataset"] == motion.LABEL)]
     if acc.empty:
         return ["## Motion benchmark", "", "Not measured yet: run `python benchmarks/run.py "
                 "--measure accuracy`.", ""]
-    device = acc.sort_values("timestamp").iloc[-1]
-    acc = acc[(acc["device"] == device["device"]) & (acc["device_name"] == device["device_name"])]
-    label = f"{device['device_name']} ({device['device']}), {acc['run_id'].nunique()} runs"
-    finals = acc[acc["metric"] == "top1_video"]
-    # one table per protocol and clip: a model's newest run under each
-    setting_of_run = dict(zip(finals["run_id"], zip(finals["protocol"].replace("", "not recorded"),
-                                                    finals["clip"])))
-    settings = sorted(set(setting_of_run.values()), key=lambda p: ("equal time" not in p[0], p))
+    finals = acc[acc["metric"] == "top1_video"].sort_values("timestamp")
+    finals = finals.assign(setting=list(zip(finals["protocol"].replace("", "not recorded"), finals["clip"])))
+    newest = finals.groupby("setting").tail(1)  # each setting's newest final row, and its device
+    settings = sorted(newest["setting"], key=lambda p: ("equal time" not in p[0], p))
     lines = []
     for index, setting in enumerate(settings):
-        runs = {r for r, p in setting_of_run.items() if p == setting}
+        where = newest[newest["setting"] == setting].iloc[-1]
+        mine = finals[(finals["setting"] == setting) & (finals["device_name"] == where["device_name"])
+                      & (finals["device"] == where["device"])]
+        runs = set(mine["run_id"])
+        label = f"{label_of(where['device'], where['device_name'], rows)} ({where['device']}), {len(runs)} runs"
         suffix = "" if index == 0 else f"_{index}"
         lines += motion_table(rows, acc[acc["run_id"].isin(runs)], setting, label, out, suffix)
     return lines
+
 
 EQUAL_TIME_TEXT = {
     False: "Every model trains for the same wall-clock budget on this machine, so faster models "
@@ -87,7 +89,7 @@ def motion_table(rows: pd.DataFrame, acc: pd.DataFrame, setting: tuple[str, str]
     equal_time = "equal time" in protocol
     title = f"{protocol}, {clip}"
     lines = [f"## Motion benchmark ({motion.LABEL}): accuracy at {title}", "",
-             f"Measured on {device}, the device of the newest motion-benchmark runs. "
+             f"Measured on {device}: the device of this protocol's newest runs. "
              "Classes are defined by motion alone (`benchmarks/data/motion.py`): a frame-based 2D "
              f"model cannot beat chance ({motion.CHANCE:.1f}%), a clip-based 3D model can. "
              + (EQUAL_TIME_TEXT[protocol.startswith("equal time as clips")] if equal_time
