@@ -81,80 +81,14 @@ LEGEND = ("*stock*: PyTorch's own kernels, as footnote 5 found them. *suite kern
 
 def forecast_lines(rates: pd.DataFrame) -> list[str]:
     """Footnote 5's forecast judged: MF-Net's achieved GMAC/s with its fiber convs on the suite's
-    kernel over its GMAC/s on stock kernels, per setup: from the newest paired run (both timed
-    in one process, in alternating rounds) whose control held within ``CONTROL_TOLERANCE``
-    (newer ones that did not are named), or the newest paired run, not judged, where none held;
-    else the newest run of each."""
+    kernel over its GMAC/s on stock kernels, per setup (``forecast_row``)."""
     claim = ledger.FOOTNOTE5_FORECAST
     mine = rates[rates["model"] == WALLCLOCK_PAIR[0]]
-    lines, controls = [], []
-    for (device, name, dtype, cl, compiled), setup in mine.groupby(
-            ["device", "device_name", "dtype", "channels_last", "compiled"], sort=True):
-        kinds = setup.groupby("run_id")["kernels"].agg(set)
-        paired = kinds[kinds.map(lambda k: {"stock", "suite"} <= k)].index
-        # the newest paired run whose control held still judges; where none did, the newest
-        # paired run is shown, not judged
-        moved = {run: control_moved(rates, run) for run in paired}
-        steady = paired[[moved[run] <= CONTROL_TOLERANCE + 1e-9 for run in paired]]
-        passed_over = [] if steady.empty else [
-            run for run in paired if moved[run] > CONTROL_TOLERANCE + 1e-9
-            and setup[setup["run_id"] == run]["timestamp"].max()
-            > setup[setup["run_id"].isin(steady)]["timestamp"].max()]
-        if not steady.empty:
-            paired = steady
-        newest = {}
-        for kernels in ("stock", "suite"):
-            part = setup[setup["kernels"] == kernels]
-            if not paired.empty:
-                part = part[part["run_id"].isin(paired)]
-            if not part.empty:
-                run = part.groupby("run_id")["timestamp"].max().idxmax()
-                newest[kernels] = part[part["run_id"] == run].set_index(["phase", "batch_size"])
-        if len(newest) < 2:
-            continue
-        run = newest["suite"]["run_id"].iloc[0]
-        unsteady = not paired.empty and moved[run] > CONTROL_TOLERANCE + 1e-9  # none held
-        cells, marks = [], []
-        for phase, at_one in (("infer", True), ("infer", False), ("train", False)):
-            common = sorted(set(newest["stock"].index) & set(newest["suite"].index))
-            batches = [b for p, b in common if p == phase]
-            batch = 1 if at_one else (batches[-1] if batches else None)
-            if (phase, batch) not in common or (not at_one and batch == 1):
-                cells.append("–")
-                continue
-            stock, suite = (newest[k].loc[(phase, batch)] for k in ("stock", "suite"))
-            r = suite["value"] / stock["value"]
-            # every stock run of this setup: the run-to-run spread the ratio has to clear
-            stock_runs = setup[(setup["kernels"] == "stock") & (setup["phase"] == phase)
-                               & (setup["batch_size"] == batch)].groupby("run_id")["value"].last()
-            need = 1.0 if at_one else claim.threshold
-            mark = "✓" if r >= need else "✗"
-            if (unsteady or disturbance.is_disturbed(stock["note"])
-                    or disturbance.is_disturbed(suite["note"])):
-                mark = "⚠"
-            marks.append(mark)
-            spread = (f"; stock over {len(stock_runs)} runs: "
-                      f"{stock_runs.min():.0f}–{stock_runs.max():.0f}" if len(stock_runs) > 1 else "")
-            cells.append(f"{stock['value']:.0f} → {suite['value']:.0f} = **{r:.2f}×** {mark}"
-                         + ("" if at_one else f" (b={batch})") + spread)
-        verdict = (f"not judged: the run's control moved {moved[run]:.0%}" if unsteady
-                   else "not judged: timed while the machine was shared" if "⚠" in marks
-                   else "holds" if marks and all(m == "✓" for m in marks)
-                   else "does not hold here" if marks else "not measured")
-        runs = (f"{newest['suite']['run_id'].iloc[0]} (paired)" if not paired.empty
-                else " vs ".join(newest[k]["run_id"].iloc[0] for k in ("stock", "suite")))
-        lines.append(f"| {setup_label(device, name, dtype, cl, compiled)} | {' | '.join(cells)} "
-                     f"| {verdict} | {runs} |")
-        if not paired.empty:
-            controls.append(control_line(rates, newest["suite"]["run_id"].iloc[0],
-                                         setup_label(device, name, dtype, cl, compiled)))
-        if passed_over:
-            controls.append(
-                f"Passed over ({setup_label(device, name, dtype, cl, compiled)}): the newer paired "
-                f"run{'s' if len(passed_over) > 1 else ''} "
-                + ", ".join(f"{run} (control moved {moved[run]:.0%})" for run in sorted(passed_over))
-                + f", beyond ±{CONTROL_TOLERANCE:.0%}: the machine moved a ratio by more than "
-                "the verdict's margin.\n")
+    lines, notes = [], []
+    for key, setup in mine.groupby(["device", "device_name", "dtype", "channels_last", "compiled"], sort=True):
+        row, more = forecast_row(setup, rates, setup_label(*key))
+        lines += [row] if row else []
+        notes += more
     if not lines:
         return []
     return [f"The paper's forecast: \"{claim.quote}\" ({claim.where}). MF-Net's GMAC/s on stock "
@@ -169,7 +103,82 @@ def forecast_lines(rates: pd.DataFrame) -> list[str]:
             "machine is shown where there are several: a ratio inside it is noise as much as "
             "signal.", "",
             "| setup | inference b=1 | inference, throughput batch | training step | verdict | "
-            "runs |", "|---|---|---|---|---|---|", *lines, "", *[c for c in controls if c]]
+            "runs |", "|---|---|---|---|---|---|", *lines, "", *[n for n in notes if n]]
+
+
+def chosen_runs(setup: pd.DataFrame, rates: pd.DataFrame):
+    """(the newest stock and suite rows to judge, by kernels; the paired runs among them; each
+    paired run's control movement; the newer paired runs passed over): the newest paired run
+    whose control held, or where none did the newest paired run (not judged), else the newest run
+    of each kernels condition."""
+    kinds = setup.groupby("run_id")["kernels"].agg(set)
+    paired = kinds[kinds.map(lambda k: {"stock", "suite"} <= k)].index
+    moved = {run: control_moved(rates, run) for run in paired}
+    steady = paired[[moved[run] <= CONTROL_TOLERANCE + 1e-9 for run in paired]]
+    passed_over = [] if steady.empty else [
+        run for run in paired if moved[run] > CONTROL_TOLERANCE + 1e-9
+        and setup[setup["run_id"] == run]["timestamp"].max() > setup[setup["run_id"].isin(steady)]["timestamp"].max()]
+    if not steady.empty:
+        paired = steady
+    newest = {}
+    for kernels in ("stock", "suite"):
+        part = setup[setup["kernels"] == kernels]
+        if not paired.empty:
+            part = part[part["run_id"].isin(paired)]
+        if not part.empty:
+            run = part.groupby("run_id")["timestamp"].max().idxmax()
+            newest[kernels] = part[part["run_id"] == run].set_index(["phase", "batch_size"])
+    return newest, paired, moved, passed_over
+
+
+def forecast_row(setup: pd.DataFrame, rates: pd.DataFrame, label: str) -> tuple[str, list[str]]:
+    """One setup's row of the forecast table (``""`` where it lacks either kernels) and its notes:
+    the paired run's control, and the newer paired runs passed over."""
+    newest, paired, moved, passed_over = chosen_runs(setup, rates)
+    if len(newest) < 2:
+        return "", []
+    run = newest["suite"]["run_id"].iloc[0]
+    unsteady = not paired.empty and moved[run] > CONTROL_TOLERANCE + 1e-9  # none held
+    cells, marks = [], []
+    for phase, at_one in (("infer", True), ("infer", False), ("train", False)):
+        cell, mark = forecast_cell(setup, newest, phase, at_one, unsteady)
+        cells.append(cell)
+        marks += [mark] if mark else []
+    verdict = (f"not judged: the run's control moved {moved[run]:.0%}" if unsteady
+               else "not judged: timed while the machine was shared" if "⚠" in marks
+               else "holds" if marks and all(m == "✓" for m in marks)
+               else "does not hold here" if marks else "not measured")
+    separate = " vs ".join(newest[k]["run_id"].iloc[0] for k in ("stock", "suite"))
+    runs = f"{run} (paired)" if not paired.empty else separate
+    notes = [control_line(rates, run, label)] if not paired.empty else []
+    if passed_over:
+        notes.append(f"Passed over ({label}): the newer paired run{'s' if len(passed_over) > 1 else ''} "
+                     + ", ".join(f"{r} (control moved {moved[r]:.0%})" for r in sorted(passed_over))
+                     + f", beyond ±{CONTROL_TOLERANCE:.0%}: the machine moved a ratio by more than the verdict's "
+                     "margin.\n")
+    return f"| {label} | {' | '.join(cells)} | {verdict} | {runs} |", notes
+
+
+def forecast_cell(setup: pd.DataFrame, newest: dict, phase: str, at_one: bool, unsteady: bool) -> tuple[str, str]:
+    """(the cell, its mark) for one phase: stock → suite GMAC/s and the ratio, against every stock
+    run's spread on this setup (the run-to-run noise the ratio has to clear)."""
+    common = sorted(set(newest["stock"].index) & set(newest["suite"].index))
+    batches = [b for p, b in common if p == phase]
+    batch = 1 if at_one else (batches[-1] if batches else None)
+    if (phase, batch) not in common or (not at_one and batch == 1):
+        return "–", ""
+    stock, suite = (newest[k].loc[(phase, batch)] for k in ("stock", "suite"))
+    r = suite["value"] / stock["value"]
+    stock_runs = setup[(setup["kernels"] == "stock") & (setup["phase"] == phase)
+                       & (setup["batch_size"] == batch)].groupby("run_id")["value"].last()
+    mark = "✓" if r >= (1.0 if at_one else ledger.FOOTNOTE5_FORECAST.threshold) else "✗"
+    if unsteady or disturbance.is_disturbed(stock["note"]) or disturbance.is_disturbed(suite["note"]):
+        mark = "⚠"
+    spread = (f"; stock over {len(stock_runs)} runs: {stock_runs.min():.0f}–{stock_runs.max():.0f}"
+              if len(stock_runs) > 1 else "")
+    return (f"{stock['value']:.0f} → {suite['value']:.0f} = **{r:.2f}×** {mark}"
+            + ("" if at_one else f" (b={batch})") + spread), mark
+
 
 def control_ratios(rates: pd.DataFrame, run: str) -> dict[tuple[str, int], float]:
     """The paired run's own noise: the dense model has no grouped convs, so its two conditions

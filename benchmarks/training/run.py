@@ -2,6 +2,7 @@
 
 import sys
 import time
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -19,8 +20,43 @@ from benchmarks.training.state import Session, epoch_rows, final_rows, run_folde
 from models.checkpoint import CheckpointError
 
 
+@dataclass
+class Prepared:
+    """One run, ready to train: where it runs, its model, data and session (resumed where asked)."""
+
+    cfg: Config
+    rank: int
+    world: int
+    device: torch.device
+    precision: object
+    model: torch.nn.Module  # what steps: DDP-wrapped and compiled as asked
+    module: torch.nn.Module  # the plain model, what is saved
+    train_set: object
+    test_set: object
+    num_classes: int
+    data: dict  # "train", "val", "test" loaders, and the train sampler
+    steps: int
+    session: Session
+    dataset_label: str
+
+
 def train(cfg: Config) -> dict:
     """Train (unless ``eval_only``) and evaluate one run; returns the final numbers."""
+    run = prepare(cfg)
+    session = run.session
+    session.record(session.rows)  # rows a kill kept out of the store, after their checkpoint was written
+    if session.final is not None:  # finished before: its rows are stored (now), nothing to re-run
+        session.record(session.final["rows"])
+        if run.rank == 0:
+            print(f"{run_folder(cfg).name}: already finished (run {session.run_id}); nothing to do", flush=True)
+        return session.final["result"] | {"run_id": session.run_id}
+    train_epochs(run)
+    return finish(run)
+
+
+def prepare(cfg: Config) -> Prepared:
+    """The process group, the model on its device, the data and loaders, and the session (its
+    store opened on rank 0, its state restored where ``--resume`` finds a checkpoint)."""
     rank, world, device = init_distributed()
     spec = models.get_spec(cfg.model)
     precision = make_precision(cfg, device)
@@ -28,69 +64,74 @@ def train(cfg: Config) -> dict:
     policy = {"gpu_policy": runtime.gpu_policy(cfg.amp or "fp32")} if device.type == "cuda" else {}
     weights = weights_of(cfg)
     train_set, val_set, test_set, num_classes, clip_label = build_data(cfg, spec)
-    folder = run_folder(cfg)
-    last = folder / "last.pt"
+    last = run_folder(cfg) / "last.pt"
     model, module = place_model(cfg, spec, num_classes, rank, world, device, last)
-    make_loader = dict(cfg=cfg, world=world, rank=rank, batch_size=max(1, cfg.batch_size // world),
-                       device=device)
+    make_loader = dict(cfg=cfg, world=world, rank=rank, batch_size=max(1, cfg.batch_size // world), device=device)
     train_data, train_sampler = loader(train_set, train=True, **make_loader)
-    val_data, _ = loader(val_set, train=False, **make_loader)
-    test_data, _ = loader(test_set, train=False, **make_loader)
+    data = {"train": train_data, "sampler": train_sampler, "val": loader(val_set, train=False, **make_loader)[0],
+            "test": loader(test_set, train=False, **make_loader)[0]}
     steps = max(len(train_data), 1)
-    run = Session(cfg, module, steps, precision, weights, last)
+    session = Session(cfg, module, steps, precision, weights, last)
     if cfg.resume and last.exists():
-        run.restore(device)
+        session.restore(device)
     dataset_label = (f"{cfg.dataset}/{cfg.split}" if cfg.dataset in SPLIT_DATASETS else
                      motion.LABEL if cfg.dataset == "motion" else cfg.dataset)
     if rank == 0:
-        run.open_store(device, world, dataset_label, clip_label, policy)
-    run.record(run.rows)  # rows a kill kept out of the store, after their checkpoint was written
-    if run.final is not None:  # finished before: its rows are stored (now), nothing to re-run
-        run.record(run.final["rows"])
-        if rank == 0:
-            print(f"{folder.name}: already finished (run {run.run_id}); nothing to do", flush=True)
-        return run.final["result"] | {"run_id": run.run_id}
+        session.open_store(device, world, dataset_label, clip_label, policy)
+    return Prepared(cfg, rank, world, device, precision, model, module, train_set, test_set, num_classes, data,
+                    steps, session, dataset_label)
 
+
+def train_epochs(run: Prepared) -> None:
+    """The epochs left, each checkpointed then recorded, until the epochs, the time budget or
+    the clip budget run out."""
+    cfg, session = run.cfg, run.session
     deadline = None  # called with the clips seen so far in the epoch
     if cfg.time_budget:
-        deadline = lambda seen: run.clock() > cfg.time_budget  # noqa: E731
+        deadline = lambda seen: session.clock() > cfg.time_budget  # noqa: E731
     elif cfg.clip_budget:
-        deadline = lambda seen: run.counters["clips_seen"] + seen >= cfg.clip_budget  # noqa: E731
-    bar = EpochProgress(enabled=rank == 0)
-    for epoch in range(run.start_epoch, 0 if cfg.eval_only else cfg.epochs):
+        deadline = lambda seen: session.counters["clips_seen"] + seen >= cfg.clip_budget  # noqa: E731
+    bar = EpochProgress(enabled=run.rank == 0)
+    for epoch in range(session.start_epoch, 0 if cfg.eval_only else cfg.epochs):
         torch.manual_seed(cfg.seed * 10_007 + epoch)  # the same data order and augmentation after a resume
-        train_sampler.set_epoch(epoch)
-        train_set.set_epoch(epoch)
+        run.data["sampler"].set_epoch(epoch)
+        run.train_set.set_epoch(epoch)
         epoch_start = time.monotonic()
-        with bar.epoch(f"epoch {epoch + 1}/{cfg.epochs}", len(train_data)) as advance:
+        with bar.epoch(f"epoch {epoch + 1}/{cfg.epochs}", len(run.data["train"])) as advance:
             loss, top1, seen, skipped, stopped = run_epoch(
-                model, train_data, run.optimizer, run.scheduler, device, train=True,
-                deadline=deadline, precision=precision, progress=advance)
+                run.model, run.data["train"], session.optimizer, session.scheduler, run.device, train=True,
+                deadline=deadline, precision=run.precision, progress=advance)
         rate = seen / max(time.monotonic() - epoch_start, 1e-9)
-        run.counters["clips_seen"] += seen
-        run.counters["skipped_train"] += skipped
-        run.counters["epochs_done"] = epoch + (seen / (steps * cfg.batch_size) if stopped else 1)
+        session.counters["clips_seen"] += seen
+        session.counters["skipped_train"] += skipped
+        session.counters["epochs_done"] = epoch + (seen / (run.steps * cfg.batch_size) if stopped else 1)
         stopped = stopped or (deadline is not None and deadline(0))
-        _, val_top1, _, _, _ = run_epoch(model, val_data, None, None, device, train=False,
-                                         precision=precision)
-        run.counters["train_seconds"] = run.clock()
-        run.epoch_done(epoch_rows(cfg, epoch, loss, top1, val_top1, rate), epoch)
-        if rank == 0:
+        _, val_top1, _, _, _ = run_epoch(run.model, run.data["val"], None, None, run.device, train=False,
+                                         precision=run.precision)
+        session.counters["train_seconds"] = session.clock()
+        session.epoch_done(epoch_rows(cfg, epoch, loss, top1, val_top1, rate), epoch)
+        if run.rank == 0:
             print(f"epoch {epoch}: loss {loss:.4f} train top-1 {top1:.1f}% val top-1 {val_top1:.1f}%"
-                  f" ({rate:.1f} clips/s)" + (f" (skipped {skipped} videos)" if skipped else ""),
-                  flush=True)
+                  f" ({rate:.1f} clips/s)" + (f" (skipped {skipped} videos)" if skipped else ""), flush=True)
         if stopped:
             break
-    result = evaluate_views(model if world == 1 else module, test_data, device, num_classes, precision)
+
+
+def finish(run: Prepared) -> dict:
+    """The multi-view evaluation, its rows checkpointed then recorded; the final numbers."""
+    cfg, session = run.cfg, run.session
+    result = evaluate_views(run.model if run.world == 1 else run.module, run.data["test"], run.device,
+                            run.num_classes, run.precision)
     views = f"{cfg.test_clips}x{cfg.test_crops}" if cfg.dataset not in ("motion", "imagenet") else "1x1"
-    rows, result = final_rows(cfg, result, len(test_set), run.counters, views)
-    run.checkpoint(cfg.epochs, final={"rows": rows, "result": result})
-    run.record(rows)
-    if rank == 0:
-        print_final(cfg, dataset_label, result, run.counters["skipped_train"], views)
+    rows, result = final_rows(cfg, result, len(run.test_set), session.counters, views)
+    session.checkpoint(cfg.epochs, final={"rows": rows, "result": result})
+    session.record(rows)
+    if run.rank == 0:
+        print_final(cfg, run.dataset_label, result, session.counters["skipped_train"], views)
     if dist.is_initialized():
         dist.barrier()
-    return result | {"run_id": run.run_id}
+    return result | {"run_id": session.run_id}
+
 
 def print_final(cfg: Config, dataset: str, result: dict, skipped_train: int, views: str) -> None:
     skipped = result["skipped_videos"] + skipped_train
