@@ -1,0 +1,50 @@
+"""A non-editable install builds and uses the kernel library from its installed copy: every source
+and header ships as package data, and nothing needs the checkout."""
+
+import os
+import subprocess
+import sys
+import sysconfig
+import venv
+
+import pytest
+
+from tests.paths import REPO
+
+pytestmark = pytest.mark.slow  # an install and a fresh build of the library (about two minutes)
+
+USE = """
+import torch, models
+from models import kernels
+from models.kernels import build
+model = models.create_model("mfnet", num_classes=5).eval()
+with torch.inference_mode():
+    print(tuple(model(torch.randn(1, 3, 4, 32, 32)).shape))
+print(kernels.status())
+print(build.CSRC)
+"""
+
+
+def test_pip_install_then_create_model_elsewhere_builds_and_runs_the_kernels(tmp_path):
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir)  # no pip of its own: this environment's pip and setuptools build the wheel
+    python = env_dir / "bin" / "python"
+    # this environment's packages (torch, pip, setuptools and the rest) behind the new one's,
+    # without its editable install of the suite: a .pth path is added, the .pth files inside it
+    # are not processed
+    site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    (tmp_path / "venv" / site.split(str(env_dir) + "/")[1] / "outer.pth").write_text(sysconfig.get_paths()["purelib"])
+    install = subprocess.run([python, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                              str(REPO)], capture_output=True, text=True, timeout=600)
+    assert install.returncode == 0, install.stderr[-3000:]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {
+        "TORCH_EXTENSIONS_DIR": str(tmp_path / "extensions")}  # built afresh, from the installed sources
+    out = subprocess.run([python, "-c", USE], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    shape, status, csrc = out.stdout.strip().splitlines()[-3:]
+    assert shape == "(1, 5)" and status.startswith("suite kernel (")
+    assert csrc.startswith(str(env_dir)) and str(REPO) not in csrc  # the installed copy, not the checkout
+    assert sys.executable != str(python)
