@@ -392,7 +392,7 @@ at::Tensor grad_weight_cl(const at::Tensor& x, const at::Tensor& gy, int64_t gro
           const Band src{first.buf + j * tasks.group_stride, first.hi_first, first.rows_in};
           // the group's grad y over the band, copied to one run of cop floats per pixel (zeros
           // past cout_g): the taps read it 27 x cin_g / B times, and read in place its pixels lie
-          // CO floats apart. 1.4-1.7x on MF-Net's 12- to 48-channel groups (docs/fiber-kernel.md)
+          // CO floats apart. 1.4-1.7x on MF-Net's 12- to 48-channel groups (docs/kernels-log.md)
           gband.assign((size_t)(ho1 - ho0) * g.Wo * g.cop, 0.f);
           for (int ho = ho0; ho < ho1; ++ho) {
             const float* grow = gp + (((int64_t)n * g.To + to) * g.Ho + ho) * g.Wo * g.CO + (int64_t)grp * g.cout_g;

@@ -5,7 +5,7 @@
 // over memory (BatchNorm + ReLU, the conv, the add), and at MF-Net's first two stages these
 // convs move more bytes than they do multiply-adds: a pixel of conv2's 96 -> 24 conv is 96
 // floats read for 2304 multiply-adds, about as long at this machine's memory rate as at its FMA
-// rate. docs/fiber-kernel.md has the measured effect.
+// rate. docs/kernels-log.md has the measured effect.
 //
 // This file holds the entry points, the packing and the AVX2 build; the register blocks are in
 // pointwise_kernels.h, the layout in pointwise_cl.h.
@@ -171,7 +171,7 @@ static at::Tensor summed_outer(const std::vector<std::vector<float>>& partial, b
 // The wider of K and CO runs along the vectors. Tasks are blocks of pixels, each thread sums
 // into a buffer of its own, and the buffers are added at the end. oneDNN's weight gradient of
 // MF-Net's 1x1x1 convs ran at 60-150 GMAC/s on the AVX-512 CPU, and MKL's GEMM (torch.mm) at
-// 50-95: on AMD CPUs it does not take its AVX-512 code (docs/fiber-kernel.md).
+// 50-95: on AMD CPUs it does not take its AVX-512 code (docs/kernels-log.md).
 at::Tensor grad_weight_pointwise(const at::Tensor& x, const at::Tensor& gy, std::vector<int64_t> stride,
                                  const kernels::Isa& isa, const std::optional<at::Tensor>& scale,
                                  const std::optional<at::Tensor>& shift) {

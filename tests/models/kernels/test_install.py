@@ -2,10 +2,12 @@
 and header ships as package data, and nothing needs the checkout."""
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
 import venv
+from pathlib import Path
 
 import pytest
 
@@ -34,9 +36,12 @@ def test_pip_install_then_create_model_elsewhere_builds_and_runs_the_kernels(tmp
     # are not processed
     site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                           capture_output=True, text=True, check=True).stdout.strip()
-    (tmp_path / "venv" / site.split(str(env_dir) + "/")[1] / "outer.pth").write_text(sysconfig.get_paths()["purelib"])
+    (Path(site) / "outer.pth").write_text(sysconfig.get_paths()["purelib"])
+    source = tmp_path / "source"  # a copy: setuptools builds in the tree it is given
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv", ".nox", "__pycache__", "build", "*.egg-info", "results*", "reports", "tests", "runs"))
     install = subprocess.run([python, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                              str(REPO)], capture_output=True, text=True, timeout=600)
+                              str(source)], capture_output=True, text=True, timeout=600)
     assert install.returncode == 0, install.stderr[-3000:]
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
@@ -47,4 +52,5 @@ def test_pip_install_then_create_model_elsewhere_builds_and_runs_the_kernels(tmp
     shape, status, csrc = out.stdout.strip().splitlines()[-3:]
     assert shape == "(1, 5)" and status.startswith("suite kernel (")
     assert csrc.startswith(str(env_dir)) and str(REPO) not in csrc  # the installed copy, not the checkout
+    assert not (source / "models" / "kernels" / "csrc" / "mfnet_kernels.so").exists()
     assert sys.executable != str(python)
