@@ -21,6 +21,7 @@ from models.kernels.support import channels_last, eval_affine, hooked, kept, res
 
 STOCK_CLASS = "_suite_stock_class"  # the class a module had before it was swapped (no checkpoint key)
 PACKED = "_suite_packed"  # a conv's packed weight, kept while the weight and the path are unchanged
+FINITE = "_suite_finite"  # whether a fiber conv's weight is finite, kept while it is unchanged
 
 
 def stock_class(module: nn.Module, default: type) -> type:
@@ -89,11 +90,21 @@ class FiberConv3d(nn.Conv3d):
                   and self.kernel_size[1:] == (3, 3) and kt in (1, 3)
                   and self.padding == (kt // 2, 1, 1) and self.dilation == (1, 1, 1)
                   and self.padding_mode == "zeros" and not torch.is_autocast_enabled("cpu"))
-        if not common or build.extension() is None:
+        if not common or build.extension() is None or not self._finite_weight():
             return False
         if channels_last(x, self.stride):
             return x.dtype == torch.float32 and paths.channels_last_path()
         return x.is_contiguous() and x.dtype in (torch.float32, torch.float64) and self.stride == (1, 1, 1)
+
+    def _finite_weight(self) -> bool:
+        """Whether the weight is finite. PyTorch's conv multiplies its zero padding by the weight
+        (0 * NaN and 0 * Inf are NaN) where the kernel skips padded taps, so a non-finite weight
+        runs as PyTorch's conv: NaN reaches the outputs it reaches there, the border's included."""
+        weight = self.weight
+        if torch.is_grad_enabled() and weight.requires_grad:  # a training step: changed since the last
+            return bool(weight.detach().isfinite().all())
+        return kept(self, FINITE, (weight.data_ptr(), weight._version),
+                    lambda: bool(weight.detach().isfinite().all()))
 
     def folds(self, x: torch.Tensor) -> bool:
         """Whether a BatchNorm + ReLU before this conv can be folded into the kernel's packing of

@@ -35,7 +35,8 @@ namespace {
 // - PLANAR = true: (KT, rows_in, cin_g, planar_row_floats), column c at c + 1, or at column
 //   stride 2 the even columns then the odd ones (see planar_tap); the columns either side are
 //   never written, so they stay zero in a zeroed buffer.
-// With an Affine, inference's BatchNorm + ReLU is applied on the way.
+// With an Affine, inference's BatchNorm + ReLU is applied on the way: max(0, v), in that order, so
+// a NaN passes as ReLU passes it (maxps returns its second operand where either is NaN).
 
 // One input row of ng groups' channels (`from`: the row's first pixel at the first group's first
 // channel, ch0 that channel's index) into the planar layout: channel k of the ng * cin goes to
@@ -68,8 +69,8 @@ void pack_planar_row(const float* from, float* row, const ClGeo& g, int ng, cons
       for (int p = 0; p < 8; ++p) {
         v[p] = _mm256_loadu_ps(from + (int64_t)(w + p) * g.C + k);
         if constexpr (AFFINE)
-          v[p] = _mm256_max_ps(_mm256_fmadd_ps(v[p], _mm256_loadu_ps(affine.scale + ch0 + k),
-                                               _mm256_loadu_ps(affine.shift + ch0 + k)), zero);
+          v[p] = _mm256_max_ps(zero, _mm256_fmadd_ps(v[p], _mm256_loadu_ps(affine.scale + ch0 + k),
+                                                     _mm256_loadu_ps(affine.shift + ch0 + k)));
       }
       transpose8(v);  // v[i]: channel k + i at pixels w .. w + 7
 #pragma GCC unroll 8
@@ -122,14 +123,14 @@ void pack_band(const float* xp, float* buf, const ClGeo& g, int n, int ti0, int 
             for (; c + 8 < cin; c += 8) {
               __m256 v = _mm256_loadu_ps(src + c);
               if constexpr (AFFINE)
-                v = _mm256_max_ps(_mm256_fmadd_ps(v, _mm256_loadu_ps(affine.scale + ch + c),
-                                                  _mm256_loadu_ps(affine.shift + ch + c)), zero);
+                v = _mm256_max_ps(zero, _mm256_fmadd_ps(v, _mm256_loadu_ps(affine.scale + ch + c),
+                                                        _mm256_loadu_ps(affine.shift + ch + c)));
               _mm256_storeu_ps(dst + c, v);
             }
             __m256 last = _mm256_maskload_ps(src + c, tail);
             if constexpr (AFFINE)  // masked lanes: 0 * 0 + 0
-              last = _mm256_max_ps(_mm256_fmadd_ps(last, _mm256_maskload_ps(affine.scale + ch + c, tail),
-                                                   _mm256_maskload_ps(affine.shift + ch + c, tail)), zero);
+              last = _mm256_max_ps(zero, _mm256_fmadd_ps(last, _mm256_maskload_ps(affine.scale + ch + c, tail),
+                                                         _mm256_maskload_ps(affine.shift + ch + c, tail)));
             if ((int64_t)(w + 1) * cin + 8 - (cin - c) <= (int64_t)g.W * cin) _mm256_storeu_ps(dst + c, last);
             else _mm256_maskstore_ps(dst + c, tail, last);
           }

@@ -124,8 +124,10 @@ void activate(const float* x, float* buf, int K, const float* scale, const float
   const __m256 zero = _mm256_setzero_ps();
   int k = 0;
   for (; k + 8 <= K; k += 8)
-    _mm256_storeu_ps(buf + k, _mm256_max_ps(_mm256_fmadd_ps(_mm256_loadu_ps(x + k), _mm256_loadu_ps(scale + k),
-                                                            _mm256_loadu_ps(shift + k)), zero));
+    // max(0, v), in that order: maxps returns its second operand where either is NaN, so a NaN
+    // passes as ReLU passes it
+    _mm256_storeu_ps(buf + k, _mm256_max_ps(zero, _mm256_fmadd_ps(_mm256_loadu_ps(x + k), _mm256_loadu_ps(scale + k),
+                                                                  _mm256_loadu_ps(shift + k))));
   for (; k < K; ++k) buf[k] = std::max(x[k] * scale[k] + shift[k], 0.f);
 }
 
