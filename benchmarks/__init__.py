@@ -1,4 +1,7 @@
-"""The measurement harness: ``run.py`` is the CLI, one module per measurement."""
+"""The measurement harness, in layers: thin commands on top (``run.py``, ``train.py``,
+``report.py``, ``op_profile.py``, ``fiber_conv.py``), their work in ``runner/``, ``training/`` and
+``reporting/``, what is measured in ``measure/``, the machine in ``machine/``, datasets in
+``data/``, and the results store at the bottom (``store/``)."""
 
 import logging
 

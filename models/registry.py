@@ -81,6 +81,9 @@ def check_metadata(spec: ModelSpec) -> None:
         problems.append("mean and std need three values each, std > 0")
     if not (spec.display_name or spec.origin == "suite"):
         problems.append("display_name is empty")
+    if any(c in spec.display_name for c in "|\n\r"):
+        problems.append(f"display_name {spec.display_name!r} holds '|' or a line break (it is printed in "
+                        "Markdown tables)")
     if problems:
         raise ValueError(f"model {spec.name!r}: {'; '.join(problems)}")
 
@@ -197,7 +200,33 @@ def check_input(name: str, shape: tuple[int, ...], **kwargs) -> None:
     try:
         with torch.no_grad():
             model(x)
-    except (RuntimeError, ValueError, IndexError) as exc:
-        first = first_line(exc)
-        size = "x".join(map(str, shape[2:]))
-        raise ValueError(f"input {size} does not fit {name}: {first}") from None
+    except Exception as exc:  # whatever a model's forward raises on an input it cannot take
+        if _data_dependent(exc):  # a forward that reads values (.item()) cannot run on meta
+            return _check_on_real_tensors(name, shape, kwargs)
+        raise _does_not_fit(name, shape, exc) from None
+
+
+def _data_dependent(exc: Exception) -> bool:
+    """Whether a forward failed on the meta device for reading values (``.item()``, ``.tolist()``,
+    ``.numpy()``): their errors name the meta device, a shape error does not."""
+    return "meta" in str(exc)
+
+
+def _check_on_real_tensors(name: str, shape: tuple[int, ...], kwargs: dict) -> None:
+    """``check_input`` for a model whose forward reads tensor values: one call on zeros at the
+    given shape, on the CPU."""
+    try:
+        model = create_model(name, **kwargs).eval()
+        with torch.no_grad():
+            model(torch.zeros(shape))
+    except Exception as exc:
+        raise _does_not_fit(name, shape, exc) from None
+
+
+def _does_not_fit(name: str, shape: tuple[int, ...], exc: Exception) -> ValueError:
+    """The one line for a forward that failed: its first line, named by its type where that is
+    not a shape error's (an ``assert`` in a forward, a ``TypeError``)."""
+    first = first_line(exc)
+    if not isinstance(exc, (RuntimeError, ValueError, IndexError)) or not first:
+        first = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    return ValueError(f"input {'x'.join(map(str, shape[2:]))} does not fit {name}: {first}")

@@ -22,9 +22,10 @@ def cpu_name() -> str:
 
 
 # the instruction sets that decide a CPU's speed here: AVX2 + FMA (the kernels' AVX2 path), AVX-512F
-# (oneDNN's and the kernels' AVX-512 paths), AVX512-BF16 and AMX (native bf16)
+# (oneDNN's and the kernels' AVX-512 paths), AVX512-BF16 and AMX (native bf16), AVX512-FP16 and
+# AMX-FP16 (native fp16)
 CPU_FLAGS = {"avx2": "AVX2", "fma": "FMA", "avx512f": "AVX-512F", "avx512_bf16": "AVX512-BF16",
-             "amx_bf16": "AMX-BF16", "amx_tile": "AMX"}
+             "amx_bf16": "AMX-BF16", "amx_tile": "AMX", "avx512_fp16": "AVX512-FP16", "amx_fp16": "AMX-FP16"}
 
 
 def cpu_flags() -> list[str]:

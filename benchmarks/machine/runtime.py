@@ -56,7 +56,13 @@ def give_back_memory() -> bool:
     back to the OS (glibc's ``malloc_trim``), so memory one model freed is not held while the
     next runs. ``keep_freed_memory`` keeps it within a model, where reuse is the point: a sweep
     without this held 9.8 GB of I3D's and S3D's freed activations while training small models.
-    Returns whether anything could be trimmed (False off glibc)."""
+    The kernel library's pool of large blocks (``models/kernels/csrc/pool.cpp``) is emptied too:
+    its blocks are memory one model freed as well. Returns whether anything could be trimmed
+    (False off glibc)."""
     gc.collect()
+    from models.kernels import build  # loaded already where it was used; never built here
+
+    if build.loaded() and build.extension() is not None:
+        build.extension().pool_empty()
     libc = _glibc()
     return libc is not None and bool(libc.malloc_trim(0))

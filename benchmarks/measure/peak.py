@@ -1,12 +1,14 @@
 """The machine's peak: the faster of a large dense matmul and a dense 3x3x3 conv in the run's
 dtype, the roofline every model's achieved GMAC/s is set against (``peak_fraction``)."""
 
+import functools
 import math
 import time
 
 import torch
 from torch import nn
 
+from benchmarks.machine import environment
 from benchmarks.measure.timing import time_step
 from benchmarks.measure.workload import DTYPES
 
@@ -21,53 +23,80 @@ def peak_problem(device: str) -> tuple[int, tuple[int, ...]]:
     return 2048, (2, 128, 8, 28, 28)
 
 
-# One peak call may take this long at most. Half precision on a CPU without native support
-# runs reference kernels: a 2048^3 fp16 matmul took 64 s a call on one EPYC, and bf16 ran at
-# under 1 GMAC/s on an AVX2 one. The problem then shrinks until a call fits, and says so.
+# The dtypes a CPU multiplies natively, by the instruction sets (``environment.cpu_flags``'s
+# names) that give them; fp32 and tf32 (fp32 on a CPU) always.
+NATIVE_ON_CPU = {"fp32": (), "tf32": (), "bf16": ("AVX512-BF16", "AMX-BF16"), "fp16": ("AVX512-FP16", "AMX-FP16")}
+# A dtype a CPU emulates may run reference kernels: a 2048^3 fp16 matmul took 64 s a call on one
+# EPYC, and bf16 ran at under 1 GMAC/s on an AVX2 one. Its problem is fitted so that one call
+# takes about this long at most.
 PEAK_CALL_S = 0.5
-MATMUL_SIDES = (2048, 1024, 512, 256, 128)
-CONV_INPUTS = ((2, 128, 8, 28, 28), (1, 128, 8, 28, 28), (1, 128, 4, 28, 28), (1, 128, 2, 28, 28),
-               (1, 128, 1, 28, 28), (1, 128, 1, 14, 14))
+MATMUL_SIDES = (128, 256, 512, 1024, 2048)
+CONV_INPUTS = ((1, 128, 1, 14, 14), (1, 128, 1, 28, 28), (1, 128, 2, 28, 28), (1, 128, 4, 28, 28),
+               (1, 128, 8, 28, 28), (2, 128, 8, 28, 28))
 
 
 def _conv_macs(shape: tuple[int, ...]) -> int:
     return math.prod(shape) * 128 * 27  # 128 output channels, 3x3x3, padded to the same size
 
 
+def runs_natively(device: str, dtype: str) -> bool:
+    """Whether ``device`` multiplies ``dtype`` in hardware: a GPU every dtype the suite runs; a
+    CPU fp32, and bf16 or fp16 where it has the instruction set."""
+    if device != "cpu":
+        return True
+    needs = NATIVE_ON_CPU.get(dtype, ("?",))
+    return not needs or bool(set(needs) & set(environment.cpu_flags()))
+
+
+@functools.cache
 def fitted_problem(device: str, dtype: str) -> tuple[int, tuple[int, ...], str]:
-    """``peak_problem``, shrunk on a CPU until one call of each is predicted (from a timed call
-    of the smallest size, scaled by the multiply-adds) to take at most ``PEAK_CALL_S``; and a
-    note saying so when it was shrunk."""
+    """(matmul side, conv input, note): ``peak_problem`` where the device runs ``dtype``
+    natively; where a CPU emulates it, the largest sizes whose one call is predicted to take at
+    most ``PEAK_CALL_S``, grown from the smallest, each prediction scaled from a timed call of
+    the size before it. Chosen once per process, so the peak before a sweep, after it, and
+    around each timing is the same problem; the note names it where it is not full size."""
     n, conv_input = peak_problem(device)
-    if device == "cuda":  # every dtype has tensor-core kernels; a first call times set-up
+    if runs_natively(device, dtype):
         return n, conv_input, ""
     torch_dtype = DTYPES[dtype]
-    a = torch.randn(MATMUL_SIDES[-1], MATMUL_SIDES[-1], dtype=torch_dtype)
     conv = nn.Conv3d(128, 128, 3, padding=1, bias=False).to(torch_dtype).eval()
-    x = torch.randn(CONV_INPUTS[-1], dtype=torch_dtype)
-    with torch.inference_mode():
-        torch.mm(a, a), conv(x)  # lazy initialisation out of the timed call
-        started = time.perf_counter()
-        torch.mm(a, a)
-        per_mac_mm = (time.perf_counter() - started) / MATMUL_SIDES[-1] ** 3
-        started = time.perf_counter()
-        conv(x)
-        per_mac_conv = (time.perf_counter() - started) / _conv_macs(CONV_INPUTS[-1])
-    side = next((s for s in MATMUL_SIDES if per_mac_mm * s**3 <= PEAK_CALL_S), MATMUL_SIDES[-1])
-    shape = next((s for s in CONV_INPUTS if per_mac_conv * _conv_macs(s) <= PEAK_CALL_S),
-                 CONV_INPUTS[-1])
+
+    def matmul(side):
+        a = torch.randn(side, side, dtype=torch_dtype)
+        return lambda: torch.mm(a, a)
+
+    def convolve(shape):
+        x = torch.randn(shape, dtype=torch_dtype)
+        return lambda: conv(x)
+
+    side = _largest_fitting(MATMUL_SIDES, matmul, lambda s: s**3)
+    shape = _largest_fitting(CONV_INPUTS, convolve, _conv_macs)
     if (side, shape) == (n, conv_input):
         return n, conv_input, ""
-    return side, shape, (f"shrunk to a {side}^3 matmul and a {'x'.join(map(str, shape))} conv "
-                         f"input: a full-size {dtype} call would take "
-                         f"{max(per_mac_mm * n**3, per_mac_conv * _conv_macs(conv_input)):.0f} s here")
+    return side, shape, (f"{dtype} is emulated on this CPU: fitted to a {side}^3 matmul and a "
+                         f"{'x'.join(map(str, shape))} conv input, the same problem at both ends")
+
+
+def _largest_fitting(sizes, step_for, macs_of):
+    """The largest of ``sizes`` (ascending) whose call is predicted to fit ``PEAK_CALL_S``."""
+    chosen = sizes[0]
+    with torch.inference_mode():
+        for small, big in zip(sizes, sizes[1:]):
+            step = step_for(small)
+            step()  # lazy initialisation out of the timed call
+            started = time.perf_counter()
+            step()
+            if (time.perf_counter() - started) * macs_of(big) / macs_of(small) > PEAK_CALL_S:
+                break
+            chosen = big
+    return chosen
 
 
 def peak_gmacs_per_s(device: str, dtype: str, min_run_time: float = 1.0,
                      warm_s: float = 1.0) -> dict[str, float]:
     """The machine's dense rates in ``dtype``: a large matmul and a dense 3x3x3 conv
-    (``peak_problem``, shrunk by ``fitted_problem`` where one call would take too long;
-    ``peak_with_note`` also says whether it was).
+    (``fitted_problem``: full size where the device runs ``dtype`` natively; ``peak_with_note``
+    also names the problem where it is not).
 
     The roofline every model is compared with is the faster of the two. A matmul alone is not
     enough: on this suite's AMD EPYC CPU, MKL's sgemm takes its AVX2 path (~110 GMAC/s on two

@@ -69,18 +69,23 @@ def newest_with(found: list[Device], names: list[str], metric: str) -> Device | 
 
 
 def facts(device: Device, frame: pd.DataFrame) -> str:
-    """What its newest run recorded of the machine: the CPU's model, its instruction sets, cores
-    and threads (or the GPU), and, for a CPU whose instruction set was not recorded, what its
+    """What its newest run with a readable sidecar recorded of the machine: the CPU's model, its
+    instruction sets, cores and threads (or the GPU), and, for a CPU whose instruction set was not recorded, what its
     dense-conv peak says of it beside the same CPU name's recorded runs."""
-    own = frame[(frame["device"] == device.kind) & (frame["device_name"] == device.name)]
-    env = own.sort_values("timestamp").iloc[-1]
+    own = frame[(frame["device"] == device.kind) & (frame["device_name"] == device.name)].sort_values("timestamp")
+    newest = own.iloc[-1]
+    # a run whose sidecar is missing or damaged has no env_ columns: the newest that has them
+    described = own[own["env_cpu"].notna()] if "env_cpu" in own else own.iloc[:0]
+    env = described.iloc[-1] if len(described) else newest
     parts = []
     if device.kind == "cpu":
-        parts.append(str(env.get("env_cpu", "") or device.name.split(" (")[0]))
+        cpu = env.get("env_cpu")
+        parts.append(str(cpu) if isinstance(cpu, str) and cpu else device.name.split(" (")[0])
         flags = env.get("env_cpu_flags")
         parts.append(", ".join(flags) if isinstance(flags, list) and flags else "instruction sets not recorded")
-        cores, threads = env.get("env_cpu_cores_allowed", env.get("env_cpu_count")), env.get("env_threads")
-        if pd.notna(cores):
+        cores = next((env[k] for k in ("env_cpu_cores_allowed", "env_cpu_count") if pd.notna(env.get(k))), None)
+        threads = env.get("env_threads")
+        if cores is not None:
             parts.append(f"{int(cores)} cores")
         if pd.notna(threads):
             parts.append(f"{int(threads)} threads")
@@ -88,7 +93,7 @@ def facts(device: Device, frame: pd.DataFrame) -> str:
     if device.kind == "cpu" and device.label != device.name:
         text += _peak_hint(device, frame)
     runs = own["run_id"].nunique()
-    return f"{text} ({runs} runs, the newest {env['run_id']})" if text else f"{runs} runs"
+    return f"{text} ({runs} runs, the newest {newest['run_id']})" if text else f"{runs} runs"
 
 
 def _peak_hint(device: Device, frame: pd.DataFrame) -> str:

@@ -1,6 +1,7 @@
 """Efficiency per device: cost, memory and speed side by side, the machine's peak, and every
 device compared model by model."""
 
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -122,14 +123,24 @@ def peak_text(m: Measured) -> str:
     run = peaks.sort_values("timestamp")["run_id"].iloc[-1]
     newest_run = machine[machine["run_id"] == run]
     values = {(r.metric, r.phase): r.value for r in newest_run.itertuples()}
+    notes = {r.phase: r.note for r in newest_run.itertuples() if r.metric == "peak_gmacs_per_s"}
     text = f"{fmt(values.get(('peak_gmacs_per_s', 'start')))} GMAC/s"
     parts = [f"{kind} {fmt(values[(f'peak_gmacs_per_s_{kind}', 'start')])}"
              for kind in ("matmul", "conv") if (f"peak_gmacs_per_s_{kind}", "start") in values]
     if parts:
-        text += f", the faster of a 2048² matmul and a dense 3×3×3 conv ({', '.join(parts)})"
+        problem, fitted = _problem(notes.get("start", ""))
+        text += f", the faster of a {problem} ({', '.join(parts)})" + (f" ({fitted})" if fitted else "")
     if ("peak_gmacs_per_s", "end") in values:
         text += f"; {fmt(values[('peak_gmacs_per_s', 'end')])} after the sweep"
     return text + f", run {run}"
+
+def _problem(note: str) -> tuple[str, str]:
+    """(the peak's problem, what it was fitted to where it was not full size: a dtype the CPU
+    emulates), as the peak row's note names them."""
+    side = re.search(r"a (\d+)\^3 matmul", note)
+    fitted = note.split("; ", 1)[1] if "; " in note else ""
+    return f"{side.group(1) if side else 2048}³ matmul and a dense 3×3×3 conv", fitted
+
 
 def job_memory_text(m: Measured) -> list[str]:
     """The newest run's own peak resident set (``run.py``'s memory guard keeps it in bounds)."""

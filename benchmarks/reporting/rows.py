@@ -54,8 +54,9 @@ class Measured:
         return (suite if not suite.empty else newest).iloc[-1]
 
     def get(self, name: str, metric: str, batch_size: int | None = None) -> float | None:
+        """The value, or None where there is none (a row stored ok with no number is none)."""
         row = self.row(name, metric, batch_size)
-        return None if row is None else float(row["value"])
+        return None if row is None or pd.isna(row["value"]) else float(row["value"])
 
     def disturbed(self, name: str, metric: str, batch_size: int | None = None) -> bool:
         """Whether the row was timed while the machine was shared (``disturbance``)."""

@@ -162,15 +162,16 @@ def measure_isolated(name: str, measurement: str, options: RunOptions, label: st
 
 def peak_rows(options: RunOptions, when: str, before: float | None) -> tuple[float, list[Measurement]]:
     """The machine's dense matmul and conv rates as rows, and the peak (the faster)."""
-    rates, shrunk = peak.peak_with_note(options.device, options.dtype, min_run_time=0.2 if options.quick else 2.0)
+    rates, fitted = peak.peak_with_note(options.device, options.dtype, min_run_time=0.2 if options.quick else 2.0)
     best = max(rates.values())
     kind = max(rates, key=rates.get)
     drift = "" if before is None else f" ({best / before - 1:+.0%} vs before)"
     moment = "before the first timing" if before is None else "after the sweep"
-    size = peak.peak_problem(options.device)[0]
+    side, shape, _ = peak.fitted_problem(options.device, options.dtype)
     rows = [Measurement("_machine", "speed", "peak_gmacs_per_s", best, "GMAC/s", when,
-                        note=f"the faster of a {size}^3 matmul and a dense 3x3x3 conv ({kind}) in {options.dtype}, "
-                             f"{moment}{drift}" + (f"; {shrunk}" if shrunk else ""))]
+                        note=f"the faster of a {side}^3 matmul and a dense 3x3x3 conv on "
+                             f"{'x'.join(map(str, shape))} ({kind}) in {options.dtype}, "
+                             f"{moment}{drift}" + (f"; {fitted}" if fitted else ""))]
     rows += [Measurement("_machine", "speed", f"peak_gmacs_per_s_{k}", v, "GMAC/s", when,
                          note=f"{options.dtype}, {moment}") for k, v in rates.items()]
     return best, rows

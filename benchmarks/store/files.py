@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmarks.store.records import COLUMNS, CSV_NAME
+from benchmarks.store.records import COLUMNS, CORE_COLUMNS, CSV_NAME, SCHEMA_VERSION
 
 
 class StoreError(OSError):
@@ -18,24 +18,38 @@ class StoreError(OSError):
 
 
 def read_rows(path: Path) -> tuple[list[str], list[list[str]], list[int]]:
-    """(header, rows, damaged line numbers). A damaged row, whose field count is not the
-    header's (a truncated copy, a write another tool cut short), is skipped and reported by its
-    line number (1-based); nothing rewrites it away."""
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.reader(f)
-            header = next(reader, [])
-            rows, bad = [], []
-            for row in reader:
-                if not row:
-                    continue
-                if len(row) == len(header):
-                    rows.append(row)
-                else:
-                    bad.append(reader.line_num)
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise StoreError(f"{path} cannot be read as a results store: {exc}") from None
+    """(header, rows, damaged line numbers). Every record is one line (the writer makes it so),
+    and each line is read on its own: a damaged one (cut short, with a quote left open, a field
+    count not the header's, bytes that are not UTF-8) is skipped and reported by its line number
+    (1-based), and damage never reaches past its line to hide the rows after it. Nothing rewrites
+    a damaged line away."""
+    lines = path.read_bytes().split(b"\n")
+    header = _parsed(lines[0])
+    if header is None:
+        raise StoreError(f"{path} cannot be read as a results store: its header line is damaged")
+    rows, bad = [], []
+    for number, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        row = _parsed(line)
+        if row is not None and len(row) == len(header):
+            rows.append(row)
+        else:
+            bad.append(number)
     return header, rows, bad
+
+
+def _parsed(line: bytes) -> list[str] | None:
+    """One line's fields, or None where it is damaged."""
+    try:
+        return next(csv.reader([line.decode("utf-8").removesuffix("\r")], strict=True), [])
+    except (UnicodeDecodeError, csv.Error):
+        return None
+
+
+def one_line(value):
+    """A field as the store writes it: every record on one line, so damage stays on its line."""
+    return " ".join(value.split()) if isinstance(value, str) and ("\n" in value or "\r" in value) else value
 
 
 def read_csv(path: Path, keep_unknown: bool = False) -> pd.DataFrame:
@@ -46,9 +60,13 @@ def read_csv(path: Path, keep_unknown: bool = False) -> pd.DataFrame:
     if not path.is_file():
         raise StoreError(f"{path} is not a file")
     header, rows, bad = read_rows(path)
+    missing = [c for c in CORE_COLUMNS if c not in header]
+    if missing:
+        raise StoreError(f"{path}: its header lacks {', '.join(missing)} (renamed or damaged); "
+                         "restore it before measuring into or reporting from this store")
     if bad:
         shown = ", ".join(map(str, bad[:5])) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
-        warnings.warn(f"{path}: skipped {len(bad)} damaged row(s) at line {shown}", stacklevel=2)
+        warnings.warn(f"{path}: skipped {len(bad)} damaged line(s): {shown}", stacklevel=2)
     frame = pd.DataFrame(rows, columns=header)
     # stores written before a column existed: fill it in, the machine from the run's sidecar
     for column in ("device_name", "threads"):
@@ -75,6 +93,15 @@ def read_csv(path: Path, keep_unknown: bool = False) -> pd.DataFrame:
     return frame
 
 
+def refuse_newer_schema(frame: pd.DataFrame, where) -> None:
+    """A store written by a newer version of the suite is refused (``StoreError``, one line):
+    this version would misread what it does not know, or lose it in a rewrite."""
+    newest = pd.to_numeric(frame["schema"], errors="coerce").max() if len(frame) else None
+    if newest is not None and pd.notna(newest) and int(newest) > SCHEMA_VERSION:
+        raise StoreError(f"{where} was written by a newer version of the suite (schema {int(newest)}, "
+                         f"this one reads {SCHEMA_VERSION}); update the checkout")
+
+
 def _run_environment(root: Path, run_id: str) -> dict:
     """A run's sidecar; ``{}`` when it is missing or damaged (a damaged sidecar loses its run's
     environment columns, never the run's rows)."""
@@ -94,6 +121,7 @@ def load_results(root: str | os.PathLike = "results") -> pd.DataFrame:
     """Every row, joined with its run's environment (columns prefixed ``env_``)."""
     root = Path(root)
     frame = read_csv(root / CSV_NAME)
+    refuse_newer_schema(frame, root / CSV_NAME)
     envs = []
     for path in sorted((root / "runs").glob("*.json")):
         env = _run_environment(root, path.stem)

@@ -15,6 +15,11 @@ COLUMNS = ("run_id", "timestamp", "model", "measurement", "metric", "value", "un
            "device", "device_name", "dtype", "batch_size", "clip", "channels_last", "compiled",
            "kernels", "iqr", "repeats", "dataset", "epoch", "views", "status", "error", "note",
            "weights", "seed", "threads", "protocol", "schema")
+# The columns every store has had from its first version: one missing from a store's header is a
+# renamed or damaged header, refused rather than filled with blanks (rows would read as ok and
+# empty, their numbers in a column nothing reads)
+CORE_COLUMNS = ("run_id", "timestamp", "model", "measurement", "metric", "value", "unit", "phase", "device",
+                "dtype", "batch_size", "clip", "status", "error", "note")
 # What makes two rows the same measurement, beside the model, metric, phase, batch and clip:
 # where and how it ran. Resume (``ResultsStore.done``), the summaries and the report use it.
 CONDITION_COLUMNS = ("device", "device_name", "threads", "dtype", "channels_last", "compiled",

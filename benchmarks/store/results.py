@@ -11,8 +11,6 @@ import hashlib
 import io
 import json
 import os
-import socket
-import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -20,8 +18,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmarks.store.claims import take_claim
-from benchmarks.store.files import StoreError, atomic_write, read_csv
+from benchmarks.store.claims import beating, holder, take_claim
+from benchmarks.store.files import StoreError, atomic_write, one_line, read_csv, refuse_newer_schema
 from benchmarks.store.records import COLUMNS, CSV_NAME, SCHEMA_VERSION, Measurement, RunConditions, under
 
 
@@ -44,10 +42,8 @@ class ResultsStore:
     def schema_check(self) -> None:
         """Refuse a store written by a newer version of the suite: rewriting it would lose what
         this version does not know."""
-        newest = read_csv(self.csv)["schema"].max() if self.csv.is_file() else None
-        if newest is not None and pd.notna(newest) and int(newest) > SCHEMA_VERSION:
-            raise StoreError(f"{self.csv} was written by a newer version of the suite (schema "
-                             f"{int(newest)}, this one writes {SCHEMA_VERSION}); update the checkout")
+        if self.csv.is_file():
+            refuse_newer_schema(read_csv(self.csv), self.csv)
 
     def write_environment(self, run_id: str, environment: dict) -> None:
         atomic_write(self.root / "runs" / f"{run_id}.json",
@@ -73,13 +69,13 @@ class ResultsStore:
                                         "schema": SCHEMA_VERSION} | run.key()
                 record["kernels"] = row.kernels or run.kernels
                 record["error"] = " ".join(str(record["error"]).split())  # one line
-                writer.writerow(record)
+                writer.writerow({k: one_line(v) for k, v in record.items()})
             atomic_write(self.csv.resolve(), old + buffer.getvalue().encode())
 
     def _migrated(self, old: bytes, columns: list[str]) -> tuple[bytes, list[str]]:
         """The existing rows under a header with every current column, and any unknown ones
         kept after them. Rows written before a column existed get it filled by ``read_csv``."""
-        self.schema_check()
+        self.schema_check()  # reads the store: one whose header lost a column is refused, not rewritten
         unknown = [c for c in columns if c not in COLUMNS]
         header = list(COLUMNS) + unknown
         if not old.strip():
@@ -124,16 +120,18 @@ class ResultsStore:
         """Claim a measurement for this process while it runs, so that a second writer on the
         same store does not measure it too. Yields "" when this process holds the claim (it is
         released on exit), or who holds it when another live process does. A claim whose
-        process is gone (killed) is taken over."""
+        process is gone (killed) is taken over (``claims.py``)."""
         key = json.dumps([model, measurement, clip, dataset or "", run.key()], sort_keys=True)
         path = self.root / ".claims" / hashlib.sha256(key.encode()).hexdigest()[:20]
-        holder = take_claim(path, {"pid": os.getpid(), "host": socket.gethostname(),
-                                    "run_id": run.run_id, "since": time.time()})
+        held_by = take_claim(path, holder(run.run_id))
+        if held_by:
+            yield held_by
+            return
         try:
-            yield holder
+            with beating(path):
+                yield ""
         finally:
-            if not holder:
-                path.unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
 
     @contextmanager
     def _locked(self):

@@ -50,8 +50,8 @@ def train(cfg: Config) -> dict:
         if run.rank == 0:
             print(f"{run_folder(cfg).name}: already finished (run {session.run_id}); nothing to do", flush=True)
         return session.final["result"] | {"run_id": session.run_id}
-    train_epochs(run)
-    return finish(run)
+    failure = train_epochs(run)
+    return not_trained(run, failure) if failure else finish(run)
 
 
 def prepare(cfg: Config) -> Prepared:
@@ -82,9 +82,9 @@ def prepare(cfg: Config) -> Prepared:
                     steps, session, dataset_label)
 
 
-def train_epochs(run: Prepared) -> None:
+def train_epochs(run: Prepared) -> str:
     """The epochs left, each checkpointed then recorded, until the epochs, the time budget or
-    the clip budget run out."""
+    the clip budget run out; why training stopped short where it could not train ("" else)."""
     cfg, session = run.cfg, run.session
     deadline = None  # called with the clips seen so far in the epoch
     if cfg.time_budget:
@@ -106,15 +106,37 @@ def train_epochs(run: Prepared) -> None:
         session.counters["skipped_train"] += skipped
         session.counters["epochs_done"] = epoch + (seen / (run.steps * cfg.batch_size) if stopped else 1)
         stopped = stopped or (deadline is not None and deadline(0))
-        _, val_top1, _, _, _ = run_epoch(run.model, run.data["val"], None, None, run.device, train=False,
-                                         precision=run.precision)
+        _, val_top1, val_seen, val_skipped, _ = run_epoch(run.model, run.data["val"], None, None, run.device,
+                                                          train=False, precision=run.precision)
+        session.counters["undecoded_val_epochs"] += not val_seen
         session.counters["train_seconds"] = session.clock()
-        session.epoch_done(epoch_rows(cfg, epoch, loss, top1, val_top1, rate), epoch)
+        rows = epoch_rows(cfg, epoch, (loss, top1, seen, skipped), (val_top1, val_seen, val_skipped), rate)
+        if not seen:  # nothing to checkpoint: the model is as it was
+            session.record(rows)
+            return rows[0]["error"]
+        session.epoch_done(rows, epoch)
         if run.rank == 0:
-            print(f"epoch {epoch}: loss {loss:.4f} train top-1 {top1:.1f}% val top-1 {val_top1:.1f}%"
+            val = f"{val_top1:.1f}%" if val_seen else f"not measured ({rows[2]['error']})"
+            print(f"epoch {epoch}: loss {loss:.4f} train top-1 {top1:.1f}% val top-1 {val}"
                   f" ({rate:.1f} clips/s)" + (f" (skipped {skipped} videos)" if skipped else ""), flush=True)
         if stopped:
             break
+    return ""
+
+
+def not_trained(run: Prepared, failure: str) -> dict:
+    """A run that could not train: an error row in place of the test accuracy (an untrained
+    model's is no result of this run), and no evaluation."""
+    cfg, session = run.cfg, run.session
+    common = dict(model=cfg.model, measurement="accuracy")
+    session.record([dict(metric="top1_video", value=None, unit="%", phase="test", status="error",
+                         error=f"not trained: {failure}", **common),
+                    dict(metric="skipped_videos", value=session.counters["skipped_train"], unit="count",
+                         note="failed decodes skipped in training", **common)])
+    if run.rank == 0:
+        print(f"{cfg.model} on {run.dataset_label}: not trained: {failure}; an error row was stored",
+              file=sys.stderr, flush=True)
+    return {"failed": failure, "run_id": session.run_id}
 
 
 def finish(run: Prepared) -> dict:
@@ -130,7 +152,7 @@ def finish(run: Prepared) -> dict:
         print_final(cfg, run.dataset_label, result, session.counters["skipped_train"], views)
     if dist.is_initialized():
         dist.barrier()
-    return result | {"run_id": session.run_id}
+    return result | {"run_id": session.run_id, "undecoded_val_epochs": session.counters["undecoded_val_epochs"]}
 
 
 def print_final(cfg: Config, dataset: str, result: dict, skipped_train: int, views: str) -> None:
@@ -144,13 +166,14 @@ def print_final(cfg: Config, dataset: str, result: dict, skipped_train: int, vie
               "error row was stored", flush=True)
 
 def train_all(configs: list[Config]) -> int:
-    """Every run of ``configs`` in turn; the command's exit status (0, 1 if a run's evaluation
-    decoded no video, 2 for bad data, checkpoints or settings, 130 on Ctrl-C)."""
+    """Every run of ``configs`` in turn; the command's exit status (0, 1 if a run decoded no
+    training, validation or test clip at some point, 2 for bad data, checkpoints or settings, 130 on Ctrl-C)."""
     runtime.keep_freed_memory()
     failed = 0
     try:
         for cfg in configs:
-            failed += "top1_video" not in train(cfg)
+            result = train(cfg)
+            failed += "top1_video" not in result or bool(result.get("undecoded_val_epochs"))
     except (datasets.DatasetLayoutError, CheckpointError, SettingsError, OSError) as exc:
         print(f"train.py: error: {exc}", file=sys.stderr)
         return 2

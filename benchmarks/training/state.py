@@ -83,7 +83,8 @@ class Session:
                  weights: str, last: Path):
         self.cfg, self.module, self.precision, self.last = cfg, module, precision, last
         self.optimizer = make_optimizer(module, cfg)
-        self.counters = {"clips_seen": 0, "train_seconds": 0.0, "skipped_train": 0, "epochs_done": 0.0}
+        self.counters = {"clips_seen": 0, "train_seconds": 0.0, "skipped_train": 0, "epochs_done": 0.0,
+                         "undecoded_val_epochs": 0}
         self.started, self.prior_seconds = time.monotonic(), 0.0
         progress = progress_of(cfg, steps, self.clock)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -159,14 +160,27 @@ class Session:
         self.checkpoint(epoch + 1)
         self.record(rows)
 
-def epoch_rows(cfg: Config, epoch: int, loss: float, top1: float, val_top1: float,
+def epoch_rows(cfg: Config, epoch: int, train: tuple[float, float, int, int], val: tuple[float, int, int],
                clips_per_s: float) -> list[dict]:
+    """An epoch's rows from ``train`` (loss, top-1, clips seen, videos skipped) and ``val`` (top-1,
+    clips seen, videos skipped). A phase in which no clip decoded gives error rows naming the
+    count, never an ok 0."""
+    (loss, top1, seen, skipped), (val_top1, val_seen, val_skipped) = train, val
     common = dict(model=cfg.model, measurement="accuracy", batch_size=cfg.batch_size, epoch=epoch)
-    return [dict(metric="train_loss", value=loss, unit="nats", phase="train", **common),
-            dict(metric="train_top1", value=top1, unit="%", phase="train", **common),
-            dict(metric="val_top1", value=val_top1, unit="%", phase="val", views="1x1", **common),
-            dict(metric="epoch_clips_per_s", value=clips_per_s, unit="clips/s", phase="train",
-                 note="training clips per second over the epoch, data loading included", **common)]
+    trained = [dict(metric="train_loss", value=loss, unit="nats", phase="train", **common),
+               dict(metric="train_top1", value=top1, unit="%", phase="train", **common),
+               dict(metric="epoch_clips_per_s", value=clips_per_s, unit="clips/s", phase="train",
+                    note="training clips per second over the epoch, data loading included", **common)]
+    if not seen:
+        trained = [row | dict(value=None, status="error", note="",
+                              error=f"no training clip could be decoded ({skipped} videos skipped)")
+                   for row in trained]
+    validated = dict(metric="val_top1", value=val_top1, unit="%", phase="val", views="1x1", **common)
+    if not val_seen:
+        validated |= dict(value=None, status="error",
+                          error=f"no validation clip could be decoded ({val_skipped} videos skipped)")
+    return [*trained[:2], validated, trained[2]]
+
 
 def final_rows(cfg: Config, result: dict | None, test_items: int, counters: dict,
                views: str) -> tuple[list[dict], dict]:

@@ -30,6 +30,11 @@ class Mine(nn.Module):
     def forward(self, x):
         return self.head(self.conv(x).mean((2, 3, 4)))
 
+class Asserts(Mine):
+    def forward(self, x):
+        assert x.shape[2] == 4, "needs exactly 4 frames"
+        return super().forward(x)
+
 @models.register_model(input_shape=(3, 8, 64, 64), num_classes=10, display_name="Mine 3D")
 def {name}(*, num_classes=10):
     {body}
@@ -85,6 +90,7 @@ def test_an_installed_package_offers_models_through_its_entry_point(tmp_path, mo
     ("clash", "'mfnet' is already registered"),
     ("fails", "cannot build failing3d: RuntimeError: no weights here"),
     ("missing", "no such file"),
+    ("asserts", "input 8x64x64 does not fit asserts3d: AssertionError: needs exactly 4 frames"),
 ])
 def test_bad_model_files_are_one_line_and_exit_2(tmp_path, case, message):
     if case == "syntax":
@@ -94,6 +100,8 @@ def test_bad_model_files_are_one_line_and_exit_2(tmp_path, case, message):
         path = model_file(tmp_path, "mfnet")
     elif case == "fails":
         path = model_file(tmp_path, "failing3d", 'raise RuntimeError("no weights here")')
+    elif case == "asserts":
+        path = model_file(tmp_path, "asserts3d", "return Asserts(num_classes)")
     else:
         path = tmp_path / "absent.py"
     proc = subprocess.run([sys.executable, "benchmarks/run.py", "--import", str(path), "--measure", "cost",
@@ -112,3 +120,14 @@ def test_train_py_imports_models_too(tmp_path):
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "mine3d on motion" in proc.stdout
+
+
+def test_train_py_refuses_a_model_whose_forward_asserts_in_one_line(tmp_path):
+    path = model_file(tmp_path, "asserts3d", "return Asserts(num_classes)")
+    proc = subprocess.run([sys.executable, "benchmarks/train.py", "--import", str(path), "--model", "asserts3d",
+                           "--dataset", "motion", "--clip", "8,32,32", "--epochs", "1",
+                           "--results", str(tmp_path / "r"), "--out", str(tmp_path / "runs")],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "does not fit asserts3d: AssertionError: needs exactly 4 frames" in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0, proc.stderr

@@ -1,6 +1,7 @@
 """The registry and the specs: names, errors, forward passes and cost against the paper."""
 
 import dataclasses
+import re
 
 import pytest
 import torch
@@ -139,3 +140,57 @@ def test_the_ledger_names_only_registered_models_and_every_table_model_has_a_fig
                 assert published.params_m or published.gmacs or published.accuracy, (table, name)
     for claim in ledger.CLAIMS.values():
         assert set(claim.models) <= names
+
+
+class _Forward(torch.nn.Module):
+    """A model whose forward does ``step(x)`` before a small head."""
+
+    def __init__(self, step, num_classes=5):
+        super().__init__()
+        self.step, self.head = step, torch.nn.Linear(3, num_classes)
+
+    def forward(self, x):
+        self.step(x)
+        return self.head(x.mean((2, 3, 4)))
+
+
+def _needs_four_frames(x):
+    assert x.shape[2] == 4, "needs exactly 4 frames"
+
+
+def _wants_a_list(x):
+    raise TypeError("expected a list of clips")
+
+
+def _reads_values(x):
+    if x.abs().max().item() > 1e6:  # a value read in the forward: cannot run on the meta device
+        raise ValueError("input out of range")
+
+
+@pytest.mark.parametrize("step, message", [
+    (_needs_four_frames, "does not fit forwarded: AssertionError: needs exactly 4 frames"),
+    (_wants_a_list, "does not fit forwarded: TypeError: expected a list of clips"),
+])
+def test_a_forward_that_asserts_or_raises_type_error_is_one_line_naming_the_model(monkeypatch, step, message):
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    models.register_model(lambda *, num_classes=5: _Forward(step, num_classes), name="forwarded",
+                          input_shape=(3, 8, 32, 32), num_classes=5, display_name="Forwarded")
+    with pytest.raises(ValueError, match=message):
+        models.check_input("forwarded", (1, 3, 8, 32, 32))
+
+
+def test_a_forward_that_reads_values_is_checked_on_real_zeros(monkeypatch):
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    models.register_model(lambda *, num_classes=5: _Forward(_reads_values, num_classes), name="reads",
+                          input_shape=(3, 8, 32, 32), num_classes=5, display_name="Reads")
+    models.check_input("reads", (1, 3, 8, 32, 32))  # accepted: it fits
+    with pytest.raises(ValueError, match="input 8x32 does not fit reads"):
+        models.check_input("reads", (1, 3, 8, 32))  # a 4-D input: its mean over (2, 3, 4) fails
+
+
+@pytest.mark.parametrize("bad", ["Mine | yours", "two\nlines"])
+def test_a_display_name_that_would_break_a_markdown_table_is_refused(monkeypatch, bad):
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    with pytest.raises(ValueError, match=re.escape(f"display_name {bad!r} holds '|' or a line break")):
+        models.register_model(lambda *, num_classes=5: torch.nn.Linear(3, num_classes), name="badly_named",
+                              input_shape=(3, 32, 32), num_classes=5, display_name=bad)

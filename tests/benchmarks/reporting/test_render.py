@@ -1,6 +1,8 @@
 """reports/ is generated from results/ only, reproducibly (benchmarks/reporting/render.py and its
 sections)."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,7 @@ from benchmarks.reporting import wallclock
 from benchmarks.reporting.render import render
 from benchmarks.reporting.rows import Measured
 from benchmarks.runner import plan
-from benchmarks.store import Measurement, ResultsStore, RunConditions, load_results
+from benchmarks.store import SCHEMA_VERSION, Measurement, ResultsStore, RunConditions, StoreError, load_results
 from models import ledger
 from tests.paths import REPO
 
@@ -346,3 +348,51 @@ def test_figures_a_report_no_longer_shows_are_removed_and_others_left_alone(tmp_
     names = {p.name for p in out.iterdir()}
     assert not names & {"efficiency_motion_3.png", "efficiency_motion_3.svg", "memory_old_gpu.png"}
     assert {"mine.png", "speed_vs_cost.png", "README.md"} <= names
+
+
+def _two_runs(root: Path) -> ResultsStore:
+    """Two runs on one CPU, each with its sidecar."""
+    store = ResultsStore(root)
+    (root / "runs").mkdir(parents=True)
+    for stamp, ms in (("01", 100.0), ("02", 90.0)):
+        run = RunConditions(f"run-{stamp}", "cpu", "CPU X", "fp32", False, False, 2)
+        store.write_environment(run.run_id, {"cpu": "CPU X", "threads": 2, "cpu_cores_allowed": 2})
+        store.append([_latency("mfnet", ms)], run, f"2026-02-{stamp}T00:00:00+00:00")
+    return store
+
+
+@pytest.mark.parametrize("damage", ["missing", "damaged"])
+def test_a_newest_run_without_a_readable_sidecar_is_reported_from_its_rows(tmp_path, damage):
+    store = _two_runs(tmp_path / "r")
+    sidecar = store.root / "runs" / "run-02.json"
+    sidecar.unlink() if damage == "missing" else sidecar.write_text('{"threads": ')
+    render(store.root, tmp_path / "out")
+    text = (tmp_path / "out" / "README.md").read_text()
+    assert "recorded it: CPU X; instruction sets not recorded; 2 cores; 2 threads (2 runs, the newest run-02)" in text
+    assert "nan" not in text.lower().replace("nanogpt", "")
+
+
+def test_an_ok_row_without_a_value_is_shown_as_missing_and_draws_nothing(tmp_path):
+    store = ResultsStore(tmp_path / "r")
+    run = RunConditions("run-01", "cpu", "CPU X", "fp32", False, False, 2)
+    store.append([Measurement("mfnet", "cost", "gmacs", None, "GMAC", clip="16x224x224"),
+                  Measurement("mfnet", "cost", "params", 8e6, "count", clip="16x224x224"),
+                  _latency("mfnet", None), _latency("res3d", 240.0)], run, "2026-02-01T00:00:00+00:00")
+    render(store.root, tmp_path / "out")
+    text = (tmp_path / "out" / "README.md").read_text()
+    assert "nan" not in text.lower().replace("nanogpt", "")
+    assert Measured(load_results(store.root), "cpu", "CPU X").get("mfnet", "latency_ms", 1) is None
+
+
+def test_a_store_of_a_newer_schema_is_refused_by_the_report_alone_or_merged(tmp_path):
+    newer = ResultsStore(tmp_path / "newer")
+    newer.append([_latency("mfnet", 90.0)], RunConditions("run-n", "cpu", "CPU X", "fp32", False, False, 2),
+                 "2026-02-01T00:00:00+00:00")
+    newer.csv.write_text(newer.csv.read_text().replace(f",{SCHEMA_VERSION}\n", f",{SCHEMA_VERSION + 1}\n"))
+    older = _two_runs(tmp_path / "older")
+    with pytest.raises(StoreError, match="newer version of the suite"):
+        render(newer.root, tmp_path / "out")
+    proc = subprocess.run([sys.executable, "benchmarks/report.py", "--results", str(older.root), str(newer.root),
+                           "--out", str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "newer version of the suite" in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0, proc.stderr

@@ -48,12 +48,12 @@ def test_a_damaged_tail_is_skipped_by_readers_and_never_extended(tmp_path):
     store = ResultsStore(tmp_path)
     store.append([row(1.0), row(2.0)], RUN, "2026-01-01T00:00:00+00:00")
     store.csv.write_bytes(store.csv.read_bytes()[:-25])  # a copy cut short: half a row
-    with pytest.warns(UserWarning, match="skipped 1 damaged row.* at line 3"):
+    with pytest.warns(UserWarning, match=r"skipped 1 damaged line\(s\): 3"):
         assert list(read_csv(store.csv)["value"]) == [1.0]
     store.append([row(3.0)], RUN, "2026-01-02T00:00:00+00:00")
     lines = store.csv.read_text().splitlines()
     assert len(lines) == 4 and lines[3].startswith("run-a,2026-01-02")  # its own line
-    with pytest.warns(UserWarning, match="at line 3"):
+    with pytest.warns(UserWarning, match=r"damaged line\(s\): 3$"):
         assert list(read_csv(store.csv)["value"]) == [1.0, 3.0]
 
 
@@ -129,3 +129,61 @@ def test_kernels_are_a_condition_and_rows_from_before_the_column_read_as_stock(t
     store.csv.write_text("\n".join(cut) + "\n")  # a store written before the column existed
     assert read_csv(store.csv)["kernels"].tolist() == ["stock", "stock"]
     assert store.done("mfnet", "speed", RUN, "16x224x224", timed)
+
+
+def _cut_in_a_quoted_field(store) -> None:
+    """The last line cut inside a quoted field (a note with a comma), as a copy cut short leaves it."""
+    text = store.csv.read_text()
+    cut = text.rindex('"') - 3  # inside the last row's quoted note
+    store.csv.write_text(text[:cut])
+
+
+def test_a_line_cut_inside_a_quote_never_swallows_the_next_run_s_rows(tmp_path):
+    store = ResultsStore(tmp_path)
+    noted = Measurement("mfnet", "cost", "gmacs", 11.0, "GMAC", clip="16x224x224", note="a note, with a comma")
+    store.append([row(1.0), noted], RUN, "2026-01-01T00:00:00+00:00")
+    _cut_in_a_quoted_field(store)
+    store.append([row(2.0), row(3.0)], RUN, "2026-01-02T00:00:00+00:00")
+    with pytest.warns(UserWarning, match=r"skipped 1 damaged line\(s\): 3$"):  # where the damage is
+        assert list(read_csv(store.csv)["value"]) == [1.0, 2.0, 3.0]  # the next run's rows all read
+
+
+def test_a_stray_quote_mid_file_hides_only_its_own_line(tmp_path):
+    store = ResultsStore(tmp_path)
+    store.append([row(float(v)) for v in range(1, 9)], RUN, "2026-01-01T00:00:00+00:00")
+    lines = store.csv.read_text().splitlines()
+    lines[2] = lines[2].replace(",count,", ',"count,', 1)  # a byte overwritten: a quote opened
+    store.csv.write_text("\n".join(lines) + "\n")
+    with pytest.warns(UserWarning, match=r"damaged line\(s\): 3$"):
+        assert list(read_csv(store.csv)["value"]) == [1.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]
+
+
+def test_a_byte_that_is_not_utf8_skips_its_line_not_the_store(tmp_path):
+    store = ResultsStore(tmp_path)
+    store.append([row(1.0), row(2.0), row(3.0)], RUN, "2026-01-01T00:00:00+00:00")
+    data = bytearray(store.csv.read_bytes())
+    data[data.index(b"\n") + 2] = 0xFF  # inside the first row's run id
+    store.csv.write_bytes(bytes(data))
+    with pytest.warns(UserWarning, match=r"damaged line\(s\): 2$"):
+        assert list(read_csv(store.csv)["value"]) == [2.0, 3.0]
+
+
+def test_a_value_with_a_line_break_is_written_on_one_line(tmp_path):
+    store = ResultsStore(tmp_path)
+    store.append([Measurement("mfnet", "cost", "params", 1.0, "count", note="two\nlines")], RUN,
+                 "2026-01-01T00:00:00+00:00")
+    assert len(store.csv.read_text().splitlines()) == 2
+    assert read_csv(store.csv)["note"].tolist() == ["two lines"]
+
+
+def test_a_renamed_header_column_is_refused_not_filled_with_blanks(tmp_path):
+    store = ResultsStore(tmp_path)
+    store.append([row(1.0)], RUN, "2026-01-01T00:00:00+00:00")
+    lines = store.csv.read_text().splitlines()
+    store.csv.write_text("\n".join([lines[0].replace(",value,", ",val,")] + lines[1:]) + "\n")
+    before = store.csv.read_text()
+    with pytest.raises(StoreError, match="header lacks value"):
+        store.append([row(2.0)], RUN, "2026-01-02T00:00:00+00:00")
+    with pytest.raises(StoreError, match="header lacks value"):
+        read_csv(store.csv)
+    assert store.csv.read_text() == before

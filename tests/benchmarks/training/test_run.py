@@ -136,9 +136,30 @@ def test_an_all_corrupt_test_set_stores_an_error_row_and_keeps_the_training_rows
                        "--epochs", "1", "--results", str(tmp_path / "r"), "--out", str(tmp_path / "runs")])
     assert code == 1
     frame = rows(tmp_path / "r")
-    error = frame[frame["status"] == "error"]
-    assert error["metric"].tolist() == ["top1_video"] and "no test video" in error["error"].iloc[0]
-    assert {"train_loss", "clips_seen", "skipped_videos"} <= set(frame["metric"])
+    error = frame[frame["status"] == "error"].set_index("metric")
+    assert sorted(error.index) == ["top1_video", "val_top1"]  # the val folder is the test set too
+    assert "no test video" in error.loc["top1_video", "error"]
+    assert "no validation clip could be decoded (" in error.loc["val_top1", "error"]
+    assert {"train_loss", "clips_seen", "skipped_videos"} <= set(frame[frame["status"] == "ok"]["metric"])
+
+
+def test_training_on_data_that_never_decodes_is_an_error_not_an_ok_row_with_zeros(tmp_path):
+    root = videos.folder(tmp_path / "data")
+    for path in (root / "train").rglob("*.mp4"):
+        path.write_bytes(b"garbage")
+    code = train.main(["--model", "mfnet", "--dataset", "folder", "--root", str(root), *TINY,
+                       "--epochs", "2", "--results", str(tmp_path / "r"), "--out", str(tmp_path / "runs")])
+    assert code == 1
+    frame = rows(tmp_path / "r")
+    assert set(frame[frame["status"] == "ok"]["metric"]) == {"val_top1", "skipped_videos"}  # nothing trained
+    ok = frame[frame["status"] == "ok"].set_index("metric")
+    errors = frame[frame["status"] == "error"].set_index("metric")
+    skipped = int(ok.loc["skipped_videos", "value"])
+    assert skipped > 0
+    for metric in ("train_loss", "train_top1", "epoch_clips_per_s"):
+        assert errors.loc[metric, "error"] == f"no training clip could be decoded ({skipped} videos skipped)"
+    assert errors.loc["top1_video", "error"].startswith("not trained: no training clip could be decoded")
+    assert frame["epoch"].max() == 0  # it stopped after the epoch that decoded nothing
 
 
 def test_a_test_split_naming_an_unknown_class_is_an_error_and_a_missing_one_keeps_labels(tmp_path):
