@@ -12,13 +12,12 @@ when asked (``new_classifier=True``) and only when the classifier is all that do
 
 import hashlib
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from torch import nn
-
-from models.errors import first_line
 
 # Written into our own files so a reader can tell them from the authors' releases.
 FORMAT = "mfnet-suite/1"
@@ -26,6 +25,30 @@ FORMAT = "mfnet-suite/1"
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be read, or does not fit the model. The message is one line."""
+
+
+def refusal(exc: Exception) -> str:
+    """Why ``torch.load(weights_only=True)`` refused a file, in one line. Never torch's advice to
+    load it with ``weights_only=False``: that runs whatever code the file holds."""
+    text = str(exc)
+    if "Weights only load failed" in text:
+        named = re.search(r"unsupported GLOBAL ([\w.]+)|Unsupported global: GLOBAL ([\w.]+)", text)
+        if named:
+            return (f"it needs the Python global {named.group(1) or named.group(2)}, which a weights-only "
+                    "load refuses (loading it could run code); this suite loads tensors only")
+        opcode = re.search(r"Unsupported operand (\d+)", text)
+        what = f"pickle opcode {opcode.group(1)}" if opcode else "an object that is not a tensor"
+        return f"not a PyTorch checkpoint of tensors (a weights-only load refuses its {what})"
+    if isinstance(exc, KeyError) or "invalid load key" in text or "magic number" in text:
+        return "not a PyTorch checkpoint (neither a zip archive nor a pickle of tensors)"
+    return f"{type(exc).__name__}: {whole_message(exc)}"
+
+
+def whole_message(exc: Exception, limit: int = 300) -> str:
+    """All of ``exc``'s message on one line, cut at ``limit`` characters (a state dict's load
+    error says what it lacks on its second line)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -37,8 +60,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle refusing a global, a truncated zip, not a torch file...
-        reason = first_line(exc)
-        raise CheckpointError(f"cannot read checkpoint {path} safely: {reason}") from None
+        raise CheckpointError(f"cannot read checkpoint {path} safely: {refusal(exc)}") from None
     if isinstance(obj, Mapping) and obj.get("format") == FORMAT:
         obj = obj.get("model")
     elif isinstance(obj, Mapping) and "state_dict" in obj:

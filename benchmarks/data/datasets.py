@@ -68,6 +68,28 @@ def _need(path: Path, what: str, layout: str) -> Path:
     return path
 
 
+KINETICS_COLUMNS = ("label", "youtube_id", "time_start", "time_end")  # what the layout needs of its CSVs
+
+
+def _lines(path: Path) -> list[str]:
+    """A list file's lines; a byte-order mark is dropped (some editors write one), and bytes that
+    are not UTF-8 are a one-line error naming the file."""
+    try:
+        return path.read_text(encoding="utf-8-sig").splitlines()
+    except UnicodeDecodeError as exc:
+        raise DatasetLayoutError(f"{path} is not UTF-8 text (byte {exc.start})") from None
+
+
+def _kinetics_rows(path: Path) -> list[dict]:
+    """An annotations CSV's rows, with the columns the layout needs, or a one-line error."""
+    rows = list(csv.DictReader(_lines(path)))
+    missing = [c for c in KINETICS_COLUMNS if rows and c not in rows[0]]
+    if missing:
+        raise DatasetLayoutError(f"{path} lacks the column(s) {', '.join(missing)}; expected a header "
+                                 f"with {','.join(KINETICS_COLUMNS)}")
+    return rows
+
+
 def _first_existing(root: Path, *names: str) -> Path:
     for name in names:
         if (root / name).is_dir():
@@ -89,12 +111,17 @@ def ucf101(root: Path, split: int, train: bool) -> tuple[list[VideoItem], list[s
               "UCF-101/<Class>/<video>.avi")
     lists = _first_existing(root, "ucfTrainTestlist")
     videos = _first_existing(root, "UCF-101")
-    index_lines = _need(lists / "classInd.txt", "UCF-101 classInd.txt", layout).read_text().split("\n")
-    classes = [line.split()[1] for line in index_lines if line.strip()]
+    index = _need(lists / "classInd.txt", "UCF-101 classInd.txt", layout)
+    classes = []
+    for number, line in enumerate(_lines(index), start=1):
+        if line.strip():
+            if len(line.split()) != 2:
+                raise DatasetLayoutError(f"{index} line {number}: {line.strip()!r}, expected '<index> <class>'")
+            classes.append(line.split()[1])
     split_file = _need(lists / f"{'trainlist' if train else 'testlist'}{split:02d}.txt",
                        f"UCF-101 split {split}", layout)
     items = []
-    for line in split_file.read_text().splitlines():
+    for line in _lines(split_file):
         if line.strip():
             relative = line.split()[0]  # testlists carry no label: the class folder names it
             items.append(VideoItem(videos / relative, _label(classes, relative.split("/")[0],
@@ -115,7 +142,7 @@ def hmdb51(root: Path, split: int, train: bool) -> tuple[list[VideoItem], list[s
     wanted = "1" if train else "2"
     items = []
     for label, file in enumerate(files):
-        for line in file.read_text().splitlines():
+        for line in _lines(file):
             parts = line.split()
             if len(parts) == 2 and parts[1] == wanted:
                 items.append(VideoItem(videos / classes[label] / parts[0], label))
@@ -127,15 +154,18 @@ def kinetics400(root: Path, split: int, train: bool) -> tuple[list[VideoItem], l
     layout = ("annotations/{train,val}.csv (label,youtube_id,time_start,time_end,split) and "
               "{train,val}/<label>/<youtube_id>_<start:06d>_<end:06d>.mp4")
     part = "train" if train else "val"
-    with open(_need(root / "annotations" / "train.csv", "Kinetics train.csv", layout)) as f:
-        classes = sorted({row["label"] for row in csv.DictReader(f)})
+    classes = sorted({row["label"] or "" for row in _kinetics_rows(
+        _need(root / "annotations" / "train.csv", "Kinetics train.csv", layout))})
+    path = _need(root / "annotations" / f"{part}.csv", f"Kinetics {part}.csv", layout)
     items = []
-    with open(_need(root / "annotations" / f"{part}.csv", f"Kinetics {part}.csv", layout)) as f:
-        for row in csv.DictReader(f):
+    for number, row in enumerate(_kinetics_rows(path), start=2):
+        try:
             start, end = int(float(row["time_start"])), int(float(row["time_end"]))
-            name = f"{row['youtube_id']}_{start:06d}_{end:06d}.mp4"
-            items.append(VideoItem(root / part / row["label"] / name,
-                                   _label(classes, row["label"], f"{part}.csv")))
+        except (TypeError, ValueError):
+            raise DatasetLayoutError(f"{path} line {number}: time_start and time_end must be seconds, "
+                                     f"not {row['time_start']!r} and {row['time_end']!r}") from None
+        name = f"{row['youtube_id']}_{start:06d}_{end:06d}.mp4"
+        items.append(VideoItem(root / part / row["label"] / name, _label(classes, row["label"], f"{part}.csv")))
     return items, classes
 
 

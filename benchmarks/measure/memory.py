@@ -14,6 +14,7 @@
 
 import multiprocessing as mp
 import queue as queue_module
+import re
 import resource
 from pathlib import Path
 
@@ -266,10 +267,27 @@ def _room(folder: Path, limit: str, usage: str, stat: str, cache_keys: tuple[str
         return None
 
 
+def _address_space_room() -> tuple[int, str] | None:
+    """(bytes left, what) under this process's address-space limit (``prlimit --as``,
+    ``ulimit -v``): the limit less the address space it maps already (``VmSize``), or None where
+    there is no limit. PyTorch maps far more address space than it touches (one CUDA build
+    mapped several GB on import), so under such a limit this, not the RAM, runs out first."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft == resource.RLIM_INFINITY:
+        return None
+    try:
+        status = Path("/proc/self/status").read_text()
+        mapped = int(re.search(r"^VmSize:\s+(\d+) kB", status, re.M).group(1)) * 1024
+    except (OSError, AttributeError):
+        return None
+    return max(soft - mapped, 0), f"the address-space limit of {soft / 2**30:.1f} GB, ulimit -v"
+
+
 def available_bytes() -> tuple[int | None, str]:
-    """(bytes this process may still allocate, where that figure comes from): the smaller of
-    the kernel's MemAvailable and the room under a memory cgroup's limit (a container, a
-    ``systemd-run -p MemoryMax=`` unit); (None, why) where neither can be read."""
+    """(bytes this process may still allocate, where that figure comes from): the smallest of
+    the kernel's MemAvailable, the room under a memory cgroup's limit (a container, a
+    ``systemd-run -p MemoryMax=`` unit) and under the process's address-space limit; (None, why)
+    where none can be read."""
     options = []
     meminfo = _meminfo_available()
     if meminfo is not None:
@@ -277,6 +295,9 @@ def available_bytes() -> tuple[int | None, str]:
     cgroup = _cgroup_room()
     if cgroup is not None:
         options.append((cgroup[0], f"the memory cgroup {cgroup[1]}"))
+    limit = _address_space_room()
+    if limit is not None:
+        options.append(limit)
     if not options:
         return None, "no /proc/meminfo or memory cgroup to read"
     return min(options)

@@ -30,12 +30,12 @@ def _rows(name, phase, batch, clip_label, result, macs_per_clip, peak, metric, v
     factor = TRAIN_MACS_FACTOR if phase == "train" else 1
     gmacs_per_s = macs_per_clip * factor * clips_per_s / 1e9
     common = dict(phase=phase, batch_size=batch, clip=clip_label, repeats=len(result.times))
-    return [
-        Measurement(name, "speed", metric, value, unit, iqr=spread, note=note, **common),
-        Measurement(name, "speed", "gmacs_per_s", gmacs_per_s, "GMAC/s", note=note, **common),
-        Measurement(name, "speed", "peak_fraction", gmacs_per_s / peak, "ratio",
-                    note=f"peak {peak:.1f} GMAC/s", **common),
-    ]
+    rows = [Measurement(name, "speed", metric, value, unit, iqr=spread, note=note, **common),
+            Measurement(name, "speed", "gmacs_per_s", gmacs_per_s, "GMAC/s", note=note, **common)]
+    if peak:  # none where the machine's peak could not be measured
+        rows.append(Measurement(name, "speed", "peak_fraction", gmacs_per_s / peak, "ratio",
+                                note=f"peak {peak:.1f} GMAC/s", **common))
+    return rows
 
 
 def measure_speed(workloads: list[Workload], clip_label: str, batch: int, macs_per_clip: int,

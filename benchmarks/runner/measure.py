@@ -138,15 +138,24 @@ def short_row(name, measurement, metric, label, batch, why) -> Measurement:
                        error=f"MemoryShort: skipped, {why}")
 
 
+def failure_text(exc: BaseException) -> str:
+    """An exception's first line; for a ``MemoryError``, which says nothing, what the memory
+    guard saw (a process limit, a cgroup or MemAvailable)."""
+    if isinstance(exc, MemoryError):
+        room, source = memory.available_bytes()
+        left = "unknown" if room is None else f"{room / 2**30:.1f} GB"
+        return first_line(exc, "") or f"out of memory ({left} available by {source})"
+    return first_line(exc, "")
+
+
 def measure_isolated(name: str, measurement: str, options: RunOptions, label: str, context: Context,
                      console) -> tuple[list[Measurement], bool]:
     """(rows, failed): a failure becomes one error row and the sweep carries on."""
     try:
         rows = measure_one(name, measurement, options, label, context)
     except Exception as exc:
-        message = first_line(exc, "")
         rows = [Measurement(name, measurement, "error", None, "", clip=label, status="error",
-                            error=f"{type(exc).__name__}: {message}")]
+                            error=f"{type(exc).__name__}: {failure_text(exc)}")]
         console.print(f"[red]{name} {measurement}: {rows[0].error}")
         return rows, True
     finally:
@@ -161,8 +170,15 @@ def measure_isolated(name: str, measurement: str, options: RunOptions, label: st
 
 
 def peak_rows(options: RunOptions, when: str, before: float | None) -> tuple[float, list[Measurement]]:
-    """The machine's dense matmul and conv rates as rows, and the peak (the faster)."""
-    rates, fitted = peak.peak_with_note(options.device, options.dtype, min_run_time=0.2 if options.quick else 2.0)
+    """The machine's dense matmul and conv rates as rows, and the peak (the faster); 0.0 and an
+    error row where they could not be measured (no memory for the problem): the run goes on
+    without peak fractions."""
+    try:
+        rates, fitted = peak.peak_with_note(options.device, options.dtype,
+                                            min_run_time=0.2 if options.quick else 2.0)
+    except (MemoryError, RuntimeError) as exc:
+        return 0.0, [Measurement("_machine", "speed", "peak_gmacs_per_s", None, "GMAC/s", when,
+                                 status="error", error=f"{type(exc).__name__}: {failure_text(exc)}")]
     best = max(rates.values())
     kind = max(rates, key=rates.get)
     drift = "" if before is None else f" ({best / before - 1:+.0%} vs before)"

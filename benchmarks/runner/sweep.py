@@ -39,10 +39,17 @@ class RunWriter:
         self.sidecar_written = False
 
     def save(self, rows: list[Measurement]) -> None:
-        if not self.sidecar_written:
+        first = not self.sidecar_written
+        if first:
             self.store.write_environment(self.run_id, self.sidecar)
             self.sidecar_written = True
-        self.store.append(rows, self.conditions, dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+        try:
+            self.store.append(rows, self.conditions, dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+        except OSError:
+            if first:  # a full disk: no sidecar of a run with no rows left behind
+                self.store.remove_environment(self.run_id)
+                self.sidecar_written = False
+            raise
 
 
 class Sweep:
@@ -123,10 +130,10 @@ class Sweep:
 
     def finish(self) -> None:
         options, console, start = self.options, self.console, self.context.peak
-        if start is not None:  # shared and virtual machines drift: measure the roofline again
+        if start:  # shared and virtual machines drift: measure the roofline again
             end, rows = peak_rows(options, "end", start)
             self.writer.save(rows)
-            if abs(end / start - 1) > 0.15:
+            if end and abs(end / start - 1) > 0.15:
                 console.print(f"[yellow]warning: the machine's peak rate drifted {end / start - 1:+.0%} during "
                               "the sweep; timings from this run are less comparable")
         if self.writer.sidecar_written and options.device == "cpu":  # what the job itself needed

@@ -45,6 +45,9 @@ class ResultsStore:
         if self.csv.is_file():
             refuse_newer_schema(read_csv(self.csv), self.csv)
 
+    def remove_environment(self, run_id: str) -> None:
+        (self.root / "runs" / f"{run_id}.json").unlink(missing_ok=True)
+
     def write_environment(self, run_id: str, environment: dict) -> None:
         atomic_write(self.root / "runs" / f"{run_id}.json",
                       (json.dumps(environment, indent=2, sort_keys=True) + "\n").encode())

@@ -1,5 +1,6 @@
 """One training run from start to finish (``train``), and the commands' entry (``main``)."""
 
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from benchmarks.training.distributed import init_distributed
 from benchmarks.training.loop import EpochProgress, evaluate_views, run_epoch
 from benchmarks.training.model import place_model
 from benchmarks.training.precision import make_precision
-from benchmarks.training.state import Session, epoch_rows, final_rows, run_folder, weights_of
+from benchmarks.training.state import Session, epoch_rows, final_rows, holding, run_folder, weights_of
 from models.checkpoint import CheckpointError
 
 
@@ -41,7 +42,15 @@ class Prepared:
 
 
 def train(cfg: Config) -> dict:
-    """Train (unless ``eval_only``) and evaluate one run; returns the final numbers."""
+    """Train (unless ``eval_only``) and evaluate one run; returns the final numbers. One process
+    trains into a run folder at a time (``holding``; rank 0 holds it for every rank)."""
+    if cfg.eval_only or int(os.environ.get("RANK", "0")) != 0:
+        return train_held(cfg)
+    with holding(run_folder(cfg)):
+        return train_held(cfg)
+
+
+def train_held(cfg: Config) -> dict:
     run = prepare(cfg)
     session = run.session
     session.record(session.rows)  # rows a kill kept out of the store, after their checkpoint was written

@@ -2,8 +2,12 @@
 (``last.pt``, checked before anything in it is used), and the rows it writes, each once."""
 
 import datetime as dt
+import fcntl
+import os
 import re
+import socket
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -17,8 +21,7 @@ from benchmarks.training.config import RESUMABLE, SPLIT_DATASETS, Config, Settin
 from benchmarks.training.optim import lr_factor, make_optimizer, progress_of
 from benchmarks.training.precision import Precision
 from models import kernels
-from models.checkpoint import FORMAT, CheckpointError, file_digest
-from models.errors import first_line
+from models.checkpoint import FORMAT, CheckpointError, file_digest, refusal, whole_message
 
 # a run id becomes a file name: nothing but the characters new_run_id uses
 RUN_ID = re.compile(r"[0-9A-Za-z][0-9A-Za-z_-]{0,63}")
@@ -49,13 +52,35 @@ def run_folder(cfg: Config) -> Path:
     split = f"-split{cfg.split}" if cfg.dataset in SPLIT_DATASETS else ""
     return Path(cfg.out) / f"{cfg.model}-{cfg.dataset}{split}-s{cfg.seed}"
 
+@contextmanager
+def holding(folder: Path):
+    """This process as the one training into ``folder`` while the block runs: two trainings with
+    the same ``--out``, model, dataset and seed would overwrite each other's ``last.pt`` and
+    store each other's rows, so the second is refused (``SettingsError``, one line)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "another process"
+            raise SettingsError(f"{folder} is being trained into by {holder}; wait for it to finish, "
+                                "or use another --out") from None
+        lock.truncate(0)
+        lock.write(f"pid {os.getpid()} on {socket.gethostname()}")
+        lock.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def read_run_state(path: Path, device) -> dict:
     """A run's ``last.pt``, checked before anything in it is used; one-line errors."""
     try:
         state = torch.load(path, map_location=device, weights_only=True)
     except Exception as exc:  # a truncated zip, a pickle with globals, not a torch file
-        reason = first_line(exc)
-        raise CheckpointError(f"cannot resume from {path}: {reason}") from None
+        raise CheckpointError(f"cannot resume from {path}: {refusal(exc)}") from None
     need = {"model": dict, "optimizer": dict, "scheduler": dict, "epoch": int, "run_id": str,
             "settings": dict, "counters": dict, "rows": list}
     if not isinstance(state, dict) or state.get("format") != FORMAT:
@@ -113,8 +138,7 @@ class Session:
             if self.precision.scaler is not None and "scaler" in state:
                 self.precision.scaler.load_state_dict(state["scaler"])
         except (RuntimeError, KeyError, ValueError) as exc:
-            raise CheckpointError(f"cannot resume from {self.last}: "
-                                  f"{first_line(exc)}") from None
+            raise CheckpointError(f"cannot resume from {self.last}: {whole_message(exc)}") from None
         self.start_epoch, self.run_id = state["epoch"], state["run_id"]
         self.counters.update({k: state["counters"][k] for k in self.counters if k in state["counters"]})
         self.prior_seconds = float(self.counters["train_seconds"])

@@ -64,7 +64,7 @@ def check_cache() -> None:
     library, stamp = folder / f"{NAME}.so", folder / "verified"
     if not library.is_file():
         return
-    if stamp.is_file() and stamp.read_text() == _digest(library):
+    if stamp.is_file() and stamp.read_text().split(" ")[0] == _digest(library):
         return
     if not _loads_in_a_child(library):
         warnings.warn(f"the cached kernel library in {folder} does not load; building it afresh",
@@ -72,12 +72,66 @@ def check_cache() -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def _sources_digest() -> str:
+    """What a build is made of: every source and header, and the torch it links against."""
+    import torch
+
+    digest = hashlib.sha256(torch.__version__.encode())
+    for path in sorted(CSRC.glob("*.cpp")) + sorted(CSRC.glob("*.h")):
+        digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()
+
+
+def _stamp(library: Path) -> str:
+    return f"{_digest(library)} {_sources_digest()}"
+
+
 def _mark_verified() -> None:
     library = build_dir() / f"{NAME}.so"
     try:
-        (library.parent / "verified").write_text(_digest(library))
+        (library.parent / "verified").write_text(_stamp(library))
     except OSError:
         pass  # a read-only cache: the next process checks again, nothing worse
+
+
+def _verified_current(folder: Path) -> Path | None:
+    """The cached library where it loaded before and was built from these sources for this
+    torch: it is imported as it is, with no build step (which needs a lock file in the folder,
+    so a read-only cache could not be used)."""
+    library, stamp = folder / f"{NAME}.so", folder / "verified"
+    try:
+        return library if library.is_file() and stamp.read_text() == _stamp(library) else None
+    except OSError:
+        return None
+
+
+def _import(library: Path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(NAME, library)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _check_tools() -> None:
+    """A one-line reason before a build that cannot start: torch's own is a long compiler
+    banner, then "ninja: build stopped"."""
+    from torch.utils import cpp_extension
+
+    compiler = os.environ.get("CXX", "c++")
+    if shutil.which(compiler) is None:
+        raise RuntimeError(f"no C++ compiler: {compiler} is not on PATH (install one, or set CXX)")
+    if not cpp_extension.is_ninja_available():
+        raise RuntimeError("ninja is not installed (pip install ninja)")
+
+
+def build_failure(exc: Exception) -> str:
+    """A failed build's cause in one line: the compiler's first error, not ninja's last words."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    errors = [line for line in lines if "error:" in line]  # the compiler's "file:line: error: ..."
+    useful = [line for line in lines if not line.startswith(("ninja: ", "Error building extension", "["))]
+    return (errors or useful or lines or [""])[0][:300]
 
 
 def extension():
@@ -92,8 +146,7 @@ def extension():
         try:
             module = _load()
         except Exception as exc:  # no compiler, no ninja, a failed build: fall back, say why
-            last = (str(exc).strip().splitlines() or [""])[-1]  # a build log ends with its cause
-            why = f"the kernel could not be built ({type(exc).__name__}: {last})"
+            why = f"the kernel could not be built ({type(exc).__name__}: {build_failure(exc)})"
             warnings.warn(f"fiber convs run on PyTorch's own kernels: {why}", stacklevel=2)
     _loaded.update(module=module, why=why, pool=module is not None and _install_pool(module))
     return module
@@ -103,6 +156,10 @@ def _load():
     from torch.utils import cpp_extension
 
     check_cache()
+    verified = _verified_current(build_dir())
+    if verified is not None:
+        return _import(verified)
+    _check_tools()
     if not (build_dir() / f"{NAME}.so").is_file():
         print("building the suite's kernels, once per machine (about a minute)",
               file=sys.stderr, flush=True)

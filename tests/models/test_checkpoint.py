@@ -133,9 +133,11 @@ def test_a_malicious_pickle_is_refused_without_running_it(tmp_path):
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.pth"
     torch.save({"state_dict": {"conv1.conv.weight": torch.zeros(1)}, "x": Payload(marker)}, path)
-    with pytest.raises(CheckpointError, match="cannot read checkpoint .* safely"):
+    with pytest.raises(CheckpointError, match="cannot read checkpoint .* safely") as err:
         load_checkpoint(models.create_model("mfnet"), path)
     assert not marker.exists()
+    # the global it needs is named; torch's advice to load it with weights_only=False is not passed on
+    assert "needs the Python global getattr" in str(err.value) and "weights_only" not in str(err.value)
 
 
 @pytest.mark.parametrize("content", [b"", b"not a checkpoint", None])
@@ -149,6 +151,20 @@ def test_empty_garbage_or_truncated_files_give_one_line_errors(tmp_path, content
     with pytest.raises(CheckpointError) as err:
         load_checkpoint(models.create_model("mfnet2d"), path)
     assert "\n" not in str(err.value)
+    if content == b"not a checkpoint":
+        assert "not a PyTorch checkpoint" in str(err.value) and "weights_only" not in str(err.value)
+
+
+def test_a_state_dict_that_does_not_load_says_what_it_lacks_beyond_its_first_line():
+    from models.checkpoint import whole_message
+
+    model = torch.nn.Linear(2, 2)
+    try:
+        model.load_state_dict({"weight": torch.zeros(2, 2)})
+    except RuntimeError as exc:
+        text = whole_message(exc)
+    assert text.startswith("Error(s) in loading state_dict for Linear: Missing key(s)") and '"bias"' in text
+    assert whole_message(ValueError("x" * 1000)).endswith("…") and len(whole_message(ValueError("x" * 1000))) == 300
 
 
 def test_a_file_of_non_tensors_is_refused(tmp_path):

@@ -120,3 +120,33 @@ def test_training_crops_cut_before_resizing_match_resizing_whole_frames_first(tm
         b = earlier[0][0]
         assert a.shape == b.shape == (3, 8, 48, 48)
         assert (a - b).abs().mean() < 0.05  # normalised units: the clips are ~1 in magnitude
+
+
+def _edited(path, edit):
+    path.write_bytes(edit(path.read_bytes()))
+
+
+@pytest.mark.parametrize("name, file, edit, message", [
+    ("ucf101", "ucfTrainTestlist/classInd.txt", lambda b: b + b"3\n",
+     r"classInd.txt line 3: '3', expected '<index> <class>'"),
+    ("ucf101", "ucfTrainTestlist/trainlist01.txt", lambda b: b[:5] + b"\xff" + b[6:], r"is not UTF-8 text"),
+    ("kinetics400", "annotations/train.csv", lambda b: b.replace(b"label,", b"class,", 1),
+     r"train.csv lacks the column\(s\) label"),
+    ("kinetics400", "annotations/val.csv", lambda b: b.replace(b"\n", b"\nx,abc,noon,later,val\n", 1),
+     r"val.csv line 2: time_start and time_end must be seconds"),
+])
+def test_a_damaged_list_file_is_one_error_naming_the_file_and_line(tmp_path, name, file, edit, message):
+    root = getattr(videos, name)(tmp_path / name)
+    _edited(root / file, edit)
+    with pytest.raises(DatasetLayoutError, match=message):
+        for train in (True, False):
+            datasets.build(name, root, split=1, train=train, config=CONFIG)
+
+
+@pytest.mark.parametrize("file", ["classInd.txt", "trainlist01.txt", "testlist01.txt"])
+def test_a_byte_order_mark_is_read_past_in_every_list_file(tmp_path, file):
+    root = videos.ucf101(tmp_path / "ucf")
+    plain = [datasets.build("ucf101", root, split=1, train=t, config=CONFIG)[0].items for t in (True, False)]
+    _edited(root / "ucfTrainTestlist" / file, lambda b: b"\xef\xbb\xbf" + b)
+    marked = [datasets.build("ucf101", root, split=1, train=t, config=CONFIG)[0].items for t in (True, False)]
+    assert marked == plain

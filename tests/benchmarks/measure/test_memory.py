@@ -61,3 +61,17 @@ def test_a_dead_rss_probe_child_is_an_error_at_once(target, expected):
     process.join()
     assert status == "error" and expected in message
     assert time.perf_counter() - started < 30  # not the 900 s timeout
+
+
+def test_an_address_space_limit_is_read_like_a_cgroup_limit(monkeypatch):
+    limit = 6 * 2**30
+    unlimited = (memory.resource.RLIM_INFINITY,) * 2
+    monkeypatch.setattr(memory.resource, "getrlimit",
+                        lambda which: (limit, limit) if which == memory.resource.RLIMIT_AS else unlimited)
+    monkeypatch.setattr(memory, "_meminfo_available", lambda: 20 * 2**30)
+    monkeypatch.setattr(memory, "_cgroup_room", lambda: None)
+    room, source = memory.available_bytes()
+    mapped = int(next(line for line in open("/proc/self/status") if line.startswith("VmSize")).split()[1]) * 1024
+    assert source == "the address-space limit of 6.0 GB, ulimit -v"
+    assert abs(room - max(limit - mapped, 0)) < 256 * 2**20  # the limit less what is mapped already
+    assert "ulimit -v" in memory.shortfall("i3d", None, 64, "infer")  # the guard refuses the step

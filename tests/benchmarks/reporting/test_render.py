@@ -396,3 +396,16 @@ def test_a_store_of_a_newer_schema_is_refused_by_the_report_alone_or_merged(tmp_
                            "--out", str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "newer version of the suite" in proc.stderr
     assert proc.stderr.strip().count("\n") == 0, proc.stderr
+
+
+def test_the_busy_machine_flag_counts_runs_not_rows():
+    import pandas as pd
+
+    from benchmarks.reporting.motion import budget_notes
+
+    def budget(run_id, note):
+        return {"run_id": run_id, "metric": "clip_budget", "note": note}
+
+    acc = pd.DataFrame([budget("a", "busy: 0.9 CPUs of other load; probe scaled"), budget("a", "busy: again"),
+                        budget("b", "quiet"), {"run_id": "c", "metric": "top1_video", "note": ""}])
+    assert budget_notes(acc) == ["", "⚠ Flagged in 1 of the 3 runs: busy: again."]

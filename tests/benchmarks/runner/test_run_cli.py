@@ -2,6 +2,7 @@
 motion benchmark, Ctrl-C and crashes, the memory guard, disturbed timings, two writers on one
 store."""
 
+import errno
 import json
 import subprocess
 import sys
@@ -336,3 +337,39 @@ def test_a_paired_run_times_both_kernels_in_one_process_and_resumes_on_both(tmp_
     assert run.main(argv + ["--fiber-kernel", "paired"]) == 0  # held under both: nothing new
     assert run.main(argv) == 0  # the default pairs MF-Net too: held as well
     assert len(read_csv(tmp_path / "measurements.csv")) == len(frame)
+
+
+def test_a_peak_that_runs_out_of_memory_is_an_error_row_and_timings_go_on_without_fractions(monkeypatch):
+    from benchmarks.runner import measure as runner_measure
+    from benchmarks.runner.options import parse_args
+
+    def no_memory(*args, **kwargs):
+        raise MemoryError()
+
+    monkeypatch.setattr(peak, "peak_with_note", no_memory)
+    monkeypatch.setattr(memory, "available_bytes", lambda: (2**29, "the address-space limit of 4.0 GB, ulimit -v"))
+    best, rows = runner_measure.peak_rows(parse_args(["--models", "mfnet", "--measure", "speed"]), "start", None)
+    assert best == 0.0 and len(rows) == 1 and rows[0].status == "error"
+    assert rows[0].error == ("MemoryError: out of memory (0.5 GB available by the address-space limit of 4.0 GB, "
+                             "ulimit -v)")
+
+
+def test_a_full_disk_at_a_run_s_first_rows_leaves_no_sidecar_without_rows(tmp_path, monkeypatch):
+    from benchmarks.runner.options import parse_args
+    from benchmarks.runner.sweep import RunWriter
+    from benchmarks.store import Measurement, ResultsStore
+
+    store = ResultsStore(tmp_path)
+    store.check_writable()  # as a sweep starts
+    writer = RunWriter(parse_args(["--models", "mfnet", "--measure", "cost"]), store)
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(store, "append", full)
+    with pytest.raises(OSError, match="No space left"):
+        writer.save([Measurement("mfnet", "cost", "params", 1.0, "count")])
+    assert not list((tmp_path / "runs").glob("*.json"))
+    monkeypatch.undo()
+    writer.save([Measurement("mfnet", "cost", "params", 1.0, "count")])  # room again: sidecar and rows
+    assert [p.stem for p in (tmp_path / "runs").glob("*.json")] == [writer.run_id]

@@ -3,6 +3,9 @@ run gives, writes each row once whatever the kill point, and refuses other setti
 ``last.pt`` in one line."""
 
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -114,3 +117,21 @@ def test_resume_with_bf16_and_channels_last_gives_the_uninterrupted_numbers(tmp_
     for metric in ("train_loss", "val_top1", "top1_video"):
         values = [sorted(f[f["metric"] == metric]["value"]) for f in (cut, full)]
         assert values[0] == values[1], metric
+
+
+def test_a_second_training_into_the_same_folder_is_refused_while_the_first_runs(tmp_path):
+    folder = tmp_path / "a" / "mfnet-motion-s0"
+    folder.mkdir(parents=True)
+    holder = subprocess.Popen(  # another training's hold on the folder, as ``holding`` takes it
+        [sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'a+'); "
+         "fcntl.flock(f, fcntl.LOCK_EX); f.write('pid 4242 on elsewhere'); f.flush(); print('held', flush=True); "
+         "time.sleep(120)", str(folder / ".lock")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        proc = run_train(motion_run(tmp_path, "a", "--epochs", "1"), tmp_path)
+        assert proc.returncode == 2 and "is being trained into by pid 4242 on elsewhere" in proc.stderr
+        assert proc.stderr.strip().count("\n") == 0 and not (folder / "last.pt").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert train.main(motion_run(tmp_path, "a", "--epochs", "1")) == 0  # released with its holder

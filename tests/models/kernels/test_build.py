@@ -1,6 +1,11 @@
 """The loader (models/kernels/build.py): no compiler falls back in one line, a damaged cached
 library is rebuilt rather than crash the process, recording the status never builds."""
 
+import os
+import shutil
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -9,15 +14,17 @@ from models.kernels import build
 from models.kernels.modules import FiberConv3d
 from models.kernels.ops import fiber
 from tests.models.kernels.helpers import close
+from tests.paths import REPO
 
 
-def test_no_compiler_falls_back_to_pytorch_in_one_line(monkeypatch):
+def test_no_compiler_falls_back_to_pytorch_in_one_line(monkeypatch, tmp_path):
     from torch.utils import cpp_extension
 
     def no_compiler(*args, **kwargs):
         raise RuntimeError("Error building extension 'mfnet_kernels'\ng++: command not found")
 
     monkeypatch.setattr(cpp_extension, "load", no_compiler)
+    monkeypatch.setattr(build, "build_dir", lambda: tmp_path / build.NAME)  # nothing cached
     monkeypatch.setattr(build, "_loaded", {})
     with pytest.warns(UserWarning, match="fiber convs run on PyTorch's own kernels"):
         assert build.extension() is None
@@ -91,3 +98,41 @@ def test_every_source_the_library_is_built_from_ships_with_the_package():
     needed = [s.relative_to(root) for s in build.SOURCES] + [Path("models/kernels/csrc") / h for h in included]
     assert all(any(fnmatch(str(f), p) for p in patterns) for f in needed), needed
     assert sorted(p.name for p in build.CSRC.glob("*.cpp")) == sorted(s.name for s in build.SOURCES)
+
+
+def test_a_missing_compiler_is_named_in_one_line_before_any_build(monkeypatch, tmp_path):
+    from torch.utils import cpp_extension
+
+    monkeypatch.setattr(cpp_extension, "load", lambda *a, **k: pytest.fail("a build was started"))
+    monkeypatch.setattr(build, "build_dir", lambda: tmp_path / build.NAME)
+    monkeypatch.setattr(build, "_loaded", {})
+    monkeypatch.setenv("CXX", "no-such-compiler-here")
+    with pytest.warns(UserWarning, match="no C\\+\\+ compiler: no-such-compiler-here is not on PATH"):
+        assert build.extension() is None
+    assert "\n" not in build.why()
+
+
+def test_a_failed_build_is_named_by_the_compiler_s_first_error_not_ninja_s_last_words():
+    log = ("Error building extension 'mfnet_kernels': [1/9] c++ -c fiber_cl.cpp\n"
+           "FAILED: fiber_cl.o\nfiber_cl.cpp:12:3: error: 'foo' was not declared in this scope\n"
+           "fiber_cl.cpp:40:1: error: expected ';'\nninja: build stopped: subcommand failed.")
+    assert build.build_failure(RuntimeError(log)) == "fiber_cl.cpp:12:3: error: 'foo' was not declared in this scope"
+    assert build.build_failure(RuntimeError("ninja: build stopped\nld: cannot find -lgomp")) == "ld: cannot find -lgomp"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(build.extension() is None, reason="the kernel library could not be built here")
+def test_a_verified_cache_is_loaded_with_no_build_step_so_a_read_only_one_works(tmp_path):
+    """torch's build step takes a lock file in the cache folder, which a read-only cache cannot
+    hold: a library that loaded before, from these sources and this torch, is imported as it is."""
+    cache = tmp_path / "extensions"
+    shutil.copytree(build.build_dir(), cache / build.NAME)
+    probe = ("import sys, torch.utils.cpp_extension as c; from models.kernels import build\n"
+             "c.load = lambda *a, **k: sys.exit('a build was started')\n"
+             "print(build.extension() is not None, build.why())")
+    env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(cache), "PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.split()[0] == "True", out.stderr[-2000:]
+    (cache / build.NAME / "verified").write_text("a stamp from other sources")
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=300)
+    assert "a build was started" in out.stdout + out.stderr or "False" in out.stdout  # stale: built again
