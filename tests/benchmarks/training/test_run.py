@@ -128,14 +128,19 @@ def test_imagenet_folders_train_and_evaluate_with_one_centre_crop(tmp_path):
     assert f"| {measured} |" in line and "| 1×1 |" in line and "trained here" in line
 
 
-def test_an_all_corrupt_test_set_stores_an_error_row_and_keeps_the_training_rows(tmp_path):
+def train_with_every_video_corrupt(tmp_path, part: str, epochs: int):
+    """(exit status, rows) of a training run on a folder dataset whose ``part`` never decodes."""
     root = videos.folder(tmp_path / "data")
-    for path in (root / "val").rglob("*.mp4"):
+    for path in (root / part).rglob("*.mp4"):
         path.write_bytes(b"garbage")
     code = train.main(["--model", "mfnet", "--dataset", "folder", "--root", str(root), *TINY,
-                       "--epochs", "1", "--results", str(tmp_path / "r"), "--out", str(tmp_path / "runs")])
+                       "--epochs", str(epochs), "--results", str(tmp_path / "r"), "--out", str(tmp_path / "runs")])
+    return code, rows(tmp_path / "r")
+
+
+def test_an_all_corrupt_test_set_stores_an_error_row_and_keeps_the_training_rows(tmp_path):
+    code, frame = train_with_every_video_corrupt(tmp_path, "val", epochs=1)
     assert code == 1
-    frame = rows(tmp_path / "r")
     error = frame[frame["status"] == "error"].set_index("metric")
     assert sorted(error.index) == ["top1_video", "val_top1"]  # the val folder is the test set too
     assert "no test video" in error.loc["top1_video", "error"]
@@ -144,13 +149,8 @@ def test_an_all_corrupt_test_set_stores_an_error_row_and_keeps_the_training_rows
 
 
 def test_training_on_data_that_never_decodes_is_an_error_not_an_ok_row_with_zeros(tmp_path):
-    root = videos.folder(tmp_path / "data")
-    for path in (root / "train").rglob("*.mp4"):
-        path.write_bytes(b"garbage")
-    code = train.main(["--model", "mfnet", "--dataset", "folder", "--root", str(root), *TINY,
-                       "--epochs", "2", "--results", str(tmp_path / "r"), "--out", str(tmp_path / "runs")])
+    code, frame = train_with_every_video_corrupt(tmp_path, "train", epochs=2)
     assert code == 1
-    frame = rows(tmp_path / "r")
     assert set(frame[frame["status"] == "ok"]["metric"]) == {"val_top1", "skipped_videos"}  # nothing trained
     ok = frame[frame["status"] == "ok"].set_index("metric")
     errors = frame[frame["status"] == "error"].set_index("metric")
