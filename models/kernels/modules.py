@@ -100,11 +100,11 @@ class FiberConv3d(nn.Conv3d):
         """Whether the weight is finite. PyTorch's conv multiplies its zero padding by the weight
         (0 * NaN and 0 * Inf are NaN) where the kernel skips padded taps, so a non-finite weight
         runs as PyTorch's conv: NaN reaches the outputs it reaches there, the border's included."""
-        weight = self.weight
-        if torch.is_grad_enabled() and weight.requires_grad:  # a training step: changed since the last
-            return bool(weight.detach().isfinite().all())
+        weight = self.weight  # checked once per change (an optimizer step bumps its version)
+        # the sum is NaN or infinite where any value is (or where finite values overflow: then
+        # PyTorch's conv runs, the same numbers); one pass, a quarter of isfinite().all()'s time
         return kept(self, FINITE, (weight.data_ptr(), weight._version),
-                    lambda: bool(weight.detach().isfinite().all()))
+                    lambda: bool(weight.detach().sum().isfinite()))
 
     def folds(self, x: torch.Tensor) -> bool:
         """Whether a BatchNorm + ReLU before this conv can be folded into the kernel's packing of
