@@ -64,7 +64,7 @@ class Sweep:
         stock = dataclasses.replace(self.writer.conditions, kernels="stock")
         setup = Setup(options.device, options.dtype, options.channels_last, options.compile, options.suite_kernels)
         self.context = Context(self.writer.conditions, stock, options.paired_models, setup)
-        self.errors = self.claimed_elsewhere = 0
+        self.errors = self.claimed_elsewhere = self.held = 0
 
     def run(self) -> int:
         todo = plan.measurement_plan(self.options)
@@ -105,6 +105,7 @@ class Sweep:
         between the two looks."""
         options, conditions = self.options, [self.writer.conditions, *self.context.also(name)]
         if plan.held(self.store, options, conditions, name, measurement):
+            self.held += 1
             return
         label, dataset = plan.where(name, measurement, options)
         with self.store.claim(name, measurement, label, dataset, self.writer.conditions) as other:
@@ -112,7 +113,8 @@ class Sweep:
                 console.print(f"[yellow]{name} {measurement}: skipped, another run is measuring it ({other})")
                 self.claimed_elsewhere += 1
                 return
-            if plan.held(self.store, options, conditions, name, measurement):
+            if plan.held(self.store, options, conditions, name, measurement):  # measured meanwhile
+                self.held += 1
                 return
             if measurement == "speed" and self.context.peak is None:
                 self.start_watch()
@@ -144,6 +146,9 @@ class Sweep:
         if "accuracy" in options.measure:
             print_accuracy_summary(console, self.store, options.accuracy_models, conditions,
                                    "x".join(map(str, options.clip or MOTION_CLIP)), plan.accuracy_protocol(options))
+        if self.held:
+            console.print(f"{self.held} measurement(s) were in {self.store.root} already under these conditions "
+                          "and were not measured again (--force measures them again)")
         if self.claimed_elsewhere:
             console.print(f"{self.claimed_elsewhere} measurement(s) were left to another run on "
                           f"{self.store.root}; its rows land in the same store")

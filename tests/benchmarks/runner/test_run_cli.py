@@ -97,11 +97,14 @@ def test_gmacs_is_half_of_gflops(tiny_run):
     assert value["gmacs"] == pytest.approx(cost.count_macs("mfnet2d", (1, 32, 32)).gmacs)
 
 
-def test_rerun_skips_what_is_measured_and_force_remeasures(tiny_run):
+def test_rerun_skips_what_is_measured_and_force_remeasures(tiny_run, capsys):
     results, _ = tiny_run
     before = len(read_csv(results / "measurements.csv"))
+    capsys.readouterr()
     assert run.main(TINY + ["--measure", "cost,memory", "--results", str(results)]) == 0
     assert len(read_csv(results / "measurements.csv")) == before
+    said = " ".join(capsys.readouterr().out.split())
+    assert f"2 measurement(s) were in {results} already under these conditions and were not measured again" in said
     # timings already held: no speed row, and no machine peak without a timing beside it
     sidecars = sorted((results / "runs").iterdir())
     assert run.main(TINY + ["--measure", "speed", "--results", str(results)]) == 0
