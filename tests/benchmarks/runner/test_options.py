@@ -35,7 +35,13 @@ def test_a_clip_too_small_for_one_model_names_it(capsys, tmp_path):
     err = cli_error(capsys, ["--models", "mfnet,c3d", "--clip", "4,32,32",
                              "--results", str(tmp_path / "r")])
     assert "does not fit c3d" in err
-    assert not (tmp_path / "r" / "measurements.csv").exists()
+    assert not (tmp_path / "r").exists()  # a refused run leaves nothing, not even runs/
+
+
+def test_the_clip_help_says_what_image_models_take_and_it_is_taken():
+    text = " ".join(options.parser().format_help().split())
+    assert "T,H,W overriding the spec's input (image models: 1,H,W)" in text
+    assert options.parse_args(["--models", "mfnet2d", "--measure", "cost", "--clip", "1,64,64"]).clip == (1, 64, 64)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
