@@ -111,7 +111,8 @@ std::vector<at::Tensor> bn_stats(at::Tensor x) {
   for (int64_t c = 0; c < C; ++c) {
     const double m = total[c] / rows;
     mp[c] = (float)(k[c] + m);
-    vp[c] = (float)std::max(0.0, total[C + c] / rows - m * m);
+    const double v = total[C + c] / rows - m * m;
+    vp[c] = (float)(v < 0.0 ? 0.0 : v);  // rounding can leave it below 0; a NaN (an Inf in x) stays
   }
   return {mean, var};
 }

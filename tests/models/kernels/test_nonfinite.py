@@ -1,6 +1,8 @@
 """A kernel never changes what a model computes, NaN and Inf included: each fused op propagates
 NaN and Inf as the stock modules do, forward and backward, on every path, with a non-finite value
-in the input, a BatchNorm's statistics or affine, or a conv's weight."""
+in the input, a BatchNorm's statistics or affine, or a conv's weight. One difference is allowed:
+a gradient PyTorch makes infinite may be NaN here (the fused backward adds its terms in another
+order), never finite (docs/kernels.md)."""
 
 import copy
 import random
@@ -60,12 +62,13 @@ def test_inference_propagates_nan_and_inf_as_the_stock_modules_do(shape, place, 
 
 @pytest.mark.parametrize("shape", MODULES)
 @pytest.mark.parametrize("place", ["input", "bn_weight", "conv_weight"])
-def test_training_propagates_nan_as_the_stock_modules_do(shape, place, each_path):
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_training_propagates_nan_and_inf_as_the_stock_modules_do(shape, place, value, each_path):
     k, co, kernel, groups = shape
-    rng = random.Random(hash((shape, place)) & 0xFFFF)
+    rng = random.Random(hash((shape, place, value)) & 0xFFFF)
     fused = pre_activation(k, co, kernel, groups=groups).train()
     x = cl(torch.randn(2, k, 3, 5, 7))
-    inject(fused, x, place, float("nan"), rng)
+    inject(fused, x, place, value, rng)
     stock = rewrite.use_stock_kernels(copy.deepcopy(fused))
     results = []
     for net in (fused, stock):
@@ -73,8 +76,14 @@ def test_training_propagates_nan_as_the_stock_modules_do(shape, place, each_path
         y = net(xs)
         y.backward(torch.ones_like(y))
         results.append([y, xs.grad, net.conv.weight.grad, net.bn.weight.grad])
-    for got, want in zip(*results):
-        assert torch.equal(got.isnan(), want.isnan())
+    (y, *grads), (y_stock, *grads_stock) = results
+    assert same_nonfinite(y.detach(), y_stock)
+    for got, want in zip(grads, grads_stock):  # the input's, conv weight's and BN weight's gradients
+        if value != value:
+            assert same_nonfinite(got, want)
+        else:  # the fused backward sums its terms in another order: an Inf there may be NaN here
+            assert torch.equal(got.isfinite(), want.isfinite())
+            assert torch.allclose(got[got.isfinite()], want[want.isfinite()], rtol=1e-3, atol=1e-3)
 
 
 def test_a_multi_fiber_unit_with_a_nan_gives_nan_logits_as_the_stock_one_does(each_path):
