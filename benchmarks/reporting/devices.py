@@ -31,7 +31,8 @@ def devices(rows: pd.DataFrame) -> list[Device]:
     """Every device with timed rows (fp32, default format, eager), most completely measured first
     (then the newest); ``rows``: the newest ok row per key."""
     timed = rows[rows["measurement"].isin(["speed", "memory"]) & (rows["model"] != "_machine")
-                 & (rows["dtype"] == "fp32") & ~rows["channels_last"] & ~rows["compiled"]]
+                 & (rows["dtype"] == "fp32") & ~rows["channels_last"] & ~rows["compiled"]
+                 & (rows["runtime"] == "eager")]
     timed = timed[timed["metric"].isin(TIMED) & (timed["clip"] == timed["model"].map(_clip))]
     found = []
     for (kind, name), own in timed.groupby(["device", "device_name"]):

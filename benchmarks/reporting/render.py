@@ -17,6 +17,7 @@ from benchmarks.reporting.loading import loader_section
 from benchmarks.reporting.motion import motion_section
 from benchmarks.reporting.paper_tables import cost_tables, measured_accuracy_figures, user_section
 from benchmarks.reporting.rows import Measured, newest
+from benchmarks.reporting.runtimes import runtime_section
 from benchmarks.reporting.wallclock import wallclock_section
 from benchmarks.store import load_results
 
@@ -76,7 +77,8 @@ def sections(frame: pd.DataFrame, stores: list[Path], out: Path) -> list[str]:
             "## The paper's claims, measured", "", *claims(main, found), "",
             *efficiency,
             "![efficiency on Kinetics: the paper's accuracy against measured cost](efficiency_kinetics.png)", "",
-            *wallclock_section(ok), *motion_section(ok, out), *devices_compared(found, video, out),
+            *wallclock_section(ok), *runtime_section(rows, out),
+            *motion_section(ok, out), *devices_compared(found, video, out),
             *loader_section(rows), *not_yet_measured(rows)]
 
 
@@ -101,7 +103,7 @@ def introduction(stores: list[Path], found: list[Device]) -> list[str]:
 
 # the figures a report writes, by name: anything else of these names in ``out`` is stale
 FIGURE_NAMES = re.compile(r"(speed_vs_cost|memory|memory_\w+|efficiency_kinetics|efficiency_motion(_\d+)?|"
-                          r"motion_curves(_\d+)?|devices|accuracy_\w+)\.(png|svg)")
+                          r"motion_curves(_\d+)?|devices|accuracy_\w+|runtimes_\d+)\.(png|svg)")
 
 
 def remove_stale_figures(out: Path, text: str) -> None:

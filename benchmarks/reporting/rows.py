@@ -32,7 +32,8 @@ class Measured:
     from any machine."""
 
     def __init__(self, rows: pd.DataFrame, device: str, device_name: str, dtype: str = "fp32"):
-        rows = rows[(rows["dtype"] == dtype) & ~rows["channels_last"] & ~rows["compiled"]]
+        rows = rows[(rows["dtype"] == dtype) & ~rows["channels_last"] & ~rows["compiled"]
+                    & (rows["runtime"] == "eager")]
         independent = (rows["measurement"].isin(DEVICE_INDEPENDENT)
                        | rows["metric"].isin(DEVICE_INDEPENDENT_METRICS))
         self.counted = rows[independent]

@@ -4,6 +4,7 @@ process (paired runs), with the dense model timed twice as the run's own control
 
 import pandas as pd
 
+from benchmarks import runtimes
 from benchmarks.machine import disturbance
 from benchmarks.reporting.rows import spec_clip
 from models import ledger
@@ -25,8 +26,8 @@ def wallclock_section(rows: pd.DataFrame) -> list[str]:
     rates = rows[(rows["metric"] == "gmacs_per_s") & rows["model"].isin(WALLCLOCK_PAIR)]
     rates = rates[rates["clip"] == rates["model"].map(spec_clip)]
     lines = []
-    for (device, name, dtype, cl, compiled, kernels), setup in rates.groupby(
-            ["device", "device_name", "dtype", "channels_last", "compiled", "kernels"], sort=True):
+    for (device, name, dtype, cl, compiled, runtime, kernels), setup in rates.groupby(
+            ["device", "device_name", "dtype", "channels_last", "compiled", "runtime", "kernels"], sort=True):
         per_run = setup.groupby("run_id")["model"].nunique()
         shared = per_run[per_run == 2].index
         if shared.empty:
@@ -49,8 +50,9 @@ def wallclock_section(rows: pd.DataFrame) -> list[str]:
             if notes.get((mf, phase, batch)) or notes.get((dense, phase, batch)):
                 mark = "⚠ not judged: timed while the machine was shared"
             cells.append(f"{a:.0f} / {d:.0f} = **{r:.2f}×** {mark}" + ("" if at_one else f" (b={batch})"))
-        label = (setup_label(device, name, dtype, cl, compiled) + ", "
-                 + KERNELS_LABEL.get(kernels, f"kernels: {kernels}"))
+        label = setup_label(device, name, dtype, cl, compiled, runtime)
+        if not runtimes.exported(runtime):  # an exported runtime brings its own kernels
+            label += ", " + KERNELS_LABEL.get(kernels, f"kernels: {kernels}")
         lines.append(f"| {label} | {' | '.join(cells)} | {run} |")
     if not lines:
         return []
@@ -65,10 +67,11 @@ def wallclock_section(rows: pd.DataFrame) -> list[str]:
             "| setup | inference b=1: MF-Net / Res3D GMAC/s | inference, throughput batch | "
             "training step | run |", "|---|---|---|---|---|", *lines, "", LEGEND, "", *forecast]
 
-def setup_label(device: str, name: str, dtype: str, cl: bool, compiled: bool) -> str:
+def setup_label(device: str, name: str, dtype: str, cl: bool, compiled: bool, runtime: str = "eager") -> str:
     """A setup in a few words (``LEGEND`` says what they mean)."""
     where = name if device == "cpu" else f"{name} ({device})"
-    return where + f", {dtype}" + (", channels-last" if cl else "") + (", compiled" if compiled else "")
+    label = where + f", {dtype}" + (", channels-last" if cl else "") + (", compiled" if compiled else "")
+    return label + (f", {runtime}" if runtimes.exported(runtime) else "")
 
 
 KERNELS_LABEL = {"stock": "stock", "suite": "suite kernels"}
@@ -77,12 +80,14 @@ LEGEND = ("*stock*: PyTorch's own kernels, as footnote 5 found them. *suite kern
           "ReLU and residual add folded into the conv beside it (what a run's environment records under "
           "`fiber_kernel` says which of these ran); Res3D and MF-Net's stem stay on PyTorch's in both. "
           "*channels-last*: every model's input and weights in that layout (MF-Net is channels-last inside "
-          "in every setup); *compiled*: `torch.compile` (inductor).")
+          "in every setup); *compiled*: `torch.compile` (inductor); *onnxruntime*, *openvino*, *tensorrt*: the "
+          "model exported and run on that runtime, with its own kernels (`benchmarks/runtimes`).")
 
 def forecast_lines(rates: pd.DataFrame) -> list[str]:
     """Footnote 5's forecast judged: MF-Net's achieved GMAC/s with its fiber convs on the suite's
     kernel over its GMAC/s on stock kernels, per setup (``forecast_row``)."""
     claim = ledger.FOOTNOTE5_FORECAST
+    rates = rates[~rates["runtime"].map(runtimes.exported)]  # the forecast is about PyTorch's kernels and the suite's
     mine = rates[rates["model"] == WALLCLOCK_PAIR[0]]
     lines, notes = [], []
     for key, setup in mine.groupby(["device", "device_name", "dtype", "channels_last", "compiled"], sort=True):

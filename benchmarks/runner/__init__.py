@@ -8,14 +8,32 @@ import tempfile
 import traceback
 from pathlib import Path
 
-from benchmarks.runner.options import RunOptions, UsageError, parse_args
+from benchmarks import runtimes
+from benchmarks.runner.options import RunOptions, UsageError, parse_args, per_runtime
 from benchmarks.runner.sweep import Sweep, console_for
 from benchmarks.store import StoreError
 
 
 def run(options: RunOptions) -> int:
-    """Measure what ``options`` ask for; the command's exit status: 0, 1 where some rows are
-    errors, 2 for a store that cannot be written, 130 on Ctrl-C, 3 for a crash (its trace kept)."""
+    """Measure what ``options`` ask for, a sweep per runtime (``per_runtime``); the command's exit
+    status: 0, 1 where some rows are errors, 2 for a store that cannot be written or nothing that
+    could run, 130 on Ctrl-C, 3 for a crash (its trace kept). A runtime that cannot run this
+    device or dtype is skipped with one line."""
+    status, ran = 0, 0
+    for sweep_options in per_runtime(options):
+        why = runtimes.why_not(sweep_options.runtime, options.device, options.dtype)
+        if why:
+            print(f"run.py: {sweep_options.runtime}: skipped: {why}", file=sys.stderr)
+            continue
+        ran += 1
+        status = max(status, run_sweep(sweep_options))
+        if status >= 2:
+            break
+    return status if ran else 2
+
+
+def run_sweep(options: RunOptions) -> int:
+    """One sweep, under one runtime."""
     try:
         sweep = Sweep(options, console_for())
     except OSError as exc:

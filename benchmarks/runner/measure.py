@@ -4,14 +4,18 @@ the batch and says so; on a CPU the memory guard skips a step that would not fit
 row naming both figures."""
 
 import dataclasses
+from pathlib import Path
 
 import torch
 
+from benchmarks import runtimes
 from benchmarks.machine import disturbance, runtime
 from benchmarks.measure import cost, loader, memory, peak, speed
 from benchmarks.measure.workload import Setup, Workload
 from benchmarks.runner import accuracy
 from benchmarks.runner.options import MOTION_CLIP, RunOptions, check_clip_fits
+from benchmarks.runtimes import check, export
+from benchmarks.runtimes import workload as runtime_workload
 from benchmarks.store import Measurement, RunConditions
 from models.errors import first_line
 
@@ -85,9 +89,48 @@ def measure_memory(name: str, options: RunOptions, label: str, context: Context)
     return rows, used
 
 
+def measure_runtime_speed(name: str, options: RunOptions, label: str,
+                          context: Context) -> tuple[list[Measurement], int]:
+    """Latency and inference throughput on a runtime other than eager (and training under
+    ``compile``), after its outputs on a fixed input are checked against eager's: a runtime that
+    disagrees is an error row, not a speed. Inside the machine watch, as eager."""
+    if options.device == "cpu" and (short := memory_short(name, options, "infer")):
+        raise memory.MemoryShort(short)
+    if options.runtime == "compile":
+        workload = Workload(name, context.setup, options.clip)
+        reference, got = runtime_workload.compiled_outputs(workload)
+    else:
+        cache = Path(options.results) / export.CACHE
+        workload = runtime_workload.RuntimeWorkload(name, context.setup, options.clip, options.runtime, cache)
+        reference, got = workload.reference(), workload.outputs()
+    rows, refused = check.check_rows(name, options.runtime, options.dtype, label, reference, got)
+    if refused:
+        error = Measurement(name, "speed", "error", None, "", clip=label, status="error", error=refused)
+        return [*rows, error], options.batch_size
+    train_short = options.device == "cpu" and memory_short(name, options, "train")
+    trains = options.runtime in runtimes.TRAINS and not train_short
+    macs = cost.count_macs(name, options.clip).macs
+
+    def timing(batch):
+        return speed.measure_speed([workload], label, batch, macs, context.peak, 0.1 if options.quick else 1.0,
+                                   warmup=0 if options.quick else 1, train=trains)[0]
+
+    watched = (lambda b: context.watch.timed(lambda: timing(b))) if context.watch else timing
+    timed, used = with_oom_retry(watched, options.batch_size, options.device)
+    settings = workload.settings() if hasattr(workload, "settings") else {}
+    for row in timed:
+        if settings and row.metric in ("latency_ms", "infer_clips_per_s"):
+            engine = settings.get(str(row.batch_size), {})
+            row.note = "; ".join(filter(None, [row.note, ", ".join(f"{k}={v}" for k, v in engine.items())]))
+    return rows + timed, used
+
+
 def measure_speed(name: str, options: RunOptions, label: str, context: Context) -> tuple[list[Measurement], int]:
     """Latency, inference and training throughput, under the run's kernels and, in a paired
-    run, under the other's too, timed in alternating rounds; inside the machine watch."""
+    run, under the other's too, timed in alternating rounds; inside the machine watch. On a
+    runtime other than eager: ``measure_runtime_speed``."""
+    if options.runtime != "eager":
+        return measure_runtime_speed(name, options, label, context)
     cpu = options.device == "cpu"
     if cpu and (short := memory_short(name, options, "infer")):
         raise memory.MemoryShort(short)

@@ -5,11 +5,12 @@ mean anything is one line and exit status 2 before anything is measured."""
 import argparse
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 import models
+from benchmarks import runtimes
 from benchmarks.data import datasets
 from benchmarks.measure import cost, workload
 from benchmarks.measure.workload import DTYPES
@@ -45,7 +46,10 @@ class RunOptions:
     device: str  # cpu | cuda
     dtype: str = "fp32"
     channels_last: bool = False
-    compile: bool = False
+    compile: bool = False  # the compile runtime (--compile, or --runtime compile)
+    # the runtimes asked for (benchmarks/runtimes); one sweep measures under one of them (``runtime``)
+    runtimes: tuple[str, ...] = ("eager",)
+    runtime: str = "eager"
     # suite | stock | paired: the kernels the models run on (``resolve_kernels``)
     fiber_kernel: str = "suite"
     # models whose speed is also timed on stock kernels, in alternating rounds in this process:
@@ -123,7 +127,13 @@ def parser() -> OneLineParser:
                    help="T,H,W overriding the spec's input (image models: 1,H,W)")
     p.add_argument("--dtype", default="fp32", choices=tuple(DTYPES))
     p.add_argument("--channels-last", action="store_true")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model (inductor)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (inductor): --runtime compile")
+    p.add_argument("--runtime", default=None,
+                   help=f"speed: comma-separated runtimes, any of {','.join(runtimes.RUNTIMES)} (default eager: "
+                        "PyTorch with each model's default kernels). Each is timed under the same discipline, after "
+                        "its outputs are checked against eager's on a fixed input; onnxruntime and openvino run "
+                        "one ONNX export per model and input (kept under <results>/.exports), tensorrt needs CUDA "
+                        "and torch-tensorrt. Cost, memory and accuracy are measured on eager")
     p.add_argument("--fiber-kernel", nargs="?", const="suite", choices=("suite", "stock", "paired"),
                    help="the suite's kernels (models/kernels: fiber convs, pointwise convs, BatchNorm + ReLU; "
                         "rows: kernels=suite) or PyTorch's (stock, as footnote 5 found it); dense convs stay on "
@@ -169,13 +179,17 @@ def resolve(a: argparse.Namespace, argv: list[str] | None) -> RunOptions:
     if "data" in measure and not (a.dataset and a.root):
         raise ValueError("--measure data needs --dataset and --root (the files whose loading is timed)")
     timed = resolve_models(a.models if named else "paper-video")
-    kernels_asked = resolve_kernels(a.fiber_kernel, device, a.dtype, a.compile)
+    asked_runtimes = resolve_runtimes(a.runtime, a.compile)
+    kernels_asked = resolve_kernels(a.fiber_kernel, device, a.dtype, asked_runtimes == ("compile",))
+    if (why := runtimes.native_why_not(device, a.dtype)):
+        raise ValueError(f"--dtype {a.dtype}: {why}")
     options = RunOptions(
         models=timed,
         accuracy_models=resolve_models(a.models if named else ",".join(MOTION_MODELS)),
         data_models=resolve_models(a.models if named else "mfnet"),
         measure=tuple(measure), device=device, dtype=a.dtype, channels_last=a.channels_last,
-        compile=a.compile, fiber_kernel=kernels_asked, paired_models=paired(timed, kernels_asked, a.fiber_kernel),
+        compile=asked_runtimes == ("compile",), runtimes=asked_runtimes, runtime=asked_runtimes[0],
+        fiber_kernel=kernels_asked, paired_models=paired(timed, kernels_asked, a.fiber_kernel),
         batch_size=a.batch_size or (2 if a.quick else 4),
         # data: the paper's clip for MF-Net, the authors' recipe
         clip=a.clip if a.clip is not None or "data" not in measure else (16, 224, 224),
@@ -186,6 +200,44 @@ def resolve(a: argparse.Namespace, argv: list[str] | None) -> RunOptions:
     check_accuracy_inputs(options, explicit=a.measure != ",".join(MEASUREMENTS))
     check_clip_fits_every_model(options)
     return options
+
+
+def resolve_runtimes(text: str | None, compiled: bool) -> tuple[str, ...]:
+    """The runtimes to time on, in the order given: ``--runtime`` (``--compile`` alone is
+    ``compile``). An unknown name, or one whose package is missing, is refused in one line;
+    one that cannot run this device or dtype is skipped with a line when the run reaches it."""
+    if text is None:
+        return ("compile",) if compiled else ("eager",)
+    chosen = tuple(dict.fromkeys(s.strip() for s in text.split(",") if s.strip()))
+    if compiled and "compile" not in chosen:
+        raise ValueError("--compile with --runtime: name compile among the runtimes instead")
+    if not chosen:
+        raise ValueError(f"--runtime takes any of {', '.join(runtimes.RUNTIMES)}; got {text!r}")
+    for runtime in chosen:
+        if why := runtimes.refusal(runtime):
+            raise ValueError(f"--runtime {runtime}: {why}")
+    return chosen
+
+
+def per_runtime(options: RunOptions) -> list[RunOptions]:
+    """One sweep's options per runtime asked for: speed under each; cost, memory, accuracy and the
+    loader on eager only (they do not depend on the runtime), in an eager sweep of their own where
+    eager's speed was not asked for. Kernels: each model's default on eager (and paired as asked),
+    PyTorch's own under the others."""
+    others = tuple(m for m in options.measure if m != "speed")
+    sweeps = []
+    if others and "eager" not in options.runtimes:
+        sweeps.append(replace(options, runtime="eager", compile=False, measure=others))
+    for runtime in options.runtimes:
+        measure = options.measure if runtime == "eager" else ("speed",) if "speed" in options.measure else ()
+        if not measure:
+            continue
+        if runtime == "eager":
+            sweeps.append(replace(options, runtime="eager", compile=False, measure=measure))
+        else:
+            sweeps.append(replace(options, runtime=runtime, compile=runtime == "compile", measure=measure,
+                                  fiber_kernel="stock", paired_models=()))
+    return sweeps
 
 
 def resolve_kernels(asked: str | None, device: str, dtype: str, compiled: bool) -> str:

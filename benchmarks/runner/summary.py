@@ -16,7 +16,7 @@ SUMMARY = (("params", "params (M)", 1e-6), ("gmacs", "GMACs", 1), ("activation_m
 def print_summary(console: Console, store: ResultsStore, names, run: RunConditions, clip) -> None:
     frame = store.frame()
     frame = frame[(frame["status"] == "ok") & under(frame, run)]
-    table = Table(title=f"{run.device} / {run.dtype} (newest row per model and metric)")
+    table = Table(title=f"{run.device} / {run.dtype} / {run.runtime} (newest row per model and metric)")
     table.add_column("model", no_wrap=True)
     for _, header, _ in SUMMARY:
         table.add_column(header, justify="right")

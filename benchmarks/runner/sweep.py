@@ -10,6 +10,7 @@ import sys
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from benchmarks import runtimes
 from benchmarks.machine import disturbance, environment, runtime
 from benchmarks.measure.workload import Setup
 from benchmarks.runner import accuracy, plan
@@ -31,8 +32,11 @@ class RunWriter:
             env["gpu_policy"] = runtime.gpu_policy(options.dtype)
         self.conditions = RunConditions(self.run_id, options.device, env["device_name"], options.dtype,
                                         options.channels_last, options.compile, env["threads"],
-                                        "suite" if options.suite_kernels else "stock")
-        self.sidecar = env | {"quick": options.quick, "batch_size": options.batch_size, "argv": list(options.argv)}
+                                        "suite" if options.suite_kernels else "stock", options.runtime)
+        self.sidecar = env | {"quick": options.quick, "batch_size": options.batch_size, "argv": list(options.argv),
+                              "runtime": options.runtime}
+        if runtimes.exported(options.runtime):
+            self.sidecar["runtime_version"] = runtimes.version(options.runtime)
         if options.paired_models:
             self.sidecar["speed_kernels"] = (f"{', '.join(options.paired_models)}: stock and suite, timed in "
                                              "alternating rounds in this process (rows of both under this run id)")

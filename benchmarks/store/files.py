@@ -80,6 +80,9 @@ def read_csv(path: Path, keep_unknown: bool = False) -> pd.DataFrame:
         if column not in frame.columns:
             frame[column] = ""
     frame["kernels"] = frame["kernels"].fillna("").replace("", "stock")  # before the column: stock
+    before = frame["runtime"].fillna("") == ""  # before the column: eager, or compile where compiled
+    compiled = frame.loc[before, "compiled"].astype(str) == "True"
+    frame.loc[before, "runtime"] = compiled.map({True: "compile", False: "eager"})
     unknown = [c for c in frame.columns if c not in COLUMNS]
     frame = frame[list(COLUMNS) + (unknown if keep_unknown else [])]
     if keep_unknown:  # for rewriting: every value exactly as it was read

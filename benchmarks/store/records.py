@@ -7,13 +7,13 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-# Version 2 added weights, seed, threads, protocol and schema; version 3 added kernels. Every
-# row records the version that wrote it; a store holding rows of a newer version is refused,
-# never rewritten.
-SCHEMA_VERSION = 3
+# Version 2 added weights, seed, threads, protocol and schema; version 3 added kernels; version 4
+# added runtime. Every row records the version that wrote it; a store holding rows of a newer
+# version is refused, never rewritten.
+SCHEMA_VERSION = 4
 COLUMNS = ("run_id", "timestamp", "model", "measurement", "metric", "value", "unit", "phase",
            "device", "device_name", "dtype", "batch_size", "clip", "channels_last", "compiled",
-           "kernels", "iqr", "repeats", "dataset", "epoch", "views", "status", "error", "note",
+           "kernels", "runtime", "iqr", "repeats", "dataset", "epoch", "views", "status", "error", "note",
            "weights", "seed", "threads", "protocol", "schema")
 # The columns every store has had from its first version: one missing from a store's header is a
 # renamed or damaged header, refused rather than filled with blanks (rows would read as ok and
@@ -23,10 +23,11 @@ CORE_COLUMNS = ("run_id", "timestamp", "model", "measurement", "metric", "value"
 # What makes two rows the same measurement, beside the model, metric, phase, batch and clip:
 # where and how it ran. Resume (``ResultsStore.done``), the summaries and the report use it.
 CONDITION_COLUMNS = ("device", "device_name", "threads", "dtype", "channels_last", "compiled",
-                     "kernels")
+                     "kernels", "runtime")
 # kernels: "stock" (PyTorch's own, run.py --fiber-kernel stock) or "suite": grouped (1|3)x3x3
 # convs, and with them BatchNorm + ReLU and pointwise convs, on the suite's kernels (models/kernels)
-# where they apply, the default
+# where they apply, the default. runtime: eager | compile | onnxruntime | openvino | tensorrt
+# (benchmarks/runtimes); rows written before the column read as eager, or compile where compiled
 CSV_NAME = "measurements.csv"
 
 
@@ -75,6 +76,7 @@ class RunConditions:
     # (0: not recorded, in rows written before the column existed and not filled from a sidecar)
     threads: int = 0
     kernels: str = "stock"
+    runtime: str = "eager"
 
     def key(self) -> dict:
         return {column: getattr(self, column) for column in CONDITION_COLUMNS}
