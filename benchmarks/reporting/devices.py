@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from benchmarks.reporting.format import fmt
-from benchmarks.reporting.rows import Measured, spec_clip
+from benchmarks.reporting.rows import Measured, default_path, spec_clip
 
 # what a device's efficiency table holds, per model; completeness counts these cells
 TIMED = ("latency_ms", "infer_clips_per_s", "train_clips_per_s", "peak_rss_mb_train", "peak_alloc_mb_train")
@@ -31,7 +31,7 @@ def devices(rows: pd.DataFrame) -> list[Device]:
     """Every device with timed rows (fp32, default format, eager), most completely measured first
     (then the newest); ``rows``: the newest ok row per key."""
     timed = rows[rows["measurement"].isin(["speed", "memory"]) & (rows["model"] != "_machine")
-                 & (rows["dtype"] == "fp32") & ~rows["channels_last"] & ~rows["compiled"]
+                 & (rows["dtype"] == "fp32") & default_path(rows)
                  & (rows["runtime"] == "eager")]
     timed = timed[timed["metric"].isin(TIMED) & (timed["clip"] == timed["model"].map(_clip))]
     found = []

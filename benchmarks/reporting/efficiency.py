@@ -17,7 +17,7 @@ from benchmarks.reporting.rows import Measured, spec_clip
 def efficiency_table(m: Measured, names: list[str]) -> list[str]:
     peak_metric, peak_header = (("peak_alloc_mb_train", "peak alloc MB (train)") if m.device == "cuda"
                                 else ("peak_rss_mb_train", "peak RSS MB (train)"))
-    header = ["model", "input", "GMACs", "params M", "activation MB/clip", "latency ms (b=1)",
+    header = ["model", "input", "path", "GMACs", "params M", "activation MB/clip", "latency ms (b=1)",
               "infer clips/s", "train clips/s", "batch", peak_header,
               "GMAC/s (b=1)", "peak fraction (b=1)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -25,13 +25,14 @@ def efficiency_table(m: Measured, names: list[str]) -> list[str]:
         b = m.throughput_batch(name)
         params = m.get(name, "params")
         fraction = m.get(name, "peak_fraction", 1)
-        cells = [models.display_name(name), spec_clip(name), fmt(m.get(name, "gmacs")),
+        cells = [models.display_name(name), spec_clip(name), path(m, name, b), fmt(m.get(name, "gmacs")),
                  fmt(None if params is None else params / 1e6), fmt(m.get(name, "activation_mb")),
                  m.timed(name, "latency_ms"), m.timed(name, "infer_clips_per_s", b),
                  m.timed(name, "train_clips_per_s", b), "–" if b is None else str(b),
                  fmt(m.get(name, peak_metric)), m.timed(name, "gmacs_per_s", 1),
                  "–" if fraction is None else f"{fraction:.0%}"]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", PATH_TEXT]
     notes = {n: m.row(n, metric, batch)["note"] for n in names
              for metric, batch in (("train_clips_per_s", m.throughput_batch(n)),
                                    ("infer_clips_per_s", m.throughput_batch(n)), ("latency_ms", None))
@@ -44,6 +45,21 @@ def efficiency_table(m: Measured, names: list[str]) -> list[str]:
                       "`python benchmarks/run.py --measure speed --force --models "
                       f"{','.join(marked)}` on a quiet machine."]
     return lines
+
+PATH_TEXT = ("*path*: the layout each model's timings ran in, NCDHW or channels-last (CL), chosen per model "
+             "where marked *best* (the faster of the two in a probe on this machine, `benchmarks/measure/layout.py`), "
+             "and *suite* where its grouped and pointwise convs ran on the suite's kernels (`models/kernels`).")
+
+
+def path(m: Measured, name: str, batch: int | None) -> str:
+    """How ``name``'s timings ran: layout (and whether a probe chose it), and the suite's kernels."""
+    row = m.row(name, "infer_clips_per_s", batch)
+    row = m.row(name, "latency_ms") if row is None else row
+    if row is None:
+        return "–"
+    text = ("CL" if row["channels_last"] else "NCDHW") + (" (best)" if row["layout"] == "best" else "")
+    return text + (", suite" if row["kernels"] == "suite" else "")
+
 
 SPEED_TEXT = ("Speed is the median of `torch.utils.benchmark` timings (IQR in `results/`); the peak "
               "fraction compares achieved GMAC/s with the machine's peak in the same run. A matmul alone is "

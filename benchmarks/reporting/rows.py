@@ -16,6 +16,16 @@ DEVICE_INDEPENDENT = {"cost"}
 
 DEVICE_INDEPENDENT_METRICS = {"activation_mb"}
 
+# the layouts of the default path: "best" (each model in its faster layout), and from stores
+# written before it, NCDHW; a model's "best" rows are preferred where it has both
+DEFAULT_LAYOUTS = ("best", "ncdhw")
+
+
+def default_path(rows: pd.DataFrame) -> pd.Series:
+    """Rows on a default path's layout and not compiled."""
+    return rows["layout"].isin(DEFAULT_LAYOUTS) & ~rows["compiled"]
+
+
 def newest(frame: pd.DataFrame) -> pd.DataFrame:
     """The newest ok row per model, metric and conditions."""
     ok = frame[frame["status"] == "ok"].copy()
@@ -26,13 +36,13 @@ def spec_clip(name: str) -> str:
     return "x".join(map(str, models.get_spec(name).input_shape[1:]))
 
 class Measured:
-    """Lookups into the newest rows of one machine (fp32, default memory format, eager) at each
-    model's spec input, on each model's default path: where a run timed both kernels conditions
-    (``--fiber-kernel paired``), its suite rows, as MF-Net runs by default. Counted metrics come
-    from any machine."""
+    """Lookups into the newest rows of one machine (fp32, eager) at each model's spec input, on
+    each model's default path: its best layout where a run chose one (else NCDHW), and where a run
+    timed both kernels conditions (``--fiber-kernel paired``), its suite rows, as MF-Net runs by
+    default. Counted metrics come from any machine."""
 
     def __init__(self, rows: pd.DataFrame, device: str, device_name: str, dtype: str = "fp32"):
-        rows = rows[(rows["dtype"] == dtype) & ~rows["channels_last"] & ~rows["compiled"]
+        rows = rows[(rows["dtype"] == dtype) & default_path(rows)
                     & (rows["runtime"] == "eager")]
         independent = (rows["measurement"].isin(DEVICE_INDEPENDENT)
                        | rows["metric"].isin(DEVICE_INDEPENDENT_METRICS))
@@ -50,6 +60,8 @@ class Measured:
             rows = rows[rows["batch_size"] == batch_size]
         if rows.empty:
             return None
+        best = rows[rows["layout"] == "best"]
+        rows = best if not best.empty else rows
         newest = rows[rows["run_id"] == rows["run_id"].iloc[-1]]
         suite = newest[newest["kernels"] == "suite"]
         return (suite if not suite.empty else newest).iloc[-1]

@@ -9,7 +9,7 @@ import torch
 import models
 from benchmarks.reporting import figures
 from benchmarks.reporting.format import fmt
-from benchmarks.reporting.rows import spec_clip
+from benchmarks.reporting.rows import DEFAULT_LAYOUTS, spec_clip
 from benchmarks.reporting.wallclock import WALLCLOCK_PAIR, WALLCLOCK_TARGET
 from models import ledger
 
@@ -17,13 +17,15 @@ ORDER = ("eager", "compile", "onnxruntime", "openvino", "tensorrt")
 
 
 def timed(rows: pd.DataFrame) -> pd.DataFrame:
-    """The newest speed rows at each model's paper input, default memory format, on each model's
-    default kernels under eager (the suite's where a paired run timed both), one per (device,
-    runtime, dtype, model, metric, batch)."""
-    speed = rows[(rows["measurement"] == "speed") & rows["model"].isin(models.list_models()) & ~rows["channels_last"]
+    """The newest speed rows at each model's paper input, on each model's default path (its best
+    layout where one was chosen, the suite's kernels under eager where a paired run timed both),
+    one per (device, runtime, dtype, model, metric, batch)."""
+    speed = rows[(rows["measurement"] == "speed") & rows["model"].isin(models.list_models())
+                 & rows["layout"].isin(DEFAULT_LAYOUTS)
                  & rows["metric"].isin(["latency_ms", "infer_clips_per_s", "gmacs_per_s"])]
     speed = speed[speed["clip"] == speed["model"].map(spec_clip)]
-    speed = speed.assign(_suite=speed["kernels"] == "suite").sort_values(["_suite", "timestamp"])
+    speed = speed.assign(_suite=speed["kernels"] == "suite", _best=speed["layout"] == "best")
+    speed = speed.sort_values(["_best", "_suite", "timestamp"])
     return speed.drop_duplicates(["device", "device_name", "runtime", "dtype", "model", "metric", "phase",
                                   "batch_size"], keep="last")
 

@@ -26,8 +26,8 @@ def wallclock_section(rows: pd.DataFrame) -> list[str]:
     rates = rows[(rows["metric"] == "gmacs_per_s") & rows["model"].isin(WALLCLOCK_PAIR)]
     rates = rates[rates["clip"] == rates["model"].map(spec_clip)]
     lines = []
-    for (device, name, dtype, cl, compiled, runtime, kernels), setup in rates.groupby(
-            ["device", "device_name", "dtype", "channels_last", "compiled", "runtime", "kernels"], sort=True):
+    for (device, name, dtype, layout, compiled, runtime, kernels), setup in rates.groupby(
+            ["device", "device_name", "dtype", "layout", "compiled", "runtime", "kernels"], sort=True):
         per_run = setup.groupby("run_id")["model"].nunique()
         shared = per_run[per_run == 2].index
         if shared.empty:
@@ -50,7 +50,7 @@ def wallclock_section(rows: pd.DataFrame) -> list[str]:
             if notes.get((mf, phase, batch)) or notes.get((dense, phase, batch)):
                 mark = "⚠ not judged: timed while the machine was shared"
             cells.append(f"{a:.0f} / {d:.0f} = **{r:.2f}×** {mark}" + ("" if at_one else f" (b={batch})"))
-        label = setup_label(device, name, dtype, cl, compiled, runtime)
+        label = setup_label(device, name, dtype, layout, compiled, runtime)
         if not runtimes.exported(runtime):  # an exported runtime brings its own kernels
             label += ", " + KERNELS_LABEL.get(kernels, f"kernels: {kernels}")
         lines.append(f"| {label} | {' | '.join(cells)} | {run} |")
@@ -63,14 +63,17 @@ def wallclock_section(rows: pd.DataFrame) -> list[str]:
             f"dense `{dense}`'s, both from the same run, for each setup measured; the target is "
             f"{WALLCLOCK_TARGET}× (✓). MF-Net runs channels-last internally by default "
             "(`models/mfnet.py`), the fastest correct path found; the other models run in the "
-            "setup's format.", "",
+            "setup's layout (*best layout*: each in its faster one).", "",
             "| setup | inference b=1: MF-Net / Res3D GMAC/s | inference, throughput batch | "
             "training step | run |", "|---|---|---|---|---|", *lines, "", LEGEND, "", *forecast]
 
-def setup_label(device: str, name: str, dtype: str, cl: bool, compiled: bool, runtime: str = "eager") -> str:
+LAYOUT_LABEL = {"best": ", best layout", "channels_last": ", channels-last", "ncdhw": ""}
+
+
+def setup_label(device: str, name: str, dtype: str, layout: str, compiled: bool, runtime: str = "eager") -> str:
     """A setup in a few words (``LEGEND`` says what they mean)."""
     where = name if device == "cpu" else f"{name} ({device})"
-    label = where + f", {dtype}" + (", channels-last" if cl else "") + (", compiled" if compiled else "")
+    label = where + f", {dtype}" + LAYOUT_LABEL.get(layout, f", {layout}") + (", compiled" if compiled else "")
     return label + (f", {runtime}" if runtimes.exported(runtime) else "")
 
 
@@ -80,7 +83,9 @@ LEGEND = ("*stock*: PyTorch's own kernels, as footnote 5 found them. *suite kern
           "ReLU and residual add folded into the conv beside it (what a run's environment records under "
           "`fiber_kernel` says which of these ran); Res3D and MF-Net's stem stay on PyTorch's in both. "
           "*channels-last*: every model's input and weights in that layout (MF-Net is channels-last inside "
-          "in every setup); *compiled*: `torch.compile` (inductor); *onnxruntime*, *openvino*, *tensorrt*: the "
+          "in every setup); *best layout*: each model in whichever of NCDHW and channels-last its inference "
+          "ran faster in a probe on that machine (`benchmarks/measure/layout.py`); *compiled*: `torch.compile` "
+          "(inductor); *onnxruntime*, *openvino*, *tensorrt*: the "
           "model exported and run on that runtime, with its own kernels (`benchmarks/runtimes`).")
 
 def forecast_lines(rates: pd.DataFrame) -> list[str]:
@@ -90,7 +95,7 @@ def forecast_lines(rates: pd.DataFrame) -> list[str]:
     rates = rates[~rates["runtime"].map(runtimes.exported)]  # the forecast is about PyTorch's kernels and the suite's
     mine = rates[rates["model"] == WALLCLOCK_PAIR[0]]
     lines, notes = [], []
-    for key, setup in mine.groupby(["device", "device_name", "dtype", "channels_last", "compiled"], sort=True):
+    for key, setup in mine.groupby(["device", "device_name", "dtype", "layout", "compiled"], sort=True):
         row, more = forecast_row(setup, rates, setup_label(*key))
         lines += [row] if row else []
         notes += more

@@ -49,7 +49,8 @@ def accuracy_config(name: str, options: RunOptions, clip_budget: int | None = No
               else dict(clip_budget=clip_budget, clip_budget_of=options.train_budget, budget_note=note))
     return Config(model=name, dataset="motion", clip=options.clip or MOTION_CLIP, seed=options.seed,
                   results=options.results, out=str(Path(options.results) / "checkpoints"),
-                  epochs=options.epochs or 1000, stock_kernels=not options.suite_kernels, **budget, **preset)
+                  epochs=options.epochs or 1000, stock_kernels=not options.suite_kernels,
+                  channels_last=options.channels_last, **budget, **preset)
 
 
 def probe_phase(names: list[str], options: RunOptions) -> Probes:
@@ -76,7 +77,7 @@ def clip_budget(name: str, options: RunOptions, probes: Probes, conditions: RunC
     frame = ResultsStore(options.results).frame()
     # the machine's peak is a dense conv's: the kernels condition plays no part in it
     recorded = frame[(frame["model"] == "_machine") & (frame["metric"] == "peak_gmacs_per_s")
-                     & (frame["status"] == "ok") & under(frame, conditions, ("kernels",))]["value"]
+                     & (frame["status"] == "ok") & under(frame, conditions, ("kernels", "layout"))]["value"]
     best_recorded = max([best_now, *recorded.tolist()])
     clips = max(accuracy_config(name, options).batch_size, round(rate * options.train_budget * best_now / at_probe))
     note = (f"{options.train_budget:g} s at {rate:.2f} clips/s probed, x{best_now / at_probe:.2f} for the load "

@@ -10,13 +10,13 @@ import torch
 
 from benchmarks import runtimes
 from benchmarks.machine import disturbance, runtime
-from benchmarks.measure import cost, loader, memory, peak, speed
+from benchmarks.measure import cost, layout, loader, memory, peak, speed
 from benchmarks.measure.workload import Setup, Workload
 from benchmarks.runner import accuracy
 from benchmarks.runner.options import MOTION_CLIP, RunOptions, check_clip_fits
 from benchmarks.runtimes import check, export
 from benchmarks.runtimes import workload as runtime_workload
-from benchmarks.store import Measurement, RunConditions
+from benchmarks.store import Measurement, ResultsStore, RunConditions, under
 from models.errors import first_line
 
 
@@ -29,6 +29,7 @@ class Context:
     stock: RunConditions  # the stock kernels' condition, timed beside the run's for a paired model
     paired_models: tuple[str, ...]
     setup: Setup
+    store: ResultsStore | None = None  # where a layout probe's choice is looked up
     peak: float | None = None
     watch: disturbance.MachineWatch | None = None
     probes: accuracy.Probes = dataclasses.field(default_factory=accuracy.Probes)
@@ -96,14 +97,19 @@ def measure_runtime_speed(name: str, options: RunOptions, label: str,
     disagrees is an error row, not a speed. Inside the machine watch, as eager."""
     if options.device == "cpu" and (short := memory_short(name, options, "infer")):
         raise memory.MemoryShort(short)
+    probed, setup = [], context.setup
     if options.runtime == "compile":
-        workload = Workload(name, context.setup, options.clip)
+        setup, probed = chosen_layout(name, options, label, context)
+        workload = Workload(name, setup, options.clip)
         reference, got = runtime_workload.compiled_outputs(workload)
     else:
         cache = Path(options.results) / export.CACHE
         workload = runtime_workload.RuntimeWorkload(name, context.setup, options.clip, options.runtime, cache)
         reference, got = workload.reference(), workload.outputs()
     rows, refused = check.check_rows(name, options.runtime, options.dtype, label, reference, got)
+    for row in rows:  # compile: in the layout chosen for it
+        row.channels_last = setup.channels_last
+    rows = probed + rows
     if refused:
         error = Measurement(name, "speed", "error", None, "", clip=label, status="error", error=refused)
         return [*rows, error], options.batch_size
@@ -122,6 +128,7 @@ def measure_runtime_speed(name: str, options: RunOptions, label: str,
         if settings and row.metric in ("latency_ms", "infer_clips_per_s"):
             engine = settings.get(str(row.batch_size), {})
             row.note = "; ".join(filter(None, [row.note, ", ".join(f"{k}={v}" for k, v in engine.items())]))
+        row.channels_last = setup.channels_last
     return rows + timed, used
 
 
@@ -136,9 +143,10 @@ def measure_speed(name: str, options: RunOptions, label: str, context: Context) 
         raise memory.MemoryShort(short)
     train_short = cpu and memory_short(name, options, "train")
     macs = cost.count_macs(name, options.clip).macs
-    workloads = [Workload(name, context.setup, options.clip)]
+    setup, probed = chosen_layout(name, options, label, context)
+    workloads = [Workload(name, setup, options.clip)]
     also = context.also(name)
-    workloads += [Workload(name, dataclasses.replace(context.setup, fiber_kernel=c.kernels == "suite"),
+    workloads += [Workload(name, dataclasses.replace(setup, fiber_kernel=c.kernels == "suite"),
                            options.clip) for c in also]
 
     def timing(batch):
@@ -155,7 +163,33 @@ def measure_speed(name: str, options: RunOptions, label: str, context: Context) 
     if train_short:
         short = short_row(name, "speed", "train_clips_per_s", label, options.batch_size, train_short)
         rows += [short] + [dataclasses.replace(short, kernels=c.kernels) for c in also]
-    return rows, used
+    if options.layout == "best":
+        for row in rows:
+            row.channels_last = setup.channels_last
+    return probed + rows, used
+
+
+def chosen_layout(name: str, options: RunOptions, label: str, context: Context) -> tuple[Setup, list[Measurement]]:
+    """The setup ``name``'s speed is timed under, and the layout probe's rows: the run's layout,
+    or with ``--layout best`` the faster of the two, as a probe stored under this machine, dtype,
+    kernels and input found it (either runtime of PyTorch's; ``--force`` probes again), else as a
+    probe now finds it (``layout.probe``). The paired stock kernels run in the same layout."""
+    if options.layout != "best":
+        return context.setup, []
+    choice = None
+    if context.store is not None and not options.force:
+        frame = context.store.frame()
+        if not frame.empty:
+            mine = frame[under(frame, context.conditions, ("runtime", "compiled"))]
+            choice = layout.recorded(mine, name, label, options.batch_size)
+    rows = []
+    if choice is None:
+        def probe(batch):
+            return layout.probe(name, context.setup, options.clip, batch, 0.05 if options.quick else 0.3,
+                                warmup=0 if options.quick else 1, rounds=1 if options.quick else 2)
+
+        (choice, rows), _ = with_oom_retry(probe, options.batch_size, options.device)
+    return dataclasses.replace(context.setup, channels_last=choice.channels_last), rows
 
 
 def with_oom_retry(measure, batch: int, device: str):

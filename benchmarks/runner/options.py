@@ -45,7 +45,9 @@ class RunOptions:
     measure: tuple[str, ...]
     device: str  # cpu | cuda
     dtype: str = "fp32"
-    channels_last: bool = False
+    # best | ncdhw | channels_last: "best" runs each model in whichever of the two its inference
+    # runs faster here (benchmarks/measure/layout.py), so every model is timed on its best path
+    layout: str = "best"
     compile: bool = False  # the compile runtime (--compile, or --runtime compile)
     # the runtimes asked for (benchmarks/runtimes); one sweep measures under one of them (``runtime``)
     runtimes: tuple[str, ...] = ("eager",)
@@ -68,6 +70,10 @@ class RunOptions:
     split: int = 1
     workers: int = 1
     argv: tuple[str, ...] = ()
+
+    @property
+    def channels_last(self) -> bool:
+        return self.layout == "channels_last"
 
     @property
     def suite_kernels(self) -> bool:
@@ -126,7 +132,12 @@ def parser() -> OneLineParser:
     p.add_argument("--clip", type=clip_type, default=None,
                    help="T,H,W overriding the spec's input (image models: 1,H,W)")
     p.add_argument("--dtype", default="fp32", choices=tuple(DTYPES))
-    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--layout", default=None, choices=("best", "ncdhw", "channels-last"),
+                   help="speed: the memory layout of every model's input and weights. best (default): each model "
+                        "in whichever of NCDHW and channels-last its inference runs faster here, chosen by a "
+                        "short timed probe once per model, machine and dtype and recorded in the store; memory is "
+                        "measured in NCDHW unless channels-last is asked for")
+    p.add_argument("--channels-last", action="store_true", help="--layout channels-last")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (inductor): --runtime compile")
     p.add_argument("--runtime", default=None,
                    help=f"speed: comma-separated runtimes, any of {','.join(runtimes.RUNTIMES)} (default eager: "
@@ -187,7 +198,7 @@ def resolve(a: argparse.Namespace, argv: list[str] | None) -> RunOptions:
         models=timed,
         accuracy_models=resolve_models(a.models if named else ",".join(MOTION_MODELS)),
         data_models=resolve_models(a.models if named else "mfnet"),
-        measure=tuple(measure), device=device, dtype=a.dtype, channels_last=a.channels_last,
+        measure=tuple(measure), device=device, dtype=a.dtype, layout=resolve_layout(a.layout, a.channels_last),
         compile=asked_runtimes == ("compile",), runtimes=asked_runtimes, runtime=asked_runtimes[0],
         fiber_kernel=kernels_asked, paired_models=paired(timed, kernels_asked, a.fiber_kernel),
         batch_size=a.batch_size or (2 if a.quick else 4),
@@ -200,6 +211,14 @@ def resolve(a: argparse.Namespace, argv: list[str] | None) -> RunOptions:
     check_accuracy_inputs(options, explicit=a.measure != ",".join(MEASUREMENTS))
     check_clip_fits_every_model(options)
     return options
+
+
+def resolve_layout(asked: str | None, channels_last: bool) -> str:
+    """``--layout`` (default best), or channels_last from ``--channels-last``; the two disagreeing
+    is refused in one line."""
+    if channels_last and asked not in (None, "channels-last"):
+        raise ValueError(f"--channels-last with --layout {asked}: give one of them")
+    return "channels_last" if channels_last else (asked or "best").replace("-", "_")
 
 
 def resolve_runtimes(text: str | None, compiled: bool) -> tuple[str, ...]:

@@ -1,6 +1,8 @@
 """What a run measures, in which order, and what the store must hold for a measurement to count
 as done (so a re-run skips exactly that)."""
 
+import dataclasses
+
 import models
 from benchmarks.data import motion
 from benchmarks.measure import cost
@@ -67,6 +69,9 @@ def held(store: ResultsStore, options: RunOptions, conditions: list[RunCondition
     ``--force``): a paired speed measurement is held only under both of its kernels."""
     label, dataset = where(name, measurement, options)
     conditions = conditions if measurement == "speed" else conditions[:1]
+    if measurement == "accuracy":  # training records the layout it ran in: NCDHW unless channels-last
+        conditions = [dataclasses.replace(c, layout="channels_last" if options.channels_last else "ncdhw")
+                      for c in conditions]
     return not options.force and all(
         store.done(name, measurement, c, label, required_metrics(measurement, options), dataset)
         for c in conditions)

@@ -31,7 +31,7 @@ class RunWriter:
         if options.device == "cuda":
             env["gpu_policy"] = runtime.gpu_policy(options.dtype)
         self.conditions = RunConditions(self.run_id, options.device, env["device_name"], options.dtype,
-                                        options.channels_last, options.compile, env["threads"],
+                                        options.layout, options.compile, env["threads"],
                                         "suite" if options.suite_kernels else "stock", options.runtime)
         self.sidecar = env | {"quick": options.quick, "batch_size": options.batch_size, "argv": list(options.argv),
                               "runtime": options.runtime}
@@ -67,7 +67,7 @@ class Sweep:
         self.writer = RunWriter(options, self.store)
         stock = dataclasses.replace(self.writer.conditions, kernels="stock")
         setup = Setup(options.device, options.dtype, options.channels_last, options.compile, options.suite_kernels)
-        self.context = Context(self.writer.conditions, stock, options.paired_models, setup)
+        self.context = Context(self.writer.conditions, stock, options.paired_models, setup, self.store)
         self.errors = self.claimed_elsewhere = self.held = 0
 
     def run(self) -> int:

@@ -6,6 +6,7 @@ from benchmarks.store.records import (
     COLUMNS,
     CONDITION_COLUMNS,
     CSV_NAME,
+    LAYOUTS,
     SCHEMA_VERSION,
     Measurement,
     RunConditions,
@@ -14,5 +15,5 @@ from benchmarks.store.records import (
 )
 from benchmarks.store.results import ResultsStore
 
-__all__ = ["COLUMNS", "CONDITION_COLUMNS", "CSV_NAME", "SCHEMA_VERSION", "Measurement", "ResultsStore",
+__all__ = ["COLUMNS", "CONDITION_COLUMNS", "CSV_NAME", "LAYOUTS", "SCHEMA_VERSION", "Measurement", "ResultsStore",
            "RunConditions", "StoreError", "load_results", "new_run_id", "read_csv", "read_rows", "under"]

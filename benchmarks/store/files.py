@@ -80,6 +80,9 @@ def read_csv(path: Path, keep_unknown: bool = False) -> pd.DataFrame:
         if column not in frame.columns:
             frame[column] = ""
     frame["kernels"] = frame["kernels"].fillna("").replace("", "stock")  # before the column: stock
+    before = frame["layout"].fillna("") == ""  # before the column: what its channels_last says
+    frame.loc[before, "layout"] = (frame.loc[before, "channels_last"].astype(str) == "True").map(
+        {True: "channels_last", False: "ncdhw"})
     before = frame["runtime"].fillna("") == ""  # before the column: eager, or compile where compiled
     compiled = frame.loc[before, "compiled"].astype(str) == "True"
     frame.loc[before, "runtime"] = compiled.map({True: "compile", False: "eager"})

@@ -8,12 +8,12 @@ from dataclasses import dataclass
 import pandas as pd
 
 # Version 2 added weights, seed, threads, protocol and schema; version 3 added kernels; version 4
-# added runtime. Every row records the version that wrote it; a store holding rows of a newer
+# added runtime; version 5 added layout. Every row records the version that wrote it; a store holding rows of a newer
 # version is refused, never rewritten.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 COLUMNS = ("run_id", "timestamp", "model", "measurement", "metric", "value", "unit", "phase",
-           "device", "device_name", "dtype", "batch_size", "clip", "channels_last", "compiled",
-           "kernels", "runtime", "iqr", "repeats", "dataset", "epoch", "views", "status", "error", "note",
+           "device", "device_name", "dtype", "batch_size", "clip", "layout", "channels_last",
+           "compiled", "kernels", "runtime", "iqr", "repeats", "dataset", "epoch", "views", "status", "error", "note",
            "weights", "seed", "threads", "protocol", "schema")
 # The columns every store has had from its first version: one missing from a store's header is a
 # renamed or damaged header, refused rather than filled with blanks (rows would read as ok and
@@ -22,12 +22,17 @@ CORE_COLUMNS = ("run_id", "timestamp", "model", "measurement", "metric", "value"
                 "dtype", "batch_size", "clip", "status", "error", "note")
 # What makes two rows the same measurement, beside the model, metric, phase, batch and clip:
 # where and how it ran. Resume (``ResultsStore.done``), the summaries and the report use it.
-CONDITION_COLUMNS = ("device", "device_name", "threads", "dtype", "channels_last", "compiled",
-                     "kernels", "runtime")
+CONDITION_COLUMNS = ("device", "device_name", "threads", "dtype", "layout", "compiled", "kernels",
+                     "runtime")
 # kernels: "stock" (PyTorch's own, run.py --fiber-kernel stock) or "suite": grouped (1|3)x3x3
 # convs, and with them BatchNorm + ReLU and pointwise convs, on the suite's kernels (models/kernels)
 # where they apply, the default. runtime: eager | compile | onnxruntime | openvino | tensorrt
-# (benchmarks/runtimes); rows written before the column read as eager, or compile where compiled
+# (benchmarks/runtimes); rows written before the column read as eager, or compile where compiled.
+# layout: the one asked for, "best" (each model in whichever of NCDHW and channels-last its
+# inference runs faster, ``benchmarks/measure/layout.py``; run.py's default), "ncdhw" or
+# "channels_last"; the channels_last column says which a row ran in. Rows written before the
+# column read as the layout their channels_last column says.
+LAYOUTS = ("best", "ncdhw", "channels_last")
 CSV_NAME = "measurements.csv"
 
 
@@ -60,6 +65,8 @@ class Measurement:
     # the row's own kernels condition, in a run that times two against each other
     # (``run.py --fiber-kernel paired``); blank: the run's
     kernels: str = ""
+    # the layout the row ran in, where the run's layout is "best"; None: the run's
+    channels_last: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -70,13 +77,17 @@ class RunConditions:
     device: str
     device_name: str  # CPU or GPU model: a fresh clone on another machine measures anew
     dtype: str
-    channels_last: bool
+    layout: str  # LAYOUTS
     compiled: bool
     # intra-op threads: a 64-thread host must not take a 2-thread host's timings as its own
     # (0: not recorded, in rows written before the column existed and not filled from a sidecar)
     threads: int = 0
     kernels: str = "stock"
     runtime: str = "eager"
+
+    @property
+    def channels_last(self) -> bool:
+        return self.layout == "channels_last"
 
     def key(self) -> dict:
         return {column: getattr(self, column) for column in CONDITION_COLUMNS}

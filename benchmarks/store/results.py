@@ -71,6 +71,7 @@ class ResultsStore:
                 record = asdict(row) | {"run_id": run.run_id, "timestamp": timestamp,
                                         "schema": SCHEMA_VERSION} | run.key()
                 record["kernels"] = row.kernels or run.kernels
+                record["channels_last"] = run.channels_last if row.channels_last is None else row.channels_last
                 record["error"] = " ".join(str(record["error"]).split())  # one line
                 writer.writerow({k: one_line(v) for k, v in record.items()})
             atomic_write(self.csv.resolve(), old + buffer.getvalue().encode())
@@ -99,7 +100,7 @@ class ResultsStore:
         if dataset is not None:
             key["dataset"] = dataset
         # counted costs are the model's, whatever kernels ran it
-        ignore = ("kernels",) if measurement == "cost" else ()
+        ignore = ("kernels", "layout") if measurement == "cost" else ()
         mask = (frame["status"] == "ok") & under(frame, run, ignore)
         for column, value in key.items():
             mask &= frame[column] == value

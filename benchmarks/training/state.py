@@ -147,7 +147,8 @@ class Session:
     def open_store(self, device, world: int, dataset: str, clip: str, extra: dict) -> None:
         self.store = ResultsStore(self.cfg.results)
         self.conditions = RunConditions(self.run_id, device.type, environment.device_name(device.type),
-                                        self.cfg.amp or "fp32", self.cfg.channels_last, self.cfg.compile,
+                                        self.cfg.amp or "fp32",
+                                        "channels_last" if self.cfg.channels_last else "ncdhw", self.cfg.compile,
                                         torch.get_num_threads(), kernels_of(self.cfg, device))
         self.dataset, self.clip = dataset, clip
         self.store.check_writable()

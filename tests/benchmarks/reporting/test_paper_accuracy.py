@@ -16,7 +16,7 @@ def accuracy(dataset: str, metric: str, value: float, seed: int = 0, weights: st
 
 def store_with_accuracy(root):
     store = ResultsStore(root)
-    run = RunConditions("run-a", "cpu", "Test CPU", "fp32", False, False)
+    run = RunConditions("run-a", "cpu", "Test CPU", "fp32", "ncdhw", False)
     store.append([Measurement("mfnet", "cost", "params", 7_996_368, "count", clip="16x224x224"),
                   Measurement("mfnet", "cost", "gmacs", 11.045, "GMAC", clip="16x224x224"),
                   accuracy("ucf101/1", "top1_video", 50.0)],  # superseded by a newer row below

@@ -29,7 +29,7 @@ def test_committed_report_is_what_the_committed_results_generate(tmp_path, monke
 @pytest.fixture
 def small_store(tmp_path):
     store = ResultsStore(tmp_path / "results")
-    run = RunConditions("run-a", "cpu", "Test CPU", "fp32", False, False)
+    run = RunConditions("run-a", "cpu", "Test CPU", "fp32", "ncdhw", False)
     rows = [Measurement("mfnet", "cost", "params", 7_996_368, "count", clip="16x224x224"),
             Measurement("mfnet", "cost", "gmacs", 11.045, "GMAC", clip="16x224x224"),
             Measurement("i3d", "cost", "params", 12_697_000, "count", clip="64x224x224"),
@@ -38,10 +38,10 @@ def small_store(tmp_path):
             Measurement("_machine", "speed", "peak_gmacs_per_s", 90.0, "GMAC/s")]
     store.append(rows, run, "2026-01-01T00:00:00+00:00")
     # an older-looking machine's timing must not leak into this machine's table
-    other = RunConditions("run-b", "cpu", "Other CPU", "fp32", False, False)
+    other = RunConditions("run-b", "cpu", "Other CPU", "fp32", "ncdhw", False)
     store.append([Measurement("i3d", "speed", "latency_ms", 1.0, "ms", "infer", 1, "64x224x224")],
                  other, "2025-01-01T00:00:00+00:00")
-    gpu = RunConditions("run-c", "cuda", "Test GPU", "fp32", False, False)
+    gpu = RunConditions("run-c", "cuda", "Test GPU", "fp32", "ncdhw", False)
     store.append([Measurement("mfnet", "speed", "latency_ms", 9.5, "ms", "infer", 1, "16x224x224"),
                   Measurement("mfnet", "memory", "peak_alloc_mb_train", 1234.0, "MB", "train", 4,
                               "16x224x224"),
@@ -68,10 +68,10 @@ def test_verdicts_and_reasons(small_store, tmp_path):
     assert "Timed on 3 device(s), each in a section of its own, the most completely measured first (Test GPU)" in text
     cpu = text.split("## Efficiency on Test CPU (cpu, fp32)")[1].split("\n## ")[0]
     # its own timing, with the counted costs from any machine; I3D, timed elsewhere, named with its command
-    assert "| MF-Net | 16x224x224 | 11.04 | 8.00 | – | 300.0 |" in cpu and "| I3D |" not in cpu
+    assert "| MF-Net | 16x224x224 | NCDHW | 11.04 | 8.00 | – | 300.0 |" in cpu and "| I3D |" not in cpu
     assert "Not measured on this device: I3D" in cpu and "`python benchmarks/run.py --models i3d" in cpu
     gpu = text.split("## Efficiency on Test GPU (cuda, fp32)")[1]
-    assert "| MF-Net | 16x224x224 | 11.04 | 8.00 | – | 9.50 |" in gpu and "| 1,234 |" in gpu
+    assert "| MF-Net | 16x224x224 | NCDHW | 11.04 | 8.00 | – | 9.50 |" in gpu and "| 1,234 |" in gpu
     assert "--device cuda --models i3d" in gpu.split("\n## ")[0]
     assert (tmp_path / "out" / "memory_test_gpu.png").exists()
     closing = text.strip().splitlines()[-1]
@@ -90,7 +90,7 @@ def test_wallclock_section_compares_mfnet_and_res3d_from_the_same_run(tmp_path):
     store = ResultsStore(tmp_path / "results")
 
     def rates(run_id, mfnet, res3d, timestamp, channels_last=False):
-        run = RunConditions(run_id, "cpu", "Test CPU", "fp32", channels_last, False)
+        run = RunConditions(run_id, "cpu", "Test CPU", "fp32", "channels_last" if channels_last else "ncdhw", False)
         rows = []
         for name, clip, (b1, b4, train) in (("mfnet", "16x224x224", mfnet), ("res3d", "8x112x112", res3d)):
             rows += [Measurement(name, "speed", "gmacs_per_s", b1, "GMAC/s", "infer", 1, clip),
@@ -118,7 +118,7 @@ def test_footnote_5_forecast_is_judged_from_mfnet_on_stock_and_on_the_suite_kern
     store = ResultsStore(tmp_path / "results")
 
     def rates(run_id, kernels, mfnet, timestamp, note=""):
-        run = RunConditions(run_id, "cpu", "Test CPU", "fp32", True, False, 2, kernels)
+        run = RunConditions(run_id, "cpu", "Test CPU", "fp32", "channels_last", False, 2, kernels)
         rows = []
         for name, clip, (b1, b4, train) in (("mfnet", "16x224x224", mfnet),
                                             ("res3d", "8x112x112", (100, 200, 200))):
@@ -163,7 +163,7 @@ def test_footnote_5_forecast_prefers_a_paired_run_to_newer_separate_ones(tmp_pat
                                      kernels=kind),
                          Measurement(name, "speed", "gmacs_per_s", train, "GMAC/s", "train", 4, clip,
                                      kernels=kind)]
-        store.append(rows, RunConditions(run_id, "cpu", "Test CPU", "fp32", True, False, 2, "suite"),
+        store.append(rows, RunConditions(run_id, "cpu", "Test CPU", "fp32", "channels_last", False, 2, "suite"),
                      timestamp)
 
     rates("run-paired", ((40, 40, 20), (44, 64, 32)), "2026-01-01T00:00:00+00:00",
@@ -201,7 +201,7 @@ def test_footnote_5_forecast_is_not_judged_from_a_paired_run_whose_control_moved
             rows += [Measurement(name, "speed", "gmacs_per_s", v, "GMAC/s", phase, batch, clip,
                                  kernels=kind)
                      for v, phase, batch in ((b1, "infer", 1), (b4, "infer", 4), (train, "train", 4))]
-    store.append(rows, RunConditions("run-noisy", "cpu", "Test CPU", "fp32", True, False, 2, "suite"),
+    store.append(rows, RunConditions("run-noisy", "cpu", "Test CPU", "fp32", "channels_last", False, 2, "suite"),
                  "2026-01-01T00:00:00+00:00")
     lines = wallclock.forecast_lines(load_results(store.root).query("metric == 'gmacs_per_s'"))
     forecast = next(line for line in lines if line.startswith("| Test CPU"))
@@ -214,12 +214,12 @@ def test_the_tables_show_a_paired_run_s_suite_rows_as_mfnet_s_default_path(tmp_p
     """Where a run timed MF-Net on both kernels, the tables take the suite's row (its default);
     a newer run on stock kernels alone is newer, so it is the one shown."""
     store = ResultsStore(tmp_path / "results")
-    run = RunConditions("run-paired", "cpu", "Test CPU", "fp32", False, False, 2, "suite")
+    run = RunConditions("run-paired", "cpu", "Test CPU", "fp32", "ncdhw", False, 2, "suite")
     store.append([Measurement("mfnet", "speed", "latency_ms", 80.0, "ms", "infer", 1, "16x224x224"),
                   Measurement("mfnet", "speed", "latency_ms", 100.0, "ms", "infer", 1, "16x224x224",
                               kernels="stock")], run, "2026-01-01T00:00:00+00:00")
     assert Measured(load_results(store.root), "cpu", "Test CPU").get("mfnet", "latency_ms", 1) == 80
-    run = RunConditions("run-stock", "cpu", "Test CPU", "fp32", False, False, 2, "stock")
+    run = RunConditions("run-stock", "cpu", "Test CPU", "fp32", "ncdhw", False, 2, "stock")
     store.append([Measurement("mfnet", "speed", "latency_ms", 120.0, "ms", "infer", 1, "16x224x224")],
                  run, "2026-01-02T00:00:00+00:00")
     assert Measured(load_results(store.root), "cpu", "Test CPU").get("mfnet", "latency_ms", 1) == 120
@@ -232,7 +232,7 @@ def test_motion_accuracy_is_reported_per_protocol_and_clip_for_the_current_gener
             ("run-e", "protocol: equal epochs, 6", 90.0, "02", "16x32x32", motion.LABEL),
             ("run-c", "protocol: equal time, 60 s", 60.0, "03", "16x48x48", motion.LABEL),
             ("run-v1", "protocol: equal time, 60 s", 11.0, "04", "16x32x32", "motion")):
-        run = RunConditions(run_id, "cpu", "Test CPU", "fp32", False, False)
+        run = RunConditions(run_id, "cpu", "Test CPU", "fp32", "ncdhw", False)
         store.append([Measurement("mfnet", "accuracy", "top1_video", top1, "%", "test", clip=clip,
                                   dataset=dataset, views="1x1", note=protocol,
                                   protocol=protocol.removeprefix("protocol: ")),
@@ -258,7 +258,7 @@ def test_motion_accuracy_is_reported_per_protocol_and_clip_for_the_current_gener
 def test_two_stores_from_two_machines_make_one_report_with_a_section_each(tmp_path):
     for folder, machine, latency, stamp in (("a", "CPU A", 200.0, "01"), ("b", "CPU B", 50.0, "02")):
         store = ResultsStore(tmp_path / folder)
-        run = RunConditions(f"run-{folder}", "cpu", machine, "fp32", False, False, 2)
+        run = RunConditions(f"run-{folder}", "cpu", machine, "fp32", "ncdhw", False, 2)
         store.append([Measurement("mfnet", "cost", "gmacs", 11.045, "GMAC", clip="16x224x224"),
                       Measurement("mfnet", "cost", "params", 7_996_368, "count", clip="16x224x224"),
                       Measurement("mfnet", "speed", "latency_ms", latency, "ms", "infer", 1, "16x224x224"),
@@ -283,7 +283,7 @@ def test_the_report_marks_disturbed_timings_and_refuses_their_verdict(tmp_path):
                         note=disturbed) for name, ms in (("mfnet", 100.0), ("r2plus1d", 900.0))]
     rows += [Measurement(name, "cost", "gmacs", g, "GMAC", clip=plan.clip_label(name, None))
              for name, g in (("mfnet", 11.1), ("r2plus1d", 152.0))]
-    ResultsStore(tmp_path).append(rows, RunConditions("r", "cpu", "x", "fp32", False, False, 2),
+    ResultsStore(tmp_path).append(rows, RunConditions("r", "cpu", "x", "fp32", "ncdhw", False, 2),
                                   "2026-01-01T00:00:00+00:00")
     render(tmp_path, tmp_path / "report")
     text = (tmp_path / "report" / "README.md").read_text()
@@ -293,7 +293,7 @@ def test_the_report_marks_disturbed_timings_and_refuses_their_verdict(tmp_path):
 
 
 def _timed(store, device_name, stamp, rows):
-    store.append(rows, RunConditions(f"run-{stamp}", "cpu", device_name, "fp32", False, False, 2),
+    store.append(rows, RunConditions(f"run-{stamp}", "cpu", device_name, "fp32", "ncdhw", False, 2),
                  f"2026-02-{stamp}T00:00:00+00:00")
 
 
@@ -355,7 +355,7 @@ def _two_runs(root: Path) -> ResultsStore:
     store = ResultsStore(root)
     (root / "runs").mkdir(parents=True)
     for stamp, ms in (("01", 100.0), ("02", 90.0)):
-        run = RunConditions(f"run-{stamp}", "cpu", "CPU X", "fp32", False, False, 2)
+        run = RunConditions(f"run-{stamp}", "cpu", "CPU X", "fp32", "ncdhw", False, 2)
         store.write_environment(run.run_id, {"cpu": "CPU X", "threads": 2, "cpu_cores_allowed": 2})
         store.append([_latency("mfnet", ms)], run, f"2026-02-{stamp}T00:00:00+00:00")
     return store
@@ -374,7 +374,7 @@ def test_a_newest_run_without_a_readable_sidecar_is_reported_from_its_rows(tmp_p
 
 def test_an_ok_row_without_a_value_is_shown_as_missing_and_draws_nothing(tmp_path):
     store = ResultsStore(tmp_path / "r")
-    run = RunConditions("run-01", "cpu", "CPU X", "fp32", False, False, 2)
+    run = RunConditions("run-01", "cpu", "CPU X", "fp32", "ncdhw", False, 2)
     store.append([Measurement("mfnet", "cost", "gmacs", None, "GMAC", clip="16x224x224"),
                   Measurement("mfnet", "cost", "params", 8e6, "count", clip="16x224x224"),
                   _latency("mfnet", None), _latency("res3d", 240.0)], run, "2026-02-01T00:00:00+00:00")
@@ -386,7 +386,7 @@ def test_an_ok_row_without_a_value_is_shown_as_missing_and_draws_nothing(tmp_pat
 
 def test_a_store_of_a_newer_schema_is_refused_by_the_report_alone_or_merged(tmp_path):
     newer = ResultsStore(tmp_path / "newer")
-    newer.append([_latency("mfnet", 90.0)], RunConditions("run-n", "cpu", "CPU X", "fp32", False, False, 2),
+    newer.append([_latency("mfnet", 90.0)], RunConditions("run-n", "cpu", "CPU X", "fp32", "ncdhw", False, 2),
                  "2026-02-01T00:00:00+00:00")
     newer.csv.write_text(newer.csv.read_text().replace(f",{SCHEMA_VERSION}\n", f",{SCHEMA_VERSION + 1}\n"))
     older = _two_runs(tmp_path / "older")
@@ -409,3 +409,24 @@ def test_the_busy_machine_flag_counts_runs_not_rows():
     acc = pd.DataFrame([budget("a", "busy: 0.9 CPUs of other load; probe scaled"), budget("a", "busy: again"),
                         budget("b", "quiet"), {"run_id": "c", "metric": "top1_video", "note": ""}])
     assert budget_notes(acc) == ["", "⚠ Flagged in 1 of the 3 runs: busy: again."]
+
+
+def test_the_main_table_shows_each_model_on_its_best_layout_and_names_the_path(tmp_path):
+    store = ResultsStore(tmp_path / "r")
+    clip = plan.clip_label("x3d_m", None)
+
+    def rate(value, channels_last=None):
+        return Measurement("x3d_m", "speed", "infer_clips_per_s", value, "clips/s", "infer", 4, clip,
+                           channels_last=channels_last)
+
+    store.append([rate(2.3), Measurement("x3d_m", "cost", "gmacs", 6.97, "GMAC", clip=clip)],
+                 RunConditions("run-1", "cpu", "CPU X", "fp32", "ncdhw", False, 2),
+                 "2026-01-01T00:00:00+00:00")
+    store.append([rate(4.2, channels_last=True)], RunConditions("run-2", "cpu", "CPU X", "fp32", "best", False, 2),
+                 "2026-01-02T00:00:00+00:00")
+    store.append([rate(2.4)], RunConditions("run-3", "cpu", "CPU X", "fp32", "ncdhw", False, 2),
+                 "2026-01-03T00:00:00+00:00")  # a newer run asked for NCDHW: not the default path
+    render(store.root, tmp_path / "out")
+    line = next(row for row in (tmp_path / "out" / "README.md").read_text().splitlines()
+                if row.startswith(f"| X3D-M | {clip} |"))
+    assert "| CL (best) |" in line and "4.20" in line

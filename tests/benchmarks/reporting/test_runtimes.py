@@ -18,7 +18,7 @@ def _speed(name, runtime, dtype, latency, rate, gmacs):
 def _store(tmp_path, setups):
     store = ResultsStore(tmp_path / "r")
     for i, (rows, runtime, dtype) in enumerate(setups):
-        run = RunConditions(f"run-{i}", "cpu", "CPU X (AVX512)", dtype, False, runtime == "compile", 2,
+        run = RunConditions(f"run-{i}", "cpu", "CPU X (AVX512)", dtype, "ncdhw", runtime == "compile", 2,
                             "stock", runtime)
         store.append(rows, run, f"2026-03-0{i + 1}T00:00:00+00:00")
     return newest(load_results(store.root))

@@ -10,7 +10,7 @@ from benchmarks.measure import peak
 from benchmarks.runner import accuracy
 from benchmarks.store import RunConditions
 
-CONDITIONS = RunConditions("r", "cpu", "Test CPU", "fp32", False, False, 2)
+CONDITIONS = RunConditions("r", "cpu", "Test CPU", "fp32", "ncdhw", False, 2)
 
 
 def test_run_py_keeps_accuracy_checkpoints_under_its_results_folder(tmp_path):

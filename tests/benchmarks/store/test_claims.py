@@ -15,7 +15,7 @@ from benchmarks.store import ResultsStore, RunConditions, claims
 
 
 def conditions(run_id="r"):
-    return RunConditions(run_id, "cpu", "x", "fp32", False, False, 2)
+    return RunConditions(run_id, "cpu", "x", "fp32", "ncdhw", False, 2)
 
 
 def test_a_claim_held_by_a_live_process_is_respected_and_a_dead_ones_taken_over(tmp_path):

@@ -11,7 +11,7 @@ import pytest
 from benchmarks.store import Measurement, ResultsStore, RunConditions, StoreError, read_csv, results
 from tests.paths import REPO
 
-RUN = RunConditions("run-a", "cpu", "Test CPU", "fp32", False, False, 2)
+RUN = RunConditions("run-a", "cpu", "Test CPU", "fp32", "ncdhw", False, 2)
 
 
 def row(value: float = 1.0) -> Measurement:
@@ -111,7 +111,7 @@ def test_thread_count_is_a_condition_of_resume(tmp_path):
     store.append([row()], RUN, "2026-01-01T00:00:00+00:00")
     required = [("params", None)]
     assert store.done("mfnet", "cost", RUN, "16x224x224", required)
-    many = RunConditions("run-b", "cpu", "Test CPU", "fp32", False, False, 64)
+    many = RunConditions("run-b", "cpu", "Test CPU", "fp32", "ncdhw", False, 64)
     assert not store.done("mfnet", "cost", many, "16x224x224", required)
 
 
@@ -120,7 +120,7 @@ def test_kernels_are_a_condition_and_rows_from_before_the_column_read_as_stock(t
     latency = Measurement("mfnet", "speed", "latency_ms", 9.0, "ms", "infer", 1, "16x224x224")
     store.append([row(), latency], RUN, "2026-01-01T00:00:00+00:00")
     required, timed = [("params", None)], [("latency_ms", 1)]
-    suite = RunConditions("run-b", "cpu", "Test CPU", "fp32", False, False, 2, "suite")
+    suite = RunConditions("run-b", "cpu", "Test CPU", "fp32", "ncdhw", False, 2, "suite")
     assert not store.done("mfnet", "speed", suite, "16x224x224", timed)
     assert store.done("mfnet", "cost", suite, "16x224x224", required)  # counted: any kernels
     old = store.csv.read_text().splitlines()
