@@ -4,6 +4,7 @@ in every runtime; each engine's settings are in ``settings`` for the run's recor
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
 # OpenVINO's inference precision by the suite's dtype names
@@ -32,24 +33,52 @@ class OnnxRuntimeEngine:
 
 
 class OpenVinoEngine:
-    """OpenVINO's CPU plugin on the model reshaped to the static input ``shape`` (its kernels are
-    chosen per shape), ``threads`` inference threads, the dtype as its inference precision, and the
-    latency hint: one synchronous request at a time, as every runtime here is timed."""
+    """OpenVINO's CPU plugin on the model reshaped to a static input (its kernels are chosen per
+    shape), ``threads`` inference threads and the dtype as its inference precision. At batch 1 the
+    latency hint: one synchronous request. At a larger batch the throughput hint, as OpenVINO's
+    ``benchmark_app`` runs it: the plugin's optimal number of requests (its CPU streams) in flight
+    at once, the batch split between them, one step ending when all are done; where the batch does
+    not split evenly, or the plugin asks for one request, a single synchronous request. Measured on
+    a 2-core Intel Xeon (AMX), MF-Net at batch 4: fp32 6.83 clips/s with two requests of 2 against
+    6.60 with the latency hint, bf16 23.2 against 21.3; the throughput hint with one synchronous
+    request of 4 ran at half (3.28)."""
 
     def __init__(self, path: Path, shape: tuple[int, ...], threads: int, dtype: str = "fp32"):
         import openvino as ov
 
-        core = ov.Core()
-        model = core.read_model(str(path))
+        self.core, self.path = ov.Core(), path
+        hint = "LATENCY" if shape[0] == 1 else "THROUGHPUT"
+        self.config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": hint,
+                       "INFERENCE_PRECISION_HINT": OPENVINO_PRECISION[dtype]}
+        compiled = self.compiled(shape)
+        requests = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")) if hint == "THROUGHPUT" else 1
+        if requests > 1 and shape[0] % requests == 0:
+            compiled = self.compiled((shape[0] // requests, *shape[1:]))
+            self.queue = ov.AsyncInferQueue(compiled, requests)
+            self.queue.set_callback(self._keep)
+        else:
+            requests, self.queue = 1, None
+            self.request = compiled.create_infer_request()
+        self.requests, self.outputs = requests, [None] * requests
+        self.settings = {"device": "CPU", **self.config, "requests": requests,
+                         "batch_per_request": shape[0] // requests}
+
+    def compiled(self, shape: tuple[int, ...]):
+        model = self.core.read_model(str(self.path))
         model.reshape({model.input(0): list(shape)})
-        config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
-                  "INFERENCE_PRECISION_HINT": OPENVINO_PRECISION[dtype]}
-        self.settings = {"device": "CPU", **config}
-        self.request = core.compile_model(model, "CPU", config).create_infer_request()
+        return self.core.compile_model(model, "CPU", self.config)
+
+    def _keep(self, request, index: int) -> None:
+        self.outputs[index] = request.get_output_tensor(0).data.copy()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        self.request.infer({0: x.numpy()})
-        return torch.from_numpy(self.request.get_output_tensor(0).data.copy())
+        if self.queue is None:
+            self.request.infer({0: x.numpy()})
+            return torch.from_numpy(self.request.get_output_tensor(0).data.copy())
+        for index, part in enumerate(x.numpy().reshape(self.requests, -1, *x.shape[1:])):
+            self.queue.start_async({0: part}, index)
+        self.queue.wait_all()
+        return torch.from_numpy(np.concatenate(self.outputs))
 
 
 class TensorRTEngine:

@@ -57,6 +57,20 @@ def test_an_exported_model_gives_eager_s_outputs_and_is_exported_once(tiny_model
 
 
 @pytest.mark.slow
+@pytest.mark.skipif("openvino" not in ENGINES, reason="openvino is not installed")
+def test_openvino_splits_a_throughput_batch_between_its_requests_and_keeps_each_clip_s_logits(tiny_models, tmp_path):
+    workload = RuntimeWorkload("tiny3d", Setup("cpu"), None, "openvino", tmp_path)
+    x, _ = workload.inputs(4)
+    together = workload.engine(4)(x)
+    alone = torch.cat([workload.engine(1)(x[i:i + 1]) for i in range(4)])
+    torch.testing.assert_close(together, alone, rtol=1e-5, atol=1e-5)  # in order, none lost or repeated
+    settings = workload.settings()
+    assert settings["1"]["PERFORMANCE_HINT"] == "LATENCY" and settings["1"]["requests"] == 1
+    assert settings["4"]["PERFORMANCE_HINT"] == "THROUGHPUT"
+    assert settings["4"]["requests"] * settings["4"]["batch_per_request"] == 4
+
+
+@pytest.mark.slow
 @pytest.mark.skipif(not ENGINES, reason="no exported runtime installed")
 def test_a_model_that_does_not_export_is_one_line_and_leaves_no_file(tiny_models, tmp_path):
     with pytest.raises(export.ExportError, match="^branchy3d does not export to ONNX: ") as err:
