@@ -4,8 +4,8 @@ The same rule for every model, so a run's tables set each model's best path agai
 others' (MF-Net's kernels run channels-last inside whatever the input; at batch 4 on a 2-core Intel
 Xeon with AMX, X3D-M's inference ran 1.12x faster channels-last and Res3D's 1.10x, and 1.8x
 has been measured for X3D-M on another Xeon). The probe times one inference step in each layout at
-the run's throughput batch, in alternating rounds (``time_alternating``) so a machine that
-drifts moves both alike, and keeps NCDHW unless channels-last is faster by ``MARGIN``: closer
+the run's throughput batch, the two in turn (``time_interleaved``: a warm-up call each, then at
+least two timed calls each) so a machine that drifts moves both alike, and keeps NCDHW unless channels-last is faster by ``MARGIN``: closer
 than that is within a probe's noise, and NCDHW is every model's own default. The two medians
 are stored as rows (``layout_ncdhw_ms``, ``layout_channels_last_ms``, phase ``probe``), and a
 later run on the same machine, dtype, kernels and input reads its choice from them rather than
@@ -15,7 +15,7 @@ import dataclasses
 
 import pandas as pd
 
-from benchmarks.measure.timing import time_alternating
+from benchmarks.measure.timing import time_interleaved
 from benchmarks.measure.workload import Setup, Workload
 from benchmarks.store import Measurement
 
@@ -43,23 +43,22 @@ def choose(ncdhw_ms: float, channels_last_ms: float) -> Choice:
     return Choice(channels_last_ms < (1 - MARGIN) * ncdhw_ms, ncdhw_ms, channels_last_ms)
 
 
-def probe(name: str, setup: Setup, clip, batch: int, min_run_time: float, warmup: int = 1,
-          rounds: int = 2) -> tuple[Choice, list[Measurement]]:
+def probe(name: str, setup: Setup, clip, batch: int, min_run_time: float,
+          min_steps: int = 2) -> tuple[Choice, list[Measurement]]:
     """Time ``name``'s inference step in both layouts under ``setup`` (its device, dtype and
     kernels; always eager); the choice and its rows."""
     workloads = [Workload(name, dataclasses.replace(setup, channels_last=cl, compiled=False), clip)
                  for cl in (False, True)]
     x, _ = workloads[0].inputs(batch)
     inputs = [x, x.contiguous(memory_format=workloads[1].memory_format)]
-    results = time_alternating([lambda w=w, x=x: w.infer_step(x) for w, x in zip(workloads, inputs)],
-                               workloads[0].synchronize, min_run_time, warmup, rounds)
-    ncdhw, cl = (r.median * 1e3 for r in results)
-    choice = choose(ncdhw, cl)
+    results = time_interleaved([lambda w=w, x=x: w.infer_step(x) for w, x in zip(workloads, inputs)],
+                               workloads[0].synchronize, min_run_time, min_steps)
+    choice = choose(results[0][0] * 1e3, results[1][0] * 1e3)
     label = "x".join(str(v) for v in x.shape[2:])
-    rows = [Measurement(name, "speed", METRICS[channels_last], r.median * 1e3, "ms", "probe", batch, label,
-                        iqr=r.iqr * 1e3, repeats=len(r.times), channels_last=channels_last,
+    rows = [Measurement(name, "speed", METRICS[channels_last], median * 1e3, "ms", "probe", batch, label,
+                        iqr=iqr * 1e3, repeats=calls, channels_last=channels_last,
                         note=f"layout probe: chose {choice.name}")
-            for channels_last, r in zip((False, True), results)]
+            for channels_last, (median, iqr, calls) in zip((False, True), results)]
     return choice, rows
 
 

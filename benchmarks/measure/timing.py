@@ -3,6 +3,8 @@
 times), and several steps timed against each other in alternating rounds. On CUDA every step ends
 with ``torch.cuda.synchronize()`` so the clock sees the kernels."""
 
+import statistics
+import time
 from collections.abc import Callable
 
 import torch
@@ -42,3 +44,29 @@ def time_alternating(steps: list[Callable[[], None]], synchronize: Callable[[], 
     return [tbench.Measurement.merge(mine)[0] for mine in blocks]
 
 
+
+
+def time_interleaved(steps: list[Callable[[], None]], synchronize: Callable[[], None], min_run_time: float,
+                     min_steps: int = 2) -> list[tuple[float, float, int]]:
+    """A cheap comparison of several steps for a decision, not a figure: one warm-up call each,
+    then one timed call of each in turn until each has ``min_steps`` calls and ``min_run_time``
+    seconds; (median, IQR, calls) per step. ``blocked_autorange`` runs a step once more per round
+    to size its blocks, which for a seconds-long step (I3D at batch 4) doubles a probe's cost."""
+    for step in steps:
+        step()
+    synchronize()
+    times: list[list[float]] = [[] for _ in steps]
+    while min(len(t) for t in times) < min_steps or min(sum(t) for t in times) < min_run_time:
+        for step, mine in zip(steps, times):
+            start = time.perf_counter()
+            step()
+            synchronize()
+            mine.append(time.perf_counter() - start)
+    return [(statistics.median(t), _iqr(t), len(t)) for t in times]
+
+
+def _iqr(values: list[float]) -> float:
+    if len(values) < 2:
+        return 0.0
+    q = statistics.quantiles(values, n=4, method="inclusive")
+    return q[2] - q[0]

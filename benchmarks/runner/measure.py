@@ -185,8 +185,8 @@ def chosen_layout(name: str, options: RunOptions, label: str, context: Context) 
     rows = []
     if choice is None:
         def probe(batch):
-            return layout.probe(name, context.setup, options.clip, batch, 0.05 if options.quick else 0.3,
-                                warmup=0 if options.quick else 1, rounds=1 if options.quick else 2)
+            return layout.probe(name, context.setup, options.clip, batch, 0.05 if options.quick else 0.5,
+                                min_steps=1 if options.quick else 2)
 
         (choice, rows), _ = with_oom_retry(probe, options.batch_size, options.device)
     return dataclasses.replace(context.setup, channels_last=choice.channels_last), rows

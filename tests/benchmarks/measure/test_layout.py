@@ -1,8 +1,6 @@
 """Each model's layout (benchmarks/measure/layout.py): the rule, the probe's rows, a stored
 choice read back, and ``run.py``'s default run timing every model in the layout its probe chose."""
 
-from types import SimpleNamespace
-
 import pytest
 
 from benchmarks import run
@@ -19,12 +17,11 @@ def test_channels_last_only_where_it_is_faster_by_the_margin(ncdhw, cl, chosen):
 
 
 def _timings(ncdhw_s, cl_s):
-    return lambda steps, sync, min_run_time, warmup, rounds: [
-        SimpleNamespace(median=t, iqr=t / 10, times=[t] * 3) for t in (ncdhw_s, cl_s)]
+    return lambda steps, sync, min_run_time, min_steps: [(t, t / 10, 3) for t in (ncdhw_s, cl_s)]
 
 
 def test_the_probe_times_both_layouts_and_stores_both_medians(tiny_models, monkeypatch):
-    monkeypatch.setattr(layout, "time_alternating", _timings(0.2, 0.1))
+    monkeypatch.setattr(layout, "time_interleaved", _timings(0.2, 0.1))
     choice, rows = layout.probe("tiny3d", Setup(), None, 2, 0.01)
     assert choice.channels_last and "channels-last (probe: NCDHW 200 ms, channels-last 100 ms" in choice.describe()
     by_metric = {r.metric: r for r in rows}
@@ -35,7 +32,7 @@ def test_the_probe_times_both_layouts_and_stores_both_medians(tiny_models, monke
 
 
 def test_a_real_probe_runs_both_layouts(tiny_models):
-    choice, rows = layout.probe("tiny3d", Setup(), None, 2, 0.01, warmup=0, rounds=1)
+    choice, rows = layout.probe("tiny3d", Setup(), None, 2, 0.01, min_steps=1)
     assert len(rows) == 2 and all(r.value > 0 for r in rows)
     assert choice == layout.choose(rows[0].value, rows[1].value)
 
@@ -75,7 +72,7 @@ def test_channels_last_and_another_layout_is_one_line(capsys):
 
 
 def test_the_default_run_times_each_model_in_its_probed_layout(tiny_models, tmp_path, monkeypatch):
-    monkeypatch.setattr(layout, "time_alternating", _timings(0.2, 0.1))  # the probe finds channels-last faster
+    monkeypatch.setattr(layout, "time_interleaved", _timings(0.2, 0.1))  # the probe finds channels-last faster
     assert run.main(["--models", "tiny3d", "--measure", "speed", "--quick", "--results", str(tmp_path)]) == 0
     frame = read_csv(tmp_path / "measurements.csv")
     mine = frame[frame["model"] == "tiny3d"]
