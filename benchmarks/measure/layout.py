@@ -1,15 +1,16 @@
 """Each model's layout: NCDHW or channels-last, whichever its inference step runs faster here.
 
 The same rule for every model, so a run's tables set each model's best path against the
-others' (MF-Net's kernels run channels-last inside whatever the input; at batch 4 on a 2-core Intel
-Xeon with AMX, X3D-M's inference ran 1.12x faster channels-last and Res3D's 1.10x, and 1.8x
-has been measured for X3D-M on another Xeon). The probe times one inference step in each layout at
-the run's throughput batch, the two in turn (``time_interleaved``: a warm-up call each, then at
-least two timed calls each) so a machine that drifts moves both alike, and keeps NCDHW unless channels-last is faster by ``MARGIN``: closer
-than that is within a probe's noise, and NCDHW is every model's own default. The two medians
-are stored as rows (``layout_ncdhw_ms``, ``layout_channels_last_ms``, phase ``probe``), and a
-later run on the same machine, dtype, kernels and input reads its choice from them rather than
-probing again."""
+others'. On a 2-core Intel Xeon with AMX at batch 4, the probe found X3D-M's inference 1.12x
+faster channels-last (1151 against 1289 ms; 1.8x has been measured for it on another Xeon),
+MF-Net's on the suite's kernels 1.15x (they run channels-last inside, so an NCDHW input costs a
+conversion), and Res3D's 0.93x, so Res3D kept NCDHW. The probe times one inference step in each
+layout at the run's throughput batch, the two in turn (``time_interleaved``: a warm-up call
+each, then at least two timed calls each) so a machine that drifts moves both alike, and keeps
+NCDHW unless channels-last is faster by ``MARGIN``: closer than that is within a probe's noise,
+and NCDHW is every model's own default. The two medians are stored as rows
+(``layout_ncdhw_ms``, ``layout_channels_last_ms``, phase ``probe``), and a later run on the same
+machine, dtype, kernels and input reads its choice from them rather than probing again."""
 
 import dataclasses
 
