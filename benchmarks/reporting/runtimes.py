@@ -7,6 +7,7 @@ import pandas as pd
 import torch
 
 import models
+from benchmarks.measure import peak
 from benchmarks.reporting import figures
 from benchmarks.reporting.format import fmt
 from benchmarks.reporting.rows import DEFAULT_LAYOUTS, spec_clip
@@ -45,6 +46,7 @@ def runtime_section(rows: pd.DataFrame, out) -> list[str]:
         if setups in ([], [("eager", "fp32")]):
             continue
         lines += device_table(own, kind, name, setups)
+        lines += served_line(own, kind)
         lines += footnote5_line(own, setups)
         lines += best_chart(own, params, name, out / f"runtimes_{index}")
     if not lines:
@@ -83,6 +85,21 @@ def device_table(own: pd.DataFrame, kind: str, name: str, setups: list[tuple[str
                          + (f"**{shown}**" if rate is not None and rate == best else shown))
         lines.append(f"| {models.display_name(model)} | {' | '.join(cells)} |")
     return [*lines, ""]
+
+
+def served_line(own: pd.DataFrame, kind: str) -> list[str]:
+    """Which of the CPU's instruction sets ran its bf16 and fp16 setups natively, as their runs
+    recorded them (``peak.NATIVE_ON_CPU``)."""
+    if kind != "cpu" or "env_cpu_flags" not in own:
+        return []
+    parts = []
+    for dtype in ("bf16", "fp16"):
+        flags = own[own["dtype"] == dtype]["env_cpu_flags"]
+        flags = [f for f in flags if isinstance(f, list)]
+        if flags:
+            native = [f for f in peak.NATIVE_ON_CPU[dtype] if f in flags[-1]]
+            parts.append(f"{dtype} ran on {' and '.join(native)}" if native else f"{dtype} was emulated")
+    return [f"On this CPU {'; '.join(parts)} (the instruction sets its runs recorded).", ""] if parts else []
 
 
 def footnote5_line(own: pd.DataFrame, setups: list[tuple[str, str]]) -> list[str]:

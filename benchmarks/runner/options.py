@@ -5,6 +5,7 @@ mean anything is one line and exit status 2 before anything is measured."""
 import argparse
 import math
 import os
+import sys
 from dataclasses import dataclass, replace
 
 import torch
@@ -207,7 +208,8 @@ def resolve(a: argparse.Namespace, argv: list[str] | None) -> RunOptions:
         results=a.results or (QUICK_RESULTS if a.quick else "results"), quick=a.quick, force=a.force,
         seed=a.seed, train_budget=(QUICK_TRAIN_BUDGET_S if a.quick else TRAIN_BUDGET_S)
         if a.train_budget is None else a.train_budget, epochs=a.epochs, dataset=a.dataset, root=a.root,
-        split=a.split, workers=a.workers or min(8, os.cpu_count() or 1), argv=tuple(argv or ()))
+        split=a.split, workers=a.workers or min(8, os.cpu_count() or 1),
+        argv=tuple(sys.argv[1:] if argv is None else argv))
     check_accuracy_inputs(options, explicit=a.measure != ",".join(MEASUREMENTS))
     check_clip_fits_every_model(options)
     return options

@@ -1,6 +1,8 @@
 """``run.py``'s command line (benchmarks/runner/options.py): what cannot mean anything is one line
 and exit status 2, before anything is measured."""
 
+import sys
+
 import pytest
 import torch
 
@@ -112,3 +114,9 @@ def test_a_run_is_on_the_kernels_by_default_and_times_footnote_5_s_pair_on_both(
         assert options.fiber_kernel == asked and options.paired_models == ()
     monkeypatch.setattr(build, "_loaded", {"module": None, "why": "the kernel could not be built (simulated)"})
     assert runner.parse_args(argv).fiber_kernel == "stock" and runner.parse_args(argv).paired_models == ()
+
+
+def test_the_command_line_a_run_records_is_the_one_it_was_given(monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["run.py", "--models", "mfnet", "--measure", "cost"])
+    assert runner.parse_args(None).argv == ("--models", "mfnet", "--measure", "cost")
+    assert runner.parse_args(["--models", "res3d"]).argv == ("--models", "res3d")
