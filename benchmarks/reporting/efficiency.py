@@ -46,9 +46,9 @@ def efficiency_table(m: Measured, names: list[str]) -> list[str]:
                       f"{','.join(marked)}` on a quiet machine."]
     return lines
 
-PATH_TEXT = ("*path*: the layout each model's timings ran in, NCDHW or channels-last (CL), chosen per model "
-             "where marked *best* (the faster of the two in a probe on this machine, `benchmarks/measure/layout.py`), "
-             "and *suite* where its grouped and pointwise convs ran on the suite's kernels (`models/kernels`).")
+PATH_TEXT = ("*path*: the layout each model's timings ran in, NCDHW or channels-last (CL), and *suite* where its "
+             "grouped and pointwise convs ran on the suite's kernels (`models/kernels`); *best*: the path a probe "
+             "on this machine found fastest (`benchmarks/measure/path.py`).")
 
 
 def path(m: Measured, name: str, batch: int | None) -> str:

@@ -26,7 +26,7 @@ def timed(rows: pd.DataFrame) -> pd.DataFrame:
                  & rows["metric"].isin(["latency_ms", "infer_clips_per_s", "gmacs_per_s"])]
     speed = speed[speed["clip"] == speed["model"].map(spec_clip)]
     speed = speed.assign(_suite=speed["kernels"] == "suite", _best=speed["layout"] == "best")
-    speed = speed.sort_values(["_best", "_suite", "timestamp"])
+    speed = speed.sort_values(["_best", "timestamp", "_suite"])  # a paired run's rows share a timestamp
     return speed.drop_duplicates(["device", "device_name", "runtime", "dtype", "model", "metric", "phase",
                                   "batch_size"], keep="last")
 

@@ -84,7 +84,7 @@ LEGEND = ("*stock*: PyTorch's own kernels, as footnote 5 found them. *suite kern
           "`fiber_kernel` says which of these ran); Res3D and MF-Net's stem stay on PyTorch's in both. "
           "*channels-last*: every model's input and weights in that layout (MF-Net is channels-last inside "
           "in every setup); *best layout*: each model in whichever of NCDHW and channels-last its inference "
-          "ran faster in a probe on that machine (`benchmarks/measure/layout.py`); *compiled*: `torch.compile` "
+          "ran faster in a probe on that machine (`benchmarks/measure/path.py`); *compiled*: `torch.compile` "
           "(inductor); *onnxruntime*, *openvino*, *tensorrt*: the "
           "model exported and run on that runtime, with its own kernels (`benchmarks/runtimes`).")
 

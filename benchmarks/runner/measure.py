@@ -10,13 +10,13 @@ import torch
 
 from benchmarks import runtimes
 from benchmarks.machine import disturbance, runtime
-from benchmarks.measure import cost, layout, loader, memory, peak, speed
+from benchmarks.measure import cost, loader, memory, path, peak, speed
 from benchmarks.measure.workload import Setup, Workload
-from benchmarks.runner import accuracy
+from benchmarks.runner import accuracy, plan
 from benchmarks.runner.options import MOTION_CLIP, RunOptions, check_clip_fits
 from benchmarks.runtimes import check, export
 from benchmarks.runtimes import workload as runtime_workload
-from benchmarks.store import Measurement, ResultsStore, RunConditions, under
+from benchmarks.store import Measurement, ResultsStore, RunConditions
 from models.errors import first_line
 
 
@@ -99,7 +99,7 @@ def measure_runtime_speed(name: str, options: RunOptions, label: str,
         raise memory.MemoryShort(short)
     probed, setup = [], context.setup
     if options.runtime == "compile":
-        setup, probed = chosen_layout(name, options, label, context)
+        setup, probed = chosen_path(name, options, label, context)
         workload = Workload(name, setup, options.clip)
         reference, got = runtime_workload.compiled_outputs(workload)
     else:
@@ -107,8 +107,7 @@ def measure_runtime_speed(name: str, options: RunOptions, label: str,
         workload = runtime_workload.RuntimeWorkload(name, context.setup, options.clip, options.runtime, cache)
         reference, got = workload.reference(), workload.outputs()
     rows, refused = check.check_rows(name, options.runtime, options.dtype, label, reference, got)
-    for row in rows:  # compile: in the layout chosen for it
-        row.channels_last = setup.channels_last
+    on_path(rows, setup, options)
     rows = probed + rows
     if refused:
         error = Measurement(name, "speed", "error", None, "", clip=label, status="error", error=refused)
@@ -128,7 +127,7 @@ def measure_runtime_speed(name: str, options: RunOptions, label: str,
         if settings and row.metric in ("latency_ms", "infer_clips_per_s"):
             engine = settings.get(str(row.batch_size), {})
             row.note = "; ".join(filter(None, [row.note, ", ".join(f"{k}={v}" for k, v in engine.items())]))
-        row.channels_last = setup.channels_last
+    on_path(timed, setup, options)
     return rows + timed, used
 
 
@@ -143,7 +142,7 @@ def measure_speed(name: str, options: RunOptions, label: str, context: Context) 
         raise memory.MemoryShort(short)
     train_short = cpu and memory_short(name, options, "train")
     macs = cost.count_macs(name, options.clip).macs
-    setup, probed = chosen_layout(name, options, label, context)
+    setup, probed = chosen_path(name, options, label, context)
     workloads = [Workload(name, setup, options.clip)]
     also = context.also(name)
     workloads += [Workload(name, dataclasses.replace(setup, fiber_kernel=c.kernels == "suite"),
@@ -163,33 +162,40 @@ def measure_speed(name: str, options: RunOptions, label: str, context: Context) 
     if train_short:
         short = short_row(name, "speed", "train_clips_per_s", label, options.batch_size, train_short)
         rows += [short] + [dataclasses.replace(short, kernels=c.kernels) for c in also]
-    if options.layout == "best":
-        for row in rows:
-            row.channels_last = setup.channels_last
+    on_path(rows, setup, options)
     return probed + rows, used
 
 
-def chosen_layout(name: str, options: RunOptions, label: str, context: Context) -> tuple[Setup, list[Measurement]]:
-    """The setup ``name``'s speed is timed under, and the layout probe's rows: the run's layout,
-    or with ``--layout best`` the faster of the two, as a probe stored under this machine, dtype,
-    kernels and input found it (either runtime of PyTorch's; ``--force`` probes again), else as a
-    probe now finds it (``layout.probe``). The paired stock kernels run in the same layout."""
+def chosen_path(name: str, options: RunOptions, label: str, context: Context) -> tuple[Setup, list[Measurement]]:
+    """The setup ``name``'s speed is timed under, and the path probe's rows: the run's layout and
+    kernels, or with ``--layout best`` the fastest path (``path.py``) as a probe stored under this
+    machine, dtype and input found it (``plan.stored_choice``; ``--force`` probes again), else as
+    a probe now finds it. The paired stock kernels run in the same layout."""
     if options.layout != "best":
         return context.setup, []
-    choice = None
-    if context.store is not None and not options.force:
-        frame = context.store.frame()
-        if not frame.empty:
-            mine = frame[under(frame, context.conditions, ("runtime", "compiled"))]
-            choice = layout.recorded(mine, name, label, options.batch_size)
+    candidates = plan.kernel_candidates(name, options)
+    choice = None if context.store is None else plan.stored_choice(context.store, context.conditions, name,
+                                                                     label, options)
     rows = []
     if choice is None:
         def probe(batch):
-            return layout.probe(name, context.setup, options.clip, batch, 0.05 if options.quick else 0.5,
-                                min_steps=1 if options.quick else 2)
+            return path.probe(name, context.setup, options.clip, batch, 0.05 if options.quick else 0.5,
+                              candidates, min_steps=1 if options.quick else 2)
 
         (choice, rows), _ = with_oom_retry(probe, options.batch_size, options.device)
-    return dataclasses.replace(context.setup, channels_last=choice.channels_last), rows
+    return dataclasses.replace(context.setup, channels_last=choice.channels_last, fiber_kernel=choice.suite), rows
+
+
+def on_path(rows: list[Measurement], setup: Setup, options: RunOptions) -> None:
+    """Each row of the run's own workload says the path it ran: its layout, and its kernels
+    where the probe chose others than the run's (a paired row keeps its own)."""
+    if options.layout != "best":
+        return
+    chosen = "suite" if setup.fiber_kernel else "stock"
+    for row in rows:
+        row.channels_last = setup.channels_last
+        if not row.kernels and chosen != ("suite" if options.suite_kernels else "stock"):
+            row.kernels = chosen
 
 
 def with_oom_retry(measure, batch: int, device: str):

@@ -46,8 +46,8 @@ class RunOptions:
     measure: tuple[str, ...]
     device: str  # cpu | cuda
     dtype: str = "fp32"
-    # best | ncdhw | channels_last: "best" runs each model in whichever of the two its inference
-    # runs faster here (benchmarks/measure/layout.py), so every model is timed on its best path
+    # best | ncdhw | channels_last: "best" runs each model on its fastest path here, the layout
+    # and, unless --fiber-kernel says, the kernels (benchmarks/measure/path.py)
     layout: str = "best"
     compile: bool = False  # the compile runtime (--compile, or --runtime compile)
     # the runtimes asked for (benchmarks/runtimes); one sweep measures under one of them (``runtime``)
@@ -55,6 +55,7 @@ class RunOptions:
     runtime: str = "eager"
     # suite | stock | paired: the kernels the models run on (``resolve_kernels``)
     fiber_kernel: str = "suite"
+    kernels_asked: bool = False  # --fiber-kernel given: every model on those kernels, none chosen
     # models whose speed is also timed on stock kernels, in alternating rounds in this process:
     # every model with --fiber-kernel paired; by default footnote 5's pair (``ledger.FOOTNOTE5_PAIR``)
     paired_models: tuple[str, ...] = ()
@@ -135,9 +136,10 @@ def parser() -> OneLineParser:
     p.add_argument("--dtype", default="fp32", choices=tuple(DTYPES))
     p.add_argument("--layout", default=None, choices=("best", "ncdhw", "channels-last"),
                    help="speed: the memory layout of every model's input and weights. best (default): each model "
-                        "in whichever of NCDHW and channels-last its inference runs faster here, chosen by a "
-                        "short timed probe once per model, machine and dtype and recorded in the store; memory is "
-                        "measured in NCDHW unless channels-last is asked for")
+                        "on its fastest path here, NCDHW or channels-last and (unless --fiber-kernel says) the "
+                        "suite's kernels or PyTorch's where the suite's apply, chosen by a short timed probe once "
+                        "per model, machine and dtype and recorded in the store; memory is measured in NCDHW "
+                        "unless channels-last is asked for")
     p.add_argument("--channels-last", action="store_true", help="--layout channels-last")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (inductor): --runtime compile")
     p.add_argument("--runtime", default=None,
@@ -202,6 +204,7 @@ def resolve(a: argparse.Namespace, argv: list[str] | None) -> RunOptions:
         measure=tuple(measure), device=device, dtype=a.dtype, layout=resolve_layout(a.layout, a.channels_last),
         compile=asked_runtimes == ("compile",), runtimes=asked_runtimes, runtime=asked_runtimes[0],
         fiber_kernel=kernels_asked, paired_models=paired(timed, kernels_asked, a.fiber_kernel),
+        kernels_asked=a.fiber_kernel is not None,
         batch_size=a.batch_size or (2 if a.quick else 4),
         # data: the paper's clip for MF-Net, the authors' recipe
         clip=a.clip if a.clip is not None or "data" not in measure else (16, 224, 224),

@@ -3,12 +3,15 @@ as done (so a re-run skips exactly that)."""
 
 import dataclasses
 
+import torch
+
 import models
 from benchmarks.data import motion
-from benchmarks.measure import cost
+from benchmarks.measure import cost, path
 from benchmarks.runner.options import MEASUREMENTS, MOTION_CLIP, RunOptions
-from benchmarks.store import ResultsStore, RunConditions
+from benchmarks.store import ResultsStore, RunConditions, under
 from benchmarks.training import protocol
+from models import kernels
 
 
 def measurement_plan(options: RunOptions) -> list[tuple[str, str]]:
@@ -63,12 +66,41 @@ def required_metrics(measurement: str, options: RunOptions) -> list[tuple]:
     return rows
 
 
+def kernel_candidates(name: str, options: RunOptions) -> tuple[bool, ...]:
+    """The kernels a best-path probe tries for ``name`` (suite or not), the run's first: both
+    where the run's default kernels are the suite's and they apply to the model (and it is not
+    timed on both anyway, paired), else the run's alone."""
+    run = options.suite_kernels
+    if options.kernels_asked or not run or name in options.paired_models:
+        return (run,)
+    with torch.device("meta"):
+        applies = kernels.applies(models.create_model(name))
+    return (True, False) if applies else (run,)
+
+
+def stored_choice(store: ResultsStore, run: RunConditions, name: str, label: str,
+                  options: RunOptions) -> path.Choice | None:
+    """The path a probe stored for ``name`` under ``run``'s machine and dtype (PyTorch's either
+    runtime, any kernels), over the candidates it would try now; None where there is none
+    (``--force``: never)."""
+    frame = store.frame()
+    if options.force or frame.empty:
+        return None
+    mine = frame[under(frame, run, ("runtime", "compiled", "kernels"))]
+    return path.recorded(mine, name, label, options.batch_size, kernel_candidates(name, options))
+
+
 def held(store: ResultsStore, options: RunOptions, conditions: list[RunConditions], name: str,
          measurement: str) -> bool:
     """Whether the store holds this measurement under every one of ``conditions`` (never, with
     ``--force``): a paired speed measurement is held only under both of its kernels."""
     label, dataset = where(name, measurement, options)
     conditions = conditions if measurement == "speed" else conditions[:1]
+    if measurement == "speed" and options.layout == "best" and len(kernel_candidates(name, options)) > 1:
+        choice = stored_choice(store, conditions[0], name, label, options)
+        if choice is None:  # the kernels its rows carry are not known before its probe
+            return False
+        conditions = [dataclasses.replace(conditions[0], kernels=choice.kernels), *conditions[1:]]
     if measurement == "accuracy":  # training records the layout it ran in: NCDHW unless channels-last
         conditions = [dataclasses.replace(c, layout="channels_last" if options.channels_last else "ncdhw")
                       for c in conditions]

@@ -28,10 +28,10 @@ CONDITION_COLUMNS = ("device", "device_name", "threads", "dtype", "layout", "com
 # convs, and with them BatchNorm + ReLU and pointwise convs, on the suite's kernels (models/kernels)
 # where they apply, the default. runtime: eager | compile | onnxruntime | openvino | tensorrt
 # (benchmarks/runtimes); rows written before the column read as eager, or compile where compiled.
-# layout: the one asked for, "best" (each model in whichever of NCDHW and channels-last its
-# inference runs faster, ``benchmarks/measure/layout.py``; run.py's default), "ncdhw" or
-# "channels_last"; the channels_last column says which a row ran in. Rows written before the
-# column read as the layout their channels_last column says.
+# layout: the one asked for, "best" (run.py's default: each model on its fastest path, the layout
+# and, unless --fiber-kernel says, the kernels, ``benchmarks/measure/path.py``), "ncdhw" or
+# "channels_last"; a row's channels_last and kernels columns say what it ran. Rows written before
+# the column read as the layout their channels_last column says.
 LAYOUTS = ("best", "ncdhw", "channels_last")
 CSV_NAME = "measurements.csv"
 

@@ -19,6 +19,7 @@ is built and checked, and how to add an op.
 from models.kernels.ops.fiber import fiber_conv3d
 from models.kernels.paths import path as isa
 from models.kernels.rewrite import (
+    applies,
     optimize,
     pin_pointwise_to_onednn,
     register_block,
@@ -27,5 +28,5 @@ from models.kernels.rewrite import (
 )
 from models.kernels.state import check_settings, status, why_not
 
-__all__ = ["check_settings", "fiber_conv3d", "isa", "optimize", "pin_pointwise_to_onednn", "register_block",
+__all__ = ["applies", "check_settings", "fiber_conv3d", "isa", "optimize", "pin_pointwise_to_onednn", "register_block",
            "status", "use_kernels", "use_stock_kernels", "why_not"]

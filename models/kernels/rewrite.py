@@ -46,6 +46,13 @@ def optimize(model: nn.Module) -> nn.Module:
     return model
 
 
+def applies(model: nn.Module) -> bool:
+    """Whether ``optimize`` puts any of ``model`` on the kernels (a grouped (1 or 3, 3, 3) conv
+    with same padding and no bias, or one already swapped): where it does not, the suite's
+    kernels and PyTorch's are the same model."""
+    return any(_is_fiber_conv(m) or isinstance(m, FiberConv3d) for m in model.modules())
+
+
 def fuse(model: nn.Module) -> nn.Module:
     """Every ``BatchNorm3d`` followed by a ``ReLU`` in an ``nn.Sequential`` of ``model`` as one
     op, every pre-activation conv (BatchNorm, ReLU, then a fiber or 1x1x1 conv) a
