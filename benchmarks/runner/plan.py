@@ -90,17 +90,27 @@ def stored_choice(store: ResultsStore, run: RunConditions, name: str, label: str
     return path.recorded(mine, name, label, options.batch_size, kernel_candidates(name, options))
 
 
+def row_kernels(store: ResultsStore, options: RunOptions, run: RunConditions, name: str) -> str | None:
+    """The kernels ``name``'s speed rows under ``run`` carry: the run's, or where a best-path
+    probe chooses them, its stored choice's (None where no probe has chosen yet)."""
+    if options.layout != "best" or len(kernel_candidates(name, options)) == 1:
+        return run.kernels
+    label = where(name, "speed", options)[0]
+    choice = stored_choice(store, run, name, label, dataclasses.replace(options, force=False))
+    return None if choice is None else choice.kernels
+
+
 def held(store: ResultsStore, options: RunOptions, conditions: list[RunConditions], name: str,
          measurement: str) -> bool:
     """Whether the store holds this measurement under every one of ``conditions`` (never, with
     ``--force``): a paired speed measurement is held only under both of its kernels."""
     label, dataset = where(name, measurement, options)
     conditions = conditions if measurement == "speed" else conditions[:1]
-    if measurement == "speed" and options.layout == "best" and len(kernel_candidates(name, options)) > 1:
-        choice = stored_choice(store, conditions[0], name, label, options)
-        if choice is None:  # the kernels its rows carry are not known before its probe
+    if measurement == "speed":
+        kernels = row_kernels(store, options, conditions[0], name)
+        if kernels is None:  # the kernels its rows carry are not known before its probe
             return False
-        conditions = [dataclasses.replace(conditions[0], kernels=choice.kernels), *conditions[1:]]
+        conditions = [dataclasses.replace(conditions[0], kernels=kernels), *conditions[1:]]
     if measurement == "accuracy":  # training records the layout it ran in: NCDHW unless channels-last
         conditions = [dataclasses.replace(c, layout="channels_last" if options.channels_last else "ncdhw")
                       for c in conditions]

@@ -13,16 +13,21 @@ SUMMARY = (("params", "params (M)", 1e-6), ("gmacs", "GMACs", 1), ("activation_m
            ("train_clips_per_s", "train clips/s", 1))
 
 
-def print_summary(console: Console, store: ResultsStore, names, run: RunConditions, clip) -> None:
+def print_summary(console: Console, store: ResultsStore, names, run: RunConditions, clip,
+                  kernels: dict[str, str] | None = None) -> None:
+    """The newest rows of each of ``names`` under ``run``, each on its own ``kernels`` where
+    given (a best-path probe chose them)."""
     frame = store.frame()
-    frame = frame[(frame["status"] == "ok") & under(frame, run)]
+    frame = frame[(frame["status"] == "ok") & under(frame, run, ("kernels",))]
     table = Table(title=f"{run.device} / {run.dtype} / {run.runtime} (newest row per model and metric)")
     table.add_column("model", no_wrap=True)
     for _, header, _ in SUMMARY:
         table.add_column(header, justify="right")
     table.add_column("peak frac. (b=1)", justify="right")
     for name in names:
-        rows = frame[(frame["model"] == name) & (frame["clip"] == clip_label(name, clip))]
+        mine = (kernels or {}).get(name) or run.kernels
+        rows = frame[(frame["model"] == name) & (frame["clip"] == clip_label(name, clip))
+                     & ((frame["kernels"] == mine) | (frame["measurement"] != "speed"))]
         cells = []
         for metric, _, scale in SUMMARY:
             values = rows[rows["metric"] == metric]["value"]

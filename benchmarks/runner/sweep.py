@@ -146,7 +146,8 @@ class Sweep:
             self.writer.save([job_memory_row()])
         conditions = self.writer.conditions
         if any(m in MEASUREMENTS[:3] for m in options.measure):
-            print_summary(console, self.store, options.models, conditions, options.clip)
+            chosen = {name: plan.row_kernels(self.store, options, conditions, name) for name in options.models}
+            print_summary(console, self.store, options.models, conditions, options.clip, chosen)
         if "accuracy" in options.measure:
             print_accuracy_summary(console, self.store, options.accuracy_models, conditions,
                                    "x".join(map(str, options.clip or MOTION_CLIP)), plan.accuracy_protocol(options))

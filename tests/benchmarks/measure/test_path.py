@@ -111,7 +111,8 @@ def test_the_default_run_times_each_model_in_its_probed_layout(tiny_models, tmp_
 
 
 @pytest.mark.slow  # run.py end to end
-def test_a_model_faster_on_pytorch_s_kernels_is_timed_on_them_and_its_rows_say_so(tiny_models, tmp_path, monkeypatch):
+def test_a_model_faster_on_pytorch_s_kernels_is_timed_on_them_and_its_rows_say_so(tiny_models, tmp_path, monkeypatch,
+                                                                                   capsys):
     monkeypatch.setattr(plan, "kernel_candidates", lambda name, options: (True, False))
     # suite NCDHW, suite CL, stock NCDHW, stock CL: PyTorch's channels-last fastest
     monkeypatch.setattr(path, "time_interleaved", _timings(0.2, 0.2, 0.2, 0.1))
@@ -123,5 +124,8 @@ def test_a_model_faster_on_pytorch_s_kernels_is_timed_on_them_and_its_rows_say_s
     probe = frame[frame["phase"] == "probe"]
     assert len(probe) == 4 and set(probe["kernels"]) == {"suite", "stock"}
     monkeypatch.setattr(path, "probe", lambda *a, **k: pytest.fail("probed again"))
+    capsys.readouterr()
     assert run.main(args) == 0  # held: its stored choice says the rows to look for are stock's
     assert len(read_csv(tmp_path / "measurements.csv")) == len(frame)
+    latency = timed[timed["metric"] == "latency_ms"]["value"].iloc[-1]
+    assert f"{latency:.4g}" in capsys.readouterr().out  # the summary shows the rows of the path that ran
