@@ -72,24 +72,39 @@ def _cpu_ticks(cpus: set[int]) -> tuple[int, int] | None:
 
 
 def _process_ticks(pid: int) -> int:
-    """utime + stime of ``pid`` in clock ticks (0 if it is gone)."""
+    """utime + stime of ``pid`` and of its children it has reaped (cutime + cstime), in clock
+    ticks (0 if it is gone)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return 0
     fields = stat.rsplit(")", 1)[1].split()  # after "pid (comm)", which may hold spaces
-    return int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5)
+    return sum(int(v) for v in fields[11:15])  # fields 14 to 17 of proc(5)
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every living process below ``pid``: the children of each of its threads, and theirs."""
+    found = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for tid in tasks:
+        try:
+            children = Path(f"/proc/{pid}/task/{tid}/children").read_text().split()
+        except OSError:
+            continue
+        for child in map(int, children):
+            found += [child, *_descendants(child)]
+    return found
 
 
 def _own_ticks() -> int:
-    """CPU ticks of this process and its living children (data-loader workers, probes)."""
+    """CPU ticks of this process and every process below it, living or reaped: data-loader
+    workers, probes, and torch.compile's compile workers (a pool started from another thread,
+    whose workers start their own), which once read as another program's load."""
     me = os.getpid()
-    total = _process_ticks(me)
-    try:
-        children = Path(f"/proc/{me}/task/{me}/children").read_text().split()
-    except OSError:
-        children = []
-    return total + sum(_process_ticks(int(pid)) for pid in children)
+    return _process_ticks(me) + sum(_process_ticks(pid) for pid in _descendants(me))
 
 
 class CpuMeter:

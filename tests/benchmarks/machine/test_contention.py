@@ -36,6 +36,30 @@ def test_the_meter_sees_another_programs_cpu_time_and_not_our_own():
     assert meter.result.known and meter.result.others > 0.5 and meter.result.disturbed
 
 
+def test_work_in_our_own_process_tree_is_ours_however_deep_and_from_whichever_thread():
+    """Workers started from another thread, one of which starts its own, burning CPU (as
+    torch.compile's compile workers do), finished or still running: our load, not another
+    program's."""
+    import threading
+
+    burn = f"{sys.executable} -c 'import time; t = time.process_time() + 1.0\nwhile time.process_time() < t: pass'"
+    finished = [sys.executable, "-c", f"import subprocess; subprocess.run({burn!r}, shell=True)"]
+    running = []
+    with contention.CpuMeter(threads=1) as meter:
+        thread = threading.Thread(target=subprocess.run, args=(finished,))
+        thread.start()
+        thread.join()
+        starter = threading.Thread(target=lambda: running.append(
+            subprocess.Popen([sys.executable, "-c", "while True: pass"])))
+        starter.start()
+        starter.join()
+        time.sleep(1.0)
+    running[0].kill()
+    running[0].wait()
+    # about 2 CPU-seconds of ours over about 2 s; the kernel's sampling gives or takes a few ticks
+    assert meter.result.known and meter.result.others < 0.3, meter.result.describe()
+
+
 def test_contention_counts_only_what_falls_on_our_cores():
     hz = 100
     # 2 CPUs, 2 threads of ours: 150 busy ticks in 1 s, 100 of them ours -> others 0.5 CPU
