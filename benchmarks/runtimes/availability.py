@@ -48,9 +48,18 @@ def refusal(runtime: str) -> str:
     return ""
 
 
+# PyTorch's CPU convolutions in fp16 run a reference path even where the CPU has AVX512-FP16:
+# on a 2-core Intel Xeon with it, MF-Net's first fp16 inference step (the path probe's) had not
+# finished after 15 minutes, where bf16 takes 0.4 s
+TORCH_CPU_FP16 = ("PyTorch's CPU convolutions have no fp16 kernels (MF-Net's first fp16 step ran over 15 "
+                  "minutes on a CPU with AVX512-FP16): nothing timed")
+
+
 def why_not(runtime: str, device: str, dtype: str) -> str:
     """Why ``runtime`` cannot run ``dtype`` on ``device`` here, in one line; "" where it can."""
     why = refusal(runtime) or native_why_not(device, dtype)
+    if not why and runtime in ("eager", "compile") and device == "cpu" and dtype == "fp16":
+        return TORCH_CPU_FP16
     if why or not exported(runtime):
         return why
     if device not in DEVICES[runtime]:

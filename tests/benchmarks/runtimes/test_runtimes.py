@@ -40,6 +40,15 @@ def test_half_precision_on_a_cpu_that_emulates_it_is_refused_for_every_runtime(m
     assert runtimes.why_not("eager", "cuda", "bf16") == ""
 
 
+def test_fp16_on_a_cpu_with_avx512_fp16_skips_pytorch_s_runtimes_in_one_line(monkeypatch):
+    monkeypatch.setattr(environment, "cpu_flags", lambda: ["AVX2", "FMA", "AVX-512F", "AVX512-FP16"])
+    monkeypatch.setattr(availability, "version", lambda runtime: "1.0")
+    for runtime in ("eager", "compile"):
+        assert runtimes.why_not(runtime, "cpu", "fp16").startswith("PyTorch's CPU convolutions have no fp16 kernels")
+    assert runtimes.why_not("openvino", "cpu", "fp16") == ""
+    assert runtimes.why_not("eager", "cuda", "fp16") == ""
+
+
 @pytest.mark.slow  # an export and two engines per runtime
 @pytest.mark.parametrize("runtime", ENGINES)
 def test_an_exported_model_gives_eager_s_outputs_and_is_exported_once(tiny_models, tmp_path, monkeypatch, runtime):
