@@ -98,8 +98,8 @@ def served_line(own: pd.DataFrame, kind: str) -> list[str]:
         flags = [f for f in flags if isinstance(f, list)]
         if flags:
             native = [f for f in peak.NATIVE_ON_CPU[dtype] if f in flags[-1]]
-            parts.append(f"{dtype} ran on {' and '.join(native)}" if native else f"{dtype} was emulated")
-    return [f"On this CPU {'; '.join(parts)} (the instruction sets its runs recorded).", ""] if parts else []
+            parts.append(f"{' and '.join(native)} for {dtype}" if native else f"no native {dtype}")
+    return [f"This CPU has {'; '.join(parts)} (the instruction sets its runs recorded).", ""] if parts else []
 
 
 def footnote5_line(own: pd.DataFrame, setups: list[tuple[str, str]]) -> list[str]:
