@@ -18,15 +18,27 @@ phase ``probe``, each under its kernels), and a later run on the same machine, d
 reads its choice from them rather than probing again."""
 
 import dataclasses
+import functools
 
 import pandas as pd
+import torch
 
+import models
 from benchmarks.measure.timing import time_interleaved
 from benchmarks.measure.workload import Setup, Workload
 from benchmarks.store import Measurement
+from models import kernels
 
 MARGIN = 0.05
 METRICS = {False: "layout_ncdhw_ms", True: "layout_channels_last_ms"}
+
+
+@functools.cache
+def kernels_apply(name: str) -> bool:
+    """Whether the suite's kernels change ``name`` at all (a model without grouped 3x3x3 convs
+    runs PyTorch's under either condition), counted on the meta device."""
+    with torch.device("meta"):
+        return kernels.applies(models.create_model(name))
 
 
 @dataclasses.dataclass(frozen=True)

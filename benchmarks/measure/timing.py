@@ -44,8 +44,6 @@ def time_alternating(steps: list[Callable[[], None]], synchronize: Callable[[], 
     return [tbench.Measurement.merge(mine)[0] for mine in blocks]
 
 
-
-
 def time_interleaved(steps: list[Callable[[], None]], synchronize: Callable[[], None], min_run_time: float,
                      min_steps: int = 2) -> list[tuple[float, float, int]]:
     """A cheap comparison of several steps for a decision, not a figure: one warm-up call each,

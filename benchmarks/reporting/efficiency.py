@@ -1,20 +1,18 @@
 """Efficiency per device: cost, memory and speed side by side, the machine's peak, and every
 device compared model by model."""
 
-import functools
 import re
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 import models
 from benchmarks.machine import disturbance
+from benchmarks.measure import path as path_probe
 from benchmarks.reporting import figures
 from benchmarks.reporting.devices import Device, facts
 from benchmarks.reporting.format import fmt
 from benchmarks.reporting.rows import Measured, spec_clip
-from models import kernels
 
 
 def efficiency_table(m: Measured, names: list[str]) -> list[str]:
@@ -61,15 +59,7 @@ def path(m: Measured, name: str, batch: int | None) -> str:
     if row is None:
         return "–"
     text = ("CL" if row["channels_last"] else "NCDHW") + (" (best)" if row["layout"] == "best" else "")
-    return text + (", suite" if row["kernels"] == "suite" and kernels_apply(name) else "")
-
-
-@functools.cache
-def kernels_apply(name: str) -> bool:
-    """Whether the suite's kernels change ``name`` at all (a model without grouped 3x3x3 convs
-    runs PyTorch's under either condition), counted on the meta device."""
-    with torch.device("meta"):
-        return kernels.applies(models.create_model(name))
+    return text + (", suite" if row["kernels"] == "suite" and path_probe.kernels_apply(name) else "")
 
 
 SPEED_TEXT = ("Speed is the median of `torch.utils.benchmark` timings (IQR in `results/`); the peak "

@@ -29,7 +29,7 @@ class Context:
     stock: RunConditions  # the stock kernels' condition, timed beside the run's for a paired model
     paired_models: tuple[str, ...]
     setup: Setup
-    store: ResultsStore | None = None  # where a layout probe's choice is looked up
+    store: ResultsStore | None = None  # where a path probe's stored choice is looked up
     peak: float | None = None
     watch: disturbance.MachineWatch | None = None
     probes: accuracy.Probes = dataclasses.field(default_factory=accuracy.Probes)
@@ -191,11 +191,10 @@ def on_path(rows: list[Measurement], setup: Setup, options: RunOptions) -> None:
     where the probe chose others than the run's (a paired row keeps its own)."""
     if options.layout != "best":
         return
-    chosen = "suite" if setup.fiber_kernel else "stock"
     for row in rows:
         row.channels_last = setup.channels_last
-        if not row.kernels and chosen != ("suite" if options.suite_kernels else "stock"):
-            row.kernels = chosen
+        if not row.kernels and setup.fiber_kernel != options.suite_kernels:
+            row.kernels = "suite" if setup.fiber_kernel else "stock"
 
 
 def with_oom_retry(measure, batch: int, device: str):

@@ -3,15 +3,12 @@ as done (so a re-run skips exactly that)."""
 
 import dataclasses
 
-import torch
-
 import models
 from benchmarks.data import motion
 from benchmarks.measure import cost, path
 from benchmarks.runner.options import MEASUREMENTS, MOTION_CLIP, RunOptions
 from benchmarks.store import ResultsStore, RunConditions, under
 from benchmarks.training import protocol
-from models import kernels
 
 
 def measurement_plan(options: RunOptions) -> list[tuple[str, str]]:
@@ -73,9 +70,7 @@ def kernel_candidates(name: str, options: RunOptions) -> tuple[bool, ...]:
     run = options.suite_kernels
     if options.kernels_asked or not run or name in options.paired_models:
         return (run,)
-    with torch.device("meta"):
-        applies = kernels.applies(models.create_model(name))
-    return (True, False) if applies else (run,)
+    return (True, False) if path.kernels_apply(name) else (run,)
 
 
 def stored_choice(store: ResultsStore, run: RunConditions, name: str, label: str,
