@@ -10,6 +10,12 @@ import torch
 warnings.filterwarnings("ignore", category=FutureWarning, module="pytorchvideo")
 
 
+def pytest_addoption(parser):
+    # nox -s perf -- --dtype bf16: the hot paths under bf16 autocast (tests/perf)
+    parser.addoption("--dtype", default="fp32", choices=("fp32", "bf16"),
+                     help="the dtype the perf session times (bf16: by autocast)")
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

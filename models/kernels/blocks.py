@@ -12,17 +12,25 @@
   and the add, is one op; in training x's residual uses hand their gradients to the multiplexer's
   first BatchNorm, which adds them as it writes x's.
 
+In bf16 autocast inference a unit runs as ``ops/bf16.py`` says: oneDNN's bf16 convs with the
+BatchNorm + ReLU after them folded in and residual adds as their epilogue, the unit input's
+pre-activations as one pass of the library's bf16 rows. Where the CPU has no native bf16 the unit
+runs on the fp32 kernels instead, its input and output cast (said once).
+
 Each falls back to running its modules as modules where a call does not allow the fused op:
 gradients or not, layouts, dtypes, tracing, and any forward hook (which the fused op would not
 call).
 """
 
+import warnings
+
 import torch
 from torch import nn
 
+from models.kernels import build, paths
 from models.kernels.modules import BatchNormReLU3d, FiberConv3d, PointwiseConv3d
-from models.kernels.ops import bn_relu, pointwise
-from models.kernels.support import eval_affine, hooked, residual_fits
+from models.kernels.ops import bf16, bn_relu, pointwise
+from models.kernels.support import cl, eval_affine, hooked, residual_fits, traced
 
 
 class PreActConv3d(nn.Sequential):
@@ -92,6 +100,14 @@ class FusedMultiFiberUnit(nn.Module):
     attributes as the unit it was swapped from, the same outputs and gradients."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.bf16_autocast(x):
+            if not torch.is_grad_enabled() and paths.bf16_path() and self.folds_bf16():
+                return self._forward_bf16(x)
+            return self._forward_fp32_inside(x)
+        return self._forward_fp32(x)
+
+    def _forward_fp32(self, x: torch.Tensor) -> torch.Tensor:
+        """The fp32 kernels' fused ops where a call allows, the modules otherwise."""
         shortcut = x
         if not hasattr(self, "conv_i1"):  # no multiplexer
             h = x
@@ -113,3 +129,55 @@ class FusedMultiFiberUnit(nn.Module):
     def projects(self) -> bool:
         """A stage's first unit: its shortcut is a projection (``conv_w1``)."""
         return hasattr(self, "conv_w1")
+
+    def bf16_autocast(self, x: torch.Tensor) -> bool:
+        """Whether this call is under CPU bf16 autocast with the library built, on a clip, not
+        traced and not hooked: then the unit runs on the kernels' bf16 path or its fp32 kernels,
+        never as modules under autocast."""
+        if not (x.device.type == "cpu" and x.dim() == 5 and x.dtype in (torch.bfloat16, torch.float32)
+                and torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+                and not traced() and build.extension() is not None and paths.channels_last_path()):
+            return False
+        convs = self._preact_convs()
+        return not hooked(*convs, *[part for c in convs for part in c.parts])
+
+    def folds_bf16(self) -> bool:
+        """Whether the bf16 inference path can fold the unit: every BatchNorm in eval mode, every
+        conv without bias and finite with its BatchNorm, oneDNN with bf16 convs."""
+        return bf16.supported() and all(not c.parts[0].batch_stats() and c.parts[2].bias is None
+                                        and bf16.finite(c) for c in self._preact_convs())
+
+    def _preact_convs(self) -> list[PreActConv3d]:
+        names = ("conv_i1", "conv_i2", "conv_m1", "conv_m2", "conv_w1")
+        return [getattr(self, name) for name in names if hasattr(self, name)]
+
+    def _forward_bf16(self, x: torch.Tensor) -> torch.Tensor:
+        x = cl(x.to(torch.bfloat16))
+        # the BatchNorms that read x raw, in one pass over it: the multiplexer's first (else the
+        # fiber conv's) and the projection's
+        first = self.conv_i1 if hasattr(self, "conv_i1") else self.conv_m1
+        readers = [first, self.conv_w1] if self.projects else [first]
+        acts, finite = bf16.affine_relu(x, *(eval_affine(r.parts[0]) for r in readers))
+        if not finite:  # NaN or Inf: PyTorch's ops under autocast send it where they do
+            return self._forward_fp32(x)
+        a = acts[0]
+        if hasattr(self, "conv_i1"):
+            (_, _, conv_i1), (bn_i2, _, conv_i2) = self.conv_i1.parts, self.conv_i2.parts
+            mixed = bf16.conv(bf16.conv(a, conv_i1, after=bn_i2), conv_i2, add=x)
+            (a,), finite = bf16.affine_relu(mixed, eval_affine(self.conv_m1.parts[0]))
+            if not finite:  # the multiplexer overflowed
+                return self._forward_fp32(x)
+        shortcut = bf16.conv(acts[-1], self.conv_w1.parts[2]) if self.projects else x
+        (_, _, conv_m1), (bn_m2, _, conv_m2) = self.conv_m1.parts, self.conv_m2.parts
+        return bf16.conv(bf16.conv(a, conv_m1, after=bn_m2), conv_m2, add=shortcut)
+
+    def _forward_fp32_inside(self, x: torch.Tensor) -> torch.Tensor:
+        """bf16 training, and inference where the CPU has no native bf16: the unit on the fp32
+        kernels, its input and output cast, so the bf16 network around it stays bf16 (autocast's
+        other ops run as they would); the gradients reach the fp32 weights as autocast's do."""
+        if not torch.is_grad_enabled() and not paths.bf16_path() and not build._loaded.get("told bf16 fallback"):
+            build._loaded["told bf16 fallback"] = True
+            warnings.warn("this CPU has no native bf16 (AVX512-BF16): bf16 autocast runs multi-fiber units on the "
+                          "suite's fp32 kernels", stacklevel=3)
+        with torch.autocast("cpu", enabled=False):
+            return self.forward(cl(x.float())).to(torch.bfloat16)

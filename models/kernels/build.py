@@ -25,7 +25,7 @@ NAME = "mfnet_kernels"
 # every translation unit; the headers they include are listed in docs/kernels.md
 SOURCES = [CSRC / f"{name}.cpp" for name in (
     "bindings", "isa", "fiber_ncdhw", "fiber_cl", "fiber_cl_avx512", "fiber_cl_emulated",
-    "pointwise_cl", "bn_relu", "pool")]
+    "pointwise_cl", "bn_relu", "bf16", "bf16_avx512", "pool")]
 SWITCH = "MFNET_FIBER_KERNEL"  # off | a path (paths.PATHS) | unset: the fastest this CPU has
 # off | MiB kept at most | unset: a quarter of memory. Freed CPU blocks of 32 MiB and up kept
 POOL_SWITCH = "MFNET_LARGE_BLOCK_POOL"

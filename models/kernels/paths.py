@@ -6,9 +6,15 @@ path), else ``avx2`` (AVX2 + FMA), else ``scalar`` (the NCDHW fiber conv only; c
 convs then run on PyTorch's). ``avx512-emulated`` is the AVX-512 build's blocking on pairs of
 AVX2 registers, how tests check its logic on CPUs without AVX-512.
 
+bf16 inference (``ops/bf16.py``) has paths of its own (``bf16_path()``): ``avx512-bf16`` where
+the CPU has AVX512-BF16, after its rows agreed with the emulated build here; ``bf16-emulated``
+(that build: the same rounding in integers, any x86-64 CPU) where the switch asks for it, for
+tests; else none, and autocast runs the fp32 kernels inside the units.
+
 ``MFNET_FIBER_KERNEL`` picks one: ``off`` PyTorch's own kernels (the library is never built),
-or a path name; a path the CPU cannot run gets the best one below it, said once. The AVX-512
-build runs only after it agreed with the AVX2 path here (``selfcheck.py``).
+or a path name (``bf16-emulated`` leaves the fp32 path the CPU's best); a path the CPU cannot
+run gets the best one below it, said once. The AVX-512 build runs only after it agreed with the
+AVX2 path here (``selfcheck.py``).
 
 The choice is resolved once per value of the switch into the library's table of entry points
 (``table()``, ``csrc/isa.h``), which every channels-last op is given: no name is compared per
@@ -23,14 +29,16 @@ from models.kernels import build, selfcheck
 SWITCH = build.SWITCH
 PATHS = ("scalar", "avx2", "avx512", "avx512-emulated")
 CL_PATHS = PATHS[1:]  # the paths with a channels-last kernel
+BF16_NATIVE, BF16_EMULATED = "avx512-bf16", "bf16-emulated"
 
 
 def wish() -> str:
     """The switch's value: "" (the fastest path this CPU has), off, or one of ``PATHS``; a value
     that means nothing is a one-line ValueError."""
     value = os.environ.get(SWITCH, "").strip().lower()
-    if value and value != "off" and value not in PATHS:
-        raise ValueError(f"{SWITCH}={value!r}: use off, {', '.join(PATHS)} (unset: the fastest this CPU has)")
+    if value and value not in ("off", BF16_EMULATED, *PATHS):
+        raise ValueError(f"{SWITCH}={value!r}: use off, {', '.join(PATHS)}, {BF16_EMULATED} "
+                         "(unset: the fastest this CPU has)")
     return value
 
 
@@ -59,6 +67,26 @@ def _resolve(module, want: str) -> str:
         warnings.warn(f"{SWITCH}={want}: this CPU cannot run it; fiber convs take the {got} path",
                       stacklevel=4)
     return got
+
+
+def bf16_path() -> str:
+    """The path bf16 inference's rows take here: ``BF16_NATIVE`` where the CPU has AVX512-BF16
+    and its build agreed with the emulated one, ``BF16_EMULATED`` where the switch asks for it,
+    else "" (no native bf16: bf16 autocast runs the units on the fp32 kernels)."""
+    module = build.extension()
+    if module is None:
+        return ""
+    memo = ("bf16 path", os.environ.get(SWITCH))
+    if memo not in build._loaded:
+        if wish() == BF16_EMULATED:
+            build._loaded[memo] = BF16_EMULATED
+        elif module.cpu_has_avx512_bf16():
+            if "bf16 agrees" not in build._loaded:
+                build._loaded["bf16 agrees"] = selfcheck.bf16_rows_agree(module)
+            build._loaded[memo] = BF16_NATIVE if build._loaded["bf16 agrees"] else ""
+        else:
+            build._loaded[memo] = ""
+    return build._loaded[memo]
 
 
 def table():

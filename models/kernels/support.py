@@ -44,6 +44,17 @@ def kept(module: nn.Module, name: str, key: tuple, make):
     return cached[1]
 
 
+def versions(*tensors: torch.Tensor) -> tuple:
+    """What says that tensors are unchanged, for a ``kept`` key: each one's storage and version
+    (an in-place change, an optimizer step or ``load_state_dict``, bumps the version)."""
+    return tuple((t.data_ptr(), t._version) for t in tensors)
+
+
+def affine_key(bn: nn.BatchNorm3d) -> tuple:
+    """What says that an eval-mode BatchNorm's affine is unchanged (a ``kept`` key)."""
+    return versions(*[t for t in (bn.weight, bn.bias, bn.running_mean, bn.running_var) if t is not None])
+
+
 EVAL_AFFINE = "_suite_eval_affine"  # where ``eval_affine`` keeps its result on a BatchNorm
 
 
@@ -51,8 +62,6 @@ def eval_affine(bn: nn.BatchNorm3d) -> tuple[torch.Tensor, torch.Tensor]:
     """BatchNorm's eval-mode affine, (scale, shift) per channel (fp32, contiguous), for the folded
     BatchNorm + ReLU: ``scale = weight / sqrt(running_var + eps)``, ``shift = bias -
     running_mean * scale``. Kept on ``bn`` while its parameters and statistics are unchanged."""
-    tensors = [t for t in (bn.weight, bn.bias, bn.running_mean, bn.running_var) if t is not None]
-
     def fold():
         scale = torch.rsqrt(bn.running_var.float() + bn.eps)
         if bn.weight is not None:
@@ -62,7 +71,7 @@ def eval_affine(bn: nn.BatchNorm3d) -> tuple[torch.Tensor, torch.Tensor]:
             shift = shift + bn.bias.detach().float()
         return scale.contiguous(), shift.contiguous()
 
-    return kept(bn, EVAL_AFFINE, tuple((t.data_ptr(), t._version) for t in tensors), fold)
+    return kept(bn, EVAL_AFFINE, affine_key(bn), fold)
 
 
 def batch_affine(weight: torch.Tensor, bias: torch.Tensor, mean: torch.Tensor,

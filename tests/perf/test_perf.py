@@ -3,7 +3,10 @@ MF-Net (its default path, with its fiber convs on the suite's kernel; the same o
 as footnote 5 found it; the plain reference path), Res3D and I3D at a small clip, under the
 harness's allocator setting; and MF-Net on the kernel against stock kernels in alternating
 rounds, at that clip and at the paper's input and the harness's throughput batch (with Res3D,
-for the report's GMAC/s ratio). Timings, not assertions: excluded from the tests."""
+for the report's GMAC/s ratio). ``nox -s perf -- --dtype bf16`` times the same under bf16
+autocast. Timings, not assertions: excluded from the tests."""
+
+import dataclasses
 
 import pytest
 
@@ -21,10 +24,15 @@ WORKLOADS = {"mfnet": ("mfnet", Setup("cpu"), {}),
 runtime.keep_freed_memory()
 
 
+@pytest.fixture(scope="module")
+def dtype(pytestconfig) -> str:
+    return pytestconfig.getoption("--dtype")
+
+
 @pytest.fixture(scope="module", params=list(WORKLOADS))
-def workload(request):
+def workload(request, dtype):
     name, setup, kwargs = WORKLOADS[request.param]
-    workload = Workload(name, setup, CLIP, **kwargs)
+    workload = Workload(name, dataclasses.replace(setup, dtype=dtype), CLIP, **kwargs)
     workload.label = request.param
     return workload
 
@@ -32,7 +40,7 @@ def workload(request):
 @pytest.mark.perf
 def test_inference_step(benchmark, workload):
     x, _ = workload.inputs(BATCH)
-    benchmark.group = f"infer {CLIP} b{BATCH}"
+    benchmark.group = f"infer {CLIP} b{BATCH} {workload.setup.dtype}"
     benchmark.name = workload.label
     benchmark.pedantic(workload.infer_step, args=(x,), warmup_rounds=1, rounds=5)
 
@@ -41,7 +49,7 @@ def test_inference_step(benchmark, workload):
 def test_training_step(benchmark, workload):
     x, y = workload.inputs(BATCH)
     step = workload.make_train_step()
-    benchmark.group = f"train {CLIP} b{BATCH}"
+    benchmark.group = f"train {CLIP} b{BATCH} {workload.setup.dtype}"
     benchmark.name = workload.label
     benchmark.pedantic(step, args=(x, y), warmup_rounds=1, rounds=3)
 
@@ -52,7 +60,7 @@ def test_training_step(benchmark, workload):
     # the acceptance figures' conditions: MF-Net's paper input at the harness's throughput batch,
     # with Res3D at its own (spec) input in the same rounds for the GMAC/s ratio
     ("infer", None, 4), ("train", None, 4)])
-def test_mfnet_on_the_kernel_against_stock_kernels_alternating(benchmark, step, clip, batch, capsys):
+def test_mfnet_on_the_kernel_against_stock_kernels_alternating(benchmark, step, clip, batch, dtype, capsys):
     """MF-Net on the suite's kernel and on stock kernels in alternating rounds in this process,
     as the harness's paired run times them: the machine's drift moves both alike, where the
     separate workloads above are timed minutes apart. The ratio of the medians is printed and
@@ -64,10 +72,10 @@ def test_mfnet_on_the_kernel_against_stock_kernels_alternating(benchmark, step, 
     from benchmarks.measure.cost import count_macs
     from benchmarks.measure.speed import TRAIN_MACS_FACTOR
 
-    runs = {"suite": Workload("mfnet", Setup("cpu"), clip),
-            "stock": Workload("mfnet", Setup("cpu", fiber_kernel=False), clip)}
+    runs = {"suite": Workload("mfnet", Setup("cpu", dtype=dtype), clip),
+            "stock": Workload("mfnet", Setup("cpu", dtype=dtype, fiber_kernel=False), clip)}
     if clip is None:
-        runs["res3d"] = Workload("res3d", Setup("cpu"))
+        runs["res3d"] = Workload("res3d", Setup("cpu", dtype=dtype))
     inputs = {name: w.inputs(batch) for name, w in runs.items()}
     if step == "infer":
         calls = {name: (lambda w=w, x=inputs[name][0]: w.infer_step(x)) for name, w in runs.items()}
@@ -85,7 +93,7 @@ def test_mfnet_on_the_kernel_against_stock_kernels_alternating(benchmark, step, 
             calls[name]()
             times[name].append(time.perf_counter() - start)
 
-    where = f"{clip or 'paper input'} b{batch}"
+    where = f"{clip or 'paper input'} b{batch} {dtype}"
     benchmark.group = f"mfnet {step} {where}, suite and stock kernels alternating"
     benchmark.name = f"mfnet-{step}-both"
     benchmark.pedantic(each, warmup_rounds=1, rounds=rounds)

@@ -4,6 +4,7 @@
 #include <torch/extension.h>
 
 #include <optional>
+#include <tuple>
 #include <string>
 #include <vector>
 
@@ -45,6 +46,12 @@ std::vector<Tensor> bn_stats(Tensor x);
 Tensor affine_relu(Tensor x, Tensor scale, Tensor shift);
 std::vector<Tensor> backward(Tensor gy, Tensor x, Tensor mean, Tensor invstd, Tensor scale, Tensor shift,
                              std::vector<Tensor> plus);
+
+// bf16 inference's BatchNorm + ReLU, channels last (bf16.cpp)
+bool cpu_has_avx512_bf16();
+std::tuple<std::vector<Tensor>, bool> affine_relu_bf16(const Tensor& x, std::vector<Tensor> scales,
+                                                       std::vector<Tensor> shifts, bool native);
+Tensor add_bf16_(Tensor y, const Tensor& r, bool native);
 
 // Large CPU blocks kept for reuse (pool.cpp)
 bool pool_install(int64_t cap_bytes);
@@ -90,6 +97,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("affine_relu", &affine_relu);
   m.def("bn_relu_backward", &backward, py::arg("grad"), py::arg("x"), py::arg("mean"), py::arg("invstd"),
         py::arg("scale"), py::arg("shift"), py::arg("plus") = std::vector<Tensor>{});
+
+  m.def("cpu_has_avx512_bf16", &cpu_has_avx512_bf16);
+  m.def("affine_relu_bf16", &affine_relu_bf16, py::arg("x"), py::arg("scales"), py::arg("shifts"),
+        py::arg("native"));
+  m.def("add_bf16_", &add_bf16_, py::arg("y"), py::arg("r"), py::arg("native"));
 
   m.def("pool_install", &pool_install);
   m.def("pool_kept", &pool_kept);

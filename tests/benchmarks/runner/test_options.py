@@ -89,8 +89,7 @@ def test_a_run_asking_for_the_kernels_where_they_cannot_be_built_stops_before_me
     assert err.endswith("--fiber-kernel suite: the kernel could not be built (simulated)")
 
 
-@pytest.mark.parametrize("extra, why", [(["--compile"], "is an eager fp32 kernel"),
-                                        (["--dtype", "bf16"], "is an eager fp32 kernel")])
+@pytest.mark.parametrize("extra, why", [(["--compile"], "is an eager kernel")])
 def test_a_run_where_the_kernels_would_not_run_is_refused_rather_than_mislabelled(extra, why, capsys):
     for asked in ("suite", "paired"):
         with pytest.raises(SystemExit):
@@ -99,6 +98,16 @@ def test_a_run_where_the_kernels_would_not_run_is_refused_rather_than_mislabelle
     # unasked, the run is on stock kernels and its rows say so
     options = runner.parse_args(["--models", "mfnet", "--measure", "speed", *extra])
     assert options.fiber_kernel == "stock" and options.paired_models == ()
+
+
+def test_a_bf16_run_pairs_the_kernels_where_the_cpu_runs_bf16(capsys):
+    from benchmarks.runtimes import native_why_not
+
+    if native_why_not("cpu", "bf16"):
+        pytest.skip("this CPU has no native bf16: bf16 runs are refused")
+    options = runner.parse_args(["--models", "mfnet,res3d", "--measure", "speed", "--dtype", "bf16",
+                                 "--fiber-kernel", "paired"])
+    assert options.fiber_kernel == "paired" and options.paired_models == ("mfnet", "res3d")
 
 
 def test_a_run_is_on_the_kernels_by_default_and_times_footnote_5_s_pair_on_both(monkeypatch):

@@ -1,0 +1,98 @@
+"""bf16 inference on the suite's kernels: a pre-activation network's convs as oneDNN's bf16
+convs with their epilogues fused, and the BatchNorm + ReLU that cannot be folded as the library's
+bf16 rows (``csrc/bf16*.cpp``).
+
+In bf16 autocast, PyTorch runs MF-Net's convs on oneDNN (AMX tiles where the CPU has them) but
+every BatchNorm, ReLU, residual add and weight cast as an op of its own, over bf16 tensors; those
+took more time than the convs (docs/kernels-log.md). Here, in a unit's inference:
+
+- a BatchNorm + ReLU that follows a conv is folded into it: the conv's weight scaled per output
+  channel, its shift the conv's fp32 bias, the ReLU oneDNN's post-op;
+- a residual add is the conv's binary post-op;
+- a BatchNorm + ReLU before a conv whose input is used raw elsewhere (a unit's input feeds its
+  residuals) is one pass of the library's rows, two BatchNorms of one input in the same pass.
+
+The weights are folded, cast to bf16 and put in oneDNN's blocked layout for the input's shape
+once (``kept``), where autocast casts every weight at every call.
+"""
+
+import torch
+from torch import nn
+
+from models.kernels import build, paths
+from models.kernels.support import affine_key, eval_affine, kept, versions
+
+PROFILED_AS = "suite::bn_relu_bf16"  # the rows' pass, as torch.profiler's tables name it
+FOLDED = "_suite_bf16_folded"  # a conv's folded bf16 weight and bias, kept on the conv
+FINITE = "_suite_bf16_finite"  # whether a pre-activation conv's weight and affine are finite
+DILATION = [1, 1, 1]
+
+
+def affine_relu(x: torch.Tensor, *affines: tuple[torch.Tensor, torch.Tensor]) -> tuple[list[torch.Tensor], bool]:
+    """``([relu(x * scale + shift) for (scale, shift) in affines], whether x is finite)`` (one or
+    two affines), x bf16 channels last, in one pass: computed in fp32, rounded to bf16 once.
+    oneDNN's ReLU epilogue turns NaN into 0 where PyTorch's ReLU keeps it, so a caller whose input
+    is not finite runs PyTorch's ops instead."""
+    scales, shifts = zip(*affines)
+    with torch.profiler.record_function(PROFILED_AS):
+        return build.extension().affine_relu_bf16(x, list(scales), list(shifts),
+                                                  paths.bf16_path() == paths.BF16_NATIVE)
+
+
+def finite(preact: nn.Sequential) -> bool:
+    """Whether a pre-activation conv's weight and BatchNorm affine are finite (kept while they
+    are unchanged): where they are not, NaN reaches outputs through PyTorch's zero padding (0 *
+    NaN) and ReLU that it does not reach through oneDNN's epilogues."""
+    bn, _, module = preact
+    return kept(preact, FINITE, (versions(module.weight), affine_key(bn)),
+                lambda: bool(module.weight.detach().float().sum().isfinite()
+                             and torch.cat(eval_affine(bn)).sum().isfinite()))
+
+
+def fold(conv: nn.Conv3d, after: nn.BatchNorm3d | None, input_shape) -> tuple:
+    """``conv``'s weight for oneDNN in bf16, with an eval-mode BatchNorm after it (``after``)
+    folded in: ``(weight, bias)``, bias fp32 (the BatchNorm's shift) or None. Laid out for inputs
+    of ``input_shape``."""
+    weight = conv.weight.detach().float()
+    bias = None
+    if after is not None:
+        scale, shift = eval_affine(after)
+        weight = weight * scale.view(-1, *[1] * (weight.dim() - 1))
+        bias = shift.clone()
+    weight = weight.to(torch.bfloat16)
+    packed = torch.ops.mkldnn._reorder_convolution_weight(weight, list(conv.padding), list(conv.stride), DILATION,
+                                                          conv.groups, list(input_shape))
+    return packed, bias
+
+
+def folded(conv: nn.Conv3d, after: nn.BatchNorm3d | None, input_shape) -> tuple:
+    """``fold``, kept on ``conv`` while its weight, the folded BatchNorm and the input's shape are
+    unchanged."""
+    key = (versions(conv.weight), tuple(input_shape), None if after is None else affine_key(after))
+    return kept(conv, FOLDED, key, lambda: fold(conv, after, input_shape))
+
+
+def conv(x: torch.Tensor, module: nn.Conv3d, after: nn.BatchNorm3d | None = None,
+         add: torch.Tensor | None = None) -> torch.Tensor:
+    """``module(x)`` on oneDNN in bf16 with its epilogue: ``relu(after(conv(x)))`` where
+    ``after`` (an eval-mode BatchNorm) is given, ``conv(x) + add`` where ``add`` is, else
+    ``conv(x)``. x (and add) bf16, channels last; the output too."""
+    weight, bias = folded(module, after, x.shape)
+    args = (weight, bias, list(module.padding), list(module.stride), DILATION, module.groups)
+    if add is not None and module.groups == 1:
+        return torch.ops.mkldnn._convolution_pointwise.binary(x, add, *args, "add", None, None, [], None)
+    y = torch.ops.mkldnn._convolution_pointwise(x, *args, "relu" if after is not None else "none", [], "")
+    # a grouped conv's fused add falls back to a conv and a bf16 add_ of PyTorch's (2.5x this
+    # pass's time at MF-Net's widest, docs/kernels-log.md)
+    return y if add is None else add_(y, add)
+
+
+def add_(y: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """``y += r`` in place, both bf16 channels last of one shape, rounded to bf16 once."""
+    return build.extension().add_bf16_(y, r, paths.bf16_path() == paths.BF16_NATIVE)
+
+
+def supported() -> bool:
+    """Whether oneDNN runs bf16 convs in this build of PyTorch."""
+    return (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+            and torch.ops.mkldnn._is_mkldnn_bf16_supported())

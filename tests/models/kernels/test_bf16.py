@@ -1,0 +1,309 @@
+"""bf16 inference on the suite's kernels (models/kernels/ops/bf16.py, csrc/bf16*): the library's
+bf16 rows on both builds against PyTorch's rounding, the AVX512-BF16 build kept from use where it
+disagrees with the emulated one, each conv with its epilogue against PyTorch's fp32 conv on
+bf16-rounded operands, and MF-Net under bf16 autocast against the fp32 model, in inference and
+training, with NaN and Inf where PyTorch sends them."""
+
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import models
+from models import kernels
+from models.kernels import blocks, build, paths, selfcheck
+from models.kernels.ops import bf16
+from tests.models.kernels.helpers import cl, randomise
+
+BF16 = torch.bfloat16
+# bf16 keeps 8 bits of mantissa: one rounding is within 2^-9 relative; a network's logits,
+# rounded at every layer, within a few percent of the fp32 model's (PyTorch's own bf16 autocast
+# was 0.0036 off MF-Net's fp32 logits at 16x224x224, relative in the L2 norm)
+LOGITS_RTOL = 3e-2
+
+
+@pytest.fixture(params=["native", "emulated"])
+def rows_build(request):
+    """Each build of the bf16 rows: AVX512-BF16 (where the CPU has it) and the emulated one."""
+    native = request.param == "native"
+    if native and not build.extension().cpu_has_avx512_bf16():
+        pytest.skip("this CPU has no AVX512-BF16")
+    return native
+
+
+@pytest.fixture(params=["native", "emulated"])
+def bf16_path(request, monkeypatch):
+    """bf16 inference on each path of its rows: the switch unset (AVX512-BF16 where the CPU has
+    it) and ``bf16-emulated``."""
+    if request.param == "native":
+        if not build.extension().cpu_has_avx512_bf16():
+            pytest.skip("this CPU has no AVX512-BF16")
+        monkeypatch.delenv(paths.SWITCH, raising=False)
+    else:
+        monkeypatch.setenv(paths.SWITCH, paths.BF16_EMULATED)
+    assert paths.bf16_path() == (paths.BF16_NATIVE if request.param == "native" else paths.BF16_EMULATED)
+    return request.param
+
+
+def rounded_reference(x: torch.Tensor, scale, shift) -> torch.Tensor:
+    """relu(x * scale + shift) in fp32, rounded to bf16 once: PyTorch's rounding."""
+    view = (1, -1, 1, 1, 1)
+    return torch.relu(x.float() * scale.view(view) + shift.view(view)).to(BF16)
+
+
+def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(0.0), b.nan_to_num(0.0))
+
+
+@pytest.mark.parametrize("channels", [1, 7, 16, 17, 96])
+def test_the_rows_equal_pytorch_s_rounding_with_nan_and_inf(rows_build, channels):
+    torch.manual_seed(channels)
+    x = (torch.randn(2, channels, 3, 4, 5) * 4).to(BF16)
+    x[0, 0, 0, 0, :3] = torch.tensor([float("nan"), float("inf"), -float("inf")], dtype=BF16)
+    x = cl(x)
+    affines = [(torch.randn(channels), torch.randn(channels)) for _ in range(2)]
+    outs, finite = build.extension().affine_relu_bf16(x, [a for a, _ in affines], [b for _, b in affines],
+                                                      rows_build)
+    assert not finite
+    assert build.extension().affine_relu_bf16(x.nan_to_num(0.0, 0.0, 0.0), [affines[0][0]], [affines[0][1]],
+                                              rows_build)[1]
+    for out, (scale, shift) in zip(outs, affines):
+        assert out.dtype == BF16 and out.is_contiguous(memory_format=torch.channels_last_3d)
+        assert same_bits(out, rounded_reference(x, scale, shift))
+    assert outs[0][0, 0, 0, 0, 0].isnan()  # NaN stays NaN through the ReLU, as torch.relu keeps it
+
+
+def test_the_residual_add_equals_pytorch_s_rounding(rows_build):
+    torch.manual_seed(1)
+    y, r = (cl((torch.randn(2, 33, 3, 4, 5) * 3).to(BF16)) for _ in range(2))
+    r[0, 5, 0, 0, 0] = float("nan")
+    expected = (y.float() + r.float()).to(BF16)
+    assert same_bits(build.extension().add_bf16_(y, r, rows_build), expected)
+
+
+def test_the_rows_refuse_what_they_cannot_read_in_one_line():
+    lib = build.extension()
+    x = cl(torch.randn(1, 8, 2, 3, 3).to(BF16))
+    scale = torch.ones(8)
+    for bad, match in ((x.contiguous(), "channels-last-3d bf16"), (x.float(), "channels-last-3d bf16")):
+        with pytest.raises(RuntimeError, match=match):
+            lib.affine_relu_bf16(bad, [scale], [scale], False)
+    with pytest.raises(RuntimeError, match="8 contiguous fp32"):
+        lib.affine_relu_bf16(x, [torch.ones(7)], [scale], False)
+    with pytest.raises(RuntimeError, match="one or two"):
+        lib.affine_relu_bf16(x, [scale] * 3, [scale] * 3, False)
+    with pytest.raises(RuntimeError, match="add_bf16_: y is"):
+        lib.add_bf16_(x, cl(torch.randn(1, 8, 2, 3, 4).to(BF16)), False)
+
+
+class OffByOne:
+    """The real library, with an AVX512-BF16 build whose rows are off by one bf16 step."""
+
+    def __init__(self, real):
+        self.real = real
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+    def cpu_has_avx512_bf16(self):
+        return True
+
+    def affine_relu_bf16(self, x, scales, shifts, native):
+        outs, finite = self.real.affine_relu_bf16(x, scales, shifts, False)
+        return [(o.view(torch.int16) + 1).view(BF16) if native else o for o in outs], finite
+
+
+def test_a_native_build_that_disagrees_with_the_emulated_one_is_not_used(monkeypatch):
+    real = build.extension()
+    monkeypatch.delenv(paths.SWITCH, raising=False)
+    monkeypatch.setattr(build, "_loaded", {"module": OffByOne(real), "why": "", "pool": False})
+    with pytest.warns(UserWarning, match="disagree with the emulated build"):
+        assert paths.bf16_path() == ""
+    assert selfcheck.bf16_rows_agree(real) == real.cpu_has_avx512_bf16() or not real.cpu_has_avx512_bf16()
+
+
+def test_the_switch_takes_the_emulated_bf16_path_and_names_it_in_its_error(monkeypatch):
+    monkeypatch.setenv(paths.SWITCH, "bf16-emulated")
+    assert paths.bf16_path() == paths.BF16_EMULATED
+    assert paths.path() in paths.CL_PATHS  # fp32 convs keep the CPU's best path
+    monkeypatch.setenv(paths.SWITCH, "bf16")
+    with pytest.raises(ValueError, match="bf16-emulated"):
+        kernels.check_settings()
+
+
+@pytest.mark.parametrize("kernel, stride, groups, epilogue", [
+    ((1, 1, 1), (1, 1, 1), 1, "bn"), ((1, 1, 1), (1, 2, 2), 1, "none"), ((1, 1, 1), (1, 1, 1), 1, "add"),
+    ((3, 3, 3), (1, 1, 1), 4, "bn"), ((3, 3, 3), (2, 1, 1), 4, "bn"), ((3, 3, 3), (1, 2, 2), 4, "bn"),
+    ((1, 3, 3), (1, 1, 1), 4, "add")])
+def test_each_conv_and_its_epilogue_equals_pytorch_s_fp32_conv_on_rounded_operands(bf16_path, kernel, stride,
+                                                                                 groups, epilogue):
+    """Stated tolerance: operands are rounded to bf16 as the kernels round them, products are
+    summed in fp32, and the output is rounded once, within 2^-8 of the largest output; with an
+    add, twice (the conv's output, then the sum), within 2^-7."""
+    torch.manual_seed(3)
+    cin, cout = 8, 12
+    padding = tuple(k // 2 for k in kernel)
+    conv = nn.Conv3d(cin, cout, kernel, stride, padding, groups=groups, bias=False)
+    after = randomise(nn.BatchNorm3d(cout)) if epilogue == "bn" else None
+    x = cl(torch.randn(2, cin, 4, 6, 7).to(BF16))
+    w = conv.weight.detach()
+    if after is not None:
+        scale, shift = kernels.support.eval_affine(after)
+        w = w * scale.view(-1, 1, 1, 1, 1)
+    expected = F.conv3d(x.float(), w.to(BF16).float(), None, stride, padding, 1, groups)
+    add = None
+    if after is not None:
+        expected = torch.relu(expected + shift.view(1, -1, 1, 1, 1))
+    elif epilogue == "add":
+        add = cl(torch.randn_like(expected).to(BF16))
+        expected = expected + add.float()
+    with torch.no_grad():
+        out = bf16.conv(x, conv, after=after, add=add)
+    assert out.dtype == BF16 and out.is_contiguous(memory_format=torch.channels_last_3d)
+    tolerance = 2 ** -7 if add is not None else 2 ** -8
+    assert ((out.float() - expected).abs().max() / expected.abs().max()).item() < tolerance
+
+
+def test_a_folded_weight_is_kept_until_the_weight_or_the_batchnorm_changes():
+    conv, after = nn.Conv3d(8, 8, 1, bias=False), randomise(nn.BatchNorm3d(8))
+    first = bf16.folded(conv, after, (1, 8, 2, 3, 3))
+    assert bf16.folded(conv, after, (1, 8, 2, 3, 3)) is first
+    with torch.no_grad():
+        after.running_var.mul_(2)
+    second = bf16.folded(conv, after, (1, 8, 2, 3, 3))
+    assert second is not first
+    with torch.no_grad():
+        conv.weight.mul_(2)
+    assert bf16.folded(conv, after, (1, 8, 2, 3, 3)) is not second
+    assert bf16.folded(conv, after, (2, 8, 2, 3, 3)) is not bf16.folded(conv, after, (1, 8, 2, 3, 3))
+
+
+def mfnet_pair(trained_looking: bool = True):
+    """MF-Net on the kernels and its plain fp32 reference, one state: trained-looking
+    BatchNorms, or as initialised."""
+    torch.manual_seed(0)
+    reference = models.create_model("mfnet", channels_last=False).eval()
+    for bn in (m for m in reference.modules() if isinstance(m, nn.BatchNorm3d) and trained_looking):
+        randomise(bn)
+    fast = models.create_model("mfnet").eval()
+    fast.load_state_dict(reference.state_dict())
+    return fast, reference
+
+
+def relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+def test_mfnet_s_bf16_logits_are_the_fp32_model_s_within_bf16_tolerance(bf16_path):
+    fast, reference = mfnet_pair()
+    x = torch.randn(2, 3, 8, 112, 112)
+    calls = []
+    with torch.inference_mode():
+        expected = reference(x)
+        with torch.autocast("cpu", dtype=BF16), torch.profiler.profile() as profile:
+            out = fast(x)
+    calls = [e.key for e in profile.key_averages()]
+    assert bf16.PROFILED_AS in calls and "mkldnn::_convolution_pointwise" in calls  # the bf16 path ran
+    assert relative(out, expected) < LOGITS_RTOL
+    assert torch.equal(out.argmax(1), expected.argmax(1))
+
+
+def test_mfnet_under_bf16_autocast_propagates_nan_and_inf_as_pytorch_does(bf16_path):
+    fast, reference = mfnet_pair()
+    stock = models.create_model("mfnet", fiber_kernel=False).eval()
+    stock.load_state_dict(reference.state_dict())
+    x = torch.randn(1, 3, 8, 64, 64)
+    x[0, 1, 2, 10, 10] = float("nan")
+    y = torch.randn(1, 3, 8, 64, 64)
+    y[0, 0, 0, 0, 0] = float("inf")
+    with torch.inference_mode(), torch.autocast("cpu", dtype=BF16):
+        for clip in (x, y):
+            assert torch.equal(fast(clip).isnan(), stock(clip).isnan())
+
+
+@pytest.mark.parametrize("where", ["conv2.B02.conv_m1.conv.weight", "conv3.B01.conv_i2.bn.running_var"])
+def test_a_non_finite_weight_or_statistic_reaches_the_logits_pytorch_s_bf16_sends_it_to(bf16_path, where):
+    fast, reference = mfnet_pair()
+    state = reference.state_dict()
+    state[where].view(-1)[0] = float("nan") if where.endswith("weight") else -2.0  # -2: rsqrt of a negative
+    fast.load_state_dict(state)
+    stock = models.create_model("mfnet", fiber_kernel=False).eval()
+    stock.load_state_dict(state)
+    x = torch.randn(1, 3, 8, 64, 64)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=BF16):
+        expected = stock(x)
+        assert expected.isnan().any()
+        assert torch.equal(fast(x).isnan(), expected.isnan())
+
+
+def test_without_native_bf16_units_run_on_the_fp32_kernels_said_once(monkeypatch):
+    fast, reference = mfnet_pair()
+    monkeypatch.setattr(paths, "bf16_path", lambda: "")
+    monkeypatch.setattr(build, "_loaded", {k: v for k, v in build._loaded.items() if k != "told bf16 fallback"})
+    x = torch.randn(1, 3, 8, 64, 64)
+    with torch.inference_mode():
+        expected = reference(x)
+        with torch.autocast("cpu", dtype=BF16):
+            with pytest.warns(UserWarning, match="no native bf16"):
+                out = fast(x)
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                fast(x)
+    assert out.dtype == BF16
+    assert relative(out, expected) < LOGITS_RTOL
+
+
+def test_bf16_training_s_gradients_are_as_near_the_fp32_model_s_as_pytorch_s_own_bf16():
+    """Autocast's semantics: fp32 weights and their gradients, BatchNorm statistics updated in
+    fp32; the units on the fp32 kernels, the stem and classifier in bf16. Each gradient is held
+    to the distance of PyTorch's own bf16 autocast's from the fp32 model's, with a margin."""
+    fast, reference = mfnet_pair(trained_looking=False)
+    stock = models.create_model("mfnet", fiber_kernel=False)
+    stock.load_state_dict(reference.state_dict())
+    x, target = torch.randn(2, 3, 8, 64, 64), torch.tensor([3, 7])
+    for model in (fast, reference, stock):
+        model.train()
+        with torch.autocast("cpu", dtype=BF16, enabled=model is not reference):
+            loss = F.cross_entropy(model(x), target)
+        loss.backward()
+    expected, pytorch = dict(reference.named_parameters()), dict(stock.named_parameters())
+    for name, p in fast.named_parameters():
+        assert p.dtype == p.grad.dtype == torch.float32, name
+        pytorch_distance = relative(pytorch[name].grad, expected[name].grad)
+        assert relative(p.grad, expected[name].grad) <= 1.2 * pytorch_distance + 0.02, name
+    name = "conv4.B01.conv_m1.bn.running_mean"
+    stats = dict(fast.named_buffers())[name]
+    assert stats.dtype == torch.float32
+    assert relative(stats, dict(reference.named_buffers())[name]) < LOGITS_RTOL
+
+
+def test_a_hooked_unit_runs_as_modules_so_the_hook_sees_its_conv():
+    fast, _ = mfnet_pair()
+    seen = []
+    conv = fast.conv3.B02.conv_m1.conv
+    conv.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    with torch.inference_mode(), torch.autocast("cpu", dtype=BF16):
+        fast(torch.randn(1, 3, 8, 64, 64))
+    assert seen == [BF16]
+
+
+def test_bf16_runs_on_the_kernels_and_fp16_and_compiled_graphs_do_not():
+    assert kernels.why_not("cpu", "bf16") == ("" if bf16.supported() else "this PyTorch's oneDNN has no bf16 convs")
+    assert "not fp16" in kernels.why_not("cpu", "fp16")
+    assert "compiled" in kernels.why_not("cpu", "bf16", compiled=True)
+    assert "bf16 inference" in kernels.status()
+
+
+def test_a_unit_checks_which_bf16_path_it_takes_per_call():
+    unit = next(m for m in mfnet_pair()[0].modules() if isinstance(m, blocks.FusedMultiFiberUnit))
+    x = cl(torch.randn(1, unit.conv_m1.parts[2].in_channels, 2, 8, 8))
+    with torch.inference_mode():
+        assert not unit.bf16_autocast(x)
+        with torch.autocast("cpu", dtype=BF16):
+            assert unit.bf16_autocast(x) and unit.folds_bf16()
+        with torch.autocast("cpu", dtype=torch.float16):
+            assert not unit.bf16_autocast(x)
+    unit.conv_m1.parts[0].train()
+    assert not unit.folds_bf16()
