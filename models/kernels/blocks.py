@@ -55,8 +55,12 @@ class PreActConv3d(nn.Sequential):
     def forward_shared(self, x: torch.Tensor, shared: int) -> tuple[torch.Tensor, ...]:
         """``(self(x), x, ..., x)``, ``x`` handed back ``shared`` times for its other uses (a
         unit's residual adds). In training on the kernels their gradients are added to ``x``'s as
-        the BatchNorm's backward writes it, instead of in a pass over ``x`` each."""
+        the BatchNorm's backward writes it, instead of in a pass over ``x`` each (bf16 training
+        too, its conv PyTorch's under autocast)."""
         bn, relu, conv = self.parts
+        if torch.is_grad_enabled() and not hooked(self, bn, relu, conv) and bn.bf16_training(x):
+            a, *uses = bn.forward_shared(x, shared)
+            return (conv(relu(a)), *uses)
         if not (torch.is_grad_enabled() and self._fuses(x)):
             return (self(x), *[x] * shared)
         if bn.batch_stats() and bn.applies(x) and conv.folds_in_training(shared):
@@ -101,13 +105,16 @@ class FusedMultiFiberUnit(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.bf16_autocast(x):
-            if not torch.is_grad_enabled() and paths.bf16_path() and self.folds_bf16():
+            if not paths.bf16_path():
+                return self._forward_fp32_inside(x)
+            if not torch.is_grad_enabled() and self.folds_bf16():
                 return self._forward_bf16(x)
-            return self._forward_fp32_inside(x)
-        return self._forward_fp32(x)
+            if torch.is_grad_enabled():  # bf16 training: BatchNorm + ReLU on the library's rows
+                return self._forward_fused(cl(x.to(torch.bfloat16)))
+        return self._forward_fused(x)
 
-    def _forward_fp32(self, x: torch.Tensor) -> torch.Tensor:
-        """The fp32 kernels' fused ops where a call allows, the modules otherwise."""
+    def _forward_fused(self, x: torch.Tensor) -> torch.Tensor:
+        """The kernels' fused ops where a call allows, the modules otherwise."""
         shortcut = x
         if not hasattr(self, "conv_i1"):  # no multiplexer
             h = x
@@ -159,23 +166,23 @@ class FusedMultiFiberUnit(nn.Module):
         readers = [first, self.conv_w1] if self.projects else [first]
         acts, finite = bf16.affine_relu(x, *(eval_affine(r.parts[0]) for r in readers))
         if not finite:  # NaN or Inf: PyTorch's ops under autocast send it where they do
-            return self._forward_fp32(x)
+            return self._forward_fused(x)
         a = acts[0]
         if hasattr(self, "conv_i1"):
             (_, _, conv_i1), (bn_i2, _, conv_i2) = self.conv_i1.parts, self.conv_i2.parts
             mixed = bf16.conv(bf16.conv(a, conv_i1, after=bn_i2), conv_i2, add=x)
             (a,), finite = bf16.affine_relu(mixed, eval_affine(self.conv_m1.parts[0]))
             if not finite:  # the multiplexer overflowed
-                return self._forward_fp32(x)
+                return self._forward_fused(x)
         shortcut = bf16.conv(acts[-1], self.conv_w1.parts[2]) if self.projects else x
         (_, _, conv_m1), (bn_m2, _, conv_m2) = self.conv_m1.parts, self.conv_m2.parts
         return bf16.conv(bf16.conv(a, conv_m1, after=bn_m2), conv_m2, add=shortcut)
 
     def _forward_fp32_inside(self, x: torch.Tensor) -> torch.Tensor:
-        """bf16 training, and inference where the CPU has no native bf16: the unit on the fp32
-        kernels, its input and output cast, so the bf16 network around it stays bf16 (autocast's
-        other ops run as they would); the gradients reach the fp32 weights as autocast's do."""
-        if not torch.is_grad_enabled() and not paths.bf16_path() and not build._loaded.get("told bf16 fallback"):
+        """Where the CPU has no native bf16: the unit on the fp32 kernels, its input and output
+        cast, so the bf16 network around it stays bf16 (autocast's other ops run as they would);
+        in training the gradients reach the fp32 weights as autocast's do."""
+        if not build._loaded.get("told bf16 fallback"):
             build._loaded["told bf16 fallback"] = True
             warnings.warn("this CPU has no native bf16 (AVX512-BF16): bf16 autocast runs multi-fiber units on the "
                           "suite's fp32 kernels", stacklevel=3)

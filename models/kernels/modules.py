@@ -223,7 +223,10 @@ class BatchNormReLU3d(nn.BatchNorm3d):
     def applies(self, x: torch.Tensor) -> bool:
         """Whether this call runs on the kernel: CPU, a channels-last fp32 clip, a channels-last
         path; a batch-statistics forward with more than one value per channel, or an eval-mode
-        one without gradients (an eval-mode BatchNorm with gradients is PyTorch's own)."""
+        one without gradients (an eval-mode BatchNorm with gradients is PyTorch's own). And bf16
+        training under autocast (``bf16_training``)."""
+        if self.bf16_training(x):
+            return True
         if not (_cl_input(x, x) and x.shape[1] == self.num_features  # else PyTorch's own error says so
                 and x.numel() > 0 and x.is_contiguous(memory_format=torch.channels_last_3d)):
             return False
@@ -231,6 +234,18 @@ class BatchNormReLU3d(nn.BatchNorm3d):
             wants_grad = x.requires_grad or any(p.requires_grad for p in self.parameters())
             return not (torch.is_grad_enabled() and wants_grad)
         return x.numel() != x.shape[1]  # one value per channel: PyTorch's own says so
+
+    def bf16_training(self, x: torch.Tensor) -> bool:
+        """Whether this call is a batch-statistics forward of a bf16 channels-last clip under CPU
+        bf16 autocast, with gradients, where the library's bf16 rows run: then statistics, sums
+        and terms are fp32 (fp64 across blocks), the output and grad x bf16, the parameters'
+        gradients and the running statistics fp32, as autocast keeps them."""
+        return (x.device.type == "cpu" and x.dtype == torch.bfloat16 and x.dim() == 5
+                and torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+                and torch.is_grad_enabled() and self.batch_stats() and not traced()
+                and build.extension() is not None and bool(paths.bf16_path())
+                and x.shape[1] == self.num_features and x.numel() > x.shape[1]
+                and x.is_contiguous(memory_format=torch.channels_last_3d))
 
     def _update_running_stats(self, mean: torch.Tensor, var: torch.Tensor, rows: int) -> None:
         """As ``nn.BatchNorm3d`` in training: momentum (or the cumulative average where it is

@@ -9,12 +9,17 @@
 //   saved), per channel the sums of g and of g * (x - mean), then grad x = a * g + b * x + c
 //   per channel.
 // Plain loops over the channels, which GCC vectorises for AVX2 + FMA (the target below).
+// bf16 training (autocast) runs the same: stats and backward take bf16 x (and grads), each row
+// widened to fp32 in a buffer, the sums and terms in fp32/fp64, grad x rounded to bf16 once;
+// the forward's affine is bf16.cpp's rows.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
 #include <algorithm>
 #include <cmath>
 #include <vector>
+
+#include "bf16_rows.h"
 
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
@@ -26,10 +31,37 @@ namespace {
 constexpr int64_t kBlock = 64;  // rows summed in fp32 before the fp64 total
 
 void check(const at::Tensor& t, const char* what) {
-  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat && t.dim() == 5 &&
-                  t.is_contiguous(at::MemoryFormat::ChannelsLast3d),
-              "bn_relu: ", what, " must be a channels-last-3d fp32 CPU tensor");
+  TORCH_CHECK(t.device().is_cpu() && (t.scalar_type() == at::kFloat || t.scalar_type() == at::kBFloat16) &&
+                  t.dim() == 5 && t.is_contiguous(at::MemoryFormat::ChannelsLast3d),
+              "bn_relu: ", what, " must be a channels-last-3d fp32 or bf16 CPU tensor");
 }
+
+// A channels-last tensor's rows as fp32: in place for fp32, widened row by row into a buffer of
+// its own for bf16 (one per thread's block of rows)
+class RowsOf {
+ public:
+  RowsOf(const at::Tensor& t, int64_t C) : C_(C), bf16_(t.scalar_type() == at::kBFloat16) {
+    if (bf16_) {
+      bits_ = reinterpret_cast<const uint16_t*>(t.data_ptr<at::BFloat16>());
+      buf_.resize(C);
+    } else {
+      fp32_ = t.data_ptr<float>();
+    }
+  }
+  const float* row(int64_t r) {
+    if (!bf16_) return fp32_ + r * C_;
+    const uint16_t* src = bits_ + r * C_;
+    for (int64_t c = 0; c < C_; ++c) buf_[c] = bf16::widen(src[c]);
+    return buf_.data();
+  }
+
+ private:
+  int64_t C_;
+  bool bf16_;
+  const float* fp32_ = nullptr;
+  const uint16_t* bits_ = nullptr;
+  std::vector<float> buf_;
+};
 
 const float* per_channel(const at::Tensor& t, int64_t C, const char* what) {
   TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat && t.is_contiguous() &&
@@ -82,7 +114,7 @@ at::Tensor like(const at::Tensor& x) {
 }
 
 at::Tensor channel_floats(const at::Tensor& x, int64_t C) {
-  return at::empty({C}, x.options().memory_format(at::MemoryFormat::Contiguous));
+  return at::empty({C}, x.options().dtype(at::kFloat).memory_format(at::MemoryFormat::Contiguous));
 }
 
 }  // namespace
@@ -91,14 +123,16 @@ at::Tensor channel_floats(const at::Tensor& x, int64_t C) {
 std::vector<at::Tensor> bn_stats(at::Tensor x) {
   const auto [C, rows] = rows_of(x);
   TORCH_CHECK(rows > 0, "bn_relu: no values to normalise");
-  const float* xp = x.data_ptr<float>();
-  std::vector<float> shift(xp, xp + C);
+  RowsOf head(x, C);  // its buffer holds row 0 while the shift is copied from it
+  const float* first = head.row(0);
+  std::vector<float> shift(first, first + C);
   const float* k = shift.data();
   const auto total = sum_rows<2>(rows, C, [&](int64_t r0, int64_t r1, float* acc) {
     float* __restrict s1 = acc;
     float* __restrict s2 = acc + C;
+    RowsOf xs(x, C);
     for (int64_t r = r0; r < r1; ++r) {
-      const float* __restrict row = xp + r * C;
+      const float* __restrict row = xs.row(r);
       for (int64_t c = 0; c < C; ++c) {
         const float d = row[c] - k[c];
         s1[c] += d;
@@ -119,6 +153,7 @@ std::vector<at::Tensor> bn_stats(at::Tensor x) {
 
 at::Tensor affine_relu(at::Tensor x, at::Tensor scale, at::Tensor shift) {
   const auto [C, rows] = rows_of(x);
+  TORCH_CHECK(x.scalar_type() == at::kFloat, "bn_relu: affine_relu takes fp32 (bf16: affine_relu_bf16)");
   const float* s = per_channel(scale, C, "scale");
   const float* b = per_channel(shift, C, "shift");
   auto y = like(x);
@@ -149,20 +184,20 @@ at::Tensor affine_relu(at::Tensor x, at::Tensor scale, at::Tensor shift) {
 std::vector<at::Tensor> backward(at::Tensor gy, at::Tensor x, at::Tensor mean, at::Tensor invstd,
                                  at::Tensor scale, at::Tensor shift, std::vector<at::Tensor> plus) {
   const auto [C, rows] = rows_of(gy, x);
-  std::vector<const float*> more;
+  const auto dtype = x.scalar_type();
+  TORCH_CHECK(gy.scalar_type() == dtype, "bn_relu: grad and x differ in dtype");
   for (const auto& t : plus) {
     rows_of(t, x, "a gradient to add");
-    more.push_back(t.data_ptr<float>());
+    TORCH_CHECK(t.scalar_type() == dtype, "bn_relu: a gradient to add and x differ in dtype");
   }
   TORCH_CHECK(rows > 0, "bn_relu: no values to normalise");
   const float* s = per_channel(scale, C, "scale");
   const float* sh = per_channel(shift, C, "shift");
   const float* m = per_channel(mean, C, "mean");
   const float* is = per_channel(invstd, C, "invstd");
-  const float* xp = x.data_ptr<float>();
-  const float* gp = gy.data_ptr<float>();
   const auto total = sum_rows<2>(rows, C, [&](int64_t r0, int64_t r1, float* acc) {
-    for (int64_t r = r0; r < r1; ++r) bn_rows::masked_sums(xp + r * C, gp + r * C, s, sh, m, acc, acc + C, C);
+    RowsOf xs(x, C), gs(gy, C);
+    for (int64_t r = r0; r < r1; ++r) bn_rows::masked_sums(xs.row(r), gs.row(r), s, sh, m, acc, acc + C, C);
   });
   auto grad_weight = channel_floats(x, C), grad_bias = channel_floats(x, C);
   float* gw = grad_weight.data_ptr<float>();
@@ -177,15 +212,23 @@ std::vector<at::Tensor> backward(at::Tensor gy, at::Tensor x, at::Tensor mean, a
     gb[k] = (float)sum_g;
   }
   auto gx = like(x);
-  float* op = gx.data_ptr<float>();
+  const bool bf16 = dtype == at::kBFloat16;
+  float* op = bf16 ? nullptr : gx.data_ptr<float>();
+  uint16_t* bp = bf16 ? reinterpret_cast<uint16_t*>(gx.data_ptr<at::BFloat16>()) : nullptr;
   at::parallel_for(0, rows, 256, [&](int64_t r0, int64_t r1) {
+    RowsOf xs(x, C), gs(gy, C);
+    std::vector<RowsOf> more;
+    for (const auto& t : plus) more.emplace_back(t, C);
+    std::vector<float> buf(bf16 ? C : 0);
     for (int64_t r = r0; r < r1; ++r) {
-      float* __restrict out = op + r * C;
-      bn_rows::masked_affine(xp + r * C, gp + r * C, s, sh, a.data(), b.data(), c.data(), out, C);
-      for (const float* m : more) {  // the row just written, still in L1
-        const float* __restrict add = m + r * C;
+      float* __restrict out = bf16 ? buf.data() : op + r * C;
+      bn_rows::masked_affine(xs.row(r), gs.row(r), s, sh, a.data(), b.data(), c.data(), out, C);
+      for (auto& m : more) {  // the row just written, still in L1
+        const float* __restrict add = m.row(r);
         for (int64_t k = 0; k < C; ++k) out[k] += add[k];
       }
+      if (bf16)
+        for (int64_t k = 0; k < C; ++k) bp[r * C + k] = bf16::round_bits(out[k]);
     }
   });
   return {gx, grad_weight, grad_bias};

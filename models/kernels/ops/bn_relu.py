@@ -5,18 +5,22 @@ traffic, so AVX2 code on every path."""
 import torch
 
 from models.kernels import build
+from models.kernels.ops import bf16
 from models.kernels.support import batch_affine
 
 PROFILED_AS = "suite::bn_relu"  # the fused op's forward, as torch.profiler's tables name it
 
 
 def affine_relu(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """``relu(x * scale + shift)`` per channel, one pass (inference's BatchNorm + ReLU)."""
+    """``relu(x * scale + shift)`` per channel, one pass; fp32, or bf16 (autocast's training)."""
+    if x.dtype == torch.bfloat16:
+        return bf16.affine_relu(x, (scale, shift))[0][0]
     return build.extension().affine_relu(x, scale, shift)
 
 
 def batch_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The batch's mean and biased variance per channel, one pass over ``x``."""
+    """The batch's mean and biased variance per channel (fp32), one pass over ``x`` (fp32 or
+    bf16)."""
     mean, var = build.extension().bn_stats(x)
     return mean, var
 

@@ -255,10 +255,65 @@ def test_without_native_bf16_units_run_on_the_fp32_kernels_said_once(monkeypatch
     assert relative(out, expected) < LOGITS_RTOL
 
 
-def test_bf16_training_s_gradients_are_as_near_the_fp32_model_s_as_pytorch_s_own_bf16():
-    """Autocast's semantics: fp32 weights and their gradients, BatchNorm statistics updated in
-    fp32; the units on the fp32 kernels, the stem and classifier in bf16. Each gradient is held
-    to the distance of PyTorch's own bf16 autocast's from the fp32 model's, with a margin."""
+def test_batchnorm_relu_in_bf16_training_equals_its_fp32_op_within_bf16_rounding(bf16_path):
+    """The statistics, the output, grad x with two residual gradients added, and the parameters'
+    gradients of the fused op on bf16 x, against the fp32 op on the same (bf16-exact) values:
+    the output and grad x rounded to bf16 once (2^-8 of the largest), the rest fp32-close."""
+    from models.kernels.ops.bn_relu import BatchNormReLUFunction, batch_moments
+
+    torch.manual_seed(4)
+    x16 = cl((torch.randn(2, 24, 3, 5, 7) * 2 + 0.5).to(BF16))
+    weight, bias = torch.randn(24), torch.randn(24)
+    outs = {}
+    for name, x in (("bf16", x16), ("fp32", cl(x16.float()))):
+        x = x.clone().requires_grad_()
+        w, b = weight.clone().requires_grad_(), bias.clone().requires_grad_()
+        mean, var = batch_moments(x.detach())
+        with torch.autocast("cpu", dtype=BF16, enabled=name == "bf16"):
+            y, use1, use2 = BatchNormReLUFunction.apply(x, w, b, mean, torch.rsqrt(var + 1e-5), 2)
+        gen = torch.Generator().manual_seed(5)
+        grads = [cl(torch.randn(y.shape, generator=gen).to(BF16).to(x.dtype)) for _ in range(3)]
+        torch.autograd.backward([y, use1, use2], grads)
+        outs[name] = (mean, var, y, x.grad, w.grad, b.grad)
+    for index, (got, expected) in enumerate(zip(outs["bf16"], outs["fp32"])):
+        rounded = index in (2, 3)  # y and grad x are bf16
+        assert got.dtype == (BF16 if rounded else torch.float32)
+        limit = 2 ** -8 if rounded else 1e-5
+        assert ((got.float() - expected).abs().max() / expected.abs().max()).item() < limit, index
+
+
+@pytest.mark.parametrize("unit", ["conv3.B01", "conv3.B02"])
+def test_a_unit_s_bf16_training_gradients_are_the_fp32_unit_s_within_bf16_tolerance(bf16_path, unit):
+    """A projecting strided unit and a plain one in training under bf16 autocast: BatchNorm +
+    ReLU on the library's bf16 rows (forward and backward), the convs PyTorch's bf16. Their input
+    and parameter gradients against the fp32 unit's: within 0.15 relative (PyTorch's own bf16
+    autocast: 0.02-0.10 here), and no further than PyTorch's own bf16's, with a margin."""
+    fast, reference = mfnet_pair(trained_looking=False)
+    stock = models.create_model("mfnet", fiber_kernel=False)
+    stock.load_state_dict(reference.state_dict())
+    units = {name: m.get_submodule(unit).train() for name, m in
+             (("suite", fast), ("fp32", reference), ("pytorch", stock))}
+    x0 = cl(torch.randn(2, units["fp32"].conv_m1.conv.in_channels, 4, 14, 14).to(BF16).float())
+    grads = {}
+    for name, module in units.items():
+        x = x0.clone().requires_grad_()
+        with torch.profiler.profile() as profile:
+            with torch.autocast("cpu", dtype=BF16, enabled=name != "fp32"):
+                y = module(x)
+            (y.float() * torch.randn(y.shape, generator=torch.Generator().manual_seed(2))).sum().backward()
+        if name == "suite":
+            ran = {e.key for e in profile.key_averages()}
+            assert {bf16.PROFILED_AS, "BatchNormReLUFunctionBackward"} <= ran
+        grads[name] = {"x": x.grad, **{n: p.grad for n, p in module.named_parameters()}}
+    for key, expected in grads["fp32"].items():
+        distance = relative(grads["suite"][key], expected)
+        assert distance < 0.15 and distance <= 1.2 * relative(grads["pytorch"][key], expected) + 0.01, key
+
+
+def test_bf16_training_keeps_autocast_s_dtypes_and_the_fp32_model_s_statistics(bf16_path):
+    """fp32 weights and gradients, BatchNorm statistics updated in fp32 near the fp32 model's,
+    and the whole model's gradients on average no further from the fp32 model's than PyTorch's
+    own bf16 autocast's (each parameter's own distance is 0.4-0.9 for both at this input)."""
     fast, reference = mfnet_pair(trained_looking=False)
     stock = models.create_model("mfnet", fiber_kernel=False)
     stock.load_state_dict(reference.state_dict())
@@ -269,10 +324,12 @@ def test_bf16_training_s_gradients_are_as_near_the_fp32_model_s_as_pytorch_s_own
             loss = F.cross_entropy(model(x), target)
         loss.backward()
     expected, pytorch = dict(reference.named_parameters()), dict(stock.named_parameters())
+    mine, theirs = [], []
     for name, p in fast.named_parameters():
         assert p.dtype == p.grad.dtype == torch.float32, name
-        pytorch_distance = relative(pytorch[name].grad, expected[name].grad)
-        assert relative(p.grad, expected[name].grad) <= 1.2 * pytorch_distance + 0.02, name
+        mine.append(relative(p.grad, expected[name].grad))
+        theirs.append(relative(pytorch[name].grad, expected[name].grad))
+    assert sum(mine) / len(mine) <= 1.2 * sum(theirs) / len(theirs) + 0.02
     name = "conv4.B01.conv_m1.bn.running_mean"
     stats = dict(fast.named_buffers())[name]
     assert stats.dtype == torch.float32
