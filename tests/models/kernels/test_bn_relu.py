@@ -138,10 +138,16 @@ def test_the_kernel_refuses_malformed_arguments_in_one_line():
     x = channels_last(1, 8, 2, 3, 3)
     with pytest.raises(RuntimeError, match="bn_relu: scale must be 8 contiguous fp32 CPU floats"):
         ext.affine_relu(x, torch.ones(7), torch.zeros(8))
-    with pytest.raises(RuntimeError, match="bn_relu: x must be a channels-last-3d fp32 CPU tensor"):
+    with pytest.raises(RuntimeError, match="bn_relu: x must be a channels-last-3d fp32 or bf16 CPU tensor"):
         ext.bn_stats(x.contiguous())
+    with pytest.raises(RuntimeError, match="bn_relu: x must be a channels-last-3d fp32 or bf16 CPU tensor"):
+        ext.bn_stats(x.half())
     with pytest.raises(RuntimeError, match="bn_relu: grad and x differ in shape"):
         ext.bn_relu_backward(channels_last(1, 8, 2, 3, 4), x, *([torch.ones(8)] * 4))
+    with pytest.raises(RuntimeError, match="bn_relu: grad and x differ in dtype"):
+        ext.bn_relu_backward(x.to(torch.bfloat16), x, *([torch.ones(8)] * 4))
+    with pytest.raises(RuntimeError, match="affine_relu takes fp32"):
+        ext.affine_relu(x.to(torch.bfloat16), torch.ones(8), torch.zeros(8))
 
 
 def test_a_wrong_channel_count_gets_pytorch_s_own_error():
