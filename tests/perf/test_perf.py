@@ -114,3 +114,47 @@ def test_mfnet_on_the_kernel_against_stock_kernels_alternating(benchmark, step, 
                  f"{rate['res3d']:.0f}: {against:.2f}")
     with capsys.disabled():
         print(line)
+
+
+@pytest.mark.perf
+@pytest.mark.parametrize("step", ["infer", "train"])
+def test_mfnet_in_bf16_against_fp32_on_the_kernels_alternating(benchmark, step, capsys):
+    """MF-Net on the suite's kernels in bf16 (autocast) and in fp32, and on stock kernels in
+    bf16, in alternating rounds in this process, at the paper's input and the harness's
+    throughput batch: bf16's gain over the fp32 kernels and over PyTorch's own bf16, measured as
+    one. Printed and kept in extra_info; where the CPU has no native bf16 the gain is the
+    fallback's (the units on the fp32 kernels)."""
+    import statistics
+    import time
+
+    batch = 4
+    runs = {"suite bf16": Workload("mfnet", Setup("cpu", dtype="bf16")),
+            "suite fp32": Workload("mfnet", Setup("cpu")),
+            "stock bf16": Workload("mfnet", Setup("cpu", dtype="bf16", fiber_kernel=False))}
+    inputs = {name: w.inputs(batch) for name, w in runs.items()}
+    if step == "infer":
+        calls = {name: (lambda w=w, x=inputs[name][0]: w.infer_step(x)) for name, w in runs.items()}
+    else:
+        steps = {name: w.make_train_step() for name, w in runs.items()}
+        calls = {name: (lambda s=s, xy=inputs[name]: s(*xy)) for name, s in steps.items()}
+    times = {name: [] for name in calls}
+
+    def each():
+        order = list(calls) if len(times["suite bf16"]) % 2 == 0 else list(calls)[::-1]
+        for name in order:
+            start = time.perf_counter()
+            calls[name]()
+            times[name].append(time.perf_counter() - start)
+
+    rounds = 6 if step == "infer" else 3
+    benchmark.group = f"mfnet {step} paper input b{batch}, bf16 and fp32 alternating"
+    benchmark.name = f"mfnet-{step}-bf16-fp32"
+    benchmark.pedantic(each, warmup_rounds=1, rounds=rounds)
+    median = {name: statistics.median(t[1:]) for name, t in times.items()}  # [0]: the warm-up
+    over_fp32, over_stock = (median[k] / median["suite bf16"] for k in ("suite fp32", "stock bf16"))
+    benchmark.extra_info.update({f"{k.replace(' ', '_')}_ms": v * 1e3 for k, v in median.items()}
+                                | {"bf16_over_fp32_kernels": over_fp32, "bf16_over_stock_bf16": over_stock})
+    with capsys.disabled():
+        print(f"\nmfnet {step} paper input b{batch}, alternating: "
+              + ", ".join(f"{k} {v * 1e3:.0f} ms ({batch / v:.2f} clips/s)" for k, v in median.items())
+              + f"; suite bf16 is {over_fp32:.2f}x the fp32 kernels and {over_stock:.2f}x stock bf16 ({rounds} rounds)")

@@ -36,6 +36,37 @@ void check(const at::Tensor& t, const char* what) {
               "bn_relu: ", what, " must be a channels-last-3d fp32 or bf16 CPU tensor");
 }
 
+// bf16 <-> fp32 along a row, 8 at a time: widened by a shift; rounded to nearest even as
+// bf16::round_bits rounds (NaN kept quiet, denormals flushed), the tail by it
+void widen_row(const uint16_t* src, float* dst, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m128i bits = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i));
+    _mm256_storeu_ps(dst + i, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(bits), 16)));
+  }
+  for (; i < n; ++i) dst[i] = bf16::widen(src[i]);
+}
+
+void round_row(const float* src, uint16_t* dst, int64_t n) {
+  const __m256i one = _mm256_set1_epi32(1), bias = _mm256_set1_epi32(0x7fff);
+  const __m256i abs_mask = _mm256_set1_epi32(0x7fffffff), inf = _mm256_set1_epi32(0x7f800000);
+  const __m256i quiet = _mm256_set1_epi32(0x40), sign = _mm256_set1_epi32(0x8000);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256i u = _mm256_castps_si256(_mm256_loadu_ps(src + i));
+    const __m256i high = _mm256_srli_epi32(u, 16);
+    __m256i r = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u, bias), _mm256_and_si256(high, one)), 16);
+    const __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, abs_mask), inf);
+    const __m256i tiny = _mm256_cmpeq_epi32(_mm256_and_si256(u, inf), _mm256_setzero_si256());
+    r = _mm256_blendv_epi8(r, _mm256_or_si256(high, quiet), nan);
+    r = _mm256_blendv_epi8(r, _mm256_and_si256(high, sign), tiny);
+    // 32 -> 16 bits: packus works per 128-bit lane, so the halves are put back in order after
+    const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0x08);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i), _mm256_castsi256_si128(packed));
+  }
+  for (; i < n; ++i) dst[i] = bf16::round_bits(src[i]);
+}
+
 // A channels-last tensor's rows as fp32: in place for fp32, widened row by row into a buffer of
 // its own for bf16 (one per thread's block of rows)
 class RowsOf {
@@ -50,8 +81,7 @@ class RowsOf {
   }
   const float* row(int64_t r) {
     if (!bf16_) return fp32_ + r * C_;
-    const uint16_t* src = bits_ + r * C_;
-    for (int64_t c = 0; c < C_; ++c) buf_[c] = bf16::widen(src[c]);
+    widen_row(bits_ + r * C_, buf_.data(), C_);
     return buf_.data();
   }
 
@@ -227,8 +257,7 @@ std::vector<at::Tensor> backward(at::Tensor gy, at::Tensor x, at::Tensor mean, a
         const float* __restrict add = m.row(r);
         for (int64_t k = 0; k < C; ++k) out[k] += add[k];
       }
-      if (bf16)
-        for (int64_t k = 0; k < C; ++k) bp[r * C + k] = bf16::round_bits(out[k]);
+      if (bf16) round_row(out, bp + r * C, C);
     }
   });
   return {gx, grad_weight, grad_bias};
