@@ -184,7 +184,7 @@ class FusedMultiFiberUnit(nn.Module):
         in training the gradients reach the fp32 weights as autocast's do."""
         if not build._loaded.get("told bf16 fallback"):
             build._loaded["told bf16 fallback"] = True
-            warnings.warn("this CPU has no native bf16 (AVX512-BF16): bf16 autocast runs multi-fiber units on the "
-                          "suite's fp32 kernels", stacklevel=3)
+            warnings.warn(f"no native bf16 here (no AVX512-BF16, or {paths.SWITCH}={paths.BF16_FALLBACK}): bf16 "
+                          "autocast runs multi-fiber units on the suite's fp32 kernels", stacklevel=3)
         with torch.autocast("cpu", enabled=False):
             return self.forward(cl(x.float())).to(torch.bfloat16)

@@ -9,7 +9,8 @@ AVX2 registers, how tests check its logic on CPUs without AVX-512.
 bf16 inference (``ops/bf16.py``) has paths of its own (``bf16_path()``): ``avx512-bf16`` where
 the CPU has AVX512-BF16, after its rows agreed with the emulated build here; ``bf16-emulated``
 (that build: the same rounding in integers, any x86-64 CPU) where the switch asks for it, for
-tests; else none, and autocast runs the fp32 kernels inside the units.
+tests; else none, and autocast runs the fp32 kernels inside the units (``bf16-fallback`` forces
+that, for comparisons).
 
 ``MFNET_FIBER_KERNEL`` picks one: ``off`` PyTorch's own kernels (the library is never built),
 or a path name (``bf16-emulated`` leaves the fp32 path the CPU's best); a path the CPU cannot
@@ -30,14 +31,15 @@ SWITCH = build.SWITCH
 PATHS = ("scalar", "avx2", "avx512", "avx512-emulated")
 CL_PATHS = PATHS[1:]  # the paths with a channels-last kernel
 BF16_NATIVE, BF16_EMULATED = "avx512-bf16", "bf16-emulated"
+BF16_FALLBACK = "bf16-fallback"  # the switch's value for what a CPU without native bf16 runs
 
 
 def wish() -> str:
     """The switch's value: "" (the fastest path this CPU has), off, or one of ``PATHS``; a value
     that means nothing is a one-line ValueError."""
     value = os.environ.get(SWITCH, "").strip().lower()
-    if value and value not in ("off", BF16_EMULATED, *PATHS):
-        raise ValueError(f"{SWITCH}={value!r}: use off, {', '.join(PATHS)}, {BF16_EMULATED} "
+    if value and value not in ("off", BF16_EMULATED, BF16_FALLBACK, *PATHS):
+        raise ValueError(f"{SWITCH}={value!r}: use off, {', '.join(PATHS)}, {BF16_EMULATED}, {BF16_FALLBACK} "
                          "(unset: the fastest this CPU has)")
     return value
 
@@ -72,14 +74,15 @@ def _resolve(module, want: str) -> str:
 def bf16_path() -> str:
     """The path bf16 inference's rows take here: ``BF16_NATIVE`` where the CPU has AVX512-BF16
     and its build agreed with the emulated one, ``BF16_EMULATED`` where the switch asks for it,
-    else "" (no native bf16: bf16 autocast runs the units on the fp32 kernels)."""
+    else "" (no native bf16, or the switch's ``bf16-fallback``: bf16 autocast runs the units on
+    the fp32 kernels)."""
     module = build.extension()
     if module is None:
         return ""
     memo = ("bf16 path", os.environ.get(SWITCH))
     if memo not in build._loaded:
-        if wish() == BF16_EMULATED:
-            build._loaded[memo] = BF16_EMULATED
+        if wish() in (BF16_EMULATED, BF16_FALLBACK):
+            build._loaded[memo] = BF16_EMULATED if wish() == BF16_EMULATED else ""
         elif module.cpu_has_avx512_bf16():
             if "bf16 agrees" not in build._loaded:
                 build._loaded["bf16 agrees"] = selfcheck.bf16_rows_agree(module)

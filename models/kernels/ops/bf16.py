@@ -4,11 +4,12 @@ bf16 rows (``csrc/bf16*.cpp``).
 
 In bf16 autocast, PyTorch runs MF-Net's convs on oneDNN (AMX tiles where the CPU has them) but
 every BatchNorm, ReLU, residual add and weight cast as an op of its own, over bf16 tensors; those
-took more time than the convs (docs/kernels-log.md). Here, in a unit's inference:
+took more time than the convs (docs/kernels-log.md, "bf16"). Here, in a unit's inference:
 
 - a BatchNorm + ReLU that follows a conv is folded into it: the conv's weight scaled per output
   channel, its shift the conv's fp32 bias, the ReLU oneDNN's post-op;
-- a residual add is the conv's binary post-op;
+- a residual add is the conv's binary post-op (a pointwise conv's), or the library's bf16 add in
+  place (a grouped conv's, whose fused add oneDNN runs as a slower add of its own);
 - a BatchNorm + ReLU before a conv whose input is used raw elsewhere (a unit's input feeds its
   residuals) is one pass of the library's rows, two BatchNorms of one input in the same pass.
 

@@ -34,9 +34,9 @@ def rows_build(request):
 
 
 @pytest.fixture(params=["native", "emulated"])
-def bf16_path(request, monkeypatch):
-    """bf16 inference on each path of its rows: the switch unset (AVX512-BF16 where the CPU has
-    it) and ``bf16-emulated``."""
+def rows_path(request, monkeypatch):
+    """bf16 on each path of its rows: the switch unset (AVX512-BF16 where the CPU has it) and
+    ``bf16-emulated``."""
     if request.param == "native":
         if not build.extension().cpu_has_avx512_bf16():
             pytest.skip("this CPU has no AVX512-BF16")
@@ -45,6 +45,14 @@ def bf16_path(request, monkeypatch):
         monkeypatch.setenv(paths.SWITCH, paths.BF16_EMULATED)
     assert paths.bf16_path() == (paths.BF16_NATIVE if request.param == "native" else paths.BF16_EMULATED)
     return request.param
+
+
+@pytest.fixture
+def bf16_path(rows_path):
+    """``rows_path`` where oneDNN runs bf16 convs (PyTorch's check: AVX-512 BW, VL and DQ)."""
+    if not bf16.supported():
+        pytest.skip("this PyTorch's oneDNN has no bf16 convs on this CPU")
+    return rows_path
 
 
 def rounded_reference(x: torch.Tensor, scale, shift) -> torch.Tensor:
@@ -124,12 +132,14 @@ def test_a_native_build_that_disagrees_with_the_emulated_one_is_not_used(monkeyp
     assert selfcheck.bf16_rows_agree(real) == real.cpu_has_avx512_bf16() or not real.cpu_has_avx512_bf16()
 
 
-def test_the_switch_takes_the_emulated_bf16_path_and_names_it_in_its_error(monkeypatch):
-    monkeypatch.setenv(paths.SWITCH, "bf16-emulated")
-    assert paths.bf16_path() == paths.BF16_EMULATED
-    assert paths.path() in paths.CL_PATHS  # fp32 convs keep the CPU's best path
+def test_the_switch_takes_each_bf16_path_and_names_them_in_its_error(monkeypatch):
+    best = build.extension().best_path("")
+    for value, taken in (("bf16-emulated", paths.BF16_EMULATED), ("bf16-fallback", "")):
+        monkeypatch.setenv(paths.SWITCH, value)
+        assert paths.bf16_path() == taken
+        assert paths.path() == best  # fp32 convs keep the CPU's best path
     monkeypatch.setenv(paths.SWITCH, "bf16")
-    with pytest.raises(ValueError, match="bf16-emulated"):
+    with pytest.raises(ValueError, match="bf16-emulated, bf16-fallback"):
         kernels.check_settings()
 
 
@@ -240,7 +250,8 @@ def test_a_non_finite_weight_or_statistic_reaches_the_logits_pytorch_s_bf16_send
 
 def test_without_native_bf16_units_run_on_the_fp32_kernels_said_once(monkeypatch):
     fast, reference = mfnet_pair()
-    monkeypatch.setattr(paths, "bf16_path", lambda: "")
+    monkeypatch.setenv(paths.SWITCH, paths.BF16_FALLBACK)  # what a CPU without AVX512-BF16 gets
+    assert paths.bf16_path() == "" and paths.path() in paths.CL_PATHS
     monkeypatch.setattr(build, "_loaded", {k: v for k, v in build._loaded.items() if k != "told bf16 fallback"})
     x = torch.randn(1, 3, 8, 64, 64)
     with torch.inference_mode():
@@ -255,7 +266,7 @@ def test_without_native_bf16_units_run_on_the_fp32_kernels_said_once(monkeypatch
     assert relative(out, expected) < LOGITS_RTOL
 
 
-def test_batchnorm_relu_in_bf16_training_equals_its_fp32_op_within_bf16_rounding(bf16_path):
+def test_batchnorm_relu_in_bf16_training_equals_its_fp32_op_within_bf16_rounding(rows_path):
     """The statistics, the output, grad x with two residual gradients added, and the parameters'
     gradients of the fused op on bf16 x, against the fp32 op on the same (bf16-exact) values:
     the same fp32 arithmetic on the same values, so the same bits, with the output and grad x
