@@ -7,6 +7,7 @@ for the report's GMAC/s ratio). ``nox -s perf -- --dtype bf16`` times the same u
 autocast. Timings, not assertions: excluded from the tests."""
 
 import dataclasses
+import time
 
 import pytest
 
@@ -54,6 +55,27 @@ def test_training_step(benchmark, workload):
     benchmark.pedantic(step, args=(x, y), warmup_rounds=1, rounds=3)
 
 
+def alternating(runs: dict[str, Workload], step: str, batch: int):
+    """(one round: each workload's inference or training step once, in the opposite order from
+    the round before, so a drift of the machine moves all alike; each one's times, by name)."""
+    inputs = {name: w.inputs(batch) for name, w in runs.items()}
+    if step == "infer":
+        calls = {name: (lambda w=w, x=inputs[name][0]: w.infer_step(x)) for name, w in runs.items()}
+    else:
+        steps = {name: w.make_train_step() for name, w in runs.items()}
+        calls = {name: (lambda s=s, xy=inputs[name]: s(*xy)) for name, s in steps.items()}
+    times = {name: [] for name in calls}
+
+    def each():
+        order = list(calls) if len(next(iter(times.values()))) % 2 == 0 else list(calls)[::-1]
+        for name in order:
+            start = time.perf_counter()
+            calls[name]()
+            times[name].append(time.perf_counter() - start)
+
+    return each, times
+
+
 @pytest.mark.perf
 @pytest.mark.parametrize("step, clip, batch", [
     ("infer", CLIP, BATCH), ("train", CLIP, BATCH),
@@ -67,7 +89,6 @@ def test_mfnet_on_the_kernel_against_stock_kernels_alternating(benchmark, step, 
     kept in the benchmark's extra_info (``--benchmark-json``); at the paper's input (``clip``
     None), so is MF-Net's achieved GMAC/s against Res3D's, as the report puts them."""
     import statistics
-    import time
 
     from benchmarks.measure.cost import count_macs
     from benchmarks.measure.speed import TRAIN_MACS_FACTOR
@@ -76,23 +97,8 @@ def test_mfnet_on_the_kernel_against_stock_kernels_alternating(benchmark, step, 
             "stock": Workload("mfnet", Setup("cpu", dtype=dtype, fiber_kernel=False), clip)}
     if clip is None:
         runs["res3d"] = Workload("res3d", Setup("cpu", dtype=dtype))
-    inputs = {name: w.inputs(batch) for name, w in runs.items()}
-    if step == "infer":
-        calls = {name: (lambda w=w, x=inputs[name][0]: w.infer_step(x)) for name, w in runs.items()}
-        rounds = 20 if clip else 6
-    else:
-        steps = {name: w.make_train_step() for name, w in runs.items()}
-        calls = {name: (lambda s=s, xy=inputs[name]: s(*xy)) for name, s in steps.items()}
-        rounds = 6 if clip else 3
-    times = {name: [] for name in calls}
-
-    def each():
-        order = list(calls) if len(times["suite"]) % 2 == 0 else list(calls)[::-1]
-        for name in order:
-            start = time.perf_counter()
-            calls[name]()
-            times[name].append(time.perf_counter() - start)
-
+    each, times = alternating(runs, step, batch)
+    rounds = (20 if clip else 6) if step == "infer" else (6 if clip else 3)
     where = f"{clip or 'paper input'} b{batch} {dtype}"
     benchmark.group = f"mfnet {step} {where}, suite and stock kernels alternating"
     benchmark.name = f"mfnet-{step}-both"
@@ -125,27 +131,12 @@ def test_mfnet_in_bf16_against_fp32_on_the_kernels_alternating(benchmark, step, 
     one. Printed and kept in extra_info; where the CPU has no native bf16 the gain is the
     fallback's (the units on the fp32 kernels)."""
     import statistics
-    import time
 
     batch = 4
     runs = {"suite bf16": Workload("mfnet", Setup("cpu", dtype="bf16")),
             "suite fp32": Workload("mfnet", Setup("cpu")),
             "stock bf16": Workload("mfnet", Setup("cpu", dtype="bf16", fiber_kernel=False))}
-    inputs = {name: w.inputs(batch) for name, w in runs.items()}
-    if step == "infer":
-        calls = {name: (lambda w=w, x=inputs[name][0]: w.infer_step(x)) for name, w in runs.items()}
-    else:
-        steps = {name: w.make_train_step() for name, w in runs.items()}
-        calls = {name: (lambda s=s, xy=inputs[name]: s(*xy)) for name, s in steps.items()}
-    times = {name: [] for name in calls}
-
-    def each():
-        order = list(calls) if len(times["suite bf16"]) % 2 == 0 else list(calls)[::-1]
-        for name in order:
-            start = time.perf_counter()
-            calls[name]()
-            times[name].append(time.perf_counter() - start)
-
+    each, times = alternating(runs, step, batch)
     rounds = 6 if step == "infer" else 3
     benchmark.group = f"mfnet {step} paper input b{batch}, bf16 and fp32 alternating"
     benchmark.name = f"mfnet-{step}-bf16-fp32"

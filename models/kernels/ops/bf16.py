@@ -13,8 +13,8 @@ took more time than the convs (docs/kernels-log.md, "bf16"). Here, in a unit's i
 - a BatchNorm + ReLU before a conv whose input is used raw elsewhere (a unit's input feeds its
   residuals) is one pass of the library's rows, two BatchNorms of one input in the same pass.
 
-The weights are folded, cast to bf16 and put in oneDNN's blocked layout for the input's shape
-once (``kept``), where autocast casts every weight at every call.
+The weights are folded, cast to bf16 and put in oneDNN's blocked layout once per input shape
+(``folded``), where autocast casts every weight at every call.
 """
 
 import torch
@@ -50,27 +50,50 @@ def finite(preact: nn.Sequential) -> bool:
                              and torch.cat(eval_affine(bn)).sum().isfinite()))
 
 
+def geometry(conv: nn.Conv3d, input_shape) -> tuple[slice, list[int], list[int]]:
+    """(the kernel frames, padding, stride) oneDNN runs ``conv`` with on inputs of
+    ``input_shape``: the conv's own, except on a one-frame input, where a kernel three frames
+    deep with one frame of padding reads only its middle frame, and the conv runs as that
+    (1, 3, 3) conv. That one is exact, and it keeps clear of oneDNN's bf16 AMX kernel for a
+    one-frame input: on some shapes (12 channels per group at 8x8) it returned NaN, or crashed
+    the process with a packed weight (docs/kernels-log.md, "bf16")."""
+    (kt, *_), (pt, *pad), (_, *stride) = conv.kernel_size, conv.padding, conv.stride
+    if input_shape[2] == 1 and kt == 3 and pt == 1:
+        return slice(1, 2), [0, *pad], [1, *stride]
+    return slice(None), list(conv.padding), list(conv.stride)
+
+
 def fold(conv: nn.Conv3d, after: nn.BatchNorm3d | None, input_shape) -> tuple:
     """``conv``'s weight for oneDNN in bf16, with an eval-mode BatchNorm after it (``after``)
-    folded in: ``(weight, bias)``, bias fp32 (the BatchNorm's shift) or None. Laid out for inputs
-    of ``input_shape``."""
-    weight = conv.weight.detach().float()
+    folded in, laid out for inputs of ``input_shape``: ``(weight, bias, padding, stride)``, bias
+    fp32 (the BatchNorm's shift) or None, the geometry ``geometry``'s."""
+    frames, padding, stride = geometry(conv, input_shape)
+    weight = conv.weight.detach()[:, :, frames].float()
     bias = None
     if after is not None:
         scale, shift = eval_affine(after)
         weight = weight * scale.view(-1, *[1] * (weight.dim() - 1))
         bias = shift.clone()
     weight = weight.to(torch.bfloat16)
-    packed = torch.ops.mkldnn._reorder_convolution_weight(weight, list(conv.padding), list(conv.stride), DILATION,
-                                                          conv.groups, list(input_shape))
-    return packed, bias
+    packed = torch.ops.mkldnn._reorder_convolution_weight(weight, padding, stride, DILATION, conv.groups,
+                                                          list(input_shape))
+    return packed, bias, padding, stride
+
+
+SHAPES_KEPT = 4  # input shapes a conv keeps a folded weight for (a run's batch 1 and throughput batch)
 
 
 def folded(conv: nn.Conv3d, after: nn.BatchNorm3d | None, input_shape) -> tuple:
-    """``fold``, kept on ``conv`` while its weight, the folded BatchNorm and the input's shape are
-    unchanged."""
-    key = (versions(conv.weight), tuple(input_shape), None if after is None else affine_key(after))
-    return kept(conv, FOLDED, key, lambda: fold(conv, after, input_shape))
+    """``fold``, kept on ``conv`` for its last few input shapes while its weight and the folded
+    BatchNorm are unchanged."""
+    key = (versions(conv.weight), None if after is None else affine_key(after))
+    kept_ = conv.__dict__.setdefault(FOLDED, {})  # a plain attribute: no checkpoint key
+    shape = tuple(input_shape)
+    if shape not in kept_ or kept_[shape][0] != key:
+        if shape not in kept_ and len(kept_) >= SHAPES_KEPT:
+            kept_.pop(next(iter(kept_)))  # the oldest
+        kept_[shape] = (key, fold(conv, after, input_shape))
+    return kept_[shape][1]
 
 
 def conv(x: torch.Tensor, module: nn.Conv3d, after: nn.BatchNorm3d | None = None,
@@ -78,13 +101,13 @@ def conv(x: torch.Tensor, module: nn.Conv3d, after: nn.BatchNorm3d | None = None
     """``module(x)`` on oneDNN in bf16 with its epilogue: ``relu(after(conv(x)))`` where
     ``after`` (an eval-mode BatchNorm) is given, ``conv(x) + add`` where ``add`` is, else
     ``conv(x)``. x (and add) bf16, channels last; the output too."""
-    weight, bias = folded(module, after, x.shape)
-    args = (weight, bias, list(module.padding), list(module.stride), DILATION, module.groups)
+    weight, bias, padding, stride = folded(module, after, x.shape)
+    args = (weight, bias, padding, stride, DILATION, module.groups)
     if add is not None and module.groups == 1:
         return torch.ops.mkldnn._convolution_pointwise.binary(x, add, *args, "add", None, None, [], None)
     y = torch.ops.mkldnn._convolution_pointwise(x, *args, "relu" if after is not None else "none", [], "")
-    # a grouped conv's fused add falls back to a conv and a bf16 add_ of PyTorch's (2.5x this
-    # pass's time at MF-Net's widest, docs/kernels-log.md)
+    # a grouped conv's fused add runs as the conv and PyTorch's bf16 add_, 9x this add's time on
+    # MF-Net's widest tensor (docs/kernels-log.md)
     return y if add is None else add_(y, add)
 
 

@@ -26,6 +26,7 @@ def test_rss_growth_is_the_childs_own_even_under_a_large_parent():
     assert 20 < growth < 1000  # MB: a real step's activations, not 0 and not the parent's 1 GB
 
 
+@pytest.mark.slow  # every model of the committed store
 def test_the_estimate_covers_every_measured_peak_rss_in_the_committed_store():
     frame = read_csv(REPO / "results" / "measurements.csv")
     grown = frame[(frame["metric"] == "peak_rss_mb_train") & (frame["status"] == "ok")]

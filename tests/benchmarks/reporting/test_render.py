@@ -18,6 +18,7 @@ from models import ledger
 from tests.paths import REPO
 
 
+@pytest.mark.slow  # the report command end to end over a whole store
 def test_committed_report_is_what_the_committed_results_generate(tmp_path, monkeypatch):
     if not (REPO / "results" / "measurements.csv").exists():
         pytest.skip("no committed results")
@@ -384,6 +385,7 @@ def test_an_ok_row_without_a_value_is_shown_as_missing_and_draws_nothing(tmp_pat
     assert Measured(load_results(store.root), "cpu", "CPU X").get("mfnet", "latency_ms", 1) is None
 
 
+@pytest.mark.slow  # the report command end to end over a whole store
 def test_a_store_of_a_newer_schema_is_refused_by_the_report_alone_or_merged(tmp_path):
     newer = ResultsStore(tmp_path / "newer")
     newer.append([_latency("mfnet", 90.0)], RunConditions("run-n", "cpu", "CPU X", "fp32", "ncdhw", False, 2),

@@ -176,6 +176,22 @@ def test_each_conv_and_its_epilogue_equals_pytorch_s_fp32_conv_on_rounded_operan
     assert ((out.float() - expected).abs().max() / expected.abs().max()).item() < tolerance
 
 
+def test_a_one_frame_input_runs_as_the_kernel_s_middle_frame(bf16_path):
+    """A (3, 3, 3) conv on a one-frame clip reads only its middle frame (the others meet the
+    zero padding); oneDNN's bf16 kernel returned NaN on this shape (12 channels per group, 8x8)
+    and crashed the process with a packed weight, so it runs as the (1, 3, 3) conv."""
+    torch.manual_seed(6)
+    conv = nn.Conv3d(192, 192, 3, (2, 1, 1), 1, groups=16, bias=False)
+    x = cl(torch.randn(1, 192, 1, 8, 8).to(BF16))
+    assert bf16.geometry(conv, x.shape) == (slice(1, 2), [0, 1, 1], [1, 1, 1])
+    assert bf16.geometry(conv, (1, 192, 2, 8, 8)) == (slice(None), [1, 1, 1], [2, 1, 1])
+    expected = F.conv3d(x.float(), conv.weight.detach().to(BF16).float(), None, (2, 1, 1), 1, 1, 16)
+    with torch.no_grad():
+        out = bf16.conv(x, conv)
+    assert out.shape == expected.shape
+    assert ((out.float() - expected).abs().max() / expected.abs().max()).item() < 2 ** -8
+
+
 def test_a_folded_weight_is_kept_until_the_weight_or_the_batchnorm_changes():
     conv, after = nn.Conv3d(8, 8, 1, bias=False), randomise(nn.BatchNorm3d(8))
     first = bf16.folded(conv, after, (1, 8, 2, 3, 3))
@@ -186,8 +202,14 @@ def test_a_folded_weight_is_kept_until_the_weight_or_the_batchnorm_changes():
     assert second is not first
     with torch.no_grad():
         conv.weight.mul_(2)
-    assert bf16.folded(conv, after, (1, 8, 2, 3, 3)) is not second
-    assert bf16.folded(conv, after, (2, 8, 2, 3, 3)) is not bf16.folded(conv, after, (1, 8, 2, 3, 3))
+    third = bf16.folded(conv, after, (1, 8, 2, 3, 3))
+    assert third is not second
+    # a run's batch 1 and throughput batch alternate without folding again, up to SHAPES_KEPT shapes
+    batch4 = bf16.folded(conv, after, (4, 8, 2, 3, 3))
+    assert bf16.folded(conv, after, (1, 8, 2, 3, 3)) is third and bf16.folded(conv, after, (4, 8, 2, 3, 3)) is batch4
+    for n in range(5, 5 + bf16.SHAPES_KEPT):
+        bf16.folded(conv, after, (n, 8, 2, 3, 3))
+    assert bf16.folded(conv, after, (1, 8, 2, 3, 3)) is not third  # the oldest went
 
 
 def mfnet_pair(trained_looking: bool = True):
@@ -206,6 +228,7 @@ def relative(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
 
+@pytest.mark.slow  # the whole MF-Net
 def test_mfnet_s_bf16_logits_are_the_fp32_model_s_within_bf16_tolerance(bf16_path):
     fast, reference = mfnet_pair()
     x = torch.randn(2, 3, 8, 112, 112)
@@ -220,6 +243,20 @@ def test_mfnet_s_bf16_logits_are_the_fp32_model_s_within_bf16_tolerance(bf16_pat
     assert torch.equal(out.argmax(1), expected.argmax(1))
 
 
+@pytest.mark.slow  # the whole MF-Net
+def test_mfnet_s_bf16_logits_on_two_frame_clips_are_the_fp32_model_s(bf16_path):
+    """Two frames are one after the first stage's temporal stride: every later fiber conv sees a
+    one-frame clip (PyTorch's own bf16 autocast returned NaN logits here)."""
+    fast, reference = mfnet_pair()
+    x = torch.randn(1, 3, 2, 48, 48)
+    with torch.inference_mode():
+        expected = reference(x)
+        with torch.autocast("cpu", dtype=BF16):
+            out = fast(x)
+    assert relative(out, expected) < LOGITS_RTOL
+
+
+@pytest.mark.slow  # the whole MF-Net
 def test_mfnet_under_bf16_autocast_propagates_nan_and_inf_as_pytorch_does(bf16_path):
     fast, reference = mfnet_pair()
     stock = models.create_model("mfnet", fiber_kernel=False).eval()
@@ -233,6 +270,7 @@ def test_mfnet_under_bf16_autocast_propagates_nan_and_inf_as_pytorch_does(bf16_p
             assert torch.equal(fast(clip).isnan(), stock(clip).isnan())
 
 
+@pytest.mark.slow  # the whole MF-Net
 @pytest.mark.parametrize("where", ["conv2.B02.conv_m1.conv.weight", "conv3.B01.conv_i2.bn.running_var"])
 def test_a_non_finite_weight_or_statistic_reaches_the_logits_pytorch_s_bf16_sends_it_to(bf16_path, where):
     fast, reference = mfnet_pair()
@@ -320,6 +358,7 @@ def test_a_unit_s_bf16_training_gradients_are_the_fp32_unit_s_within_bf16_tolera
         assert distance < 0.15 and distance <= 1.2 * relative(grads["pytorch"][key], expected) + 0.01, key
 
 
+@pytest.mark.slow  # the whole MF-Net
 def test_bf16_training_keeps_autocast_s_dtypes_and_the_fp32_model_s_statistics(bf16_path):
     """fp32 weights and gradients, BatchNorm statistics updated in fp32 near the fp32 model's,
     and the whole model's gradients on average no further from the fp32 model's than PyTorch's
