@@ -221,14 +221,23 @@ class BatchNormReLU3d(nn.BatchNorm3d):
         return weight, bias, mean, invstd
 
     def applies(self, x: torch.Tensor) -> bool:
-        """Whether this call runs on the kernel: CPU, a channels-last fp32 clip, a channels-last
-        path; a batch-statistics forward with more than one value per channel, or an eval-mode
-        one without gradients (an eval-mode BatchNorm with gradients is PyTorch's own). And bf16
-        training under autocast (``bf16_training``)."""
-        if self.bf16_training(x):
-            return True
-        if not (_cl_input(x, x) and x.shape[1] == self.num_features  # else PyTorch's own error says so
+        """Whether this call runs on the kernel: a channels-last clip on the CPU; fp32 on a
+        channels-last path, or bf16 under CPU bf16 autocast where the library's bf16 rows run
+        (``bf16_path``); a batch-statistics forward with more than one value per channel (in bf16,
+        with gradients: training), or an eval-mode one without gradients (an eval-mode BatchNorm
+        with gradients is PyTorch's own). In bf16 the statistics, sums and terms are fp32 (fp64
+        across blocks), the output and grad x bf16, the parameters' gradients and the running
+        statistics fp32, as autocast keeps them."""
+        if not (x.device.type == "cpu" and x.dim() == 5 and x.shape[1] == self.num_features  # else PyTorch's error
                 and x.numel() > 0 and x.is_contiguous(memory_format=torch.channels_last_3d)):
+            return False
+        if x.dtype == torch.bfloat16:
+            if not (torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+                    and not traced() and build.extension() is not None and paths.bf16_path()):
+                return False
+            if self.batch_stats():
+                return torch.is_grad_enabled() and x.numel() != x.shape[1]
+        elif not _cl_input(x, x):
             return False
         if not self.batch_stats():
             wants_grad = x.requires_grad or any(p.requires_grad for p in self.parameters())
@@ -236,16 +245,9 @@ class BatchNormReLU3d(nn.BatchNorm3d):
         return x.numel() != x.shape[1]  # one value per channel: PyTorch's own says so
 
     def bf16_training(self, x: torch.Tensor) -> bool:
-        """Whether this call is a batch-statistics forward of a bf16 channels-last clip under CPU
-        bf16 autocast, with gradients, where the library's bf16 rows run: then statistics, sums
-        and terms are fp32 (fp64 across blocks), the output and grad x bf16, the parameters'
-        gradients and the running statistics fp32, as autocast keeps them."""
-        return (x.device.type == "cpu" and x.dtype == torch.bfloat16 and x.dim() == 5
-                and torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
-                and torch.is_grad_enabled() and self.batch_stats() and not traced()
-                and build.extension() is not None and bool(paths.bf16_path())
-                and x.shape[1] == self.num_features and x.numel() > x.shape[1]
-                and x.is_contiguous(memory_format=torch.channels_last_3d))
+        """Whether this call is bf16 training on the kernel (``applies``): a batch-statistics
+        forward of a bf16 clip with gradients."""
+        return x.dtype == torch.bfloat16 and torch.is_grad_enabled() and self.batch_stats() and self.applies(x)
 
     def _update_running_stats(self, mean: torch.Tensor, var: torch.Tensor, rows: int) -> None:
         """As ``nn.BatchNorm3d`` in training: momentum (or the cumulative average where it is

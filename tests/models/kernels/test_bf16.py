@@ -56,9 +56,11 @@ def bf16_path(rows_path):
 
 
 def rounded_reference(x: torch.Tensor, scale, shift) -> torch.Tensor:
-    """relu(x * scale + shift) in fp32, rounded to bf16 once: PyTorch's rounding."""
+    """relu(x * scale + shift) as the kernels compute it, one fused multiply-add in fp32 (here
+    exact in fp64, then rounded to fp32), rounded to bf16 once as PyTorch rounds."""
     view = (1, -1, 1, 1, 1)
-    return torch.relu(x.float() * scale.view(view) + shift.view(view)).to(BF16)
+    exact = x.double() * scale.double().view(view) + shift.double().view(view)
+    return torch.relu(exact.float()).to(BF16)
 
 
 def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -328,6 +330,25 @@ def test_batchnorm_relu_in_bf16_training_equals_its_fp32_op_within_bf16_rounding
     for index, (got, expected) in enumerate(zip(outs["bf16"], outs["fp32"])):
         rounded = index in (2, 3)  # y and grad x are bf16
         assert torch.equal(got, expected.to(BF16) if rounded else expected), index
+
+
+def test_an_eval_batchnorm_relu_under_bf16_autocast_runs_on_the_rows(rows_path):
+    """A model's other BatchNorm + ReLU pairs (MF-Net's stem and tail) in bf16 inference: one
+    pass of the rows, bf16 out, PyTorch's rounding of the fp32 result; with gradients wanted,
+    PyTorch's own."""
+    from models.kernels.modules import BatchNormReLU3d
+
+    torch.manual_seed(7)
+    bn = BatchNormReLU3d(24)
+    randomise(bn)
+    x = cl((torch.randn(2, 24, 3, 5, 7) * 2).to(BF16))
+    with torch.autocast("cpu", dtype=BF16):
+        with torch.no_grad():
+            assert bn.applies(x)
+            out = bn(x)
+        assert not bn.applies(x)  # gradients wanted (the parameters'): PyTorch's
+    assert out.dtype == BF16
+    assert same_bits(out, rounded_reference(x, *kernels.support.eval_affine(bn)))
 
 
 @pytest.mark.parametrize("unit", ["conv3.B01", "conv3.B02"])
