@@ -32,9 +32,10 @@ def bf16_status() -> str:
 def why_not(device: str, dtype: str = "fp32", compiled: bool = False) -> str:
     """Why MF-Net's convs cannot run on the kernels under a run's conditions, or "" where they
     do (then the library is built now, never inside a timing). MF-Net is channels-last inside,
-    and its channels-last convs and fused BatchNorm + ReLU need a channels-last path; bf16 (by
-    autocast) runs units on oneDNN's bf16 convs and the library's bf16 rows in inference, and on
-    the fp32 kernels in training and where the CPU has no native bf16."""
+    and its channels-last convs and fused BatchNorm + ReLU need a channels-last path. bf16 (by
+    autocast) runs units on oneDNN's bf16 convs and the library's bf16 rows in inference,
+    BatchNorm + ReLU on those rows in training, and units on the fp32 kernels where the CPU has
+    no native bf16."""
     if device != "cpu":
         return "it is a CPU kernel (on a GPU the fiber convs run on cuDNN)"
     if compiled:  # a compiled graph runs PyTorch's convs
