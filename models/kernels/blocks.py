@@ -30,7 +30,7 @@ from torch import nn
 from models.kernels import build, paths
 from models.kernels.modules import BatchNormReLU3d, FiberConv3d, PointwiseConv3d
 from models.kernels.ops import bf16, bn_relu, pointwise
-from models.kernels.support import cl, eval_affine, hooked, residual_fits, traced
+from models.kernels.support import cl, eval_affine, hooked, residual_fits
 
 
 class PreActConv3d(nn.Sequential):
@@ -142,8 +142,7 @@ class FusedMultiFiberUnit(nn.Module):
         traced and not hooked: then the unit runs on the kernels' bf16 path or its fp32 kernels,
         never as modules under autocast."""
         if not (x.device.type == "cpu" and x.dim() == 5 and x.dtype in (torch.bfloat16, torch.float32)
-                and torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
-                and not traced() and build.extension() is not None and paths.channels_last_path()):
+                and bf16.autocast() and paths.channels_last_path()):
             return False
         convs = self._preact_convs()
         return not hooked(*convs, *[part for c in convs for part in c.parts])

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.kernels import build, paths
-from models.kernels.ops import bn_relu, fiber, pointwise
+from models.kernels.ops import bf16, bn_relu, fiber, pointwise
 from models.kernels.support import channels_last, eval_affine, hooked, kept, residual_fits, traced
 
 STOCK_CLASS = "_suite_stock_class"  # the class a module had before it was swapped (no checkpoint key)
@@ -232,8 +232,7 @@ class BatchNormReLU3d(nn.BatchNorm3d):
                 and x.numel() > 0 and x.is_contiguous(memory_format=torch.channels_last_3d)):
             return False
         if x.dtype == torch.bfloat16:
-            if not (torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
-                    and not traced() and build.extension() is not None and paths.bf16_path()):
+            if not (bf16.autocast() and paths.bf16_path()):
                 return False
             if self.batch_stats():
                 return torch.is_grad_enabled() and x.numel() != x.shape[1]

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from models.kernels import build, paths
-from models.kernels.support import affine_key, eval_affine, kept, versions
+from models.kernels.support import affine_key, eval_affine, kept, traced, versions
 
 PROFILED_AS = "suite::bn_relu_bf16"  # the rows' pass, as torch.profiler's tables name it
 FOLDED = "_suite_bf16_folded"  # a conv's folded bf16 weight and bias, kept on the conv
@@ -36,8 +36,7 @@ def affine_relu(x: torch.Tensor, *affines: tuple[torch.Tensor, torch.Tensor]) ->
     is not finite runs PyTorch's ops instead."""
     scales, shifts = zip(*affines)
     with torch.profiler.record_function(PROFILED_AS):
-        return build.extension().affine_relu_bf16(x, list(scales), list(shifts),
-                                                  paths.bf16_path() == paths.BF16_NATIVE)
+        return build.extension().affine_relu_bf16(x, list(scales), list(shifts), _native())
 
 
 def finite(preact: nn.Sequential) -> bool:
@@ -113,7 +112,19 @@ def conv(x: torch.Tensor, module: nn.Conv3d, after: nn.BatchNorm3d | None = None
 
 def add_(y: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
     """``y += r`` in place, both bf16 channels last of one shape, rounded to bf16 once."""
-    return build.extension().add_bf16_(y, r, paths.bf16_path() == paths.BF16_NATIVE)
+    return build.extension().add_bf16_(y, r, _native())
+
+
+def _native() -> bool:
+    """Whether the rows run their AVX512-BF16 build here (else the emulated one)."""
+    return paths.bf16_path() == paths.BF16_NATIVE
+
+
+def autocast() -> bool:
+    """Whether this call is under CPU bf16 autocast, untraced, with the library built: where a
+    fused module or block considers its bf16 paths."""
+    return (torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+            and not traced() and build.extension() is not None)
 
 
 def supported() -> bool:
