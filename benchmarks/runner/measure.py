@@ -256,8 +256,11 @@ def peak_rows(options: RunOptions, when: str, before: float | None) -> tuple[flo
     error row where they could not be measured (no memory for the problem): the run goes on
     without peak fractions."""
     try:
+        # --quick (a smoke test, its rows apart in results-quick/) warms as briefly as the watch
+        # around each timing does
         rates, fitted = peak.peak_with_note(options.device, options.dtype,
-                                            min_run_time=0.2 if options.quick else 2.0)
+                                            min_run_time=0.2 if options.quick else 2.0,
+                                            warm_s=0.2 if options.quick else 1.0)
     except (MemoryError, RuntimeError) as exc:
         return 0.0, [Measurement("_machine", "speed", "peak_gmacs_per_s", None, "GMAC/s", when,
                                  status="error", error=f"{type(exc).__name__}: {failure_text(exc)}")]
