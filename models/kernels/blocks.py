@@ -166,16 +166,21 @@ class FusedMultiFiberUnit(nn.Module):
         acts, finite = bf16.affine_relu(x, *(eval_affine(r.parts[0]) for r in readers))
         if not finite:  # NaN or Inf: PyTorch's ops under autocast send it where they do
             return self._forward_fused(x)
-        a = acts[0]
+        a, before = acts[0], None
         if hasattr(self, "conv_i1"):
             (_, _, conv_i1), (bn_i2, _, conv_i2) = self.conv_i1.parts, self.conv_i2.parts
-            mixed = bf16.conv(bf16.conv(a, conv_i1, after=bn_i2), conv_i2, add=x)
-            (a,), finite = bf16.affine_relu(mixed, eval_affine(self.conv_m1.parts[0]))
-            if not finite:  # the multiplexer overflowed
-                return self._forward_fused(x)
+            mixed = bf16.conv(a, conv_i1, after=bn_i2)
+            bn_m1 = self.conv_m1.parts[0]
+            bias = bf16.multiplexer_relu(bn_m1)
+            if bias is not None:  # the fiber conv's BatchNorm + ReLU in the multiplexer's epilogue
+                a, before = bf16.conv(mixed, conv_i2, add=x, add_relu=bias), bn_m1
+            else:
+                (a,), finite = bf16.affine_relu(bf16.conv(mixed, conv_i2, add=x), eval_affine(bn_m1))
+                if not finite:  # the multiplexer overflowed
+                    return self._forward_fused(x)
         shortcut = bf16.conv(acts[-1], self.conv_w1.parts[2]) if self.projects else x
         (_, _, conv_m1), (bn_m2, _, conv_m2) = self.conv_m1.parts, self.conv_m2.parts
-        return bf16.conv(bf16.conv(a, conv_m1, after=bn_m2), conv_m2, add=shortcut)
+        return bf16.conv(bf16.conv(a, conv_m1, after=bn_m2, before=before), conv_m2, add=shortcut)
 
     def _forward_fp32_inside(self, x: torch.Tensor) -> torch.Tensor:
         """Where the CPU has no native bf16: the unit on the fp32 kernels, its input and output

@@ -26,6 +26,7 @@ from models.kernels.support import affine_key, eval_affine, kept, traced, versio
 PROFILED_AS = "suite::bn_relu_bf16"  # the rows' pass, as torch.profiler's tables name it
 FOLDED = "_suite_bf16_folded"  # a conv's folded bf16 weight and bias, kept on the conv
 FINITE = "_suite_bf16_finite"  # whether a pre-activation conv's weight and affine are finite
+MULTIPLEXED = "_suite_bf16_multiplexed"  # a BatchNorm's bias for ``multiplexer_relu``, or None
 DILATION = [1, 1, 1]
 
 
@@ -62,13 +63,18 @@ def geometry(conv: nn.Conv3d, input_shape) -> tuple[slice, list[int], list[int]]
     return slice(None), list(conv.padding), list(conv.stride)
 
 
-def fold(conv: nn.Conv3d, after: nn.BatchNorm3d | None, input_shape) -> tuple:
+def fold(conv: nn.Conv3d, after: nn.BatchNorm3d | None, input_shape, before: torch.Tensor | None = None) -> tuple:
     """``conv``'s weight for oneDNN in bf16, with an eval-mode BatchNorm after it (``after``)
     folded in, laid out for inputs of ``input_shape``: ``(weight, bias, padding, stride)``, bias
-    fp32 (the BatchNorm's shift) or None, the geometry ``geometry``'s."""
+    fp32 (the BatchNorm's shift) or None, the geometry ``geometry``'s. ``before``, a positive
+    scale per input channel, is folded into the weight as well (``multiplexer_relu``'s)."""
     frames, padding, stride = geometry(conv, input_shape)
     weight = conv.weight.detach()[:, :, frames].float()
     bias = None
+    if before is not None:  # input channel g * per_group + j of output o's group g is weight[o, j]
+        out, per_group = weight.shape[:2]
+        weight = weight * before.view(conv.groups, 1, per_group).expand(
+            conv.groups, out // conv.groups, per_group).reshape(out, per_group, 1, 1, 1)
     if after is not None:
         scale, shift = eval_affine(after)
         weight = weight * scale.view(-1, *[1] * (weight.dim() - 1))
@@ -82,28 +88,58 @@ def fold(conv: nn.Conv3d, after: nn.BatchNorm3d | None, input_shape) -> tuple:
 SHAPES_KEPT = 4  # input shapes a conv keeps a folded weight for (a run's batch 1 and throughput batch)
 
 
-def folded(conv: nn.Conv3d, after: nn.BatchNorm3d | None, input_shape) -> tuple:
+def folded(conv: nn.Conv3d, after: nn.BatchNorm3d | None, input_shape, before: nn.BatchNorm3d | None = None,
+           bias: torch.Tensor | None = None) -> tuple:
     """``fold``, kept on ``conv`` for its last few input shapes while its weight and the folded
-    BatchNorm are unchanged."""
-    key = (versions(conv.weight), None if after is None else affine_key(after))
+    BatchNorms are unchanged: ``before``'s positive scale (``multiplexer_relu``) folded into the
+    weight's input channels where it is given, ``bias`` (fp32) the conv's where it is."""
+    key = (versions(conv.weight), *(None if bn is None else affine_key(bn) for bn in (after, before)))
     kept_ = conv.__dict__.setdefault(FOLDED, {})  # a plain attribute: no checkpoint key
-    shape = tuple(input_shape)
+    shape = (tuple(input_shape), before is not None, bias is not None)
     if shape not in kept_ or kept_[shape][0] != key:
         if shape not in kept_ and len(kept_) >= SHAPES_KEPT:
             kept_.pop(next(iter(kept_)))  # the oldest
-        kept_[shape] = (key, fold(conv, after, input_shape))
+        scale = None if before is None else eval_affine(before)[0]
+        weight, folded_bias, padding, stride = fold(conv, after, input_shape, scale)
+        # oneDNN's binary form (the add a multiplexer's bias joins) takes a bias of the input's
+        # dtype only: t / s rounded to bf16, as the sum it joins is
+        bias = folded_bias if bias is None else bias.to(torch.bfloat16)
+        kept_[shape] = (key, (weight, bias, padding, stride))
     return kept_[shape][1]
 
 
+def multiplexer_relu(bn: nn.BatchNorm3d) -> torch.Tensor | None:
+    """The bias that carries ``relu(bn(h))``, the BatchNorm + ReLU a multiplexer's output ``h``
+    meets before the fiber conv, into the multiplexer's last conv, or None where it cannot.
+
+    With ``s`` and ``t`` the BatchNorm's eval affine, ``relu(s * h + t) = s * relu(h + t / s)``
+    where ``s > 0``: the conv that writes ``h`` adds ``t / s`` as its bias and applies the ReLU
+    as it writes, and the fiber conv reading it takes ``s`` into its weight's input channels
+    (``folded(..., before=bn)``; zero padding stays zero). That saves a pass over the widest
+    tensor of every unit. Where a channel's ``s`` is not positive, or ``t / s`` is not finite,
+    the unit keeps the BatchNorm + ReLU as a pass of its own. Kept while the affine is unchanged."""
+    def make():
+        scale, shift = eval_affine(bn)
+        bias = shift / scale
+        return bias if bool((scale > 0).all()) and bool(bias.isfinite().all()) else None
+
+    return kept(bn, MULTIPLEXED, affine_key(bn), make)
+
+
 def conv(x: torch.Tensor, module: nn.Conv3d, after: nn.BatchNorm3d | None = None,
-         add: torch.Tensor | None = None) -> torch.Tensor:
+         add: torch.Tensor | None = None, before: nn.BatchNorm3d | None = None,
+         add_relu: torch.Tensor | None = None) -> torch.Tensor:
     """``module(x)`` on oneDNN in bf16 with its epilogue: ``relu(after(conv(x)))`` where
     ``after`` (an eval-mode BatchNorm) is given, ``conv(x) + add`` where ``add`` is, else
-    ``conv(x)``. x (and add) bf16, channels last; the output too."""
-    weight, bias, padding, stride = folded(module, after, x.shape)
+    ``conv(x)``. ``add_relu`` (a pointwise conv's, with ``add``) is a bias for ``relu(conv(x) +
+    add_relu + add)`` (``multiplexer_relu``); ``before`` a BatchNorm whose positive scale the
+    weight's input channels take (the conv after it). x (and add) bf16, channels last; the
+    output too."""
+    weight, bias, padding, stride = folded(module, after, x.shape, before, add_relu)
     args = (weight, bias, padding, stride, DILATION, module.groups)
     if add is not None and module.groups == 1:
-        return torch.ops.mkldnn._convolution_pointwise.binary(x, add, *args, "add", None, None, [], None)
+        unary = "relu" if add_relu is not None else None
+        return torch.ops.mkldnn._convolution_pointwise.binary(x, add, *args, "add", None, unary, [], None)
     y = torch.ops.mkldnn._convolution_pointwise(x, *args, "relu" if after is not None else "none", [], "")
     # a grouped conv's fused add runs as the conv and PyTorch's bf16 add_, 9x this add's time on
     # MF-Net's widest tensor (docs/kernels-log.md)

@@ -214,13 +214,57 @@ def test_a_folded_weight_is_kept_until_the_weight_or_the_batchnorm_changes():
     assert bf16.folded(conv, after, (1, 8, 2, 3, 3)) is not third  # the oldest went
 
 
+@pytest.mark.parametrize("unit", ["conv3.B01", "conv3.B02"])
+@pytest.mark.parametrize("scales", ["positive", "one negative"])
+def test_the_multiplexer_carries_the_fiber_conv_s_batchnorm_relu_where_its_scales_are_positive(bf16_path, unit,
+                                                                                               scales):
+    """A multiplexer's output meets the fiber conv's BatchNorm + ReLU: with every scale positive
+    it is the multiplexer's epilogue and the fiber conv's weight (one pass of the rows per unit,
+    the unit's input's), else a pass of the rows of its own (two). Either way the unit's output
+    is the fp32 unit's within bf16 tolerance, a projecting strided unit's and a plain one's."""
+    fast, reference = mfnet_pair()
+    with torch.no_grad():
+        for model in (fast, reference):
+            bn = model.get_submodule(unit).conv_m1.bn
+            bn.weight.abs_().add_(0.1)
+            if scales == "one negative":
+                bn.weight[5] = -0.7
+    units = fast.get_submodule(unit), reference.get_submodule(unit)
+    x = cl(torch.randn(2, units[1].conv_m1.conv.in_channels, 4, 14, 14).to(BF16).float())
+    with torch.inference_mode():
+        expected = units[1](x)
+        with torch.autocast("cpu", dtype=BF16), torch.profiler.profile() as profile:
+            out = units[0](x)
+    assert (bf16.multiplexer_relu(units[0].conv_m1.parts[0]) is None) == (scales == "one negative")
+    passes = sum(e.count for e in profile.key_averages() if e.key == bf16.PROFILED_AS)
+    assert passes == (1 if scales == "positive" else 2)
+    assert out.dtype == BF16 and relative(out, expected) < 2e-2
+
+
+def test_a_weight_with_a_folded_input_scale_is_kept_until_that_batchnorm_changes():
+    conv, before = nn.Conv3d(8, 8, (3, 3, 3), padding=1, groups=2, bias=False), randomise(nn.BatchNorm3d(8))
+    bias = torch.zeros(8)
+    first = bf16.folded(conv, None, (1, 8, 2, 3, 3), before=before)
+    assert bf16.folded(conv, None, (1, 8, 2, 3, 3), before=before) is first
+    assert bf16.folded(conv, None, (1, 8, 2, 3, 3)) is not first  # the plain fold is another weight
+    assert bf16.folded(conv, None, (1, 8, 2, 3, 3), bias=bias)[1].dtype == BF16  # a binary epilogue's bias
+    with torch.no_grad():
+        before.weight.mul_(2)
+    assert bf16.folded(conv, None, (1, 8, 2, 3, 3), before=before) is not first
+
+
 def mfnet_pair(trained_looking: bool = True):
     """MF-Net on the kernels and its plain fp32 reference, one state: trained-looking
-    BatchNorms, or as initialised."""
+    BatchNorms (every other multiplexer's next scales positive, ``multiplexer_relu``), or as
+    initialised."""
     torch.manual_seed(0)
     reference = models.create_model("mfnet", channels_last=False).eval()
     for bn in (m for m in reference.modules() if isinstance(m, nn.BatchNorm3d) and trained_looking):
         randomise(bn)
+    fibers = [m.conv_m1.bn for m in reference.modules() if hasattr(m, "conv_i1")]
+    with torch.no_grad():  # half the multiplexers carry their fiber conv's BatchNorm + ReLU, half do not
+        for bn in fibers[::2] if trained_looking else []:
+            bn.weight.abs_().add_(0.1)
     fast = models.create_model("mfnet").eval()
     fast.load_state_dict(reference.state_dict())
     return fast, reference
