@@ -87,6 +87,32 @@ class PreActConv3d(nn.Sequential):
         return conv(a, residual)
 
 
+class ConvBNReLU3d(nn.Sequential):
+    """``relu(bn(conv(x)))``: a plain ``Conv3d`` (no bias), a ``BatchNormReLU3d`` and its
+    ``FusedReLU`` (MF-Net's stem). In bf16 autocast inference, where oneDNN runs bf16 convs and
+    the CPU has the library's bf16 path, one oneDNN conv with the BatchNorm folded into its
+    weight and the ReLU its epilogue (``bf16.conv``), where autocast runs the conv and then the
+    BatchNorm + ReLU as a pass of its own; else its modules. A clip that is not finite runs as
+    the modules, so NaN reaches what PyTorch's ReLU sends it to (oneDNN's ReLU epilogue zeroes
+    it). The children keep their names, so the checkpoint keys stay."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        conv, bn, relu = self._modules.values()
+        if self._folds_bf16(x, conv, bn, relu):
+            x = cl(x.to(torch.bfloat16))
+            if bool(x.sum().isfinite()):  # a sum is NaN or infinite where any value is
+                return bf16.conv(x, conv, after=bn)
+        return relu(bn(conv(x)))
+
+    def _folds_bf16(self, x: torch.Tensor, conv: nn.Conv3d, bn: BatchNormReLU3d, relu: nn.Module) -> bool:
+        return (x.device.type == "cpu" and x.dim() == 5 and x.dtype in (torch.bfloat16, torch.float32)
+                and x.numel() > 0 and x.shape[1] == conv.in_channels and not torch.is_grad_enabled()
+                and conv.bias is None and conv.padding_mode == "zeros" and conv.dilation == (1, 1, 1)
+                and isinstance(conv.padding, tuple) and not bn.batch_stats()
+                and bf16.autocast() and paths.bf16_path() and paths.channels_last_path() and bf16.supported()
+                and not hooked(self, conv, bn, relu) and bf16.finite_conv(conv, bn))
+
+
 def multiplexes(first: PreActConv3d, second: PreActConv3d, x: torch.Tensor) -> bool:
     """Whether the multiplexer ``x + second(first(x))`` (x's channels to a few and back) runs as
     one op: inference, each conv pointwise at stride 1 and folding on its own, no hook."""

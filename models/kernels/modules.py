@@ -273,4 +273,31 @@ class FusedReLU(nn.Identity):
         return "applied by the BatchNormReLU3d before it"
 
 
-__all__ = ["BatchNormReLU3d", "FiberConv3d", "FusedReLU", "OneDNNPointwiseConv3d", "PointwiseConv3d", "hooked"]
+class MaxPool3d(nn.MaxPool3d):
+    """A ``MaxPool3d`` that pools a bf16 channels-last clip in bf16 on the library's op in bf16
+    autocast inference (``bf16.max_pool``), where autocast runs PyTorch's max pool in fp32 with a
+    cast each way; everywhere else the module it replaced. (MF-Net's stem pool: 17 ms of casts
+    and pooling at batch 4 before, docs/kernels-log.md.)"""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._in_bf16(x):
+            return bf16.max_pool(x, *(_triple(v) for v in (self.kernel_size, self.stride, self.padding)))
+        return stock_class(self, nn.MaxPool3d).forward(self, x)
+
+    def _in_bf16(self, x: torch.Tensor) -> bool:
+        kernel, padding = _triple(self.kernel_size), _triple(self.padding)
+        return (x.device.type == "cpu" and x.dtype == torch.bfloat16 and x.dim() == 5 and x.numel() > 0
+                and x.is_contiguous(memory_format=torch.channels_last_3d)
+                and not (torch.is_grad_enabled() and x.requires_grad)
+                and _triple(self.dilation) == (1, 1, 1) and not self.return_indices and not self.ceil_mode
+                and all(2 * p <= k for k, p in zip(kernel, padding))  # else PyTorch's error
+                and all(s + 2 * p >= k for s, k, p in zip(x.shape[2:], kernel, padding))
+                and bf16.autocast())
+
+
+def _triple(value) -> tuple[int, int, int]:
+    return tuple(value) if isinstance(value, (tuple, list)) else (value,) * 3
+
+
+__all__ = ["BatchNormReLU3d", "FiberConv3d", "FusedReLU", "MaxPool3d", "OneDNNPointwiseConv3d", "PointwiseConv3d",
+           "hooked"]

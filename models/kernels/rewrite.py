@@ -8,13 +8,14 @@ was, module for module.
 
 from torch import nn
 
-from models.kernels.blocks import FusedMultiFiberUnit, PreActConv3d
+from models.kernels.blocks import ConvBNReLU3d, FusedMultiFiberUnit, PreActConv3d
 from models.kernels.modules import (
     PACKED,
     STOCK_CLASS,
     BatchNormReLU3d,
     FiberConv3d,
     FusedReLU,
+    MaxPool3d,
     OneDNNPointwiseConv3d,
     PointwiseConv3d,
 )
@@ -56,7 +57,8 @@ def applies(model: nn.Module) -> bool:
 def fuse(model: nn.Module) -> nn.Module:
     """Every ``BatchNorm3d`` followed by a ``ReLU`` in an ``nn.Sequential`` of ``model`` as one
     op, every pre-activation conv (BatchNorm, ReLU, then a fiber or 1x1x1 conv) a
-    ``PreActConv3d``, and every registered block fused; in place (and returned)."""
+    ``PreActConv3d``, every conv followed by a BatchNorm + ReLU a ``ConvBNReLU3d``, every
+    ``MaxPool3d`` the library's, and every registered block fused; in place (and returned)."""
     for seq, first, second in _pairs(model):
         bn, relu = seq._modules[first], seq._modules[second]
         if type(bn) is nn.BatchNorm3d and type(relu) is nn.ReLU:
@@ -67,6 +69,10 @@ def fuse(model: nn.Module) -> nn.Module:
         if not isinstance(conv, FiberConv3d):
             _swap(conv, PointwiseConv3d)
         _swap(seq, PreActConv3d)
+    for seq in [m for m in model.modules() if _is_post_activation(m)]:
+        _swap(seq, ConvBNReLU3d)
+    for pool in [m for m in model.modules() if type(m) is nn.MaxPool3d]:
+        _swap(pool, MaxPool3d)
     for block in [m for m in model.modules() if type(m) in _BLOCKS]:
         if all(isinstance(child, PreActConv3d) for child in block.children()):
             _swap(block, _BLOCKS[type(block)])
@@ -130,6 +136,14 @@ def _is_pre_activation(module: nn.Module) -> bool:
     bn, relu, conv = module._modules.values()
     return (type(bn) is BatchNormReLU3d and type(relu) is FusedReLU
             and (type(conv) is FiberConv3d or _is_pointwise_conv(conv)))
+
+
+def _is_post_activation(module: nn.Module) -> bool:
+    """A plain Sequential of a plain ``Conv3d`` and a fused BatchNorm + ReLU (MF-Net's stem)."""
+    if type(module) is not nn.Sequential or len(module) != 3:
+        return False
+    conv, bn, relu = module._modules.values()
+    return type(conv) is nn.Conv3d and type(bn) is BatchNormReLU3d and type(relu) is FusedReLU
 
 
 def _pairs(model: nn.Module):

@@ -3,7 +3,9 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <atomic>
+#include <limits>
 #include <optional>
 #include <tuple>
 #include <vector>
@@ -89,5 +91,73 @@ at::Tensor add_bf16_(at::Tensor y, const at::Tensor& r, bool native) {
   const auto* rp = reinterpret_cast<const uint16_t*>(r.data_ptr<at::BFloat16>());
   const bf16::AddFn fn = native ? bf16::add_avx512bf16 : bf16::add_emulated;
   at::parallel_for(0, y.numel(), 16384, [&](int64_t i0, int64_t i1) { fn(yp, rp, i0, i1); });
+  return y;
+}
+
+namespace {
+
+struct PoolGeometry {
+  int64_t T, H, W, C, OT, OH, OW;
+  int64_t kernel[3], stride[3], padding[3];
+};
+
+// output row r = (n, t, h) of a bf16 max pool, OW pixels of C channels; built for AVX-512,
+// AVX2 and plain x86-64, the CPU's picked at load (GCC's target_clones)
+__attribute__((target_clones("avx512f", "avx2", "default")))
+void max_pool_row(const uint16_t* x, uint16_t* y, const PoolGeometry& g, int64_t r, float* best) {
+  const int64_t n = r / (g.OT * g.OH), t = r / g.OH % g.OT, h = r % g.OH;
+  const int64_t t0 = t * g.stride[0] - g.padding[0], h0 = h * g.stride[1] - g.padding[1];
+  const int64_t C = g.C;
+  for (int64_t w = 0; w < g.OW; ++w) {
+    const int64_t w0 = w * g.stride[2] - g.padding[2];
+    for (int64_t c = 0; c < C; ++c) best[c] = -std::numeric_limits<float>::infinity();
+    for (int64_t it = std::max<int64_t>(t0, 0); it < std::min(t0 + g.kernel[0], g.T); ++it)
+      for (int64_t ih = std::max<int64_t>(h0, 0); ih < std::min(h0 + g.kernel[1], g.H); ++ih)
+        for (int64_t iw = std::max<int64_t>(w0, 0); iw < std::min(w0 + g.kernel[2], g.W); ++iw) {
+          const uint16_t* in = x + (((n * g.T + it) * g.H + ih) * g.W + iw) * C;
+          for (int64_t c = 0; c < C; ++c) {
+            const float v = bf16::widen(in[c]);
+            best[c] = (v > best[c] || v != v) ? v : best[c];  // a NaN, once taken, stays: nothing exceeds it
+          }
+        }
+    uint16_t* out = y + (r * g.OW + w) * C;
+    for (int64_t c = 0; c < C; ++c) {
+      uint32_t u;
+      __builtin_memcpy(&u, best + c, 4);
+      out[c] = (uint16_t)(u >> 16);  // a widened bf16: its own bits
+    }
+  }
+}
+
+}  // namespace
+
+// max_pool3d over a channels-last-3d bf16 CPU tensor, no indices (inference): kernel, stride and
+// padding of three each, no dilation, floor sizes. A window's NaN is its maximum, as PyTorch's
+// max pool has it; the maximum is one of the inputs, so it is written as those bits, unrounded.
+// PyTorch's own bf16 max pool over channels last took 8-11 ms on MF-Net's stem output at batch
+// 4 (4x16x16x112x112), and autocast runs it in fp32 with a cast each way (docs/kernels-log.md).
+at::Tensor max_pool_bf16(const at::Tensor& x, std::vector<int64_t> kernel, std::vector<int64_t> stride,
+                         std::vector<int64_t> padding) {
+  check_bf16(x, "max_pool_bf16: x");
+  TORCH_CHECK(kernel.size() == 3 && stride.size() == 3 && padding.size() == 3,
+              "max_pool_bf16: kernel, stride and padding of three each");
+  PoolGeometry g{x.size(2), x.size(3), x.size(4), x.size(1), 0, 0, 0, {}, {}, {}};
+  int64_t* out_size[3] = {&g.OT, &g.OH, &g.OW};
+  for (int d = 0; d < 3; ++d) {
+    TORCH_CHECK(kernel[d] > 0 && stride[d] > 0 && padding[d] >= 0 && 2 * padding[d] <= kernel[d],
+                "max_pool_bf16: kernel and stride positive, padding at most half the kernel");
+    g.kernel[d] = kernel[d], g.stride[d] = stride[d], g.padding[d] = padding[d];
+    *out_size[d] = (x.size(2 + d) + 2 * padding[d] - kernel[d]) / stride[d] + 1;
+    TORCH_CHECK(*out_size[d] > 0, "max_pool_bf16: the input is smaller than the kernel");
+  }
+  at::Tensor y = at::empty({x.size(0), g.C, g.OT, g.OH, g.OW},
+                           x.options().memory_format(at::MemoryFormat::ChannelsLast3d));
+  const auto* xp = reinterpret_cast<const uint16_t*>(x.data_ptr<at::BFloat16>());
+  auto* yp = reinterpret_cast<uint16_t*>(y.data_ptr<at::BFloat16>());
+  at::parallel_for(0, x.size(0) * g.OT * g.OH, std::max<int64_t>(1, 16384 / std::max<int64_t>(g.OW * g.C, 1)),
+                   [&](int64_t r0, int64_t r1) {
+    std::vector<float> best(g.C);
+    for (int64_t r = r0; r < r1; ++r) max_pool_row(xp, yp, g, r, best.data());
+  });
   return y;
 }

@@ -52,6 +52,8 @@ bool cpu_has_avx512_bf16();
 std::tuple<std::vector<Tensor>, bool> affine_relu_bf16(const Tensor& x, std::vector<Tensor> scales,
                                                        std::vector<Tensor> shifts, bool native);
 Tensor add_bf16_(Tensor y, const Tensor& r, bool native);
+Tensor max_pool_bf16(const Tensor& x, std::vector<int64_t> kernel, std::vector<int64_t> stride,
+                     std::vector<int64_t> padding);
 
 // Large CPU blocks kept for reuse (pool.cpp)
 bool pool_install(int64_t cap_bytes);
@@ -102,6 +104,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("affine_relu_bf16", &affine_relu_bf16, py::arg("x"), py::arg("scales"), py::arg("shifts"),
         py::arg("native"));
   m.def("add_bf16_", &add_bf16_, py::arg("y"), py::arg("r"), py::arg("native"));
+  m.def("max_pool_bf16", &max_pool_bf16, py::arg("x"), py::arg("kernel"), py::arg("stride"), py::arg("padding"));
 
   m.def("pool_install", &pool_install);
   m.def("pool_kept", &pool_kept);

@@ -45,7 +45,12 @@ def finite(preact: nn.Sequential) -> bool:
     are unchanged): where they are not, NaN reaches outputs through PyTorch's zero padding (0 *
     NaN) and ReLU that it does not reach through oneDNN's epilogues."""
     bn, _, module = preact
-    return kept(preact, FINITE, (versions(module.weight), affine_key(bn)),
+    return finite_conv(module, bn)
+
+
+def finite_conv(module: nn.Conv3d, bn: nn.BatchNorm3d) -> bool:
+    """``finite`` for a conv and the BatchNorm that goes with it, either side."""
+    return kept(module, FINITE, (versions(module.weight), affine_key(bn)),
                 lambda: bool(module.weight.detach().float().sum().isfinite()
                              and torch.cat(eval_affine(bn)).sum().isfinite()))
 
@@ -144,6 +149,13 @@ def conv(x: torch.Tensor, module: nn.Conv3d, after: nn.BatchNorm3d | None = None
     # a grouped conv's fused add runs as the conv and PyTorch's bf16 add_, 9x this add's time on
     # MF-Net's widest tensor (docs/kernels-log.md)
     return y if add is None else add_(y, add)
+
+
+def max_pool(x: torch.Tensor, kernel, stride, padding) -> torch.Tensor:
+    """``F.max_pool3d(x, kernel, stride, padding)`` in bf16, x bf16 channels last (the output
+    too), no indices: the library's, where autocast would run PyTorch's in fp32 with a cast each
+    way. NaN propagates as PyTorch's does; the maximum keeps its bits."""
+    return build.extension().max_pool_bf16(x, list(kernel), list(stride), list(padding))
 
 
 def add_(y: torch.Tensor, r: torch.Tensor) -> torch.Tensor:

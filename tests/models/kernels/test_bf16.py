@@ -253,6 +253,70 @@ def test_a_weight_with_a_folded_input_scale_is_kept_until_that_batchnorm_changes
     assert bf16.folded(conv, None, (1, 8, 2, 3, 3), before=before) is not first
 
 
+def same_pool(out: torch.Tensor, expected: torch.Tensor) -> bool:
+    """The same values bit for bit, NaN where PyTorch's has NaN (whose bits PyTorch's own vector
+    code writes as it likes)."""
+    nan = expected.isnan()
+    return bool(torch.equal(out.isnan(), nan)
+                and torch.equal(out[~nan].view(torch.int16), expected[~nan].view(torch.int16)))
+
+
+@pytest.mark.parametrize("shape, kernel, stride, padding", [
+    ((2, 16, 3, 9, 10), (1, 3, 3), (1, 2, 2), (0, 1, 1)),  # MF-Net's stem pool, odd sizes
+    ((1, 7, 5, 6, 7), (3, 3, 3), (2, 2, 2), (1, 1, 1)),
+    ((2, 1, 4, 4, 4), (2, 2, 2), (2, 2, 2), (0, 0, 0)),
+    ((1, 20, 1, 3, 3), (1, 3, 3), (1, 1, 1), (0, 1, 1))])
+def test_the_bf16_max_pool_equals_pytorch_s_with_nan_and_inf(shape, kernel, stride, padding):
+    torch.manual_seed(7)
+    x = torch.randn(shape).to(BF16)
+    flat = x.view(-1)
+    flat[3], flat[11], flat[-2] = float("nan"), float("inf"), -float("inf")
+    flat[5] = torch.finfo(BF16).smallest_normal / 4  # a subnormal keeps its bits
+    x = cl(x)
+    out = bf16.max_pool(x, kernel, stride, padding)
+    expected = F.max_pool3d(x.float(), kernel, stride, padding).to(BF16)
+    assert out.shape == expected.shape and out.dtype == BF16
+    assert out.is_contiguous(memory_format=torch.channels_last_3d)
+    assert same_pool(out, expected)
+
+
+def test_the_bf16_max_pool_refuses_what_it_cannot_read_in_one_line():
+    x = cl(torch.randn(1, 4, 2, 5, 5).to(BF16))
+    with pytest.raises(RuntimeError, match="must be a channels-last-3d bf16 CPU tensor"):
+        bf16.max_pool(x.float(), (1, 3, 3), (1, 2, 2), (0, 1, 1))
+    with pytest.raises(RuntimeError, match="padding at most half the kernel"):
+        bf16.max_pool(x, (1, 3, 3), (1, 2, 2), (0, 2, 1))
+    with pytest.raises(RuntimeError, match="smaller than the kernel"):
+        bf16.max_pool(x, (3, 3, 3), (1, 1, 1), (0, 0, 0))
+
+
+def test_the_stem_is_one_onednn_conv_and_the_library_s_pool_in_bf16_inference(bf16_path):
+    """MF-Net's stem (conv, BatchNorm + ReLU, max pool) in bf16 autocast inference: the conv with
+    its BatchNorm + ReLU folded in, the pool bf16 on the library, with no fp32 round trip; the
+    fp32 stem's output within bf16 rounding. In training, under a hook, and on a clip with NaN
+    it runs as its modules, and NaN reaches what PyTorch's stem sends it to."""
+    fast, reference = mfnet_pair()
+    stem = lambda model, x: model.maxpool(model.conv1(x))  # noqa: E731
+    x = cl(torch.randn(2, 3, 4, 32, 32))
+    with torch.inference_mode():
+        expected = stem(reference, x)
+        with torch.autocast("cpu", dtype=BF16), torch.profiler.profile() as profile:
+            out = stem(fast, x)
+    ran = {e.key for e in profile.key_averages()}
+    assert "mkldnn::_convolution_pointwise" in ran and not {"aten::max_pool3d_with_indices", "aten::conv3d"} & ran
+    assert out.dtype == BF16 and relative(out, expected) < 2 ** -7
+    x[0, :, 1, 5, 5] = float("nan")
+    with torch.inference_mode():
+        expected = stem(reference, x)
+        with torch.autocast("cpu", dtype=BF16), torch.profiler.profile() as profile:
+            out = stem(fast, x)
+    assert "aten::conv3d" in {e.key for e in profile.key_averages()}  # the modules ran
+    assert torch.equal(out.isnan(), expected.isnan()) and bool(expected.isnan().any())
+    with torch.autocast("cpu", dtype=BF16), torch.profiler.profile() as profile:
+        stem(fast, x[1:].clone().requires_grad_())
+    assert {"aten::conv3d", "aten::max_pool3d_with_indices"} <= {e.key for e in profile.key_averages()}
+
+
 def mfnet_pair(trained_looking: bool = True):
     """MF-Net on the kernels and its plain fp32 reference, one state: trained-looking
     BatchNorms (every other multiplexer's next scales positive, ``multiplexer_relu``), or as

@@ -11,8 +11,8 @@ from torch.profiler import profile
 
 import models
 from models import kernels
-from models.kernels.blocks import FusedMultiFiberUnit, PreActConv3d
-from models.kernels.modules import BatchNormReLU3d, FiberConv3d, OneDNNPointwiseConv3d, PointwiseConv3d
+from models.kernels.blocks import ConvBNReLU3d, FusedMultiFiberUnit, PreActConv3d
+from models.kernels.modules import BatchNormReLU3d, FiberConv3d, MaxPool3d, OneDNNPointwiseConv3d, PointwiseConv3d
 from models.kernels.ops import bn_relu, fiber, pointwise
 from models.mfnet import MFNet
 from tests.models.kernels.helpers import close, randomise
@@ -27,7 +27,8 @@ def test_mfnet_is_on_the_kernels_by_default_and_one_call_gives_back_the_stock_mo
     ``use_stock_kernels`` turns it into the stock one, module for module, the same keys, and
     ``optimize`` back into the fast one."""
     default, stock = models.create_model("mfnet"), models.create_model("mfnet", fiber_kernel=False)
-    assert {FiberConv3d, BatchNormReLU3d, PreActConv3d, PointwiseConv3d, FusedMultiFiberUnit} <= set(kinds(default))
+    assert {FiberConv3d, BatchNormReLU3d, PreActConv3d, PointwiseConv3d, FusedMultiFiberUnit, ConvBNReLU3d,
+            MaxPool3d} <= set(kinds(default))
     assert FiberConv3d not in kinds(stock) and OneDNNPointwiseConv3d in kinds(stock)
     assert not {FiberConv3d, OneDNNPointwiseConv3d} & set(kinds(models.create_model("mfnet", channels_last=False)))
     kernels.use_stock_kernels(default)
