@@ -17,6 +17,9 @@ The weights are folded, cast to bf16 and put in oneDNN's blocked layout once per
 (``folded``), where autocast casts every weight at every call.
 """
 
+import functools
+import time
+
 import torch
 from torch import nn
 
@@ -70,9 +73,10 @@ def geometry(conv: nn.Conv3d, input_shape) -> tuple[slice, list[int], list[int]]
 
 def fold(conv: nn.Conv3d, after: nn.BatchNorm3d | None, input_shape, before: torch.Tensor | None = None) -> tuple:
     """``conv``'s weight for oneDNN in bf16, with an eval-mode BatchNorm after it (``after``)
-    folded in, laid out for inputs of ``input_shape``: ``(weight, bias, padding, stride)``, bias
-    fp32 (the BatchNorm's shift) or None, the geometry ``geometry``'s. ``before``, a positive
-    scale per input channel, is folded into the weight as well (``multiplexer_relu``'s)."""
+    folded in, laid out for inputs of ``input_shape``: ``(weight, bias, padding, stride,
+    groups)``, bias fp32 (the BatchNorm's shift) or None, the geometry ``geometry``'s, the groups
+    ``merge_groups``' choice. ``before``, a positive scale per input channel, is folded into the
+    weight as well (``multiplexer_relu``'s)."""
     frames, padding, stride = geometry(conv, input_shape)
     weight = conv.weight.detach()[:, :, frames].float()
     bias = None
@@ -85,9 +89,68 @@ def fold(conv: nn.Conv3d, after: nn.BatchNorm3d | None, input_shape, before: tor
         weight = weight * scale.view(-1, *[1] * (weight.dim() - 1))
         bias = shift.clone()
     weight = weight.to(torch.bfloat16)
-    packed = torch.ops.mkldnn._reorder_convolution_weight(weight, padding, stride, DILATION, conv.groups,
+    merge = merge_groups(weight, bias, padding, stride, conv.groups, after is not None, input_shape)
+    weight, groups = merged(weight, conv.groups, merge), conv.groups // merge
+    packed = torch.ops.mkldnn._reorder_convolution_weight(weight, padding, stride, DILATION, groups,
                                                           list(input_shape))
-    return packed, bias, padding, stride
+    return packed, bias, padding, stride, groups
+
+
+# How many of a grouped conv's groups oneDNN runs as one, block-diagonal, tried per shape: with 1 to
+# 6 channels per group its bf16 kernels ran slower than on the same conv with 2-8 groups merged
+# and zeros between (MF-Net's first fiber conv, 1 input channel per group, 12.8 ms as 16 groups
+# against 2.3 ms as 2, on an Intel Xeon with AMX: docs/kernels-log.md). Only where the merged
+# group stays narrow (MERGED_MAX input channels): past that the zeros cost more than they save.
+MERGES = (1, 2, 4, 8, 16)
+MERGED_MAX = 64
+_merges: dict = {}  # (input shape, weight shape, padding, stride, groups, ReLU) -> the merge chosen
+
+
+def merged(weight: torch.Tensor, groups: int, merge: int) -> torch.Tensor:
+    """A grouped conv's ``weight`` (``groups`` groups) as the same conv's with ``groups // merge``
+    groups: each new group ``merge`` old ones side by side, zero between them. Exact: the zeros
+    add nothing to a finite input (the units' inputs are checked finite)."""
+    if merge == 1:
+        return weight
+    out, per_group, *kernel = weight.shape
+    old = weight.reshape(groups // merge, merge, out // groups, per_group, *kernel)
+    new = weight.new_zeros(groups // merge, merge, out // groups, merge, per_group, *kernel)
+    for j in range(merge):
+        new[:, j, :, j] = old[:, j]
+    return new.reshape(out, merge * per_group, *kernel)
+
+
+def merge_groups(weight: torch.Tensor, bias, padding, stride, groups: int, relu: bool, input_shape) -> int:
+    """The fastest merge of ``MERGES`` for this conv at this input shape, timed once per process
+    and shape (the fastest of three calls each, on a zero input of the shape, the candidates
+    taking turns); 1 where there is nothing to choose."""
+    per_group = weight.shape[1]
+    candidates = [m for m in MERGES if groups % m == 0 and m * per_group <= MERGED_MAX]
+    key = (tuple(input_shape), tuple(weight.shape), tuple(padding), tuple(stride), groups, relu)
+    if len(candidates) < 2 or key in _merges:
+        return _merges.get(key, 1)
+    x = torch.zeros(input_shape, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last_3d)
+    calls = {}
+    for m in candidates:
+        packed = torch.ops.mkldnn._reorder_convolution_weight(merged(weight, groups, m), padding, stride,
+                                                              DILATION, groups // m, list(input_shape))
+        calls[m] = functools.partial(torch.ops.mkldnn._convolution_pointwise, x, packed, bias, padding, stride,
+                                     DILATION, groups // m, "relu" if relu else "none", [], "")
+        calls[m]()  # oneDNN makes its kernel on the first call
+    best = dict.fromkeys(candidates, float("inf"))
+    for _ in range(3):
+        for m, call in calls.items():
+            started = time.perf_counter()
+            call()
+            best[m] = min(best[m], time.perf_counter() - started)
+    _merges[key] = min(best, key=best.get)
+    return _merges[key]
+
+
+def merge_choices() -> dict:
+    """The merges chosen in this process: (input shape, weight shape, padding, stride, groups,
+    ReLU) -> groups run as one."""
+    return dict(_merges)
 
 
 SHAPES_KEPT = 4  # input shapes a conv keeps a folded weight for (a run's batch 1 and throughput batch)
@@ -105,11 +168,11 @@ def folded(conv: nn.Conv3d, after: nn.BatchNorm3d | None, input_shape, before: n
         if shape not in kept_ and len(kept_) >= SHAPES_KEPT:
             kept_.pop(next(iter(kept_)))  # the oldest
         scale = None if before is None else eval_affine(before)[0]
-        weight, folded_bias, padding, stride = fold(conv, after, input_shape, scale)
+        weight, folded_bias, padding, stride, groups = fold(conv, after, input_shape, scale)
         # oneDNN's binary form (the add a multiplexer's bias joins) takes a bias of the input's
         # dtype only: t / s rounded to bf16, as the sum it joins is
         bias = folded_bias if bias is None else bias.to(torch.bfloat16)
-        kept_[shape] = (key, (weight, bias, padding, stride))
+        kept_[shape] = (key, (weight, bias, padding, stride, groups))
     return kept_[shape][1]
 
 
@@ -140,8 +203,8 @@ def conv(x: torch.Tensor, module: nn.Conv3d, after: nn.BatchNorm3d | None = None
     add_relu + add)`` (``multiplexer_relu``); ``before`` a BatchNorm whose positive scale the
     weight's input channels take (the conv after it). x (and add) bf16, channels last; the
     output too."""
-    weight, bias, padding, stride = folded(module, after, x.shape, before, add_relu)
-    args = (weight, bias, padding, stride, DILATION, module.groups)
+    weight, bias, padding, stride, groups = folded(module, after, x.shape, before, add_relu)
+    args = (weight, bias, padding, stride, DILATION, groups)
     if add is not None and module.groups == 1:
         unary = "relu" if add_relu is not None else None
         return torch.ops.mkldnn._convolution_pointwise.binary(x, add, *args, "add", None, unary, [], None)

@@ -145,15 +145,17 @@ def test_the_switch_takes_each_bf16_path_and_names_them_in_its_error(monkeypatch
         kernels.check_settings()
 
 
-@pytest.mark.parametrize("kernel, stride, groups, epilogue", [
-    ((1, 1, 1), (1, 1, 1), 1, "bn"), ((1, 1, 1), (1, 2, 2), 1, "none"), ((1, 1, 1), (1, 1, 1), 1, "add"),
-    ((3, 3, 3), (1, 1, 1), 4, "bn"), ((3, 3, 3), (2, 1, 1), 4, "bn"), ((3, 3, 3), (1, 2, 2), 4, "bn"),
-    ((1, 3, 3), (1, 1, 1), 4, "add")])
-def test_each_conv_and_its_epilogue_equals_pytorch_s_fp32_conv_on_rounded_operands(bf16_path, kernel, stride,
-                                                                                 groups, epilogue):
+@pytest.mark.parametrize("kernel, stride, groups, epilogue, merge", [
+    ((1, 1, 1), (1, 1, 1), 1, "bn", 1), ((1, 1, 1), (1, 2, 2), 1, "none", 1), ((1, 1, 1), (1, 1, 1), 1, "add", 1),
+    ((3, 3, 3), (1, 1, 1), 4, "bn", 1), ((3, 3, 3), (2, 1, 1), 4, "bn", 2), ((3, 3, 3), (1, 2, 2), 4, "bn", 4),
+    ((1, 3, 3), (1, 1, 1), 4, "add", 2), ((3, 3, 3), (1, 1, 1), 4, "none", 4)])
+def test_each_conv_and_its_epilogue_equals_pytorch_s_fp32_conv_on_rounded_operands(bf16_path, monkeypatch, kernel,
+                                                                                 stride, groups, epilogue, merge):
     """Stated tolerance: operands are rounded to bf16 as the kernels round them, products are
     summed in fp32, and the output is rounded once, within 2^-8 of the largest output; with an
-    add, twice (the conv's output, then the sum), within 2^-7."""
+    add, twice (the conv's output, then the sum), within 2^-7. A grouped conv with its groups
+    merged (``merge`` of them run as one, zeros between) is the same conv."""
+    monkeypatch.setattr(bf16, "merge_groups", lambda *args: merge)
     torch.manual_seed(3)
     cin, cout = 8, 12
     padding = tuple(k // 2 for k in kernel)
@@ -176,6 +178,32 @@ def test_each_conv_and_its_epilogue_equals_pytorch_s_fp32_conv_on_rounded_operan
     assert out.dtype == BF16 and out.is_contiguous(memory_format=torch.channels_last_3d)
     tolerance = 2 ** -7 if add is not None else 2 ** -8
     assert ((out.float() - expected).abs().max() / expected.abs().max()).item() < tolerance
+
+
+@pytest.mark.parametrize("merge", [1, 2, 4, 8])
+def test_merged_groups_are_the_grouped_conv(merge):
+    """A grouped conv's weight as that of fewer groups, ``merge`` old ones side by side with zeros
+    between: the same conv, within fp64 rounding."""
+    torch.manual_seed(4)
+    weight, x = torch.randn(24, 2, 3, 3, 3, dtype=torch.float64), torch.randn(1, 16, 3, 5, 5, dtype=torch.float64)
+    expected = F.conv3d(x, weight, None, 1, 1, 1, 8)
+    out = F.conv3d(x, bf16.merged(weight, 8, merge), None, 1, 1, 1, 8 // merge)
+    assert torch.allclose(out, expected, rtol=0, atol=1e-12)
+
+
+def test_the_merge_is_timed_once_per_shape_among_those_that_stay_narrow(bf16_path, monkeypatch):
+    monkeypatch.setattr(bf16, "_merges", {})
+    narrow = nn.Conv3d(16, 32, 3, padding=1, groups=16, bias=False)  # 1 input channel per group
+    wide = nn.Conv3d(128, 128, 3, padding=1, groups=2, bias=False)  # 64: nothing to merge into
+    shape = (1, 16, 2, 6, 6)
+    first = bf16.folded(narrow, None, shape)
+    (key, merge), = bf16.merge_choices().items()
+    assert key[:2] == (shape, (32, 1, 3, 3, 3)) and merge in bf16.MERGES and first[4] == 16 // merge
+    timed = []
+    monkeypatch.setattr(bf16.time, "perf_counter", lambda: timed.append(1) or 0.0)
+    narrow.weight.data.mul_(2)
+    assert bf16.folded(narrow, None, shape)[4] == 16 // merge and not timed  # folded again, not timed again
+    assert bf16.folded(wide, None, (1, 128, 2, 4, 4))[4] == 2 and len(bf16.merge_choices()) == 1
 
 
 def test_a_one_frame_input_runs_as_the_kernel_s_middle_frame(bf16_path):
