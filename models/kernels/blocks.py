@@ -197,9 +197,8 @@ class FusedMultiFiberUnit(nn.Module):
             (_, _, conv_i1), (bn_i2, _, conv_i2) = self.conv_i1.parts, self.conv_i2.parts
             mixed = bf16.conv(a, conv_i1, after=bn_i2)
             bn_m1 = self.conv_m1.parts[0]
-            bias = bf16.multiplexer_relu(bn_m1)
-            if bias is not None:  # the fiber conv's BatchNorm + ReLU in the multiplexer's epilogue
-                a, before = bf16.conv(mixed, conv_i2, add=x, add_relu=bias), bn_m1
+            if bf16.multiplexer_relu(bn_m1) is not None:  # the fiber conv's BatchNorm + ReLU in its epilogue
+                a, before = bf16.conv(mixed, conv_i2, add=x, add_relu=bn_m1), bn_m1
             else:
                 (a,), finite = bf16.affine_relu(bf16.conv(mixed, conv_i2, add=x), eval_affine(bn_m1))
                 if not finite:  # the multiplexer overflowed

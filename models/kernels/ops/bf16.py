@@ -157,21 +157,23 @@ SHAPES_KEPT = 4  # input shapes a conv keeps a folded weight for (a run's batch 
 
 
 def folded(conv: nn.Conv3d, after: nn.BatchNorm3d | None, input_shape, before: nn.BatchNorm3d | None = None,
-           bias: torch.Tensor | None = None) -> tuple:
+           relu_of: nn.BatchNorm3d | None = None) -> tuple:
     """``fold``, kept on ``conv`` for its last few input shapes while its weight and the folded
     BatchNorms are unchanged: ``before``'s positive scale (``multiplexer_relu``) folded into the
-    weight's input channels where it is given, ``bias`` (fp32) the conv's where it is."""
-    key = (versions(conv.weight), *(None if bn is None else affine_key(bn) for bn in (after, before)))
+    weight's input channels where it is given, and where ``relu_of`` is, the bias
+    ``multiplexer_relu(relu_of)`` the conv's."""
+    key = (versions(conv.weight), *(None if bn is None else affine_key(bn) for bn in (after, before, relu_of)))
     kept_ = conv.__dict__.setdefault(FOLDED, {})  # a plain attribute: no checkpoint key
-    shape = (tuple(input_shape), before is not None, bias is not None)
+    shape = (tuple(input_shape), before is not None, relu_of is not None)
     if shape not in kept_ or kept_[shape][0] != key:
         if shape not in kept_ and len(kept_) >= SHAPES_KEPT:
             kept_.pop(next(iter(kept_)))  # the oldest
         scale = None if before is None else eval_affine(before)[0]
-        weight, folded_bias, padding, stride, groups = fold(conv, after, input_shape, scale)
-        # oneDNN's binary form (the add a multiplexer's bias joins) takes a bias of the input's
-        # dtype only: t / s rounded to bf16, as the sum it joins is
-        bias = folded_bias if bias is None else bias.to(torch.bfloat16)
+        weight, bias, padding, stride, groups = fold(conv, after, input_shape, scale)
+        if relu_of is not None:
+            # oneDNN's binary form (the add this bias joins) takes a bias of the input's dtype
+            # only: t / s rounded to bf16, as the sum it joins is
+            bias = multiplexer_relu(relu_of).to(torch.bfloat16)
         kept_[shape] = (key, (weight, bias, padding, stride, groups))
     return kept_[shape][1]
 
@@ -196,13 +198,13 @@ def multiplexer_relu(bn: nn.BatchNorm3d) -> torch.Tensor | None:
 
 def conv(x: torch.Tensor, module: nn.Conv3d, after: nn.BatchNorm3d | None = None,
          add: torch.Tensor | None = None, before: nn.BatchNorm3d | None = None,
-         add_relu: torch.Tensor | None = None) -> torch.Tensor:
+         add_relu: nn.BatchNorm3d | None = None) -> torch.Tensor:
     """``module(x)`` on oneDNN in bf16 with its epilogue: ``relu(after(conv(x)))`` where
     ``after`` (an eval-mode BatchNorm) is given, ``conv(x) + add`` where ``add`` is, else
-    ``conv(x)``. ``add_relu`` (a pointwise conv's, with ``add``) is a bias for ``relu(conv(x) +
-    add_relu + add)`` (``multiplexer_relu``); ``before`` a BatchNorm whose positive scale the
-    weight's input channels take (the conv after it). x (and add) bf16, channels last; the
-    output too."""
+    ``conv(x)``. ``add_relu`` (a pointwise conv's, with ``add``) is the BatchNorm whose
+    ``multiplexer_relu`` bias makes it ``relu(conv(x) + bias + add)``; ``before`` a BatchNorm
+    whose positive scale the weight's input channels take (the conv after it). x (and add) bf16,
+    channels last; the output too."""
     weight, bias, padding, stride, groups = folded(module, after, x.shape, before, add_relu)
     args = (weight, bias, padding, stride, DILATION, groups)
     if add is not None and module.groups == 1:

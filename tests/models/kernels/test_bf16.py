@@ -267,18 +267,27 @@ def test_the_multiplexer_carries_the_fiber_conv_s_batchnorm_relu_where_its_scale
     passes = sum(e.count for e in profile.key_averages() if e.key == bf16.PROFILED_AS)
     assert passes == (1 if scales == "positive" else 2)
     assert out.dtype == BF16 and relative(out, expected) < 2e-2
+    with torch.inference_mode():  # new statistics: nothing folded from the old ones is kept
+        for unit_ in units:
+            unit_.conv_m1.bn.running_mean.add_(0.5)
+        expected = units[1](x)
+        with torch.autocast("cpu", dtype=BF16):
+            assert relative(units[0](x), expected) < 2e-2
 
 
 def test_a_weight_with_a_folded_input_scale_is_kept_until_that_batchnorm_changes():
     conv, before = nn.Conv3d(8, 8, (3, 3, 3), padding=1, groups=2, bias=False), randomise(nn.BatchNorm3d(8))
-    bias = torch.zeros(8)
     first = bf16.folded(conv, None, (1, 8, 2, 3, 3), before=before)
     assert bf16.folded(conv, None, (1, 8, 2, 3, 3), before=before) is first
     assert bf16.folded(conv, None, (1, 8, 2, 3, 3)) is not first  # the plain fold is another weight
-    assert bf16.folded(conv, None, (1, 8, 2, 3, 3), bias=bias)[1].dtype == BF16  # a binary epilogue's bias
     with torch.no_grad():
-        before.weight.mul_(2)
+        before.weight.abs_().add_(0.1)
+    bias = bf16.folded(conv, None, (1, 8, 2, 3, 3), relu_of=before)[1]  # a binary epilogue's bias: t / s
+    assert bias.dtype == BF16 and torch.equal(bias, bf16.multiplexer_relu(before).to(BF16))
     assert bf16.folded(conv, None, (1, 8, 2, 3, 3), before=before) is not first
+    with torch.no_grad():
+        before.running_mean.add_(1)
+    assert not torch.equal(bf16.folded(conv, None, (1, 8, 2, 3, 3), relu_of=before)[1], bias)  # not kept stale
 
 
 def same_pool(out: torch.Tensor, expected: torch.Tensor) -> bool:
