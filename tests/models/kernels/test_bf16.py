@@ -4,6 +4,7 @@ disagrees with the emulated one, each conv with its epilogue against PyTorch's f
 bf16-rounded operands, and MF-Net under bf16 autocast against the fp32 model, in inference and
 training, with NaN and Inf where PyTorch sends them."""
 
+import types
 import warnings
 
 import pytest
@@ -200,7 +201,7 @@ def test_the_merge_is_timed_once_per_shape_among_those_that_stay_narrow(bf16_pat
     (key, merge), = bf16.merge_choices().items()
     assert key[:2] == (shape, (32, 1, 3, 3, 3)) and merge in bf16.MERGES and first[4] == 16 // merge
     timed = []
-    monkeypatch.setattr(bf16.time, "perf_counter", lambda: timed.append(1) or 0.0)
+    monkeypatch.setattr(bf16, "time", types.SimpleNamespace(perf_counter=lambda: timed.append(1) or 0.0))
     narrow.weight.data.mul_(2)
     assert bf16.folded(narrow, None, shape)[4] == 16 // merge and not timed  # folded again, not timed again
     assert bf16.folded(wide, None, (1, 128, 2, 4, 4))[4] == 2 and len(bf16.merge_choices()) == 1
