@@ -14,6 +14,7 @@ so a conv that was pinned to oneDNN stays pinned.
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules.utils import _triple
 
 from models.kernels import build, paths
 from models.kernels.ops import bf16, bn_relu, fiber, pointwise
@@ -293,10 +294,6 @@ class MaxPool3d(nn.MaxPool3d):
                 and all(2 * p <= k for k, p in zip(kernel, padding))  # else PyTorch's error
                 and all(s + 2 * p >= k for s, k, p in zip(x.shape[2:], kernel, padding))
                 and bf16.autocast())
-
-
-def _triple(value) -> tuple[int, int, int]:
-    return tuple(value) if isinstance(value, (tuple, list)) else (value,) * 3
 
 
 __all__ = ["BatchNormReLU3d", "FiberConv3d", "FusedReLU", "MaxPool3d", "OneDNNPointwiseConv3d", "PointwiseConv3d",
